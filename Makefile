@@ -1,0 +1,71 @@
+# iisand build. `make` builds build/iisan on the CPU; `make test` builds the
+# test programs under ASan + UBSan and runs them; `make CUDA=1` adds the GPU
+# backend (kernels/cuda/, a later issue).
+CC      ?= cc
+ARCH    ?= native
+CFLAGS  ?= -O2 -g
+WARN    := -Wall -Wextra -Werror -Wno-unused-parameter
+CPPFLAGS+= -I. -I/usr/include/x86_64-linux-gnu/openblas-pthread -D_GNU_SOURCE
+BASEFLAGS = -std=c11 -march=$(ARCH) -fno-math-errno $(WARN)
+LDLIBS  := -lopenblas -llmdb -ljansson -lm -lpthread
+
+LIB_SRC := $(wildcard kernels/*.c kernels/cpu/*.c core/*.c store/*.c proto/*.c)
+CLI_SRC := $(wildcard server/*.c)
+TEST_SRC:= $(wildcard tests/test_*.c)
+BENCH_SRC:= $(wildcard tests/bench_*.c)
+
+OBJ     := $(LIB_SRC:%.c=build/obj/%.o)
+CLI_OBJ := $(CLI_SRC:%.c=build/obj/%.o)
+TOBJ    := $(LIB_SRC:%.c=build/tobj/%.o) $(filter-out build/tobj/server/main.o,$(CLI_SRC:%.c=build/tobj/%.o))
+TESTS   := $(TEST_SRC:tests/%.c=build/test/%)
+BENCHES := $(BENCH_SRC:tests/%.c=build/%)
+
+SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+
+ifeq ($(CUDA),1)
+ifeq ($(wildcard kernels/cuda/cuda.mk),)
+$(error CUDA=1: kernels/cuda/cuda.mk is missing)
+endif
+include kernels/cuda/cuda.mk
+endif
+
+.PHONY: all test bench-train run clean format
+all: build/iisan
+
+build/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(BASEFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
+
+build/tobj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(BASEFLAGS) -O1 -g $(SAN) -MMD -MP -c $< -o $@
+
+build/libiisan.a: $(OBJ)
+	ar rcs $@ $^
+
+build/iisan: $(CLI_OBJ) build/libiisan.a
+	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) build/libiisan.a $(LDLIBS)
+
+build/test/%: tests/%.c $(TOBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(BASEFLAGS) -O1 -g $(SAN) -o $@ $< $(TOBJ) $(LDLIBS)
+
+build/bench_%: tests/bench_%.c build/libiisan.a
+	$(CC) $(CPPFLAGS) $(BASEFLAGS) $(CFLAGS) -o $@ $< build/libiisan.a $(LDLIBS)
+
+test: $(TESTS) build/iisan
+	@tests/run_tests.sh $(TESTS)
+
+bench-train: build/bench_train
+	build/bench_train
+
+run: build/iisan
+	deploy/run_main.sh
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+clean:
+	rm -rf build
+
+-include $(shell find build -name '*.d' 2>/dev/null)

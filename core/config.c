@@ -1,0 +1,127 @@
+#include "core/config.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/backend.h"
+
+void config_default(iisan_config *c) {
+    memset(c, 0, sizeof *c);
+    c->kind = MODEL_IISAN;
+    c->D = 768;
+    c->nstates = 13;
+    c->r = 64;
+    c->K = 7;
+    for (int k = 0; k < 7; k++) c->sched[k] = 2 * k;
+    c->remove_first = 0;
+    c->act = IISAN_ACT_RELU;
+    c->gate_temp = 0.1f;
+    c->towers = (1 << TOWER_IMAGE) | (1 << TOWER_TEXT) | (1 << TOWER_INTER);
+    c->n_items = 0;
+    c->d = 64;
+    c->n = 10;
+    c->heads = 2;
+    c->dropout = 0.1f;
+    c->ln_eps = 1e-6f;
+}
+
+void train_config_default(iisan_train_config *t) {
+    memset(t, 0, sizeof *t);
+    t->batch = 64;
+    t->epochs = 100;
+    t->patience = 5;
+    t->lr_san = 1e-4f;
+    t->lr = 2e-4f;
+    t->beta1 = 0.9f;
+    t->beta2 = 0.999f;
+    t->eps = 1e-8f;
+    t->seed = 42;
+    t->min_len = 5;
+    t->max_steps = 0;
+}
+
+int config_set_schedule(iisan_config *c, const char *spec, char *err, int errlen) {
+    int L = c->nstates - 1;
+    c->remove_first = 0;
+    c->K = 0;
+    if (!strcmp(spec, "every2")) {
+        for (int s = 0; s <= L; s += 2) c->sched[c->K++] = s;
+    } else if (!strcmp(spec, "all")) {
+        for (int s = 0; s <= L; s++) c->sched[c->K++] = s;
+    } else if (!strcmp(spec, "top")) {
+        for (int s = L / 2; s <= L; s++) c->sched[c->K++] = s;
+    } else if (!strcmp(spec, "remove-first")) {
+        c->remove_first = 1;
+        for (int s = 2; s <= L; s += 2) c->sched[c->K++] = s;
+    } else {
+        const char *p = spec;
+        if (!strncmp(p, "rf:", 3)) { /* "rf:2,4,6": remove-first with a list */
+            c->remove_first = 1;
+            p += 3;
+        }
+        while (*p) {
+            char *end;
+            long v = strtol(p, &end, 10);
+            if (end == p || v < 0 || v > L || c->K >= IISAN_MAX_SCHED ||
+                (c->K && v <= c->sched[c->K - 1])) {
+                snprintf(err, errlen,
+                         "bad schedule '%s': want every2, all, top, remove-first or an "
+                         "increasing list of state indexes in 0..%d such as 0,2,4",
+                         spec, L);
+                return -1;
+            }
+            c->sched[c->K++] = (int)v;
+            p = end;
+            if (*p == ',') p++;
+            else if (*p) {
+                snprintf(err, errlen, "bad schedule '%s': unexpected '%c'", spec, *p);
+                return -1;
+            }
+        }
+    }
+    if (c->K == 0) {
+        snprintf(err, errlen, "schedule '%s' is empty", spec);
+        return -1;
+    }
+    return 0;
+}
+
+int config_ntowers(const iisan_config *c) {
+    int k = 0;
+    for (int t = 0; t < N_TOWERS; t++) k += (c->towers >> t) & 1;
+    return k;
+}
+
+int config_check(const iisan_config *c, char *err, int errlen) {
+    if (c->d <= 0 || c->n <= 0 || c->heads <= 0 || c->d % c->heads) {
+        snprintf(err, errlen, "embedding size %d must be a positive multiple of heads %d", c->d,
+                 c->heads);
+        return -1;
+    }
+    if (c->dropout < 0 || c->dropout >= 1) {
+        snprintf(err, errlen, "dropout %g must be in [0, 1)", c->dropout);
+        return -1;
+    }
+    if (c->kind == MODEL_IISAN) {
+        if (c->D <= 0 || c->r <= 0 || c->nstates <= 0 || c->K <= 0 || c->K > IISAN_MAX_SCHED) {
+            snprintf(err, errlen, "bad IISAN sizes (D %d, r %d, states %d, K %d)", c->D, c->r,
+                     c->nstates, c->K);
+            return -1;
+        }
+        for (int k = 0; k < c->K; k++)
+            if (c->sched[k] < 0 || c->sched[k] >= c->nstates) {
+                snprintf(err, errlen, "schedule entry %d out of range 0..%d", c->sched[k],
+                         c->nstates - 1);
+                return -1;
+            }
+        if (config_ntowers(c) == 0) {
+            snprintf(err, errlen, "no item tower enabled");
+            return -1;
+        }
+    } else if (c->kind == MODEL_SASREC_ID && c->n_items <= 0) {
+        snprintf(err, errlen, "SASRec-ID needs the number of items");
+        return -1;
+    }
+    return 0;
+}

@@ -1,0 +1,134 @@
+/* The model: parameters (one buffer, see params.h), gradients, Adam state and
+ * the activation workspaces, all in backend memory, plus the forward and
+ * backward passes of the item encoder (tower.c), the sequence encoder
+ * (seqenc.c) and the in-batch loss (step.c). */
+#ifndef IISAN_CORE_MODEL_H
+#define IISAN_CORE_MODEL_H
+
+#include <stdint.h>
+
+#include "core/config.h"
+#include "core/params.h"
+#include "kernels/backend.h"
+
+/* Where the cached hidden states come from: get returns the fp16
+ * [nstates * D] block of catalogue item cat for a modality, or NULL when the
+ * item has none (zeros are used). */
+typedef struct {
+    const uint16_t *(*get)(void *ctx, int modality, uint32_t cat);
+    void *ctx;
+} iisan_states;
+
+typedef struct {
+    float *in[IISAN_MAX_SCHED];  /* (U, D) block inputs after the gate */
+    float *a[IISAN_MAX_SCHED];   /* (U, r) pre-activation */
+    float *act[IISAN_MAX_SCHED]; /* (U, r) post-activation */
+    float *h[IISAN_MAX_SCHED];   /* (U, D) block outputs */
+    float *h0;                   /* (U, D) initial running state (remove-first) */
+    float *M;                    /* (d, D) P.F formed once per batch */
+    float *c;                    /* (d) P.F_b + P_b */
+} tower_ws;
+
+typedef struct {
+    float *qkv;    /* (Bn, 3d) */
+    float *probs;  /* (B, H, n, n) */
+    float *att;    /* (Bn, d) attention output (heads concatenated) */
+    float *r1;     /* (Bn, d) X + dropout(att W_o^T), LN1 input */
+    float *mu1, *rs1; /* (Bn) */
+    float *A;      /* (Bn, d) LN1 output */
+    float *f1;     /* (Bn, 4d) pre-ReLU */
+    float *g1;     /* (Bn, 4d) post-ReLU */
+    float *r2;     /* (Bn, d) LN2 input */
+    float *mu2, *rs2; /* (Bn) */
+    float *out;    /* (Bn, d) LN2 output = next layer input */
+} seq_layer_ws;
+
+typedef struct iisan_model {
+    iisan_config c;
+    iisan_backend *be;
+    param_table pt;
+    float *w, *g, *m, *v; /* params, grads, Adam moments (pt.total floats) */
+    model_views pw, pg;   /* views into w and g */
+    int step;             /* Adam steps taken */
+
+    /* item encoder workspace, capacity cap_items rows */
+    int cap_items;
+    float *xs[2][IISAN_MAX_SCHED]; /* (U, D) gathered states [modality][k] */
+    float *x0[2];                  /* (U, D) state 0 (remove-first) */
+    tower_ws tw[N_TOWERS];
+    float *zcat;  /* (U, nt*d) */
+    float *emb;   /* (U, d) item embeddings of the batch's distinct items */
+    float *dh[2]; /* (U, D) */
+    float *dact, *dpre; /* (U, r) */
+    float *dM, *dc;     /* (d, D), (d) */
+    float *dzcat;       /* (U, nt*d) */
+    float *demb;        /* (U, d) */
+    int *items_dev;     /* (U) model item indexes (SASRec-ID gather) */
+    const uint16_t **rows; /* host (U) row pointers for gather_half */
+
+    /* sequence encoder workspace, capacity cap_users sequences of n */
+    int cap_users;
+    float *x0s;          /* (Bn, d) E + Pos */
+    float *mu0, *rs0;    /* (Bn) */
+    float *xe;           /* (Bn, d) dropout(LN(E + Pos)) */
+    float *mask;         /* (Bn) 1 = real position */
+    int *in_idx;         /* (Bn) row of emb for each input position */
+    seq_layer_ws sl[IISAN_SEQ_LAYERS];
+    float *dX, *dA, *dT; /* (Bn, d) */
+    float *dqkv;         /* (Bn, 3d) */
+    float *dG;           /* (Bn, 4d) */
+
+    /* loss workspace (C = cap_users * (n+1) candidates, Q <= cap_users * n) */
+    float *Oq, *dOq;     /* (Q, d) */
+    float *Ec, *dEc;     /* (C, d) */
+    float *logits;       /* (Q, C) */
+    float *logpop_c;     /* (C) */
+    int *qrow, *quser, *qtarget, *cand_idx, *cand_item; /* (Q), (Q), (Q), (C), (C) */
+    unsigned char *umask; /* (B, C) */
+    float *loss;         /* (1) */
+    float *dO;           /* (Bn, d) */
+    float seq_p;         /* dropout used by the last seq_forward */
+
+    char *arena;         /* every buffer above is carved from this one block */
+    size_t arena_bytes;
+} iisan_model;
+
+/* Allocates everything for batches of up to cap_users users. Parameters are
+ * initialised from seed. Returns NULL with a message on failure. */
+iisan_model *model_create(const iisan_config *c, iisan_backend *be, int cap_users, uint64_t seed,
+                          char *err, int errlen);
+void model_destroy(iisan_model *m);
+size_t model_param_count(const iisan_model *m);
+
+/* ---- item encoder (tower.c) ----
+ * Embeddings e_i of U <= cap_items items (model indexes items[], catalogue
+ * indexes cat[]) into m->emb (U, d). train != 0 keeps what backward needs. */
+void tower_forward(iisan_model *m, const int32_t *items, const uint32_t *cat, int U,
+                   const iisan_states *st);
+/* from m->demb (U, d) accumulate every item-side parameter gradient */
+void tower_backward(iisan_model *m, int U);
+
+/* ---- sequence encoder (seqenc.c) ----
+ * B sequences of n input positions; in_idx (host, B*n) selects rows of m->emb
+ * (or of emb_src when not NULL, e.g. the whole catalogue at evaluation),
+ * mask (host, B*n). Output in m->sl[last].out (B*n, d). seed drives dropout;
+ * train == 0 disables it. */
+void seq_forward(iisan_model *m, const float *emb_src, const int *in_idx, const float *mask,
+                 int B, int train, uint64_t seed);
+/* from m->dO (B*n, d): accumulates sequence-encoder grads and writes the
+ * input-embedding grads into m->demb (rows of in_idx, accumulated) */
+void seq_backward(iisan_model *m, int B, uint64_t seed);
+float *seq_output(iisan_model *m);
+
+/* ---- training step (step.c) ----
+ * A batch of B <= cap_users training sequences (host, B*(n+1), left-padded
+ * with 0, model item indexes). logpop: host (N+1). item_cat: host (N+1)
+ * model index -> catalogue index (IISAN). Forward, in-batch loss and
+ * backward: m->g holds the gradient (overwritten) and the loss is returned.
+ * train != 0 enables dropout (seeded by seed). */
+float model_loss_grad(iisan_model *m, const int32_t *seqs, int B, const float *logpop,
+                      const uint32_t *item_cat, const iisan_states *st, int train, uint64_t seed);
+/* one Adam step on m->g with the two learning-rate groups */
+void model_adam(iisan_model *m, float lr_san, float lr, float b1, float b2, float eps);
+
+#endif

@@ -1,0 +1,98 @@
+#include "core/train.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kernels/rng.h"
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int train_run(iisan_model *m, const iisan_dataset *ds, const iisan_states *st,
+              const iisan_train_config *tc, int validate, epoch_hook hook, void *arg,
+              train_summary *sum) {
+    iisan_backend *be = m->be;
+    const int n = m->c.n, L = n + 1, B = tc->batch < m->cap_users ? tc->batch : m->cap_users;
+    const size_t P = m->pt.total;
+    memset(sum, 0, sizeof *sum);
+    int *order = malloc((size_t)ds->n_users * sizeof *order);
+    int32_t *seqs = malloc((size_t)B * L * sizeof *seqs);
+    float *best = malloc(P * sizeof *best);
+    if (!order || !seqs || !best) {
+        free(order);
+        free(seqs);
+        free(best);
+        return -1;
+    }
+    double best_hr = -1, total_sec = 0;
+    int since_best = 0;
+    long step = 0;
+    for (int ep = 1; ep <= tc->epochs; ep++) {
+        /* seeded Fisher-Yates shuffle of the users */
+        for (int u = 0; u < ds->n_users; u++) order[u] = u;
+        for (int u = ds->n_users - 1; u > 0; u--) {
+            int j = (int)(iisan_rng_u64(tc->seed ^ 0xA5A5ull, ((uint64_t)ep << 32) | u) %
+                          (uint64_t)(u + 1));
+            int t = order[u];
+            order[u] = order[j];
+            order[j] = t;
+        }
+        double t0 = now(), loss_sum = 0;
+        int nbatch = 0;
+        for (int u0 = 0; u0 < ds->n_users; u0 += B) {
+            int nb = ds->n_users - u0 < B ? ds->n_users - u0 : B;
+            for (int b = 0; b < nb; b++)
+                dataset_sequence(ds, order[u0 + b], SPLIT_TRAIN, seqs + (size_t)b * L, NULL);
+            float loss = model_loss_grad(m, seqs, nb, ds->logpop, ds->item_cat, st, 1,
+                                         iisan_rng_u64(tc->seed, (uint64_t)step));
+            model_adam(m, tc->lr_san, tc->lr, tc->beta1, tc->beta2, tc->eps);
+            if (step == 0) sum->first_loss = loss;
+            sum->last_loss = loss;
+            loss_sum += loss;
+            nbatch++;
+            step++;
+            if (tc->max_steps && step >= tc->max_steps) break;
+        }
+        be->sync(be);
+        epoch_report r = {0};
+        r.epoch = ep;
+        r.loss = nbatch ? loss_sum / nbatch : 0;
+        r.seconds = now() - t0;
+        r.steps = step;
+        total_sec += r.seconds;
+        if (validate) {
+            if (model_evaluate(m, ds, SPLIT_VALID, st, &r.valid)) {
+                free(order);
+                free(seqs);
+                free(best);
+                return -1;
+            }
+            r.eval_seconds = r.valid.seconds;
+        }
+        r.best = !validate || r.valid.hr10 > best_hr;
+        if (r.best) {
+            best_hr = r.valid.hr10;
+            sum->best_epoch = ep;
+            sum->best_valid = r.valid;
+            be->download(be, best, m->w, P * sizeof(float));
+            since_best = 0;
+        } else {
+            since_best++;
+        }
+        sum->epochs_run = ep;
+        if (hook) hook(arg, &r);
+        if (validate && tc->patience > 0 && since_best >= tc->patience) break;
+        if (tc->max_steps && step >= tc->max_steps) break;
+    }
+    sum->steps = step;
+    sum->mean_epoch_seconds = sum->epochs_run ? total_sec / sum->epochs_run : 0;
+    if (sum->best_epoch) be->upload(be, m->w, best, P * sizeof(float));
+    free(order);
+    free(seqs);
+    free(best);
+    return 0;
+}

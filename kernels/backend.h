@@ -1,0 +1,160 @@
+/* The compute interface: every numeric operation core/ performs goes through
+ * one table of function pointers. The CPU backend (kernels/cpu/) is the
+ * readable reference; a CUDA backend fills the same table later without any
+ * change to core/.
+ *
+ * Conventions
+ * - Every matrix is row-major. A matrix "X [R, C] with leading dimension ldx"
+ *   has element (r, c) at X[r * ldx + c].
+ * - Every float / int pointer passed to an op lives in backend memory
+ *   (obtained from be->alloc); host memory is reached only through upload /
+ *   download. For the CPU backend the two are the same thing.
+ * - Ops that produce gradients ACCUMULATE (+=) into parameter gradients and
+ *   OVERWRITE activation gradients, as each op's comment states.
+ * - Dropout masks come from a counter-based hash of (seed, index) (see
+ *   kernels/rng.h), so every backend draws the same mask for the same seed.
+ */
+#ifndef IISAN_KERNELS_BACKEND_H
+#define IISAN_KERNELS_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum iisan_act { IISAN_ACT_RELU = 0, IISAN_ACT_GELU = 1 };
+
+typedef struct iisan_backend iisan_backend;
+
+struct iisan_backend {
+    const char *name; /* "cpu", "cuda" */
+    void *ctx;        /* backend-private state */
+
+    /* ---- memory ---- */
+    void *(*alloc)(iisan_backend *be, size_t bytes); /* zero-filled; NULL on failure */
+    void (*free)(iisan_backend *be, void *p);
+    void (*upload)(iisan_backend *be, void *dst, const void *src_host, size_t bytes);
+    void (*download)(iisan_backend *be, void *dst_host, const void *src, size_t bytes);
+    void (*copy)(iisan_backend *be, void *dst, const void *src, size_t bytes);
+    void (*zero)(iisan_backend *be, void *p, size_t bytes);
+    void (*sync)(iisan_backend *be);
+
+    /* ---- linear algebra ---- */
+    /* C[M,N] = alpha * op(A) * op(B) + beta * C.  op(A) is [M,K]: A is [M,K]
+     * (lda >= K) when ta == 0, or [K,M] (lda >= M) when ta == 1; likewise
+     * op(B) is [K,N]. */
+    void (*gemm)(iisan_backend *be, int ta, int tb, int M, int N, int K, float alpha,
+                 const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                 int ldc);
+    /* batch independent GEMMs; matrix i starts at A + i*sa, B + i*sb, C + i*sc */
+    void (*gemm_batched)(iisan_backend *be, int ta, int tb, int M, int N, int K, float alpha,
+                         const float *A, int lda, long sa, const float *B, int ldb, long sb,
+                         float beta, float *C, int ldc, long sc, int batch);
+    /* y = a*x + b*y over n elements (x may equal y) */
+    void (*axpby)(iisan_backend *be, size_t n, float a, const float *x, float b, float *y);
+    /* x[r, c] += bias[c] for r < rows, c < cols; x has leading dimension ldx */
+    void (*add_bias)(iisan_backend *be, float *x, int ldx, const float *bias, int rows, int cols);
+    /* dbias[c] += sum_r dy[r, c] */
+    void (*bias_grad)(iisan_backend *be, float *dbias, const float *dy, int ldy, int rows,
+                      int cols);
+    /* rank-1 update: A[M,N] += alpha * x[M] y[N]^T (A contiguous, lda = N) */
+    void (*ger)(iisan_backend *be, int M, int N, float alpha, const float *x, const float *y,
+                float *A);
+
+    /* ---- elementwise ---- */
+    /* y = act(x); y may equal x */
+    void (*act_fwd)(iisan_backend *be, int act, float *y, const float *x, size_t n);
+    /* dx = dy * act'(x) where x is the PRE-activation input; dx may equal dy */
+    void (*act_bwd)(iisan_backend *be, int act, float *dx, const float *dy, const float *x,
+                    size_t n);
+    /* y = x * keep / (1-p) with keep = rng_uniform(seed, i) >= p; y may equal x.
+     * p == 0 copies. */
+    void (*dropout_fwd)(iisan_backend *be, float *y, const float *x, size_t n, float p,
+                        uint64_t seed);
+    /* dx = dy * keep / (1-p), the same mask as dropout_fwd(seed); dx may equal dy */
+    void (*dropout_bwd)(iisan_backend *be, float *dx, const float *dy, size_t n, float p,
+                        uint64_t seed);
+
+    /* ---- IISAN gates ----
+     * s = sigmoid(*p / temp) (p is one scalar in backend memory)
+     * out = (c ? c : 0) + s * a + (1 - s) * b          a, b, c, out: [n]
+     * a == NULL or b == NULL means zeros. out may equal c. */
+    void (*gate_fwd)(iisan_backend *be, float *out, const float *c, const float *a,
+                     const float *b, const float *p, float temp, size_t n);
+    /* given dout: da = s*dout, db = (1-s)*dout (OVERWRITE; skipped when NULL),
+     * *dp += sum(dout * (a - b)) * s * (1 - s) / temp. (dc == dout: caller's.) */
+    void (*gate_bwd)(iisan_backend *be, float *da, float *db, float *dp, const float *dout,
+                     const float *a, const float *b, const float *p, float temp, size_t n);
+
+    /* ---- normalisation ---- */
+    /* y = (x - mean) * rstd * g + b per row of [rows, cols]; saves mean, rstd [rows] */
+    void (*layernorm_fwd)(iisan_backend *be, float *y, float *mean, float *rstd, const float *x,
+                          const float *g, const float *b, int rows, int cols, float eps);
+    /* dx OVERWRITTEN (dx may equal dy); dg, db ACCUMULATED */
+    void (*layernorm_bwd)(iisan_backend *be, float *dx, float *dg, float *db, const float *dy,
+                          const float *x, const float *mean, const float *rstd, const float *g,
+                          int rows, int cols);
+
+    /* ---- attention for short sequences ----
+     * qkv [B*n, 3*d]: row (b, i) holds q | k | v, each d = H*dh wide, head h in
+     * columns h*dh .. h*dh+dh-1 of its part. mask [B*n] (1 = real position).
+     * score(i, j) = q_i.k_j / sqrt(dh) + (j <= i && mask[j] ? 0 : -1e9);
+     * P = softmax_j(score) saved in probs [B, H, n, n] (before dropout);
+     * out [B*n, d] = dropout(P; p, seed) . V */
+    void (*attention_fwd)(iisan_backend *be, float *out, float *probs, const float *qkv,
+                          const float *mask, int B, int n, int H, int dh, float p,
+                          uint64_t seed);
+    /* dqkv [B*n, 3d] OVERWRITTEN */
+    void (*attention_bwd)(iisan_backend *be, float *dqkv, const float *dout, const float *qkv,
+                          const float *probs, int B, int n, int H, int dh, float p,
+                          uint64_t seed);
+
+    /* ---- in-batch debiased cross-entropy ----
+     * logits [Q, C] on input (= o_q . e_c), replaced by dloss/dlogits on output.
+     * For query q (of user quser[q], target slot qtarget[q]), candidate c:
+     *   masked when cand_item[c] == 0 (padding) or
+     *   (umask[quser[q]*C + c] != 0 and c != qtarget[q]);
+     *   logit = masked ? -1e4 : logits - logpop[c].
+     * loss = mean_q CE(logit_q, qtarget[q]) written to *loss (backend memory);
+     * gradient scaled by 1/Q. */
+    void (*inbatch_ce)(iisan_backend *be, float *logits, float *loss, const float *logpop,
+                       const int *cand_item, const unsigned char *umask, const int *quser,
+                       const int *qtarget, int Q, int C);
+
+    /* ---- optimiser ----
+     * PyTorch Adam without weight decay, bias-corrected at step t (1-based). */
+    void (*adam)(iisan_backend *be, float *w, const float *g, float *m, float *v, size_t n,
+                 float lr, float b1, float b2, float eps, int t);
+
+    /* ---- data movement ---- */
+    /* dst[i, :] = rows[i] converted from fp16 (cols halves) or zeros when rows[i]
+     * is NULL. rows[] is a HOST array of pointers to fp16 rows the backend can
+     * read (host memory for cpu; device-resident catalogue for cuda). */
+    void (*gather_half)(iisan_backend *be, float *dst, const uint16_t *const *rows, int n,
+                        int cols);
+    /* dst[i, :] = src[idx[i], :]  (cols wide, both contiguous) */
+    void (*gather_rows)(iisan_backend *be, float *dst, const float *src, const int *idx, int n,
+                        int cols);
+    /* dst[idx[i], :] += src[i, :] */
+    void (*scatter_add_rows)(iisan_backend *be, float *dst, const float *src, const int *idx,
+                             int n, int cols);
+
+    /* ---- evaluation ----
+     * scores [R, N]; for row r: rank[r] = 1 + #{c in 1..N-1 : c != target[r],
+     * c not in excl[r*ne .. r*ne+ne-1], scores[r,c] > scores[r,target[r]]}.
+     * Column 0 (padding) never counts; excl entries 0 are ignored. */
+    void (*rank_targets)(iisan_backend *be, int *rank, const float *scores, int R, int N,
+                         const int *target, const int *excl, int ne);
+    /* top-k per row of scores [R, N] (descending; ties by lower index), skipping
+     * column 0 and excluded columns as for rank_targets. out_idx/out_score [R, k] */
+    void (*topk)(iisan_backend *be, int *out_idx, float *out_score, const float *scores, int R,
+                 int N, int k, const int *excl, int ne);
+
+    void (*destroy)(iisan_backend *be);
+};
+
+/* Backends. iisan_backend_cpu never fails (returns NULL only on OOM). */
+iisan_backend *iisan_backend_cpu(int nthreads);
+
+/* Convenience wrappers so call sites read like maths. */
+#define BE_GEMM(be, ...) (be)->gemm((be), __VA_ARGS__)
+
+#endif

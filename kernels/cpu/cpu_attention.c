@@ -1,0 +1,129 @@
+/* Multi-head self-attention for short sequences (n ~ 10): plain loops per
+ * (batch, head, query).
+ *
+ * Masking. The contract adds -1e9 to score(i, j) unless j <= i and mask[j]. In
+ * exact arithmetic that makes P_ij exactly 0 (exp(-1e9) underflows in any
+ * format) wherever row i has at least one allowed j, and, for a row with no
+ * allowed j at all (a left-padded query position), shifts every score of the row
+ * by the same amount, which softmax ignores: that row is the softmax of the raw
+ * scores over all n positions. We compute exactly that rather than adding -1e9
+ * in float (which would round the raw scores away and make such rows uniform and
+ * insensitive to q, k). So the forward matches a float64 evaluation of the
+ * formula and the backward is the true derivative of the forward.
+ *
+ * Dropout on the probabilities uses element index ((b*H + h)*n + i)*n + j, the
+ * flat index into probs. */
+#include <math.h>
+#include <string.h>
+
+#include "kernels/cpu/cpu.h"
+#include "kernels/rng.h"
+
+/* dropout multiplier of probs element idx: 0 or 1/(1-p) (1 when p <= 0) */
+static inline float keep_scale(uint64_t key, size_t idx, float p, float inv_keep) {
+    if (p <= 0.0f) return 1.0f;
+    return iisan_rng_uniform_key(key, idx) >= p ? inv_keep : 0.0f;
+}
+
+static float dot(const float *restrict a, const float *restrict b, int n) {
+    float s = 0.0f;
+    for (int k = 0; k < n; k++) s += a[k] * b[k];
+    return s;
+}
+
+void cpu_attention_fwd(iisan_backend *be, float *out, float *probs, const float *qkv,
+                       const float *mask, int B, int n, int H, int dh, float p, uint64_t seed) {
+    const int d = H * dh;
+    const size_t ld = (size_t)3 * d;
+    const float sc = 1.0f / sqrtf((float)dh);
+    const float inv_keep = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
+    const uint64_t key = iisan_rng_key(seed);
+    for (int b = 0; b < B; b++) {
+        const float *mk = mask + (size_t)b * n;
+        const float *base = qkv + (size_t)b * n * ld;
+        for (int h = 0; h < H; h++) {
+            for (int i = 0; i < n; i++) {
+                const float *q = base + (size_t)i * ld + (size_t)h * dh;
+                size_t prow = (((size_t)b * H + h) * n + i) * n;
+                float *P = probs + prow;
+                int any = 0;
+                for (int j = 0; j <= i; j++) any |= mk[j] != 0.0f;
+                float mx = -INFINITY;
+                for (int j = 0; j < n; j++) {
+                    int allowed = !any || (j <= i && mk[j] != 0.0f);
+                    if (allowed) {
+                        const float *k = base + (size_t)j * ld + d + (size_t)h * dh;
+                        P[j] = dot(q, k, dh) * sc;
+                        if (P[j] > mx) mx = P[j];
+                    } else {
+                        P[j] = -INFINITY;
+                    }
+                }
+                float sum = 0.0f;
+                for (int j = 0; j < n; j++) {
+                    P[j] = P[j] == -INFINITY ? 0.0f : expf(P[j] - mx);
+                    sum += P[j];
+                }
+                float inv = 1.0f / sum;
+                for (int j = 0; j < n; j++) P[j] *= inv;
+
+                float *o = out + ((size_t)b * n + i) * d + (size_t)h * dh;
+                for (int k = 0; k < dh; k++) o[k] = 0.0f;
+                for (int j = 0; j < n; j++) {
+                    float w = P[j] * keep_scale(key, prow + j, p, inv_keep);
+                    if (w == 0.0f) continue;
+                    const float *v = base + (size_t)j * ld + 2 * d + (size_t)h * dh;
+                    for (int k = 0; k < dh; k++) o[k] += w * v[k];
+                }
+            }
+        }
+    }
+}
+
+/* With Pd = dropout(P): dV_j = sum_i Pd_ij dout_i; dP_ij = keep_ij (dout_i . v_j);
+ * dS_ij = P_ij (dP_ij - sum_j' P_ij' dP_ij'); dq_i = sc sum_j dS_ij k_j;
+ * dk_j = sc sum_i dS_ij q_i. Masked entries have P_ij = 0, hence dS_ij = 0. */
+void cpu_attention_bwd(iisan_backend *be, float *dqkv, const float *dout, const float *qkv,
+                       const float *probs, int B, int n, int H, int dh, float p, uint64_t seed) {
+    const int d = H * dh;
+    const size_t ld = (size_t)3 * d;
+    const float sc = 1.0f / sqrtf((float)dh);
+    const float inv_keep = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
+    const uint64_t key = iisan_rng_key(seed);
+    memset(dqkv, 0, (size_t)B * n * ld * sizeof *dqkv);
+    float dP[n > 0 ? n : 1];
+    for (int b = 0; b < B; b++) {
+        const float *base = qkv + (size_t)b * n * ld;
+        float *dbase = dqkv + (size_t)b * n * ld;
+        for (int h = 0; h < H; h++) {
+            for (int i = 0; i < n; i++) {
+                size_t prow = (((size_t)b * H + h) * n + i) * n;
+                const float *P = probs + prow;
+                const float *go = dout + ((size_t)b * n + i) * d + (size_t)h * dh;
+                double pdp = 0.0;
+                for (int j = 0; j < n; j++) {
+                    float ks = keep_scale(key, prow + j, p, inv_keep);
+                    const float *v = base + (size_t)j * ld + 2 * d + (size_t)h * dh;
+                    float *dv = dbase + (size_t)j * ld + 2 * d + (size_t)h * dh;
+                    float w = P[j] * ks;
+                    if (w != 0.0f)
+                        for (int k = 0; k < dh; k++) dv[k] += w * go[k];
+                    dP[j] = ks == 0.0f ? 0.0f : ks * dot(go, v, dh);
+                    pdp += (double)P[j] * dP[j];
+                }
+                const float *q = base + (size_t)i * ld + (size_t)h * dh;
+                float *dq = dbase + (size_t)i * ld + (size_t)h * dh;
+                for (int j = 0; j < n; j++) {
+                    float ds = P[j] * (dP[j] - (float)pdp) * sc;
+                    if (ds == 0.0f) continue;
+                    const float *k = base + (size_t)j * ld + d + (size_t)h * dh;
+                    float *dk = dbase + (size_t)j * ld + d + (size_t)h * dh;
+                    for (int t = 0; t < dh; t++) {
+                        dq[t] += ds * k[t];
+                        dk[t] += ds * q[t];
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,90 @@
+/* The CPU backend's table and its memory: backend memory is host memory, so
+ * upload / download / copy are memcpy and sync has nothing to wait for. */
+#include <stdlib.h>
+#include <string.h>
+
+#include <cblas.h>
+
+#include "kernels/cpu/cpu.h"
+
+#define CPU_ALIGN 64
+
+/* zero-filled, 64-byte aligned; a zero-byte request still gets a valid block */
+static void *cpu_alloc(iisan_backend *be, size_t bytes) {
+    if (bytes > SIZE_MAX - CPU_ALIGN) return NULL;
+    size_t size = bytes ? (bytes + CPU_ALIGN - 1) / CPU_ALIGN * CPU_ALIGN : CPU_ALIGN;
+    void *p = aligned_alloc(CPU_ALIGN, size);
+    if (p) memset(p, 0, size);
+    return p;
+}
+
+static void cpu_free(iisan_backend *be, void *p) { free(p); }
+
+/* memcpy with the degenerate cases (nothing to copy, copy onto itself) made legal */
+static void cpu_memcpy(void *dst, const void *src, size_t bytes) {
+    if (bytes && dst != src) memcpy(dst, src, bytes);
+}
+
+static void cpu_upload(iisan_backend *be, void *dst, const void *src_host, size_t bytes) {
+    cpu_memcpy(dst, src_host, bytes);
+}
+
+static void cpu_download(iisan_backend *be, void *dst_host, const void *src, size_t bytes) {
+    cpu_memcpy(dst_host, src, bytes);
+}
+
+static void cpu_copy(iisan_backend *be, void *dst, const void *src, size_t bytes) {
+    cpu_memcpy(dst, src, bytes);
+}
+
+static void cpu_zero(iisan_backend *be, void *p, size_t bytes) {
+    if (bytes) memset(p, 0, bytes);
+}
+
+static void cpu_sync(iisan_backend *be) {}
+
+static void cpu_destroy(iisan_backend *be) { free(be); }
+
+static const iisan_backend cpu_table = {
+    .name = "cpu",
+    .ctx = NULL,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .upload = cpu_upload,
+    .download = cpu_download,
+    .copy = cpu_copy,
+    .zero = cpu_zero,
+    .sync = cpu_sync,
+    .gemm = cpu_gemm,
+    .gemm_batched = cpu_gemm_batched,
+    .axpby = cpu_axpby,
+    .add_bias = cpu_add_bias,
+    .bias_grad = cpu_bias_grad,
+    .ger = cpu_ger,
+    .act_fwd = cpu_act_fwd,
+    .act_bwd = cpu_act_bwd,
+    .dropout_fwd = cpu_dropout_fwd,
+    .dropout_bwd = cpu_dropout_bwd,
+    .gate_fwd = cpu_gate_fwd,
+    .gate_bwd = cpu_gate_bwd,
+    .layernorm_fwd = cpu_layernorm_fwd,
+    .layernorm_bwd = cpu_layernorm_bwd,
+    .attention_fwd = cpu_attention_fwd,
+    .attention_bwd = cpu_attention_bwd,
+    .inbatch_ce = cpu_inbatch_ce,
+    .adam = cpu_adam,
+    .gather_half = cpu_gather_half,
+    .gather_rows = cpu_gather_rows,
+    .scatter_add_rows = cpu_scatter_add_rows,
+    .rank_targets = cpu_rank_targets,
+    .topk = cpu_topk,
+    .destroy = cpu_destroy,
+};
+
+iisan_backend *iisan_backend_cpu(int nthreads) {
+    iisan_backend *be = malloc(sizeof *be);
+    if (!be) return NULL;
+    *be = cpu_table;
+    if (nthreads > 0) openblas_set_num_threads(nthreads);
+    return be;
+}

@@ -1,0 +1,144 @@
+/* Data movement (fp16 gather, row gather / scatter-add) and evaluation
+ * (target ranks, top-k). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cpu/cpu.h"
+
+void cpu_gather_half(iisan_backend *be, float *dst, const uint16_t *const *rows, int n, int cols) {
+    for (int i = 0; i < n; i++) {
+        float *d = dst + (size_t)i * cols;
+        if (rows[i])
+            iisan_cpu_half_to_float(d, rows[i], (size_t)cols);
+        else
+            memset(d, 0, (size_t)cols * sizeof *d);
+    }
+}
+
+void cpu_gather_rows(iisan_backend *be, float *dst, const float *src, const int *idx, int n,
+                     int cols) {
+    size_t bytes = (size_t)cols * sizeof *dst;
+    for (int i = 0; i < n; i++)
+        if (bytes) memcpy(dst + (size_t)i * cols, src + (size_t)idx[i] * cols, bytes);
+}
+
+/* sequential over i, so repeated indexes add up */
+CPU_VEC void cpu_scatter_add_rows(iisan_backend *be, float *dst, const float *src, const int *idx,
+                                  int n, int cols) {
+    for (int i = 0; i < n; i++) {
+        float *restrict d = dst + (size_t)idx[i] * cols;
+        const float *restrict s = src + (size_t)i * cols;
+        for (int c = 0; c < cols; c++) d[c] += s[c];
+    }
+}
+
+static CPU_VEC int count_greater(const float *restrict s, int n, float thr) {
+    int cnt = 0;
+    for (int c = 0; c < n; c++) cnt += s[c] > thr;
+    return cnt;
+}
+
+/* does ex[0..ne) contain c? (c >= 1, so the ignored 0 entries never match) */
+static int listed(const int *ex, int ne, int c) {
+    for (int e = 0; e < ne; e++)
+        if (ex[e] == c) return 1;
+    return 0;
+}
+
+/* Count every column 1..N-1 above the target's score (the target itself never
+ * is), then take back the excluded columns that were counted, each once. */
+void cpu_rank_targets(iisan_backend *be, int *rank, const float *scores, int R, int N,
+                      const int *target, const int *excl, int ne) {
+    for (int r = 0; r < R; r++) {
+        const float *row = scores + (size_t)r * N;
+        const int *ex = excl ? excl + (size_t)r * ne : NULL;
+        const int t = target[r];
+        const float st = row[t];
+        int cnt = N > 1 ? count_greater(row + 1, N - 1, st) : 0;
+        for (int e = 0; ex && e < ne; e++) {
+            int c = ex[e];
+            if (c <= 0 || c >= N || c == t || listed(ex, e, c)) continue;
+            if (row[c] > st) cnt--;
+        }
+        rank[r] = 1 + cnt;
+    }
+}
+
+/* ---- top-k: a min-heap of the k best so far, its root the worst of them ---- */
+typedef struct {
+    float s;
+    int i;
+} scored;
+
+/* a ranks below b: lower score, or the same score at a higher index */
+static int below(scored a, scored b) { return a.s < b.s || (a.s == b.s && a.i > b.i); }
+
+static void sift_down(scored *h, int n, int at) {
+    for (;;) {
+        int l = 2 * at + 1, r = l + 1, m = at;
+        if (l < n && below(h[l], h[m])) m = l;
+        if (r < n && below(h[r], h[m])) m = r;
+        if (m == at) return;
+        scored tmp = h[at];
+        h[at] = h[m];
+        h[m] = tmp;
+        at = m;
+    }
+}
+
+static void sift_up(scored *h, int at) {
+    while (at > 0) {
+        int parent = (at - 1) / 2;
+        if (!below(h[at], h[parent])) return;
+        scored tmp = h[at];
+        h[at] = h[parent];
+        h[parent] = tmp;
+        at = parent;
+    }
+}
+
+/* Columns are visited in increasing order, so a column whose score only ties
+ * the heap's worst never displaces it (the tie goes to the lower index). NaN
+ * scores are skipped. Rows with fewer than k eligible columns end in
+ * index -1, score -INFINITY. */
+void cpu_topk(iisan_backend *be, int *out_idx, float *out_score, const float *scores, int R, int N,
+              int k, const int *excl, int ne) {
+    if (k <= 0) return;
+    scored stack_heap[256];
+    scored *heap = k <= 256 ? stack_heap : malloc((size_t)k * sizeof *heap);
+    for (int r = 0; r < R; r++) {
+        int *oi = out_idx + (size_t)r * k;
+        float *os = out_score + (size_t)r * k;
+        if (!heap) { /* out of memory for a huge k: report nothing found */
+            for (int j = 0; j < k; j++) oi[j] = -1, os[j] = -INFINITY;
+            continue;
+        }
+        const float *row = scores + (size_t)r * N;
+        const int *ex = excl ? excl + (size_t)r * ne : NULL;
+        int cnt = 0;
+        for (int c = 1; c < N; c++) {
+            float s = row[c];
+            if (isnan(s)) continue;
+            if (cnt == k && !(s > heap[0].s)) continue;
+            if (ex && listed(ex, ne, c)) continue;
+            scored e = {s, c};
+            if (cnt < k) {
+                heap[cnt] = e;
+                sift_up(heap, cnt++);
+            } else {
+                heap[0] = e;
+                sift_down(heap, k, 0);
+            }
+        }
+        for (int j = cnt; j < k; j++) oi[j] = -1, os[j] = -INFINITY;
+        /* pop the worst into the last free place: best first */
+        for (int j = cnt - 1; j >= 0; j--) {
+            oi[j] = heap[0].i;
+            os[j] = heap[0].s;
+            heap[0] = heap[j];
+            sift_down(heap, j, 0);
+        }
+    }
+    if (heap != stack_heap) free(heap);
+}

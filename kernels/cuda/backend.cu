@@ -1,0 +1,224 @@
+/* The CUDA backend's table, memory ops, error recording and set-up. */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cuda/common.cuh"
+
+/* ---- error recording ---- */
+
+static pthread_mutex_t err_lock = PTHREAD_MUTEX_INITIALIZER;
+static int err_count;
+static char err_first[512], err_last[512];
+
+static void record(const char *what, const char *stmt, const char *file, int line) {
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s:%d: %s: %s", file, line, stmt, what);
+    fprintf(stderr, "iisan cuda: %s\n", msg);
+    pthread_mutex_lock(&err_lock);
+    if (err_count++ == 0) snprintf(err_first, sizeof err_first, "%s", msg);
+    snprintf(err_last, sizeof err_last, "%s", msg);
+    pthread_mutex_unlock(&err_lock);
+}
+
+bool iisan_cuda_check(cudaError_t e, const char *stmt, const char *file, int line) {
+    if (e == cudaSuccess) return true;
+    record(cudaGetErrorString(e), stmt, file, line);
+    (void)cudaGetLastError(); /* clear a non-sticky error so the next launch check is clean */
+    return false;
+}
+
+bool iisan_cuda_check(cublasStatus_t e, const char *stmt, const char *file, int line) {
+    if (e == CUBLAS_STATUS_SUCCESS) return true;
+    record(cublasGetStatusString(e), stmt, file, line);
+    return false;
+}
+
+extern "C" int iisan_cuda_errors(char *msg, size_t len) {
+    pthread_mutex_lock(&err_lock);
+    int n = err_count;
+    if (msg && len) snprintf(msg, len, "%s", err_first);
+    pthread_mutex_unlock(&err_lock);
+    return n;
+}
+
+/* ---- shared helpers ---- */
+
+cuda_ctx *cuda_enter(iisan_backend *be) {
+    cuda_ctx *cx = (cuda_ctx *)be->ctx;
+    CK(cudaSetDevice(cx->device));
+    return cx;
+}
+
+void *cuda_scratch(void **buf, size_t *have, size_t bytes) {
+    if (bytes <= *have) return *buf;
+    if (*buf) CK(cudaFree(*buf)); /* cudaFree waits for the kernels still using it */
+    *buf = NULL;
+    *have = 0;
+    if (!CK(cudaMalloc(buf, bytes))) {
+        *buf = NULL;
+        return NULL;
+    }
+    *have = bytes;
+    return *buf;
+}
+
+/* ---- memory ---- */
+
+static void *cuda_alloc(iisan_backend *be, size_t bytes) {
+    cuda_enter(be);
+    void *p = NULL;
+    if (!CK(cudaMalloc(&p, bytes ? bytes : 1))) return NULL;
+    if (!CK(cudaMemset(p, 0, bytes))) {
+        CK(cudaFree(p));
+        return NULL;
+    }
+    return p;
+}
+
+static void cuda_free(iisan_backend *be, void *p) {
+    if (!p) return;
+    cuda_enter(be);
+    CK(cudaFree(p));
+}
+
+static void cuda_upload(iisan_backend *be, void *dst, const void *src_host, size_t bytes) {
+    if (!bytes) return;
+    cuda_enter(be);
+    CK(cudaMemcpy(dst, src_host, bytes, cudaMemcpyHostToDevice));
+}
+
+static void cuda_download(iisan_backend *be, void *dst_host, const void *src, size_t bytes) {
+    if (!bytes) return;
+    cuda_enter(be);
+    CK(cudaMemcpy(dst_host, src, bytes, cudaMemcpyDeviceToHost));
+}
+
+static void cuda_copy(iisan_backend *be, void *dst, const void *src, size_t bytes) {
+    if (!bytes || dst == src) return;
+    cuda_enter(be);
+    CK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice));
+}
+
+static void cuda_zero(iisan_backend *be, void *p, size_t bytes) {
+    if (!bytes) return;
+    cuda_enter(be);
+    CK(cudaMemset(p, 0, bytes));
+}
+
+static void cuda_sync(iisan_backend *be) {
+    cuda_enter(be);
+    CK(cudaDeviceSynchronize());
+}
+
+static void cuda_destroy(iisan_backend *be) {
+    if (!be) return;
+    cuda_ctx *cx = (cuda_ctx *)be->ctx;
+    if (cx) {
+        CK(cudaSetDevice(cx->device));
+        CK(cudaDeviceSynchronize());
+        if (cx->blas) CK(cublasDestroy(cx->blas));
+        if (cx->red) CK(cudaFree(cx->red));
+        if (cx->ptrs) CK(cudaFree(cx->ptrs));
+        free(cx);
+    }
+    free(be);
+}
+
+/* ---- set-up ---- */
+
+static int env_flag(const char *name) {
+    const char *s = getenv(name);
+    return s && strcmp(s, "1") == 0;
+}
+
+extern "C" int iisan_cuda_available(void) {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n); /* failure here just means "no device" */
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return n > 0;
+}
+
+extern "C" iisan_backend *iisan_backend_cuda(int device, char *err, size_t errlen) {
+    char dummy[1];
+    if (!err || !errlen) {
+        err = dummy;
+        errlen = sizeof dummy;
+    }
+    err[0] = 0;
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0) {
+        snprintf(err, errlen, "no CUDA device (cudaGetDeviceCount: %s)",
+                 e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
+        (void)cudaGetLastError();
+        return NULL;
+    }
+    if (device < 0 || device >= n) {
+        snprintf(err, errlen, "CUDA device %d does not exist (%d found)", device, n);
+        return NULL;
+    }
+
+    iisan_backend *be = (iisan_backend *)calloc(1, sizeof *be);
+    cuda_ctx *cx = (cuda_ctx *)calloc(1, sizeof *cx);
+    if (!be || !cx) {
+        free(be);
+        free(cx);
+        snprintf(err, errlen, "out of host memory");
+        return NULL;
+    }
+    be->name = "cuda";
+    be->ctx = cx;
+    cx->device = device;
+    cx->sync_each = env_flag("IISAN_CUDA_SYNC");
+
+    bool ok = CK(cudaSetDevice(device)) && CK(cublasCreate(&cx->blas)) &&
+              CK(cublasSetMathMode(cx->blas, env_flag("IISAN_CUDA_TF32")
+                                                     ? CUBLAS_TF32_TENSOR_OP_MATH
+                                                     : CUBLAS_DEFAULT_MATH)) &&
+              cuda_scratch(&cx->red, &cx->red_bytes, 4096) != NULL;
+    if (!ok) {
+        pthread_mutex_lock(&err_lock);
+        snprintf(err, errlen, "CUDA set-up failed on device %d: %s", device, err_last);
+        pthread_mutex_unlock(&err_lock);
+        cuda_destroy(be);
+        return NULL;
+    }
+
+    be->alloc = cuda_alloc;
+    be->free = cuda_free;
+    be->upload = cuda_upload;
+    be->download = cuda_download;
+    be->copy = cuda_copy;
+    be->zero = cuda_zero;
+    be->sync = cuda_sync;
+    be->gemm = cuda_gemm;
+    be->gemm_batched = cuda_gemm_batched;
+    be->axpby = cuda_axpby;
+    be->add_bias = cuda_add_bias;
+    be->bias_grad = cuda_bias_grad;
+    be->ger = cuda_ger;
+    be->act_fwd = cuda_act_fwd;
+    be->act_bwd = cuda_act_bwd;
+    be->dropout_fwd = cuda_dropout_fwd;
+    be->dropout_bwd = cuda_dropout_bwd;
+    be->gate_fwd = cuda_gate_fwd;
+    be->gate_bwd = cuda_gate_bwd;
+    be->layernorm_fwd = cuda_layernorm_fwd;
+    be->layernorm_bwd = cuda_layernorm_bwd;
+    be->attention_fwd = cuda_attention_fwd;
+    be->attention_bwd = cuda_attention_bwd;
+    be->inbatch_ce = cuda_inbatch_ce;
+    be->adam = cuda_adam;
+    be->gather_half = cuda_gather_half;
+    be->gather_rows = cuda_gather_rows;
+    be->scatter_add_rows = cuda_scatter_add_rows;
+    be->rank_targets = cuda_rank_targets;
+    be->topk = cuda_topk;
+    be->destroy = cuda_destroy;
+    return be;
+}

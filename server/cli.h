@@ -1,0 +1,15 @@
+/* Subcommands of build/iisan. Each takes the arguments after its name
+ * (argv[0] is the subcommand), prints --help on request, and returns the
+ * process exit code: 0 success, 1 runtime failure (bad file, I/O), 2 usage
+ * error. Errors go to stderr as "iisan <cmd>: <message>". */
+#ifndef IISAN_SERVER_CLI_H
+#define IISAN_SERVER_CLI_H
+
+int cmd_import(int argc, char **argv);
+int cmd_info(int argc, char **argv);
+int cmd_train(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_export(int argc, char **argv); /* checkpoint -> safetensors */
+int cmd_import_ckpt(int argc, char **argv); /* safetensors -> checkpoint */
+
+#endif

@@ -1,0 +1,321 @@
+/* iisan train: the spec's training protocol on a data directory, the best
+ * epoch saved as a checkpoint version. */
+#include <getopt.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/checkpoint.h"
+#include "core/dataset.h"
+#include "core/eval.h"
+#include "core/train.h"
+#include "server/cli.h"
+#include "server/common.h"
+
+static void help(FILE *f) {
+    fprintf(f,
+            "usage: iisan train --data DIR [options]\n\n"
+            "Trains on the users in DIR by the spec's protocol (leave-one-out, in-batch\n"
+            "debiased loss, Adam, early stopping on validation HR@10) and stores the best\n"
+            "epoch as a new checkpoint version.\n\n"
+            "  --data DIR         data directory (required)\n"
+            "  --model M          iisan (default), sasrec-id, popularity\n"
+            "  --epochs N         at most N epochs (100)\n"
+            "  --patience N       stop after N epochs without a better HR@10 (5)\n"
+            "  --batch N          users per batch (64)\n"
+            "  --lr X             learning rate outside the SAN blocks (2e-4)\n"
+            "  --lr-san X         learning rate of SAN blocks and gates (1e-4)\n"
+            "  --seed N           initialisation, order and dropout seed (42)\n"
+            "  --max-len N        n, the sequence length (10)\n"
+            "  --min-len N        users with fewer items are dropped (5)\n"
+            "  --dropout X        sequence-encoder dropout (0.1)\n"
+            "  --d N              embedding size (64)\n"
+            "  --r N              SAN bottleneck (64)\n"
+            "  --schedule S       every2 (default), all, top, remove-first, or a list 0,4,8\n"
+            "  --act A            SAN activation: relu (default) or gelu\n"
+            "  --towers LIST      item towers, from image,text,inter (all three)\n"
+            "  --max-steps N      stop after N optimiser steps (0 = no limit)\n"
+            "  --threads N        BLAS threads (0 = all cores)\n"
+            "  --no-save          do not store a checkpoint\n"
+            "  --json             print one JSON object with the figures as the last line\n");
+}
+
+typedef struct {
+    int json;
+} hook_ctx;
+
+static void on_epoch(void *arg, const epoch_report *r) {
+    (void)arg;
+    fprintf(stderr,
+            "epoch %3d  loss %.4f  %.2f s  valid HR@10 %.4f  NDCG@10 %.4f  (eval %.2f s)%s\n",
+            r->epoch, r->loss, r->seconds, r->valid.hr10, r->valid.ndcg10, r->eval_seconds,
+            r->best ? "  best" : "");
+}
+
+static int parse_towers(const char *s, int *mask) {
+    *mask = 0;
+    char buf[64];
+    snprintf(buf, sizeof buf, "%s", s);
+    for (char *t = strtok(buf, ","); t; t = strtok(NULL, ",")) {
+        if (!strcmp(t, "image")) *mask |= 1 << TOWER_IMAGE;
+        else if (!strcmp(t, "text")) *mask |= 1 << TOWER_TEXT;
+        else if (!strcmp(t, "inter")) *mask |= 1 << TOWER_INTER;
+        else return -1;
+    }
+    return *mask ? 0 : -1;
+}
+
+int cmd_train(int argc, char **argv) {
+    static const struct option opts[] = {
+        {"data", 1, 0, 'D'},     {"model", 1, 0, 'm'},     {"epochs", 1, 0, 'e'},
+        {"patience", 1, 0, 'p'}, {"batch", 1, 0, 'b'},     {"lr", 1, 0, 'l'},
+        {"lr-san", 1, 0, 'L'},   {"seed", 1, 0, 's'},      {"max-len", 1, 0, 'n'},
+        {"min-len", 1, 0, 'N'},  {"dropout", 1, 0, 'o'},   {"d", 1, 0, 'd'},
+        {"r", 1, 0, 'r'},        {"schedule", 1, 0, 'S'},  {"act", 1, 0, 'a'},
+        {"towers", 1, 0, 't'},   {"max-steps", 1, 0, 'x'}, {"threads", 1, 0, 'T'},
+        {"no-save", 0, 0, 'z'},  {"json", 0, 0, 'j'},      {"help", 0, 0, 'h'},
+        {0, 0, 0, 0}};
+    const char *dir = NULL, *model = "iisan", *schedule = "every2";
+    iisan_config c;
+    iisan_train_config tc;
+    config_default(&c);
+    train_config_default(&tc);
+    int json = 0, save = 1, towers = c.towers;
+    long v, threads = 0;
+    double x;
+    optind = 1;
+    int ch;
+    while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'D': dir = optarg; break;
+        case 'm': model = optarg; break;
+        case 'e':
+            if (opt_int("train", "epochs", optarg, 1, 100000, &v)) return 2;
+            tc.epochs = (int)v;
+            break;
+        case 'p':
+            if (opt_int("train", "patience", optarg, 0, 100000, &v)) return 2;
+            tc.patience = (int)v;
+            break;
+        case 'b':
+            if (opt_int("train", "batch", optarg, 1, 4096, &v)) return 2;
+            tc.batch = (int)v;
+            break;
+        case 'l':
+            if (opt_float("train", "lr", optarg, 0, 1, &x)) return 2;
+            tc.lr = (float)x;
+            break;
+        case 'L':
+            if (opt_float("train", "lr-san", optarg, 0, 1, &x)) return 2;
+            tc.lr_san = (float)x;
+            break;
+        case 's':
+            if (opt_int("train", "seed", optarg, 0, 0x7fffffffL, &v)) return 2;
+            tc.seed = (uint64_t)v;
+            break;
+        case 'n':
+            if (opt_int("train", "max-len", optarg, 1, 200, &v)) return 2;
+            c.n = (int)v;
+            break;
+        case 'N':
+            if (opt_int("train", "min-len", optarg, 3, 1000, &v)) return 2;
+            tc.min_len = (int)v;
+            break;
+        case 'o':
+            if (opt_float("train", "dropout", optarg, 0, 0.9, &x)) return 2;
+            c.dropout = (float)x;
+            break;
+        case 'd':
+            if (opt_int("train", "d", optarg, 2, 4096, &v)) return 2;
+            c.d = (int)v;
+            break;
+        case 'r':
+            if (opt_int("train", "r", optarg, 1, 4096, &v)) return 2;
+            c.r = (int)v;
+            break;
+        case 'S': schedule = optarg; break;
+        case 'a':
+            if (!strcmp(optarg, "relu")) c.act = IISAN_ACT_RELU;
+            else if (!strcmp(optarg, "gelu")) c.act = IISAN_ACT_GELU;
+            else {
+                fprintf(stderr, "iisan train: --act wants relu or gelu, got '%s'\n", optarg);
+                return 2;
+            }
+            break;
+        case 't':
+            if (parse_towers(optarg, &towers)) {
+                fprintf(stderr,
+                        "iisan train: --towers wants a list from image,text,inter, got '%s'\n",
+                        optarg);
+                return 2;
+            }
+            break;
+        case 'x':
+            if (opt_int("train", "max-steps", optarg, 0, 1L << 40, &v)) return 2;
+            tc.max_steps = v;
+            break;
+        case 'T':
+            if (opt_int("train", "threads", optarg, 0, 1024, &threads)) return 2;
+            break;
+        case 'z': save = 0; break;
+        case 'j': json = 1; break;
+        case 'h': help(stdout); return 0;
+        default: help(stderr); return 2;
+        }
+    }
+    if (optind < argc || !dir) {
+        fprintf(stderr, "iisan train: %s\n",
+                !dir ? "--data DIR is required" : "unexpected argument");
+        help(stderr);
+        return 2;
+    }
+    if (!strcmp(model, "iisan")) c.kind = MODEL_IISAN;
+    else if (!strcmp(model, "sasrec-id")) c.kind = MODEL_SASREC_ID;
+    else if (!strcmp(model, "popularity")) c.kind = MODEL_POPULARITY;
+    else {
+        fprintf(stderr, "iisan train: --model wants iisan, sasrec-id or popularity, got '%s'\n",
+                model);
+        return 2;
+    }
+    c.towers = towers;
+
+    char err[512];
+    iisan_store *s = NULL;
+    if (store_open(&s, dir, 0, err, sizeof err)) {
+        fprintf(stderr, "iisan train: %s\n", err);
+        return 1;
+    }
+    int rc = 1;
+    iisan_dataset ds = {0};
+    iisan_model *m = NULL;
+    iisan_backend *be = NULL;
+    store_states ss = {NULL};
+    double t0 = now_seconds();
+    if (dataset_build(&ds, s, c.n, tc.min_len, err, sizeof err)) {
+        fprintf(stderr, "iisan train: %s\n", err);
+        goto out;
+    }
+    if (ds.n_users == 0) {
+        fprintf(stderr, "iisan train: %s has no users with at least %d items: import users.tsv\n",
+                dir, tc.min_len);
+        goto out;
+    }
+    fprintf(stderr, "dataset: %d users, %d items, %llu interactions (%.2f s)\n", ds.n_users,
+            ds.n_items, (unsigned long long)ds.n_interactions, now_seconds() - t0);
+
+    if (c.kind == MODEL_POPULARITY) {
+        eval_result r;
+        popularity_evaluate(&ds, SPLIT_VALID, &r);
+        fprintf(stderr, "popularity: valid HR@10 %.4f NDCG@10 %.4f (%d users)\n", r.hr10,
+                r.ndcg10, r.users);
+        if (json)
+            printf("{\"model\":\"popularity\",\"valid_hr10\":%.6f,\"valid_ndcg10\":%.6f,"
+                   "\"users\":%d}\n",
+                   r.hr10, r.ndcg10, r.users);
+        rc = 0;
+        goto out;
+    }
+    if (c.kind == MODEL_IISAN) {
+        store_states_info ti, vi;
+        int ht = store_states_info_get(s, IISAN_TEXT, &ti) == 0;
+        int hv = store_states_info_get(s, IISAN_IMAGE, &vi) == 0;
+        if (!ht && !hv) {
+            fprintf(stderr,
+                    "iisan train: %s holds no hidden states; import them with `iisan import "
+                    "--states FILE` (docs/formats.md) or train --model sasrec-id\n",
+                    dir);
+            goto out;
+        }
+        if (ht && hv && (ti.nstates != vi.nstates || ti.width != vi.width)) {
+            fprintf(stderr,
+                    "iisan train: text states are %d x %d but image states %d x %d; the inter "
+                    "SAN needs both the same\n",
+                    ti.nstates, ti.width, vi.nstates, vi.width);
+            goto out;
+        }
+        c.nstates = ht ? ti.nstates : vi.nstates;
+        c.D = ht ? ti.width : vi.width;
+        if (config_set_schedule(&c, schedule, err, sizeof err)) {
+            fprintf(stderr, "iisan train: %s\n", err);
+            rc = 2;
+            goto out;
+        }
+        fprintf(stderr, "hidden states: text %s, image %s; %d states x %d\n",
+                ht ? ti.backbone : "(none: zeros)", hv ? vi.backbone : "(none: zeros)",
+                c.nstates, c.D);
+    } else {
+        c.n_items = ds.n_items;
+    }
+    be = iisan_backend_cpu((int)threads);
+    m = model_create(&c, be, tc.batch, tc.seed, err, sizeof err);
+    if (!m) {
+        fprintf(stderr, "iisan train: %s\n", err);
+        goto out;
+    }
+    fprintf(stderr, "model: %s, %zu trainable parameters, batch %d, up to %d epochs\n", model,
+            model_param_count(m), tc.batch, tc.epochs);
+    if (store_reader_begin(s, &ss.r)) {
+        fprintf(stderr, "iisan train: cannot read the store\n");
+        goto out;
+    }
+    iisan_states st = {store_states_get, &ss};
+    train_summary sum;
+    if (train_run(m, &ds, &st, &tc, 1, on_epoch, NULL, &sum)) {
+        fprintf(stderr, "iisan train: out of memory\n");
+        goto out;
+    }
+    store_reader_end(ss.r);
+    ss.r = NULL;
+    uint32_t version = 0;
+    if (save) {
+        iisan_ckpt ck = {0};
+        ck.c = c;
+        ck.min_len = tc.min_len;
+        ck.n_cat = (uint32_t)ds.n_items + 1;
+        ck.item_cat = ds.item_cat;
+        ck.nparams = m->pt.total;
+        ck.params = malloc(m->pt.total * sizeof(float));
+        if (!ck.params) goto out;
+        be->download(be, ck.params, m->w, m->pt.total * sizeof(float));
+        size_t len;
+        void *blob = ckpt_encode(&ck, &len);
+        free(ck.params);
+        char meta[512];
+        snprintf(meta, sizeof meta,
+                 "{\"model\":\"%s\",\"best_epoch\":%d,\"epochs_run\":%d,\"valid_hr10\":%.6f,"
+                 "\"valid_ndcg10\":%.6f,\"seconds_per_epoch\":%.3f,\"created\":%lld}",
+                 model, sum.best_epoch, sum.epochs_run, sum.best_valid.hr10,
+                 sum.best_valid.ndcg10, sum.mean_epoch_seconds, (long long)time(NULL));
+        int prc = blob ? store_ckpt_put(s, blob, len, meta, &version) : IISAN_ENOMEM;
+        free(blob);
+        if (prc) {
+            fprintf(stderr, "iisan train: saving the checkpoint failed: %s\n",
+                    iisan_strerror(prc));
+            goto out;
+        }
+    }
+    fprintf(stderr,
+            "trained %s: best epoch %d of %d, valid HR@10 %.4f NDCG@10 %.4f, %.2f s/epoch, "
+            "%zu parameters%s",
+            model, sum.best_epoch, sum.epochs_run, sum.best_valid.hr10, sum.best_valid.ndcg10,
+            sum.mean_epoch_seconds, model_param_count(m), save ? "" : ", not saved\n");
+    if (save) fprintf(stderr, ", saved as version %u\n", version);
+    if (json)
+        printf("{\"model\":\"%s\",\"version\":%u,\"best_epoch\":%d,\"epochs_run\":%d,"
+               "\"steps\":%ld,\"valid_hr10\":%.6f,\"valid_ndcg10\":%.6f,"
+               "\"seconds_per_epoch\":%.3f,\"first_loss\":%.6f,\"last_loss\":%.6f,"
+               "\"params\":%zu,\"peak_rss_mib\":%.1f}\n",
+               model, version, sum.best_epoch, sum.epochs_run, sum.steps, sum.best_valid.hr10,
+               sum.best_valid.ndcg10, sum.mean_epoch_seconds, sum.first_loss, sum.last_loss,
+               model_param_count(m), peak_rss_kib() / 1024.0);
+    rc = 0;
+out:
+    if (ss.r) store_reader_end(ss.r);
+    model_destroy(m);
+    if (be) be->destroy(be);
+    dataset_free(&ds);
+    store_close(s);
+    return rc;
+}

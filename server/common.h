@@ -1,0 +1,34 @@
+/* Helpers shared by the subcommands: reading numbers from options, the
+ * store-backed hidden-state source, and loading checkpoints into models. */
+#ifndef IISAN_SERVER_COMMON_H
+#define IISAN_SERVER_COMMON_H
+
+#include <stdint.h>
+
+#include "core/checkpoint.h"
+#include "core/dataset.h"
+#include "core/model.h"
+#include "store/store.h"
+
+/* parse a whole string as a number within [lo, hi]; 0 or -1 (message printed) */
+int opt_int(const char *cmd, const char *opt, const char *s, long lo, long hi, long *out);
+int opt_float(const char *cmd, const char *opt, const char *s, double lo, double hi,
+              double *out);
+
+/* hidden states straight from an LMDB read transaction (zero copy) */
+typedef struct {
+    store_reader *r;
+} store_states;
+const uint16_t *store_states_get(void *ctx, int modality, uint32_t cat);
+
+double now_seconds(void);
+long peak_rss_kib(void);
+
+#endif
+
+/* Loads checkpoint version (0 = latest) from s into a new model on be, with
+ * the dataset rebuilt as it was trained and checked against the checkpoint's
+ * item mapping. Returns 0, or 1 with a message printed for cmd. */
+int load_checkpoint_model(const char *cmd, iisan_store *s, uint32_t version, iisan_backend *be,
+                          iisan_ckpt *ck, iisan_dataset *ds, iisan_model **m,
+                          uint32_t *version_out);
