@@ -63,7 +63,7 @@ static inline IISAN_HD uint16_t iisan_float_to_half(float f) {
     if (ax > 0x7f800000u) /* NaN: quiet it, keep the top payload bits */
         return (uint16_t)(sign | 0x7e00u | ((ax >> 13) & 0x3ffu));
     if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* >= 65520 (or inf): inf */
-    if (ax >= 0x38800000u) {                                 /* normal half (>= 2^-14) */
+    if (ax >= 0x38800000u) {                                  /* normal half (>= 2^-14) */
         /* rebias the exponent (127 -> 15) and round the 13 dropped bits to even; a
          * carry out of the mantissa correctly bumps the exponent */
         uint32_t r = ax - 0x38000000u + 0xfffu + ((ax >> 13) & 1u);

@@ -50,7 +50,7 @@ static inline IISAN_HD uint64_t iisan_rng_u64(uint64_t seed, uint64_t i) {
 
 /* top 24 bits: exactly representable, so the result is < 1 */
 static inline IISAN_HD float iisan_rng_uniform_key(uint64_t key, uint64_t i) {
-    return (float)(iisan_rng_u64_key(key, i) >> 40) * (1.0f / 16777216.0f);
+    return (float)(uint32_t)(iisan_rng_u64_key(key, i) >> 40) * (1.0f / 16777216.0f);
 }
 
 static inline IISAN_HD float iisan_rng_uniform(uint64_t seed, uint64_t i) {

@@ -37,8 +37,7 @@ void cpu_ger(iisan_backend *be, int M, int N, float alpha, const float *x, const
 /* ---- cpu_elementwise.c ---- */
 void cpu_act_fwd(iisan_backend *be, int act, float *y, const float *x, size_t n);
 void cpu_act_bwd(iisan_backend *be, int act, float *dx, const float *dy, const float *x, size_t n);
-void cpu_dropout_fwd(iisan_backend *be, float *y, const float *x, size_t n, float p,
-                     uint64_t seed);
+void cpu_dropout_fwd(iisan_backend *be, float *y, const float *x, size_t n, float p, uint64_t seed);
 void cpu_dropout_bwd(iisan_backend *be, float *dx, const float *dy, size_t n, float p,
                      uint64_t seed);
 void cpu_gate_fwd(iisan_backend *be, float *out, const float *c, const float *a, const float *b,

@@ -27,7 +27,8 @@ static inline float keep_scale(uint64_t key, size_t idx, float p, float inv_keep
 
 static float dot(const float *restrict a, const float *restrict b, int n) {
     float s = 0.0f;
-    for (int k = 0; k < n; k++) s += a[k] * b[k];
+    for (int k = 0; k < n; k++)
+        s += a[k] * b[k];
     return s;
 }
 
@@ -47,7 +48,8 @@ void cpu_attention_fwd(iisan_backend *be, float *out, float *probs, const float 
                 size_t prow = (((size_t)b * H + h) * n + i) * n;
                 float *P = probs + prow;
                 int any = 0;
-                for (int j = 0; j <= i; j++) any |= mk[j] != 0.0f;
+                for (int j = 0; j <= i; j++)
+                    any |= mk[j] != 0.0f;
                 float mx = -INFINITY;
                 for (int j = 0; j < n; j++) {
                     int allowed = !any || (j <= i && mk[j] != 0.0f);
@@ -65,15 +67,18 @@ void cpu_attention_fwd(iisan_backend *be, float *out, float *probs, const float 
                     sum += P[j];
                 }
                 float inv = 1.0f / sum;
-                for (int j = 0; j < n; j++) P[j] *= inv;
+                for (int j = 0; j < n; j++)
+                    P[j] *= inv;
 
                 float *o = out + ((size_t)b * n + i) * d + (size_t)h * dh;
-                for (int k = 0; k < dh; k++) o[k] = 0.0f;
+                for (int k = 0; k < dh; k++)
+                    o[k] = 0.0f;
                 for (int j = 0; j < n; j++) {
                     float w = P[j] * keep_scale(key, prow + j, p, inv_keep);
                     if (w == 0.0f) continue;
                     const float *v = base + (size_t)j * ld + 2 * d + (size_t)h * dh;
-                    for (int k = 0; k < dh; k++) o[k] += w * v[k];
+                    for (int k = 0; k < dh; k++)
+                        o[k] += w * v[k];
                 }
             }
         }
@@ -107,7 +112,8 @@ void cpu_attention_bwd(iisan_backend *be, float *dqkv, const float *dout, const 
                     float *dv = dbase + (size_t)j * ld + 2 * d + (size_t)h * dh;
                     float w = P[j] * ks;
                     if (w != 0.0f)
-                        for (int k = 0; k < dh; k++) dv[k] += w * go[k];
+                        for (int k = 0; k < dh; k++)
+                            dv[k] += w * go[k];
                     dP[j] = ks == 0.0f ? 0.0f : ks * dot(go, v, dh);
                     pdp += (double)P[j] * dP[j];
                 }

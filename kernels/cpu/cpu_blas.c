@@ -8,9 +8,11 @@ static CPU_VEC void scale_rows(float *C, int ldc, int M, int N, float beta) {
     for (int i = 0; i < M; i++) {
         float *restrict c = C + (size_t)i * ldc;
         if (beta == 0.0f)
-            for (int j = 0; j < N; j++) c[j] = 0.0f;
+            for (int j = 0; j < N; j++)
+                c[j] = 0.0f;
         else
-            for (int j = 0; j < N; j++) c[j] *= beta;
+            for (int j = 0; j < N; j++)
+                c[j] *= beta;
     }
 }
 
@@ -21,8 +23,8 @@ void cpu_gemm(iisan_backend *be, int ta, int tb, int M, int N, int K, float alph
         scale_rows(C, ldc, M, N, beta);
         return;
     }
-    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M,
-                N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N,
+                K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 void cpu_gemm_batched(iisan_backend *be, int ta, int tb, int M, int N, int K, float alpha,
@@ -35,7 +37,8 @@ void cpu_gemm_batched(iisan_backend *be, int ta, int tb, int M, int N, int K, fl
 
 /* x may equal y: each element is read before it is written, so no restrict */
 CPU_VEC void cpu_axpby(iisan_backend *be, size_t n, float a, const float *x, float b, float *y) {
-    for (size_t i = 0; i < n; i++) y[i] = a * x[i] + b * y[i];
+    for (size_t i = 0; i < n; i++)
+        y[i] = a * x[i] + b * y[i];
 }
 
 CPU_VEC void cpu_add_bias(iisan_backend *be, float *x, int ldx, const float *bias, int rows,
@@ -43,7 +46,8 @@ CPU_VEC void cpu_add_bias(iisan_backend *be, float *x, int ldx, const float *bia
     const float *restrict bb = bias;
     for (int r = 0; r < rows; r++) {
         float *restrict xr = x + (size_t)r * ldx;
-        for (int c = 0; c < cols; c++) xr[c] += bb[c];
+        for (int c = 0; c < cols; c++)
+            xr[c] += bb[c];
     }
 }
 
@@ -52,7 +56,8 @@ CPU_VEC void cpu_bias_grad(iisan_backend *be, float *dbias, const float *dy, int
     float *restrict db = dbias;
     for (int r = 0; r < rows; r++) {
         const float *restrict d = dy + (size_t)r * ldy;
-        for (int c = 0; c < cols; c++) db[c] += d[c];
+        for (int c = 0; c < cols; c++)
+            db[c] += d[c];
     }
 }
 

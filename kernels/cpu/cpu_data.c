@@ -29,13 +29,15 @@ CPU_VEC void cpu_scatter_add_rows(iisan_backend *be, float *dst, const float *sr
     for (int i = 0; i < n; i++) {
         float *restrict d = dst + (size_t)idx[i] * cols;
         const float *restrict s = src + (size_t)i * cols;
-        for (int c = 0; c < cols; c++) d[c] += s[c];
+        for (int c = 0; c < cols; c++)
+            d[c] += s[c];
     }
 }
 
 static CPU_VEC int count_greater(const float *restrict s, int n, float thr) {
     int cnt = 0;
-    for (int c = 0; c < n; c++) cnt += s[c] > thr;
+    for (int c = 0; c < n; c++)
+        cnt += s[c] > thr;
     return cnt;
 }
 
@@ -111,7 +113,8 @@ void cpu_topk(iisan_backend *be, int *out_idx, float *out_score, const float *sc
         int *oi = out_idx + (size_t)r * k;
         float *os = out_score + (size_t)r * k;
         if (!heap) { /* out of memory for a huge k: report nothing found */
-            for (int j = 0; j < k; j++) oi[j] = -1, os[j] = -INFINITY;
+            for (int j = 0; j < k; j++)
+                oi[j] = -1, os[j] = -INFINITY;
             continue;
         }
         const float *row = scores + (size_t)r * N;
@@ -131,7 +134,8 @@ void cpu_topk(iisan_backend *be, int *out_idx, float *out_score, const float *sc
                 sift_down(heap, k, 0);
             }
         }
-        for (int j = cnt; j < k; j++) oi[j] = -1, os[j] = -INFINITY;
+        for (int j = cnt; j < k; j++)
+            oi[j] = -1, os[j] = -INFINITY;
         /* pop the worst into the last free place: best first */
         for (int j = cnt - 1; j >= 0; j--) {
             oi[j] = heap[0].i;

@@ -10,33 +10,40 @@
 
 CPU_VEC void cpu_act_fwd(iisan_backend *be, int act, float *y, const float *x, size_t n) {
     if (act == IISAN_ACT_GELU)
-        for (size_t i = 0; i < n; i++) y[i] = iisan_gelu(x[i]);
+        for (size_t i = 0; i < n; i++)
+            y[i] = iisan_gelu(x[i]);
     else
-        for (size_t i = 0; i < n; i++) y[i] = iisan_relu(x[i]);
+        for (size_t i = 0; i < n; i++)
+            y[i] = iisan_relu(x[i]);
 }
 
 CPU_VEC void cpu_act_bwd(iisan_backend *be, int act, float *dx, const float *dy, const float *x,
                          size_t n) {
     if (act == IISAN_ACT_GELU)
-        for (size_t i = 0; i < n; i++) dx[i] = dy[i] * iisan_gelu_grad(x[i]);
+        for (size_t i = 0; i < n; i++)
+            dx[i] = dy[i] * iisan_gelu_grad(x[i]);
     else
-        for (size_t i = 0; i < n; i++) dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
+        for (size_t i = 0; i < n; i++)
+            dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
 }
 
 /* y = x * keep / (1 - p), keep = uniform(seed, i) >= p. Forward and backward are
  * the same linear map, so both slots share it. */
-static void dropout_apply(float *y, const float *x, size_t n, float p, uint64_t seed) {
+static CPU_VEC void dropout_apply(float *y, const float *x, size_t n, float p, uint64_t seed) {
     if (p <= 0.0f) {
         if (n && y != x) memcpy(y, x, n * sizeof *y);
         return;
     }
     if (p >= 1.0f) { /* nothing is kept */
-        memset(y, 0, n * sizeof *y);
+        if (n) memset(y, 0, n * sizeof *y);
         return;
     }
     float scale = 1.0f / (1.0f - p);
     uint64_t key = iisan_rng_key(seed);
-    for (size_t i = 0; i < n; i++) y[i] = iisan_rng_uniform_key(key, i) >= p ? x[i] * scale : 0.0f;
+    for (size_t i = 0; i < n; i++) {
+        float m = iisan_rng_uniform_key(key, i) >= p ? scale : 0.0f; /* as x * mask / (1-p) */
+        y[i] = x[i] * m;
+    }
 }
 
 void cpu_dropout_fwd(iisan_backend *be, float *y, const float *x, size_t n, float p,
@@ -58,13 +65,17 @@ static CPU_VEC void lin3(float *out, const float *c, const float *x, float sx, c
         y = NULL;
     }
     if (c && x && y)
-        for (size_t i = 0; i < n; i++) out[i] = c[i] + sx * x[i] + sy * y[i];
+        for (size_t i = 0; i < n; i++)
+            out[i] = c[i] + sx * x[i] + sy * y[i];
     else if (c && x)
-        for (size_t i = 0; i < n; i++) out[i] = c[i] + sx * x[i];
+        for (size_t i = 0; i < n; i++)
+            out[i] = c[i] + sx * x[i];
     else if (x && y)
-        for (size_t i = 0; i < n; i++) out[i] = sx * x[i] + sy * y[i];
+        for (size_t i = 0; i < n; i++)
+            out[i] = sx * x[i] + sy * y[i];
     else if (x)
-        for (size_t i = 0; i < n; i++) out[i] = sx * x[i];
+        for (size_t i = 0; i < n; i++)
+            out[i] = sx * x[i];
     else if (c) {
         if (n && out != c) memcpy(out, c, n * sizeof *out);
     } else if (n)
@@ -87,24 +98,32 @@ static CPU_VEC double dot_diff(const float *restrict dout, const float *restrict
     size_t i = 0;
     if (x && y) {
         for (; i + LANES <= n; i += LANES)
-            for (int l = 0; l < LANES; l++) acc[l] += dout[i + l] * (x[i + l] - y[i + l]);
-        for (; i < n; i++) acc[0] += dout[i] * (x[i] - y[i]);
+            for (int l = 0; l < LANES; l++)
+                acc[l] += dout[i + l] * (x[i + l] - y[i + l]);
+        for (; i < n; i++)
+            acc[0] += dout[i] * (x[i] - y[i]);
     } else if (x) {
         for (; i + LANES <= n; i += LANES)
-            for (int l = 0; l < LANES; l++) acc[l] += dout[i + l] * x[i + l];
-        for (; i < n; i++) acc[0] += dout[i] * x[i];
+            for (int l = 0; l < LANES; l++)
+                acc[l] += dout[i + l] * x[i + l];
+        for (; i < n; i++)
+            acc[0] += dout[i] * x[i];
     } else if (y) {
         for (; i + LANES <= n; i += LANES)
-            for (int l = 0; l < LANES; l++) acc[l] -= dout[i + l] * y[i + l];
-        for (; i < n; i++) acc[0] -= dout[i] * y[i];
+            for (int l = 0; l < LANES; l++)
+                acc[l] -= dout[i + l] * y[i + l];
+        for (; i < n; i++)
+            acc[0] -= dout[i] * y[i];
     }
     double total = 0.0;
-    for (int l = 0; l < LANES; l++) total += acc[l];
+    for (int l = 0; l < LANES; l++)
+        total += acc[l];
     return total;
 }
 
 static CPU_VEC void scale_into(float *y, const float *x, float s, size_t n) {
-    for (size_t i = 0; i < n; i++) y[i] = s * x[i];
+    for (size_t i = 0; i < n; i++)
+        y[i] = s * x[i];
 }
 
 /* Block by block (so dout is still in cache for the second use): the block's

@@ -9,7 +9,8 @@ enum { LANES = 8 };
 
 static double lanes_total(const float *acc) {
     double t = 0.0;
-    for (int l = 0; l < LANES; l++) t += acc[l];
+    for (int l = 0; l < LANES; l++)
+        t += acc[l];
     return t;
 }
 
@@ -23,17 +24,22 @@ CPU_VEC void cpu_layernorm_fwd(iisan_backend *be, float *y, float *mean, float *
         float acc[LANES] = {0};
         int c = 0;
         for (; c + LANES <= cols; c += LANES)
-            for (int l = 0; l < LANES; l++) acc[l] += xr[c + l];
-        for (; c < cols; c++) acc[0] += xr[c];
+            for (int l = 0; l < LANES; l++)
+                acc[l] += xr[c + l];
+        for (; c < cols; c++)
+            acc[0] += xr[c];
         float mu = (float)(lanes_total(acc) / cols);
 
         float sq[LANES] = {0};
         for (c = 0; c + LANES <= cols; c += LANES)
-            for (int l = 0; l < LANES; l++) sq[l] += (xr[c + l] - mu) * (xr[c + l] - mu);
-        for (; c < cols; c++) sq[0] += (xr[c] - mu) * (xr[c] - mu);
+            for (int l = 0; l < LANES; l++)
+                sq[l] += (xr[c + l] - mu) * (xr[c + l] - mu);
+        for (; c < cols; c++)
+            sq[0] += (xr[c] - mu) * (xr[c] - mu);
         float rs = (float)(1.0 / sqrt(lanes_total(sq) / cols + (double)eps));
 
-        for (c = 0; c < cols; c++) yr[c] = (xr[c] - mu) * rs * gg[c] + bb[c];
+        for (c = 0; c < cols; c++)
+            yr[c] = (xr[c] - mu) * rs * gg[c] + bb[c];
         mean[r] = mu;
         rstd[r] = rs;
     }
@@ -45,8 +51,8 @@ CPU_VEC void cpu_layernorm_fwd(iisan_backend *be, float *y, float *mean, float *
  * Per row, everything that reads dy happens before dx (which may be dy) is
  * written. */
 CPU_VEC void cpu_layernorm_bwd(iisan_backend *be, float *dx, float *dg, float *db, const float *dy,
-                               const float *x, const float *mean, const float *rstd,
-                               const float *g, int rows, int cols) {
+                               const float *x, const float *mean, const float *rstd, const float *g,
+                               int rows, int cols) {
     const float *restrict gg = g;
     float *restrict dgg = dg, *restrict dbb = db;
     for (int r = 0; r < rows; r++) {

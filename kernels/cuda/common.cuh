@@ -14,9 +14,9 @@ struct cuda_ctx {
     int device;
     int sync_each; /* IISAN_CUDA_SYNC=1: synchronise after every launch */
     cublasHandle_t blas;
-    void *red;   /* reduction partials, red_bytes */
+    void *red; /* reduction partials, red_bytes */
     size_t red_bytes;
-    void *ptrs;  /* gather_half's device copy of the row-pointer table, ptrs_bytes */
+    void *ptrs; /* gather_half's device copy of the row-pointer table, ptrs_bytes */
     size_t ptrs_bytes;
 };
 
@@ -28,13 +28,12 @@ bool iisan_cuda_check(cublasStatus_t e, const char *stmt, const char *file, int 
 #define CK(stmt) iisan_cuda_check((stmt), #stmt, __FILE__, __LINE__)
 
 /* Launch a kernel and check the launch (and, with IISAN_CUDA_SYNC=1, its execution). */
-#define LAUNCH(cx, kern, grid, block, shmem, ...)                                              \
-    do {                                                                                       \
-        kern<<<(grid), (block), (shmem)>>>(__VA_ARGS__);                                       \
-        iisan_cuda_check(cudaGetLastError(), #kern "<<<>>>", __FILE__, __LINE__);              \
-        if ((cx)->sync_each)                                                                   \
-            iisan_cuda_check(cudaDeviceSynchronize(), #kern "<<<>>> (sync)", __FILE__,         \
-                             __LINE__);                                                        \
+#define LAUNCH(cx, kern, grid, block, shmem, ...)                                                  \
+    do {                                                                                           \
+        kern<<<(grid), (block), (shmem)>>>(__VA_ARGS__);                                           \
+        iisan_cuda_check(cudaGetLastError(), #kern "<<<>>>", __FILE__, __LINE__);                  \
+        if ((cx)->sync_each)                                                                       \
+            iisan_cuda_check(cudaDeviceSynchronize(), #kern "<<<>>> (sync)", __FILE__, __LINE__);  \
     } while (0)
 
 /* The backend's state, with its device made current on the calling thread. */
@@ -52,29 +51,33 @@ static inline unsigned ew_grid(size_t n) {
     return (unsigned)(g < 65536 ? (g ? g : 1) : 65536);
 }
 
-#define FOR_EACH(i, n)                                                                         \
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (size_t)(n);            \
+#define FOR_EACH(i, n)                                                                             \
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (size_t)(n);                \
          i += (size_t)gridDim.x * blockDim.x)
 
 /* ---- block reductions (blockDim.x a multiple of 32, at most 1024, every thread calls) ---- */
 
 __device__ inline float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
 
 __device__ inline float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
 
 __device__ inline double warp_sum_d(double v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
 
 __device__ inline int warp_sum_int(int v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
 
@@ -87,7 +90,8 @@ __device__ inline float block_sum(float v) {
     if (lane == 0) sh[w] = v;
     __syncthreads();
     float t = 0.0f;
-    for (int k = 0; k < nw; k++) t += sh[k];
+    for (int k = 0; k < nw; k++)
+        t += sh[k];
     return t;
 }
 
@@ -99,7 +103,8 @@ __device__ inline double block_sum_d(double v) {
     if (lane == 0) sh[w] = v;
     __syncthreads();
     double t = 0.0;
-    for (int k = 0; k < nw; k++) t += sh[k];
+    for (int k = 0; k < nw; k++)
+        t += sh[k];
     return t;
 }
 
@@ -111,7 +116,8 @@ __device__ inline float block_max(float v) {
     if (lane == 0) sh[w] = v;
     __syncthreads();
     float t = sh[0];
-    for (int k = 1; k < nw; k++) t = fmaxf(t, sh[k]);
+    for (int k = 1; k < nw; k++)
+        t = fmaxf(t, sh[k]);
     return t;
 }
 
@@ -123,47 +129,45 @@ __device__ inline int block_sum_int(int v) {
     if (lane == 0) sh[w] = v;
     __syncthreads();
     int t = 0;
-    for (int k = 0; k < nw; k++) t += sh[k];
+    for (int k = 0; k < nw; k++)
+        t += sh[k];
     return t;
 }
 
 /* ---- the ops, one group per file ---- */
 
-/* blas.cu */
-void cuda_gemm(iisan_backend *be, int ta, int tb, int M, int N, int K, float alpha,
-               const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
+/* cuda_blas.cu */
+void cuda_gemm(iisan_backend *be, int ta, int tb, int M, int N, int K, float alpha, const float *A,
+               int lda, const float *B, int ldb, float beta, float *C, int ldc);
 void cuda_gemm_batched(iisan_backend *be, int ta, int tb, int M, int N, int K, float alpha,
                        const float *A, int lda, long sa, const float *B, int ldb, long sb,
                        float beta, float *C, int ldc, long sc, int batch);
 
-/* elementwise.cu */
+/* cuda_elementwise.cu */
 void cuda_axpby(iisan_backend *be, size_t n, float a, const float *x, float b, float *y);
 void cuda_add_bias(iisan_backend *be, float *x, int ldx, const float *bias, int rows, int cols);
-void cuda_bias_grad(iisan_backend *be, float *dbias, const float *dy, int ldy, int rows,
-                    int cols);
+void cuda_bias_grad(iisan_backend *be, float *dbias, const float *dy, int ldy, int rows, int cols);
 void cuda_ger(iisan_backend *be, int M, int N, float alpha, const float *x, const float *y,
               float *A);
 void cuda_act_fwd(iisan_backend *be, int act, float *y, const float *x, size_t n);
-void cuda_act_bwd(iisan_backend *be, int act, float *dx, const float *dy, const float *x,
-                  size_t n);
+void cuda_act_bwd(iisan_backend *be, int act, float *dx, const float *dy, const float *x, size_t n);
 void cuda_dropout_fwd(iisan_backend *be, float *y, const float *x, size_t n, float p,
                       uint64_t seed);
 void cuda_dropout_bwd(iisan_backend *be, float *dx, const float *dy, size_t n, float p,
                       uint64_t seed);
-void cuda_gate_fwd(iisan_backend *be, float *out, const float *c, const float *a,
-                   const float *b, const float *p, float temp, size_t n);
+void cuda_gate_fwd(iisan_backend *be, float *out, const float *c, const float *a, const float *b,
+                   const float *p, float temp, size_t n);
 void cuda_gate_bwd(iisan_backend *be, float *da, float *db, float *dp, const float *dout,
                    const float *a, const float *b, const float *p, float temp, size_t n);
-void cuda_adam(iisan_backend *be, float *w, const float *g, float *m, float *v, size_t n,
-               float lr, float b1, float b2, float eps, int t);
-void cuda_gather_half(iisan_backend *be, float *dst, const uint16_t *const *rows, int n,
-                      int cols);
+void cuda_adam(iisan_backend *be, float *w, const float *g, float *m, float *v, size_t n, float lr,
+               float b1, float b2, float eps, int t);
+void cuda_gather_half(iisan_backend *be, float *dst, const uint16_t *const *rows, int n, int cols);
 void cuda_gather_rows(iisan_backend *be, float *dst, const float *src, const int *idx, int n,
                       int cols);
-void cuda_scatter_add_rows(iisan_backend *be, float *dst, const float *src, const int *idx,
-                           int n, int cols);
+void cuda_scatter_add_rows(iisan_backend *be, float *dst, const float *src, const int *idx, int n,
+                           int cols);
 
-/* rows.cu */
+/* cuda_rows.cu */
 void cuda_layernorm_fwd(iisan_backend *be, float *y, float *mean, float *rstd, const float *x,
                         const float *g, const float *b, int rows, int cols, float eps);
 void cuda_layernorm_bwd(iisan_backend *be, float *dx, float *dg, float *db, const float *dy,
@@ -172,16 +176,15 @@ void cuda_layernorm_bwd(iisan_backend *be, float *dx, float *dg, float *db, cons
 void cuda_attention_fwd(iisan_backend *be, float *out, float *probs, const float *qkv,
                         const float *mask, int B, int n, int H, int dh, float p, uint64_t seed);
 void cuda_attention_bwd(iisan_backend *be, float *dqkv, const float *dout, const float *qkv,
-                        const float *probs, int B, int n, int H, int dh, float p,
-                        uint64_t seed);
+                        const float *probs, int B, int n, int H, int dh, float p, uint64_t seed);
 void cuda_inbatch_ce(iisan_backend *be, float *logits, float *loss, const float *logpop,
                      const int *cand_item, const unsigned char *umask, const int *quser,
                      const int *qtarget, int Q, int C);
 
-/* eval.cu */
+/* cuda_eval.cu */
 void cuda_rank_targets(iisan_backend *be, int *rank, const float *scores, int R, int N,
                        const int *target, const int *excl, int ne);
-void cuda_topk(iisan_backend *be, int *out_idx, float *out_score, const float *scores, int R,
-               int N, int k, const int *excl, int ne);
+void cuda_topk(iisan_backend *be, int *out_idx, float *out_score, const float *scores, int R, int N,
+               int k, const int *excl, int ne);
 
 #endif

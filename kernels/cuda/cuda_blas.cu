@@ -19,9 +19,8 @@ static __global__ void k_scale2d(float *C, int ldc, int M, int N, float beta) {
 
 static cublasOperation_t op(int t) { return t ? CUBLAS_OP_T : CUBLAS_OP_N; }
 
-void cuda_gemm(iisan_backend *be, int ta, int tb, int M, int N, int K, float alpha,
-               const float *A, int lda, const float *B, int ldb, float beta, float *C,
-               int ldc) {
+void cuda_gemm(iisan_backend *be, int ta, int tb, int M, int N, int K, float alpha, const float *A,
+               int lda, const float *B, int ldb, float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
     cuda_ctx *cx = cuda_enter(be);
     if (K <= 0) {
@@ -42,7 +41,6 @@ void cuda_gemm_batched(iisan_backend *be, int ta, int tb, int M, int N, int K, f
                    beta);
         return;
     }
-    CK(cublasSgemmStridedBatched(cx->blas, op(tb), op(ta), N, M, K, &alpha, B, ldb,
-                                 (long long)sb, A, lda, (long long)sa, &beta, C, ldc,
-                                 (long long)sc, batch));
+    CK(cublasSgemmStridedBatched(cx->blas, op(tb), op(ta), N, M, K, &alpha, B, ldb, (long long)sb,
+                                 A, lda, (long long)sa, &beta, C, ldc, (long long)sc, batch));
 }

@@ -176,11 +176,11 @@ extern "C" iisan_backend *iisan_backend_cuda(int device, char *err, size_t errle
     cx->device = device;
     cx->sync_each = env_flag("IISAN_CUDA_SYNC");
 
-    bool ok = CK(cudaSetDevice(device)) && CK(cublasCreate(&cx->blas)) &&
-              CK(cublasSetMathMode(cx->blas, env_flag("IISAN_CUDA_TF32")
-                                                     ? CUBLAS_TF32_TENSOR_OP_MATH
-                                                     : CUBLAS_DEFAULT_MATH)) &&
-              cuda_scratch(&cx->red, &cx->red_bytes, 4096) != NULL;
+    bool ok =
+        CK(cudaSetDevice(device)) && CK(cublasCreate(&cx->blas)) &&
+        CK(cublasSetMathMode(cx->blas, env_flag("IISAN_CUDA_TF32") ? CUBLAS_TF32_TENSOR_OP_MATH
+                                                                   : CUBLAS_DEFAULT_MATH)) &&
+        cuda_scratch(&cx->red, &cx->red_bytes, 4096) != NULL;
     if (!ok) {
         pthread_mutex_lock(&err_lock);
         snprintf(err, errlen, "CUDA set-up failed on device %d: %s", device, err_last);

@@ -45,26 +45,26 @@ static __global__ void k_bias_grad(float *dbias, const float *dy, int ldy, int r
     int c = blockIdx.x * COLS_X + threadIdx.x;
     float s = 0.0f;
     if (c < cols)
-        for (int r = threadIdx.y; r < rows; r += COLS_Y) s += dy[(size_t)r * ldy + c];
+        for (int r = threadIdx.y; r < rows; r += COLS_Y)
+            s += dy[(size_t)r * ldy + c];
     part[threadIdx.y][threadIdx.x] = s;
     __syncthreads();
     if (threadIdx.y == 0 && c < cols) {
         float t = 0.0f;
-        for (int k = 0; k < COLS_Y; k++) t += part[k][threadIdx.x];
+        for (int k = 0; k < COLS_Y; k++)
+            t += part[k][threadIdx.x];
         dbias[c] += t;
     }
 }
 
-void cuda_bias_grad(iisan_backend *be, float *dbias, const float *dy, int ldy, int rows,
-                    int cols) {
+void cuda_bias_grad(iisan_backend *be, float *dbias, const float *dy, int ldy, int rows, int cols) {
     if (rows <= 0 || cols <= 0) return;
     cuda_ctx *cx = cuda_enter(be);
     dim3 block(COLS_X, COLS_Y);
     LAUNCH(cx, k_bias_grad, (cols + COLS_X - 1) / COLS_X, block, 0, dbias, dy, ldy, rows, cols);
 }
 
-static __global__ void k_ger(int M, int N, float alpha, const float *x, const float *y,
-                             float *A) {
+static __global__ void k_ger(int M, int N, float alpha, const float *x, const float *y, float *A) {
     size_t n = (size_t)M * N;
     FOR_EACH(e, n) {
         size_t i = e / N, j = e % N;
@@ -115,7 +115,10 @@ void cuda_act_bwd(iisan_backend *be, int act, float *dx, const float *dy, const 
 
 static __global__ void k_dropout(float *y, const float *x, size_t n, float p, float scale,
                                  uint64_t key) {
-    FOR_EACH(i, n) y[i] = iisan_rng_uniform_key(key, i) >= p ? x[i] * scale : 0.0f;
+    FOR_EACH(i, n) { /* as the CPU: x * mask / (1-p), so a dropped -x gives -0 */
+        float m = iisan_rng_uniform_key(key, i) >= p ? scale : 0.0f;
+        y[i] = x[i] * m;
+    }
 }
 
 /* forward and backward are the same linear map */
@@ -160,18 +163,24 @@ static __global__ void k_gate_fwd(float *out, const float *c, const float *a, co
     }
     FOR_EACH(i, n) {
         float v;
-        if (c && a && b) v = c[i] + sa * a[i] + sb * b[i];
-        else if (c && a) v = c[i] + sa * a[i];
-        else if (a && b) v = sa * a[i] + sb * b[i];
-        else if (a) v = sa * a[i];
-        else if (c) v = c[i];
-        else v = 0.0f;
+        if (c && a && b)
+            v = c[i] + sa * a[i] + sb * b[i];
+        else if (c && a)
+            v = c[i] + sa * a[i];
+        else if (a && b)
+            v = sa * a[i] + sb * b[i];
+        else if (a)
+            v = sa * a[i];
+        else if (c)
+            v = c[i];
+        else
+            v = 0.0f;
         out[i] = v;
     }
 }
 
-void cuda_gate_fwd(iisan_backend *be, float *out, const float *c, const float *a,
-                   const float *b, const float *p, float temp, size_t n) {
+void cuda_gate_fwd(iisan_backend *be, float *out, const float *c, const float *a, const float *b,
+                   const float *p, float temp, size_t n) {
     if (!n) return;
     cuda_ctx *cx = cuda_enter(be);
     LAUNCH(cx, k_gate_fwd, ew_grid(n), EW_THREADS, 0, out, c, a, b, p, temp, n);
@@ -189,9 +198,12 @@ static __global__ void k_gate_bwd(float *da, float *db, double *part, const floa
     double acc = 0.0;
     FOR_EACH(i, n) {
         float d = dout[i];
-        if (a && b) acc += d * (a[i] - b[i]);
-        else if (a) acc += d * a[i];
-        else if (b) acc -= d * b[i];
+        if (a && b)
+            acc += d * (a[i] - b[i]);
+        else if (a)
+            acc += d * a[i];
+        else if (b)
+            acc -= d * b[i];
         if (da) da[i] = s * d;
         if (db) db[i] = (1.0f - s) * d;
     }
@@ -203,7 +215,8 @@ static __global__ void k_gate_bwd(float *da, float *db, double *part, const floa
 static __global__ void k_gate_dp(float *dp, const double *part, int nb, const float *p,
                                  float temp) {
     double acc = 0.0;
-    for (int k = threadIdx.x; k < nb; k += blockDim.x) acc += part[k];
+    for (int k = threadIdx.x; k < nb; k += blockDim.x)
+        acc += part[k];
     double sum = block_sum_d(acc);
     if (threadIdx.x == 0) {
         float s = iisan_sigmoid(*p / temp);
@@ -225,9 +238,8 @@ void cuda_gate_bwd(iisan_backend *be, float *da, float *db, float *dp, const flo
 
 /* ---- Adam (PyTorch's single-tensor order of operations, as kernels/cpu/cpu_optim.c) ---- */
 
-static __global__ void k_adam(float *w, const float *g, float *m, float *v, size_t n,
-                              float step, float bc2_sqrt, float b2, float c1, float c2,
-                              float eps) {
+static __global__ void k_adam(float *w, const float *g, float *m, float *v, size_t n, float step,
+                              float bc2_sqrt, float b2, float c1, float c2, float eps) {
     FOR_EACH(i, n) {
         float gi = g[i];
         float mi = m[i] + c1 * (gi - m[i]);
@@ -238,15 +250,14 @@ static __global__ void k_adam(float *w, const float *g, float *m, float *v, size
     }
 }
 
-void cuda_adam(iisan_backend *be, float *w, const float *g, float *m, float *v, size_t n,
-               float lr, float b1, float b2, float eps, int t) {
+void cuda_adam(iisan_backend *be, float *w, const float *g, float *m, float *v, size_t n, float lr,
+               float b1, float b2, float eps, int t) {
     if (!n) return;
     cuda_ctx *cx = cuda_enter(be);
     const float step = (float)((double)lr / (1.0 - pow((double)b1, t)));
     const float bc2_sqrt = (float)sqrt(1.0 - pow((double)b2, t));
     const float c1 = 1.0f - b1, c2 = 1.0f - b2;
-    LAUNCH(cx, k_adam, ew_grid(n), EW_THREADS, 0, w, g, m, v, n, step, bc2_sqrt, b2, c1, c2,
-           eps);
+    LAUNCH(cx, k_adam, ew_grid(n), EW_THREADS, 0, w, g, m, v, n, step, bc2_sqrt, b2, c1, c2, eps);
 }
 
 /* ---- data movement ---- */
@@ -259,8 +270,7 @@ static __global__ void k_gather_half(float *dst, const uint16_t *const *rows, in
     }
 }
 
-void cuda_gather_half(iisan_backend *be, float *dst, const uint16_t *const *rows, int n,
-                      int cols) {
+void cuda_gather_half(iisan_backend *be, float *dst, const uint16_t *const *rows, int n, int cols) {
     if (n <= 0 || cols <= 0) return;
     cuda_ctx *cx = cuda_enter(be);
     size_t bytes = (size_t)n * sizeof(*rows);
@@ -270,8 +280,8 @@ void cuda_gather_half(iisan_backend *be, float *dst, const uint16_t *const *rows
      * previous table) and is ordered before the kernel below */
     if (!CK(cudaMemcpy(dev_rows, rows, bytes, cudaMemcpyHostToDevice))) return;
     size_t total = (size_t)n * cols;
-    LAUNCH(cx, k_gather_half, ew_grid(total), EW_THREADS, 0, dst,
-           (const uint16_t *const *)dev_rows, n, cols);
+    LAUNCH(cx, k_gather_half, ew_grid(total), EW_THREADS, 0, dst, (const uint16_t *const *)dev_rows,
+           n, cols);
 }
 
 static __global__ void k_gather_rows(float *dst, const float *src, const int *idx, int n,
@@ -300,8 +310,8 @@ static __global__ void k_scatter_add_rows(float *dst, const float *src, const in
     }
 }
 
-void cuda_scatter_add_rows(iisan_backend *be, float *dst, const float *src, const int *idx,
-                           int n, int cols) {
+void cuda_scatter_add_rows(iisan_backend *be, float *dst, const float *src, const int *idx, int n,
+                           int cols) {
     if (n <= 0 || cols <= 0) return;
     cuda_ctx *cx = cuda_enter(be);
     size_t total = (size_t)n * cols;
