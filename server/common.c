@@ -51,6 +51,68 @@ long peak_rss_kib(void) {
     return ru.ru_maxrss;
 }
 
+/* SASRec-ID rows are model item indexes of the dataset the checkpoint was
+ * trained on; map them onto today's dataset through the catalogue indexes
+ * (IISAN needs nothing: its item side reads states by catalogue index). */
+static int remap_item_rows(const char *cmd, iisan_ckpt *ck, const iisan_dataset *ds,
+                           uint32_t version) {
+    const int d = ck->c.d, N = ds->n_items;
+    if ((uint32_t)N + 1 == ck->n_cat && !memcmp(ds->item_cat, ck->item_cat, 4 * (size_t)ck->n_cat))
+        return 0;
+    param_table old, neu;
+    iisan_config c2 = ck->c;
+    c2.n_items = N;
+    if (params_build(&old, &ck->c)) return -1;
+    if (params_build(&neu, &c2)) {
+        params_free(&old);
+        return -1;
+    }
+    uint32_t maxcat = 0;
+    for (uint32_t i = 0; i < ck->n_cat; i++) maxcat = ck->item_cat[i] > maxcat ? ck->item_cat[i] : maxcat;
+    for (int i = 0; i <= N; i++) maxcat = ds->item_cat[i] > maxcat ? ds->item_cat[i] : maxcat;
+    int32_t *row_of = malloc(((size_t)maxcat + 1) * sizeof *row_of);
+    float *p = malloc(neu.total * sizeof *p);
+    int rc = -1;
+    if (!row_of || !p) goto out;
+    for (uint32_t c = 0; c <= maxcat; c++) row_of[c] = -1;
+    for (uint32_t i = 1; i < ck->n_cat; i++) row_of[ck->item_cat[i]] = (int32_t)i;
+    row_of[0] = 0;
+    const param_info *oe = params_find(&old, "item_emb.weight"), *ne = params_find(&neu, "item_emb.weight");
+    for (int i = 0; i <= N; i++) {
+        int32_t r = row_of[ds->item_cat[i]];
+        if (r < 0) {
+            fprintf(stderr,
+                    "iisan %s: checkpoint %u has no embedding for catalogue item %u, which the "
+                    "store's users now hold: train a new version\n",
+                    cmd, version, ds->item_cat[i]);
+            goto out;
+        }
+        memcpy(p + ne->offset + (size_t)i * d, ck->params + oe->offset + (size_t)r * d,
+               (size_t)d * sizeof *p);
+    }
+    /* everything after the embedding table keeps its order */
+    memcpy(p + ne->offset + ne->size, ck->params + oe->offset + oe->size,
+           (neu.total - ne->offset - ne->size) * sizeof *p);
+    memcpy(p, ck->params, ne->offset * sizeof *p);
+    free(ck->params);
+    ck->params = p;
+    p = NULL;
+    ck->nparams = neu.total;
+    ck->c = c2;
+    free(ck->item_cat);
+    ck->item_cat = malloc(((size_t)N + 1) * sizeof *ck->item_cat);
+    if (!ck->item_cat) goto out;
+    memcpy(ck->item_cat, ds->item_cat, ((size_t)N + 1) * sizeof *ck->item_cat);
+    ck->n_cat = (uint32_t)N + 1;
+    rc = 0;
+out:
+    free(row_of);
+    free(p);
+    params_free(&old);
+    params_free(&neu);
+    return rc;
+}
+
 int load_checkpoint_model(const char *cmd, iisan_store *s, uint32_t version, iisan_backend *be,
                           iisan_ckpt *ck, iisan_dataset *ds, iisan_model **m,
                           uint32_t *version_out) {
@@ -79,12 +141,8 @@ int load_checkpoint_model(const char *cmd, iisan_store *s, uint32_t version, iis
         ckpt_free(ck);
         return 1;
     }
-    if ((uint32_t)ds->n_items + 1 != ck->n_cat ||
-        memcmp(ds->item_cat, ck->item_cat, 4 * (size_t)ck->n_cat)) {
-        fprintf(stderr,
-                "iisan %s: the store's interactions changed since checkpoint %u was trained "
-                "(%u items then, %d now): train a new version\n",
-                cmd, *version_out, ck->n_cat - 1, ds->n_items);
+    if (ck->c.kind == MODEL_SASREC_ID &&
+        remap_item_rows(cmd, ck, ds, *version_out)) {
         ckpt_free(ck);
         dataset_free(ds);
         return 1;

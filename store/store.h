@@ -54,16 +54,16 @@ uint32_t store_items_with_title(iisan_store *s);
  * the file, invalid UTF-8, and a truncated last line (no newline is fine; a
  * NUL byte is not) are IISAN_EFORMAT naming path:line. *n_added / *n_updated
  * may be NULL. */
-int store_import_items(iisan_store *s, const char *path, uint32_t *n_added,
-                       uint32_t *n_updated, char *err, size_t errlen);
+int store_import_items(iisan_store *s, const char *path, uint32_t *n_added, uint32_t *n_updated,
+                       char *err, size_t errlen);
 
 /* users.tsv: user_id<TAB>item_id item_id ... (oldest first). A user line
  * replaces that user's sequence. An item id unknown to the catalogue is an
  * IISAN_EFORMAT error naming path:line and the id, unless add_unknown_items
  * is set (interactions-only catalogues), in which case it is added with no
  * title. */
-int store_import_users(iisan_store *s, const char *path, int add_unknown_items,
-                       uint32_t *n_users, uint64_t *n_interactions, char *err, size_t errlen);
+int store_import_users(iisan_store *s, const char *path, int add_unknown_items, uint32_t *n_users,
+                       uint64_t *n_interactions, char *err, size_t errlen);
 
 /* Hidden states in safetensors (docs/formats.md): tensors "text" and/or
  * "image" [N, L+1, D] (F16 or F32), "item_ids" U8 [bytes] holding N
@@ -86,9 +86,9 @@ int store_states_info_get(iisan_store *s, int modality, store_states_info *out);
 /* Writes one item's states (fp16, nstates*width) for modality; the first
  * write of a modality records backbone/nstates/width, later ones must match
  * (IISAN_EMISMATCH). Used by importers and, later, encoders. */
-int store_put_states(iisan_store *s, int modality, const char *backbone, int nstates,
-                     int width, uint32_t n, const uint32_t *idx, const uint16_t *states,
-                     char *err, size_t errlen);
+int store_put_states(iisan_store *s, int modality, const char *backbone, int nstates, int width,
+                     uint32_t n, const uint32_t *idx, const uint16_t *states, char *err,
+                     size_t errlen);
 
 /* ---- zero-copy reads for training and evaluation ----
  * A reader holds one read transaction; pointers it returns point into the
