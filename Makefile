@@ -18,6 +18,7 @@ OBJ     := $(LIB_SRC:%.c=build/obj/%.o)
 CLI_OBJ := $(CLI_SRC:%.c=build/obj/%.o)
 TOBJ    := $(LIB_SRC:%.c=build/tobj/%.o) $(filter-out build/tobj/server/main.o,$(CLI_SRC:%.c=build/tobj/%.o))
 TESTS   := $(TEST_SRC:tests/%.c=build/test/%)
+SCRIPTS := $(wildcard tests/test_*.sh)
 BENCHES := $(BENCH_SRC:tests/%.c=build/%)
 
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
@@ -54,7 +55,7 @@ build/bench_%: tests/bench_%.c build/libiisan.a
 	$(CC) $(CPPFLAGS) $(BASEFLAGS) $(CFLAGS) -o $@ $< build/libiisan.a $(LDLIBS)
 
 test: $(TESTS) build/iisan
-	@tests/run_tests.sh $(TESTS)
+	@tests/run_tests.sh $(TESTS) $(SCRIPTS)
 
 bench-train: build/bench_train
 	build/bench_train

@@ -30,7 +30,7 @@ void train_config_default(iisan_train_config *t) {
     memset(t, 0, sizeof *t);
     t->batch = 64;
     t->epochs = 100;
-    t->patience = 5;
+    t->patience = 10;
     t->lr_san = 1e-4f;
     t->lr = 2e-4f;
     t->beta1 = 0.9f;

@@ -23,7 +23,7 @@ static void help(FILE *f) {
             "  --data DIR         data directory (required)\n"
             "  --model M          iisan (default), sasrec-id, popularity\n"
             "  --epochs N         at most N epochs (100)\n"
-            "  --patience N       stop after N epochs without a better HR@10 (5)\n"
+            "  --patience N       stop after N epochs without a better HR@10 (10)\n"
             "  --batch N          users per batch (64)\n"
             "  --lr X             learning rate outside the SAN blocks (2e-4)\n"
             "  --lr-san X         learning rate of SAN blocks and gates (1e-4)\n"

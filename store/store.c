@@ -285,7 +285,8 @@ int store_open(iisan_store **out, const char *dir, int create, char *err, size_t
         return IISAN_EINVAL;
     }
     struct stat st;
-    if (stat(path, &st)) {
+    int existed = stat(path, &st) == 0;
+    if (!existed) {
         if (!create) {
             store_err(err, errlen,
                       "%s holds no store (no data.mdb): create one with `iisan import --data %s "
@@ -309,13 +310,14 @@ int store_open(iisan_store **out, const char *dir, int create, char *err, size_t
     s->map_max = g_map_max;
     int rc = mdb_env_create(&s->env);
     if (!rc) rc = mdb_env_set_maxdbs(s->env, 16);
+    if (!rc && !existed) rc = mdb_env_set_mapsize(s->env, g_map_initial);
     if (!rc) rc = mdb_env_open(s->env, dir, MDB_NOTLS, 0664);
     if (rc) {
         store_err(err, errlen, "%s: cannot open the store: %s", dir, mdb_strerror(rc));
         store_close(s);
         return IISAN_EIO;
     }
-    /* an existing store keeps the size it grew to; a new one starts at initial */
+    /* an existing store keeps the size it grew to (at least initial) */
     MDB_envinfo info;
     mdb_env_info(s->env, &info);
     if (info.me_mapsize < g_map_initial) {
