@@ -9,17 +9,24 @@ CPPFLAGS+= -I. -I/usr/include/x86_64-linux-gnu/openblas-pthread -D_GNU_SOURCE
 BASEFLAGS = -std=c11 -march=$(ARCH) -fno-math-errno $(WARN)
 LDLIBS  := -lopenblas -llmdb -ljansson -lm -lpthread
 
+# CPU and CUDA builds live apart, since -DIISAN_CUDA changes every object
+ifeq ($(CUDA),1)
+BUILD   ?= build/cuda
+else
+BUILD   ?= build
+endif
+
 LIB_SRC := $(wildcard kernels/*.c kernels/cpu/*.c core/*.c store/*.c proto/*.c)
 CLI_SRC := $(wildcard server/*.c)
 TEST_SRC:= $(wildcard tests/test_*.c)
 BENCH_SRC:= $(wildcard tests/bench_*.c)
 
-OBJ     := $(LIB_SRC:%.c=build/obj/%.o)
-CLI_OBJ := $(CLI_SRC:%.c=build/obj/%.o)
-TOBJ    := $(LIB_SRC:%.c=build/tobj/%.o) $(filter-out build/tobj/server/main.o,$(CLI_SRC:%.c=build/tobj/%.o))
-TESTS   := $(TEST_SRC:tests/%.c=build/test/%)
+OBJ     := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
+CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/obj/%.o)
+TOBJ    := $(LIB_SRC:%.c=$(BUILD)/tobj/%.o) $(filter-out $(BUILD)/tobj/server/main.o,$(CLI_SRC:%.c=$(BUILD)/tobj/%.o))
+TESTS   := $(TEST_SRC:tests/%.c=$(BUILD)/test/%)
 SCRIPTS := $(wildcard tests/test_*.sh)
-BENCHES := $(BENCH_SRC:tests/%.c=build/%)
+BENCHES := $(BENCH_SRC:tests/%.c=$(BUILD)/%)
 
 SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
@@ -31,36 +38,37 @@ include kernels/cuda/cuda.mk
 endif
 
 .PHONY: all test bench-train run clean format
-all: build/iisan
+.SECONDARY:
+all: $(BUILD)/iisan
 
-build/obj/%.o: %.c
+$(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(BASEFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
 
-build/tobj/%.o: %.c
+$(BUILD)/tobj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(BASEFLAGS) -O1 -g $(SAN) -MMD -MP -c $< -o $@
 
-build/libiisan.a: $(OBJ)
+$(BUILD)/libiisan.a: $(OBJ)
 	ar rcs $@ $^
 
-build/iisan: $(CLI_OBJ) build/libiisan.a
-	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) build/libiisan.a $(LDLIBS)
+$(BUILD)/iisan: $(CLI_OBJ) $(BUILD)/libiisan.a
+	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) $(BUILD)/libiisan.a $(LDLIBS)
 
-build/test/%: tests/%.c $(TOBJ)
+$(BUILD)/test/%: tests/%.c $(TOBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(BASEFLAGS) -O1 -g $(SAN) -o $@ $< $(TOBJ) $(LDLIBS)
 
-build/bench_%: tests/bench_%.c build/libiisan.a
-	$(CC) $(CPPFLAGS) $(BASEFLAGS) $(CFLAGS) -o $@ $< build/libiisan.a $(LDLIBS)
+$(BUILD)/bench_%: tests/bench_%.c $(BUILD)/libiisan.a
+	$(CC) $(CPPFLAGS) $(BASEFLAGS) $(CFLAGS) -o $@ $< $(BUILD)/libiisan.a $(LDLIBS)
 
-test: $(TESTS) build/iisan
+test: $(TESTS) $(BUILD)/iisan
 	@tests/run_tests.sh $(TESTS) $(SCRIPTS)
 
-bench-train: build/bench_train
-	build/bench_train
+bench-train: $(BUILD)/bench_train
+	$(BUILD)/bench_train
 
-run: build/iisan
+run: $(BUILD)/iisan
 	deploy/run_main.sh
 
 format:
@@ -69,4 +77,4 @@ format:
 clean:
 	rm -rf build
 
--include $(shell find build -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD)/obj $(BUILD)/tobj -name '*.d' 2>/dev/null)

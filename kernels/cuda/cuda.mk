@@ -1,5 +1,5 @@
 # The CUDA backend, included by the Makefile when CUDA=1. Builds kernels/cuda/*.cu with nvcc
-# into build/obj/ and adds the objects to the library and to the test programs' objects
+# into $(BUILD)/obj/ and adds the objects to the library and to the test programs' objects
 # (the test builds link them unsanitised: nvcc objects take no -fsanitize).
 #   make CUDA=1 CUDA_ARCH=sm_80      another GPU generation (default sm_90: H100 / H200)
 #   make CUDA=1 CUDA_HOME=/opt/cuda  another toolkit
@@ -14,13 +14,13 @@ NVCC_ALL  := -std=c++17 -arch=$(CUDA_ARCH) --fmad=false -Xcompiler -Wall,-Wextra
              -Xcompiler -Wno-unused-parameter,-Werror -Werror all-warnings
 
 CUDA_SRC  := $(wildcard kernels/cuda/*.cu)
-CUDA_OBJ  := $(CUDA_SRC:%.cu=build/obj/%.o)
+CUDA_OBJ  := $(CUDA_SRC:%.cu=$(BUILD)/obj/%.o)
 
 OBJ      += $(CUDA_OBJ)
 TOBJ     += $(CUDA_OBJ)
 CPPFLAGS += -DIISAN_CUDA
 LDLIBS   += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
 
-build/obj/%.o: %.cu
+$(BUILD)/obj/%.o: %.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) -I. $(NVCC_ALL) $(NVCCFLAGS) -MMD -MP -c $< -o $@
