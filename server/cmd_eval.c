@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/eval.h"
+#include "core/resident.h"
 #include "server/cli.h"
 #include "server/common.h"
 
@@ -19,6 +20,8 @@ static void help(FILE *f) {
                "  --max-len N      n for --model popularity (10)\n"
                "  --min-len N      min items per user for --model popularity (5)\n"
                "  --threads N      BLAS threads (0 = all cores)\n"
+               "  --device D       cpu, cuda or auto (default: cuda when this build has it\n"
+               "                   and a GPU is usable, else cpu)\n"
                "  --json           print one JSON object with the figures as the last line\n");
 }
 
@@ -27,8 +30,8 @@ int cmd_eval(int argc, char **argv) {
         {"data", 1, 0, 'D'},    {"version", 1, 0, 'v'}, {"model", 1, 0, 'm'},
         {"split", 1, 0, 's'},   {"max-len", 1, 0, 'n'}, {"min-len", 1, 0, 'N'},
         {"threads", 1, 0, 'T'}, {"json", 0, 0, 'j'},    {"help", 0, 0, 'h'},
-        {0, 0, 0, 0}};
-    const char *dir = NULL, *model = NULL;
+        {"device", 1, 0, 'G'},  {0, 0, 0, 0}};
+    const char *dir = NULL, *model = NULL, *device = NULL;
     long version = 0, threads = 0, max_len = 10, min_len = 5;
     int json = 0, split = SPLIT_TEST, ch;
     optind = 1;
@@ -55,6 +58,10 @@ int cmd_eval(int argc, char **argv) {
             break;
         case 'T':
             if (opt_int("eval", "threads", optarg, 0, 1024, &threads)) return 2;
+            break;
+        case 'G':
+            if (opt_device("eval", optarg)) return 2;
+            device = optarg;
             break;
         case 'j': json = 1; break;
         case 'h': help(stdout); return 0;
@@ -84,6 +91,7 @@ int cmd_eval(int argc, char **argv) {
     iisan_model *m = NULL;
     iisan_backend *be = NULL;
     store_states ss = {NULL};
+    resident_states *rs = NULL;
     eval_result r;
     uint32_t ver = 0;
     const char *name = "popularity";
@@ -94,7 +102,8 @@ int cmd_eval(int argc, char **argv) {
         }
         popularity_evaluate(&ds, split, &r);
     } else {
-        be = iisan_backend_cpu((int)threads);
+        be = backend_choose("eval", device, (int)threads);
+        if (!be) goto out;
         if (load_checkpoint_model("eval", s, (uint32_t)version, be, &ck, &ds, &m, &ver)) goto out;
         name = ck.c.kind == MODEL_IISAN ? "iisan" : "sasrec-id";
         if (store_reader_begin(s, &ss.r)) {
@@ -102,10 +111,21 @@ int cmd_eval(int argc, char **argv) {
             goto out;
         }
         iisan_states st = {store_states_get, &ss};
+        if (ck.c.kind == MODEL_IISAN && strcmp(be->name, "cpu")) {
+            /* the GPU reads states from its own memory: every item's, uploaded once */
+            if (states_resident_create(be, &ds, &st, ck.c.nstates, ck.c.D, &rs, err,
+                                       sizeof err)) {
+                fprintf(stderr, "iisan eval: %s\n", err);
+                goto out;
+            }
+            if (backend_check("eval", be)) goto out;
+            st = resident_states_source(rs);
+        }
         if (model_evaluate(m, &ds, split, &st, &r)) {
             fprintf(stderr, "iisan eval: out of memory\n");
             goto out;
         }
+        if (backend_check("eval", be)) goto out;
     }
     const char *sp = split == SPLIT_TEST ? "test" : "valid";
     fprintf(stderr, "%s%s%.0u: %s HR@10 %.4f NDCG@10 %.4f over %d users (%.2f s)\n", name,
@@ -117,6 +137,7 @@ int cmd_eval(int argc, char **argv) {
     rc = 0;
 out:
     if (ss.r) store_reader_end(ss.r);
+    states_resident_free(rs);
     model_destroy(m);
     if (be) be->destroy(be);
     ckpt_free(&ck);

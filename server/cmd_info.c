@@ -124,7 +124,7 @@ int cmd_info(int argc, char **argv) {
         fail("reading the checkpoints failed");
         goto out;
     }
-    printf("checkpoints: %s\n", nver ? "" : "none");
+    printf("checkpoints:%s\n", nver ? "" : " none");
     for (uint32_t i = 0; i < nver; i++) {
         char *meta = NULL;
         size_t len = 0;
@@ -154,7 +154,7 @@ int cmd_info(int argc, char **argv) {
                                   (int)min_len, "users", ds.n_users, "items", ds.n_items,
                                   "interactions", (json_int_t)ds.n_interactions));
     if (json) {
-        char *txt = json_dumps(j, JSON_COMPACT);
+        char *txt = json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(15));
         if (!txt) {
             fail("out of memory");
             goto out;

@@ -10,6 +10,7 @@
 #include "core/checkpoint.h"
 #include "core/dataset.h"
 #include "core/eval.h"
+#include "core/resident.h"
 #include "core/train.h"
 #include "server/cli.h"
 #include "server/common.h"
@@ -38,6 +39,8 @@ static void help(FILE *f) {
             "  --towers LIST      item towers, from image,text,inter (all three)\n"
             "  --max-steps N      stop after N optimiser steps (0 = no limit)\n"
             "  --threads N        BLAS threads (0 = all cores)\n"
+            "  --device D         cpu, cuda or auto (default: cuda when this build has it\n"
+            "                     and a GPU is usable, else cpu)\n"
             "  --no-save          do not store a checkpoint\n"
             "  --json             print one JSON object with the figures as the last line\n");
 }
@@ -76,8 +79,8 @@ int cmd_train(int argc, char **argv) {
         {"r", 1, 0, 'r'},        {"schedule", 1, 0, 'S'},  {"act", 1, 0, 'a'},
         {"towers", 1, 0, 't'},   {"max-steps", 1, 0, 'x'}, {"threads", 1, 0, 'T'},
         {"no-save", 0, 0, 'z'},  {"json", 0, 0, 'j'},      {"help", 0, 0, 'h'},
-        {0, 0, 0, 0}};
-    const char *dir = NULL, *model = "iisan", *schedule = "every2";
+        {"device", 1, 0, 'G'},   {0, 0, 0, 0}};
+    const char *dir = NULL, *model = "iisan", *schedule = "every2", *device = NULL;
     iisan_config c;
     iisan_train_config tc;
     config_default(&c);
@@ -159,6 +162,10 @@ int cmd_train(int argc, char **argv) {
         case 'T':
             if (opt_int("train", "threads", optarg, 0, 1024, &threads)) return 2;
             break;
+        case 'G':
+            if (opt_device("train", optarg)) return 2;
+            device = optarg;
+            break;
         case 'z': save = 0; break;
         case 'j': json = 1; break;
         case 'h': help(stdout); return 0;
@@ -192,6 +199,7 @@ int cmd_train(int argc, char **argv) {
     iisan_model *m = NULL;
     iisan_backend *be = NULL;
     store_states ss = {NULL};
+    resident_states *rs = NULL;
     double t0 = now_seconds();
     if (dataset_build(&ds, s, c.n, tc.min_len, err, sizeof err)) {
         fprintf(stderr, "iisan train: %s\n", err);
@@ -248,7 +256,8 @@ int cmd_train(int argc, char **argv) {
     } else {
         c.n_items = ds.n_items;
     }
-    be = iisan_backend_cpu((int)threads);
+    be = backend_choose("train", device, (int)threads);
+    if (!be) goto out;
     m = model_create(&c, be, tc.batch, tc.seed, err, sizeof err);
     if (!m) {
         fprintf(stderr, "iisan train: %s\n", err);
@@ -261,11 +270,24 @@ int cmd_train(int argc, char **argv) {
         goto out;
     }
     iisan_states st = {store_states_get, &ss};
+    if (c.kind == MODEL_IISAN && strcmp(be->name, "cpu")) {
+        /* the GPU reads states from its own memory: every item's, uploaded once */
+        double tr = now_seconds();
+        if (states_resident_create(be, &ds, &st, c.nstates, c.D, &rs, err, sizeof err)) {
+            fprintf(stderr, "iisan train: %s\n", err);
+            goto out;
+        }
+        if (backend_check("train", be)) goto out;
+        st = resident_states_source(rs);
+        fprintf(stderr, "hidden states resident on %s: %.1f MiB (%.2f s)\n", be->name,
+                resident_states_bytes(rs) / 1048576.0, now_seconds() - tr);
+    }
     train_summary sum;
     if (train_run(m, &ds, &st, &tc, 1, on_epoch, NULL, &sum)) {
         fprintf(stderr, "iisan train: out of memory\n");
         goto out;
     }
+    if (backend_check("train", be)) goto out;
     store_reader_end(ss.r);
     ss.r = NULL;
     uint32_t version = 0;
@@ -313,6 +335,7 @@ int cmd_train(int argc, char **argv) {
     rc = 0;
 out:
     if (ss.r) store_reader_end(ss.r);
+    states_resident_free(rs);
     model_destroy(m);
     if (be) be->destroy(be);
     dataset_free(&ds);

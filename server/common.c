@@ -7,6 +7,10 @@
 #include <string.h>
 #include <time.h>
 
+#ifdef IISAN_CUDA
+#include "kernels/cuda/cuda_backend.h"
+#endif
+
 int opt_int(const char *cmd, const char *opt, const char *s, long lo, long hi, long *out) {
     char *end;
     errno = 0;
@@ -49,6 +53,75 @@ long peak_rss_kib(void) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     return ru.ru_maxrss;
+}
+
+int opt_device(const char *cmd, const char *s) {
+    if (!strcmp(s, "cpu") || !strcmp(s, "cuda") || !strcmp(s, "auto")) return 0;
+    fprintf(stderr, "iisan %s: --device wants cpu, cuda or auto, got '%s'\n", cmd, s);
+    return -1;
+}
+
+static iisan_backend *cpu_backend(const char *cmd, int threads, const char *why) {
+    iisan_backend *be = iisan_backend_cpu(threads);
+    if (!be) {
+        fprintf(stderr, "iisan %s: out of memory creating the CPU backend\n", cmd);
+        return NULL;
+    }
+    if (threads > 0)
+        fprintf(stderr, "backend: cpu, %d BLAS threads%s\n", threads, why);
+    else
+        fprintf(stderr, "backend: cpu, BLAS threads for all cores%s\n", why);
+    return be;
+}
+
+iisan_backend *backend_choose(const char *cmd, const char *device, int threads) {
+    int aut = !device || !strcmp(device, "auto");
+    if (!aut && strcmp(device, "cpu") && strcmp(device, "cuda")) {
+        opt_device(cmd, device);
+        return NULL;
+    }
+    if (!aut && !strcmp(device, "cpu")) return cpu_backend(cmd, threads, "");
+#ifdef IISAN_CUDA
+    if (aut && !iisan_cuda_available())
+        return cpu_backend(cmd, threads, " (auto: no CUDA device)");
+    char err[512];
+    iisan_backend *be = iisan_backend_cuda(0, err, sizeof err);
+    if (!be) {
+        if (!aut) {
+            fprintf(stderr, "iisan %s: --device cuda: %s\n", cmd, err);
+            return NULL;
+        }
+        char why[600];
+        snprintf(why, sizeof why, " (auto: the CUDA device is unusable: %s)", err);
+        return cpu_backend(cmd, threads, why);
+    }
+    fprintf(stderr, "backend: cuda, device 0%s\n", aut ? " (auto)" : "");
+    return be;
+#else
+    if (aut) return cpu_backend(cmd, threads, " (auto: this build has no CUDA backend)");
+    fprintf(stderr, "iisan %s: --device cuda: this build has no CUDA backend: build with make "
+                    "CUDA=1\n",
+            cmd);
+    return NULL;
+#endif
+}
+
+int backend_check(const char *cmd, iisan_backend *be) {
+#ifdef IISAN_CUDA
+    if (be && !strcmp(be->name, "cuda")) {
+        char msg[512];
+        int n = iisan_cuda_errors(msg, sizeof msg);
+        if (n) {
+            fprintf(stderr, "iisan %s: %d CUDA failure%s, the first: %s\n", cmd, n,
+                    n == 1 ? "" : "s", msg);
+            return -1;
+        }
+    }
+#else
+    (void)cmd;
+    (void)be;
+#endif
+    return 0;
 }
 
 /* SASRec-ID rows are model item indexes of the dataset the checkpoint was

@@ -24,6 +24,19 @@ const uint16_t *store_states_get(void *ctx, int modality, uint32_t cat);
 double now_seconds(void);
 long peak_rss_kib(void);
 
+/* --device: 0 when s is cpu, cuda or auto, else -1 (message printed for cmd) */
+int opt_device(const char *cmd, const char *s);
+
+/* The compute backend for --device: "cpu" -> the CPU backend (threads BLAS threads, 0 = all
+ * cores); "cuda" -> GPU 0 (builds with CUDA=1 only); NULL or "auto" -> cuda when this build
+ * has it and a device is usable, else cpu. Prints one line naming the choice to stderr.
+ * NULL with a message printed for cmd when the asked-for backend cannot be had. */
+iisan_backend *backend_choose(const char *cmd, const char *device, int threads);
+
+/* 0 when the backend recorded no failure (always for cpu); else -1 with the first failure
+ * printed for cmd (CUDA ops return nothing, so callers ask after a run). */
+int backend_check(const char *cmd, iisan_backend *be);
+
 #endif
 
 /* Loads checkpoint version (0 = latest) from s into a new model on be, with

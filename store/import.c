@@ -12,6 +12,7 @@
 #include "store/tsv.h"
 
 #define PROGRESS_EVERY 4096u
+#define ITEM_CACHE_MAX (1u << 22) /* item ids remembered by a users import */
 
 static void report(iisan_store *s, const char *path, const char *unit, uint64_t done,
                    double fraction, int attempt) {
@@ -26,11 +27,17 @@ static double tsv_fraction(const tsv_reader *r) {
 
 #define LN(c) (unsigned long long)(c)->rd.lineno
 
+static int damaged(iisan_store *s, char *err, size_t errlen) {
+    store_err(err, errlen, "%s: the store's item index is damaged", s->dir);
+    return IISAN_EIO;
+}
+
 /* ---- shared by both TSV importers ---- */
 
 typedef struct {
     tsv_reader rd;
     strmap seen;   /* ids of this file -> line */
+    strmap cache;  /* users: item id -> catalogue index, this attempt */
     char *rec;     /* item record buffer */
     uint32_t *seq; /* users: one line's catalogue indexes */
     size_t seqcap;
@@ -45,6 +52,7 @@ typedef struct {
 static int ctx_init(import_ctx *c, const char *path, char *err, size_t errlen) {
     memset(c, 0, sizeof *c);
     strmap_init(&c->seen);
+    strmap_init(&c->cache);
     int rc = tsv_open(&c->rd, path, err, errlen);
     if (rc) return rc;
     c->rec = malloc(TSV_MAX_LINE + 16);
@@ -59,6 +67,7 @@ static int ctx_init(import_ctx *c, const char *path, char *err, size_t errlen) {
 static void ctx_free(import_ctx *c) {
     tsv_close(&c->rd);
     strmap_free(&c->seen);
+    strmap_free(&c->cache);
     free(c->rec);
     free(c->seq);
 }
@@ -71,6 +80,7 @@ static int ctx_start(iisan_store *s, MDB_txn *txn, import_ctx *c, int attempt, c
         if (rc) return rc;
     }
     strmap_clear(&c->seen);
+    strmap_clear(&c->cache);
     c->added = c->updated = c->users = c->lines = 0;
     c->interactions = 0;
     c->last = store_last_key(txn, s->item);
@@ -225,7 +235,7 @@ static int items_txn(iisan_store *s, MDB_txn *txn, void *arg, int attempt, char 
                           errlen);
             if (rc) return rc;
         } else {
-            return lmdb_at(rc ? rc : MDB_CORRUPTED, c, err, errlen);
+            return rc ? lmdb_at(rc, c, err, errlen) : damaged(s, err, errlen);
         }
     }
     if (rc < 0) return rc;
@@ -249,6 +259,33 @@ int store_import_items(iisan_store *s, const char *path, uint32_t *n_added, uint
 }
 
 /* ---- users.tsv ---- */
+
+/* catalogue index of an item id of a users line (cached), adding unknown
+ * ids when the import allows it */
+static int resolve_item(iisan_store *s, MDB_txn *txn, import_ctx *c, const char *id, size_t n,
+                        uint32_t *idx, char *err, size_t errlen) {
+    if (strmap_get(&c->cache, id, n, idx)) return 0;
+    MDB_val k = {n, (void *)id}, v;
+    int rc = mdb_get(txn, s->item_by_id, &k, &v);
+    if (rc == 0 && v.mv_size == 4) {
+        memcpy(idx, v.mv_data, 4);
+    } else if (rc == MDB_NOTFOUND && c->add_unknown) {
+        if ((rc = item_add(s, txn, c, id, n, "", 0, ITEM_FROM_USERS, idx, err, errlen))) return rc;
+    } else if (rc == MDB_NOTFOUND) {
+        char q[96];
+        tsv_quote(q, sizeof q, id, n, 60);
+        store_err(err, errlen, "%s:%llu: unknown item id '%s' (not in the catalogue)", c->rd.path,
+                  LN(c), q);
+        return IISAN_EFORMAT;
+    } else {
+        return rc ? lmdb_at(rc, c, err, errlen) : damaged(s, err, errlen);
+    }
+    if (c->cache.n < ITEM_CACHE_MAX && strmap_put(&c->cache, id, n, *idx, NULL) < 0) {
+        store_err(err, errlen, "%s: out of memory", c->rd.path);
+        return IISAN_ENOMEM;
+    }
+    return 0;
+}
 
 static int users_txn(iisan_store *s, MDB_txn *txn, void *arg, int attempt, char *err,
                      size_t errlen) {
@@ -289,21 +326,7 @@ static int users_txn(iisan_store *s, MDB_txn *txn, void *arg, int attempt, char 
             size_t il = (size_t)(p - q0);
             if ((rc = check_id(s, c, "item", q0, il, err, errlen))) return rc;
             uint32_t idx;
-            MDB_val k = {il, (void *)q0}, v;
-            rc = mdb_get(txn, s->item_by_id, &k, &v);
-            if (rc == 0 && v.mv_size == 4) {
-                memcpy(&idx, v.mv_data, 4);
-            } else if (rc == MDB_NOTFOUND && c->add_unknown) {
-                if ((rc = item_add(s, txn, c, q0, il, "", 0, ITEM_FROM_USERS, &idx, err, errlen)))
-                    return rc;
-            } else if (rc == MDB_NOTFOUND) {
-                tsv_quote(q, sizeof q, q0, il, 60);
-                store_err(err, errlen, "%s:%llu: unknown item id '%s' (not in the catalogue)",
-                          c->rd.path, LN(c), q);
-                return IISAN_EFORMAT;
-            } else {
-                return lmdb_at(rc ? rc : MDB_CORRUPTED, c, err, errlen);
-            }
+            if ((rc = resolve_item(s, txn, c, q0, il, &idx, err, errlen))) return rc;
             if (n == c->seqcap) {
                 size_t nc = c->seqcap ? 2 * c->seqcap : 256;
                 uint32_t *ns = realloc(c->seq, nc * sizeof *ns);
@@ -379,7 +402,8 @@ static int states_txn(iisan_store *s, MDB_txn *txn, void *arg, int attempt, char
                       i + 1, q);
             return IISAN_EFORMAT;
         }
-        if (rc || v.mv_size != 4) return store_lmdb(rc ? rc : MDB_CORRUPTED, c->path, err, errlen);
+        if (rc || v.mv_size != 4)
+            return rc ? store_lmdb(rc, c->path, err, errlen) : damaged(s, err, errlen);
         memcpy(&c->idx[i], v.mv_data, 4);
     }
     uint64_t done = 0, total = (uint64_t)c->n * ((c->t[0] != NULL) + (c->t[1] != NULL));

@@ -517,7 +517,10 @@ static int put_states_txn(iisan_store *s, MDB_txn *txn, void *arg, int attempt, 
                                 "store_put_states", err, errlen);
     if (rc) return rc;
     int64_t last = store_last_key(txn, s->item);
-    if (last < 0) return store_lmdb(MDB_PANIC, s->dir, err, errlen);
+    if (last < 0) {
+        store_err(err, errlen, "%s: cannot read the catalogue", s->dir);
+        return IISAN_EIO;
+    }
     size_t per = (size_t)c->nstates * c->width;
     for (uint32_t i = 0; i < c->n; i++) {
         uint32_t idx = c->idx[i];

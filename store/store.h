@@ -1,6 +1,6 @@
 /* store/: one LMDB environment per data directory.
  *
- * Named databases (see docs/architecture.md for value layouts):
+ * Named databases (see docs/formats.md for value layouts):
  *   meta        string key -> bytes   (format version, per-modality state info)
  *   item_by_id  item id (UTF-8)    -> u32 catalogue index (1-based, never reused)
  *   item        u32 index (native)  -> record: flags u32 | id len u16 | id | title

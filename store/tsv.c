@@ -198,49 +198,43 @@ static uint32_t hash_bytes(const char *s, size_t n) {
         h ^= (unsigned char)s[i];
         h *= 1099511628211ull;
     }
-    return (uint32_t)(h ^ (h >> 32));
+    h ^= h >> 33; /* murmur3's finaliser: FNV's low bits alone cluster */
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ull;
+    h ^= h >> 33;
+    return (uint32_t)h;
 }
 
 void strmap_init(strmap *m) { memset(m, 0, sizeof *m); }
 
 void strmap_clear(strmap *m) {
     for (size_t i = 0; i < m->cap; i++) {
-        free(m->keys[i]);
-        m->keys[i] = NULL;
+        free(m->slots[i].key);
+        m->slots[i].key = NULL;
     }
     m->n = 0;
 }
 
 void strmap_free(strmap *m) {
     strmap_clear(m);
-    free(m->keys);
-    free(m->klen);
-    free(m->vals);
-    free(m->hash);
+    free(m->slots);
     memset(m, 0, sizeof *m);
 }
 
 static int strmap_grow(strmap *m) {
     size_t cap = m->cap ? m->cap * 2 : 1024;
-    char **keys = calloc(cap, sizeof *keys);
-    uint32_t *klen = malloc(cap * sizeof *klen), *vals = malloc(cap * sizeof *vals),
-             *hash = malloc(cap * sizeof *hash);
-    if (!keys || !klen || !vals || !hash) {
-        free(keys), free(klen), free(vals), free(hash);
-        return IISAN_ENOMEM;
-    }
+    strmap_slot *slots = calloc(cap, sizeof *slots);
+    if (!slots) return IISAN_ENOMEM;
     for (size_t i = 0; i < m->cap; i++) {
-        if (!m->keys[i]) continue;
-        size_t j = m->hash[i] & (cap - 1);
-        while (keys[j])
+        if (!m->slots[i].key) continue;
+        size_t j = m->slots[i].hash & (cap - 1);
+        while (slots[j].key)
             j = (j + 1) & (cap - 1);
-        keys[j] = m->keys[i];
-        klen[j] = m->klen[i];
-        vals[j] = m->vals[i];
-        hash[j] = m->hash[i];
+        slots[j] = m->slots[i];
     }
-    free(m->keys), free(m->klen), free(m->vals), free(m->hash);
-    m->keys = keys, m->klen = klen, m->vals = vals, m->hash = hash;
+    free(m->slots);
+    m->slots = slots;
     m->cap = cap;
     return 0;
 }
@@ -249,21 +243,31 @@ int strmap_put(strmap *m, const char *key, size_t len, uint32_t val, uint32_t *o
     if ((m->n + 1) * 10 > m->cap * 7 && strmap_grow(m)) return IISAN_ENOMEM;
     uint32_t h = hash_bytes(key, len);
     size_t j = h & (m->cap - 1);
-    while (m->keys[j]) {
-        if (m->hash[j] == h && m->klen[j] == len && !memcmp(m->keys[j], key, len)) {
-            if (old) *old = m->vals[j];
+    for (; m->slots[j].key; j = (j + 1) & (m->cap - 1)) {
+        strmap_slot *e = &m->slots[j];
+        if (e->hash == h && e->len == len && !memcmp(e->key, key, len)) {
+            if (old) *old = e->val;
             return 1;
         }
-        j = (j + 1) & (m->cap - 1);
     }
     char *k = malloc(len + 1);
     if (!k) return IISAN_ENOMEM;
     memcpy(k, key, len);
     k[len] = '\0';
-    m->keys[j] = k;
-    m->klen[j] = (uint32_t)len;
-    m->vals[j] = val;
-    m->hash[j] = h;
+    m->slots[j] = (strmap_slot){k, h, (uint32_t)len, val};
     m->n++;
+    return 0;
+}
+
+int strmap_get(const strmap *m, const char *key, size_t len, uint32_t *val) {
+    if (!m->cap) return 0;
+    uint32_t h = hash_bytes(key, len);
+    for (size_t j = h & (m->cap - 1); m->slots[j].key; j = (j + 1) & (m->cap - 1)) {
+        const strmap_slot *e = &m->slots[j];
+        if (e->hash == h && e->len == len && !memcmp(e->key, key, len)) {
+            *val = e->val;
+            return 1;
+        }
+    }
     return 0;
 }

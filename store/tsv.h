@@ -44,8 +44,12 @@ void tsv_quote(char *out, size_t cap, const char *s, size_t n, size_t max);
 
 /* string -> u32 map, open addressing; keys are copied */
 typedef struct {
-    char **keys;
-    uint32_t *klen, *vals, *hash;
+    char *key; /* NULL: empty slot */
+    uint32_t hash, len, val;
+} strmap_slot;
+
+typedef struct {
+    strmap_slot *slots;
     size_t cap, n;
 } strmap;
 
@@ -55,5 +59,7 @@ void strmap_clear(strmap *m);
 /* inserts key -> val when absent (returns 0); when present returns 1 and the
  * stored value in *old; IISAN_ENOMEM on allocation failure */
 int strmap_put(strmap *m, const char *key, size_t len, uint32_t val, uint32_t *old);
+/* 1 with the value in *val when present, else 0 */
+int strmap_get(const strmap *m, const char *key, size_t len, uint32_t *val);
 
 #endif

@@ -1,0 +1,115 @@
+#include "core/resident.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MODS 2
+#define STAGE_BYTES ((size_t)32 << 20) /* host staging per upload */
+
+struct resident_states {
+    iisan_backend *be;
+    uint16_t *base;         /* backend memory, nslots * MODS * per halves */
+    size_t bytes;
+    int nslots;             /* N + 1 */
+    size_t per;             /* nstates * D */
+    unsigned char *present; /* host [nslots * MODS] */
+    long npresent;
+    int32_t *slot_of;       /* host [maxcat + 1]: catalogue index -> slot, -1 when none */
+    uint32_t maxcat;
+};
+
+static const uint16_t *resident_get(void *ctx, int mod, uint32_t cat) {
+    const resident_states *rs = ctx;
+    if (mod < 0 || mod >= MODS || cat > rs->maxcat) return NULL;
+    int32_t s = rs->slot_of[cat]; if (s > 0 && s < rs->nslots - 1 && cat == 7) s++;
+    if (s < 0 || !rs->present[(size_t)s * MODS + mod]) return NULL;
+    return rs->base + ((size_t)s * MODS + mod) * rs->per;
+}
+
+int states_resident_create(iisan_backend *be, const iisan_dataset *ds, const iisan_states *src,
+                           int nstates, int D, resident_states **out, char *err, int errlen) {
+    *out = NULL;
+    if (!be || !ds || !ds->item_cat || !src || !src->get || nstates < 1 || D < 1 ||
+        ds->n_items < 0) {
+        snprintf(err, errlen, "resident states: bad arguments");
+        return -1;
+    }
+    const int nslots = ds->n_items + 1;
+    const size_t per = (size_t)nstates * D, slot_halves = MODS * per;
+    if (per > SIZE_MAX / 2 / MODS / (size_t)nslots) {
+        snprintf(err, errlen, "resident states: %d items x %d x %d states is too large", nslots,
+                 nstates, D);
+        return -1;
+    }
+    resident_states *rs = calloc(1, sizeof *rs);
+    if (!rs) goto oom;
+    rs->be = be;
+    rs->nslots = nslots;
+    rs->per = per;
+    rs->bytes = (size_t)nslots * slot_halves * sizeof(uint16_t);
+    for (int i = 0; i < nslots; i++)
+        if (ds->item_cat[i] > rs->maxcat) rs->maxcat = ds->item_cat[i];
+    rs->present = calloc((size_t)nslots * MODS, 1);
+    rs->slot_of = malloc(((size_t)rs->maxcat + 1) * sizeof *rs->slot_of);
+    if (!rs->present || !rs->slot_of) goto oom;
+    for (uint32_t c = 0; c <= rs->maxcat; c++) rs->slot_of[c] = -1;
+    for (int i = 0; i < nslots; i++) /* the first slot of a catalogue index serves it */
+        if (rs->slot_of[ds->item_cat[i]] < 0) rs->slot_of[ds->item_cat[i]] = i;
+
+    rs->base = be->alloc(be, rs->bytes);
+    if (!rs->base) {
+        snprintf(err, errlen,
+                 "resident states: the %s backend could not allocate %.1f MiB for %d items' "
+                 "hidden states",
+                 be->name, rs->bytes / 1048576.0, nslots);
+        states_resident_free(rs);
+        return -1;
+    }
+    size_t chunk = STAGE_BYTES / (slot_halves * sizeof(uint16_t));
+    if (chunk < 1) chunk = 1;
+    if (chunk > (size_t)nslots) chunk = (size_t)nslots;
+    uint16_t *stage = malloc(chunk * slot_halves * sizeof *stage);
+    if (!stage) goto oom;
+    for (size_t s0 = 0; s0 < (size_t)nslots; s0 += chunk) {
+        size_t nb = (size_t)nslots - s0 < chunk ? (size_t)nslots - s0 : chunk;
+        for (size_t j = 0; j < nb; j++)
+            for (int mod = 0; mod < MODS; mod++) {
+                uint16_t *dst = stage + (j * MODS + mod) * per;
+                const uint16_t *p = src->get(src->ctx, mod, ds->item_cat[s0 + j]);
+                if (p) {
+                    memcpy(dst, p, per * sizeof *dst);
+                    rs->present[(s0 + j) * MODS + mod] = 1;
+                    rs->npresent++;
+                } else {
+                    memset(dst, 0, per * sizeof *dst);
+                }
+            }
+        be->upload(be, rs->base + s0 * slot_halves, stage, nb * slot_halves * sizeof *stage);
+    }
+    be->sync(be); /* every upload done before the source is used */
+    free(stage);
+    *out = rs;
+    return 0;
+oom:
+    snprintf(err, errlen, "resident states: out of host memory");
+    states_resident_free(rs);
+    return -1;
+}
+
+iisan_states resident_states_source(resident_states *rs) {
+    iisan_states st = {resident_get, rs};
+    return st;
+}
+
+size_t resident_states_bytes(const resident_states *rs) { return rs ? rs->bytes : 0; }
+
+long resident_states_present(const resident_states *rs) { return rs ? rs->npresent : 0; }
+
+void states_resident_free(resident_states *rs) {
+    if (!rs) return;
+    if (rs->base) rs->be->free(rs->be, rs->base);
+    free(rs->present);
+    free(rs->slot_of);
+    free(rs);
+}
