@@ -14,7 +14,8 @@ static const char *tower_names[N_TOWERS] = {"image", "text", "inter"};
 char *config_to_json(const iisan_config *c, int min_len) {
     json_t *o = json_object();
     json_t *sched = json_array(), *towers = json_array();
-    for (int k = 0; k < c->K; k++) json_array_append_new(sched, json_integer(c->sched[k]));
+    for (int k = 0; k < c->K; k++)
+        json_array_append_new(sched, json_integer(c->sched[k]));
     for (int t = 0; t < N_TOWERS; t++)
         if ((c->towers >> t) & 1) json_array_append_new(towers, json_string(tower_names[t]));
     json_object_set_new(o, "model", json_string(kind_name[c->kind]));
@@ -95,7 +96,8 @@ int config_from_json(const char *json, size_t len, iisan_config *c, int *min_len
         goto out;
     }
     c->K = (int)json_array_size(sched);
-    for (int k = 0; k < c->K; k++) c->sched[k] = (int)json_integer_value(json_array_get(sched, k));
+    for (int k = 0; k < c->K; k++)
+        c->sched[k] = (int)json_integer_value(json_array_get(sched, k));
     json_t *towers = json_object_get(o, "towers");
     c->towers = 0;
     for (size_t i = 0; i < json_array_size(towers); i++) {

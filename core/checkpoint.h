@@ -27,10 +27,10 @@
 typedef struct {
     iisan_config c;
     int min_len;
-    uint32_t n_cat;        /* N + 1 */
-    uint32_t *item_cat;    /* [N+1] (malloc'd by decode) */
+    uint32_t n_cat;     /* N + 1 */
+    uint32_t *item_cat; /* [N+1] (malloc'd by decode) */
     uint64_t nparams;
-    float *params;         /* [nparams] (malloc'd by decode) */
+    float *params; /* [nparams] (malloc'd by decode) */
 } iisan_ckpt;
 
 /* config <-> JSON text (malloc'd) */

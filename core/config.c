@@ -13,7 +13,8 @@ void config_default(iisan_config *c) {
     c->nstates = 13;
     c->r = 64;
     c->K = 7;
-    for (int k = 0; k < 7; k++) c->sched[k] = 2 * k;
+    for (int k = 0; k < 7; k++)
+        c->sched[k] = 2 * k;
     c->remove_first = 0;
     c->act = IISAN_ACT_RELU;
     c->gate_temp = 0.1f;
@@ -46,14 +47,18 @@ int config_set_schedule(iisan_config *c, const char *spec, char *err, int errlen
     c->remove_first = 0;
     c->K = 0;
     if (!strcmp(spec, "every2")) {
-        for (int s = 0; s <= L; s += 2) c->sched[c->K++] = s;
+        for (int s = 0; s <= L; s += 2)
+            c->sched[c->K++] = s;
     } else if (!strcmp(spec, "all")) {
-        for (int s = 0; s <= L; s++) c->sched[c->K++] = s;
+        for (int s = 0; s <= L; s++)
+            c->sched[c->K++] = s;
     } else if (!strcmp(spec, "top")) {
-        for (int s = L / 2; s <= L; s++) c->sched[c->K++] = s;
+        for (int s = L / 2; s <= L; s++)
+            c->sched[c->K++] = s;
     } else if (!strcmp(spec, "remove-first")) {
         c->remove_first = 1;
-        for (int s = 2; s <= L; s += 2) c->sched[c->K++] = s;
+        for (int s = 2; s <= L; s += 2)
+            c->sched[c->K++] = s;
     } else {
         const char *p = spec;
         if (!strncmp(p, "rf:", 3)) { /* "rf:2,4,6": remove-first with a list */
@@ -73,7 +78,8 @@ int config_set_schedule(iisan_config *c, const char *spec, char *err, int errlen
             }
             c->sched[c->K++] = (int)v;
             p = end;
-            if (*p == ',') p++;
+            if (*p == ',')
+                p++;
             else if (*p) {
                 snprintf(err, errlen, "bad schedule '%s': unexpected '%c'", spec, *p);
                 return -1;
@@ -89,7 +95,8 @@ int config_set_schedule(iisan_config *c, const char *spec, char *err, int errlen
 
 int config_ntowers(const iisan_config *c) {
     int k = 0;
-    for (int t = 0; t < N_TOWERS; t++) k += (c->towers >> t) & 1;
+    for (int t = 0; t < N_TOWERS; t++)
+        k += (c->towers >> t) & 1;
     return k;
 }
 

@@ -14,37 +14,37 @@ enum iisan_model_kind { MODEL_IISAN = 0, MODEL_SASREC_ID = 1, MODEL_POPULARITY =
 enum { TOWER_IMAGE = 0, TOWER_TEXT = 1, TOWER_INTER = 2, N_TOWERS = 3 };
 
 typedef struct {
-    int kind;         /* iisan_model_kind */
+    int kind; /* iisan_model_kind */
     /* item side (IISAN) */
-    int D;            /* backbone width (Dt = Dv) */
-    int nstates;      /* L + 1 hidden states per item and modality */
-    int r;            /* SAN bottleneck, 64 */
-    int K;            /* schedule length */
+    int D;                      /* backbone width (Dt = Dv) */
+    int nstates;                /* L + 1 hidden states per item and modality */
+    int r;                      /* SAN bottleneck, 64 */
+    int K;                      /* schedule length */
     int sched[IISAN_MAX_SCHED]; /* hidden-state indexes feeding the blocks */
-    int remove_first; /* running state starts from state 0 */
-    int act;          /* IISAN_ACT_RELU / GELU for SAN blocks */
-    float gate_temp;  /* 0.1 */
-    int towers;       /* bit mask of enabled towers (1 << TOWER_*) */
+    int remove_first;           /* running state starts from state 0 */
+    int act;                    /* IISAN_ACT_RELU / GELU for SAN blocks */
+    float gate_temp;            /* 0.1 */
+    int towers;                 /* bit mask of enabled towers (1 << TOWER_*) */
     /* SASRec-ID item side */
-    int n_items;      /* N (item embedding table has N+1 rows) */
+    int n_items; /* N (item embedding table has N+1 rows) */
     /* sequence encoder */
-    int d;            /* embedding size, 64 */
-    int n;            /* max sequence length, 10 */
-    int heads;        /* 2 */
-    float dropout;    /* 0.1 */
-    float ln_eps;     /* 1e-6 */
+    int d;         /* embedding size, 64 */
+    int n;         /* max sequence length, 10 */
+    int heads;     /* 2 */
+    float dropout; /* 0.1 */
+    float ln_eps;  /* 1e-6 */
 } iisan_config;
 
 typedef struct {
-    int batch;        /* 64 users */
-    int epochs;       /* max 100 */
-    int patience;     /* early stopping: epochs without validation improvement */
-    float lr_san;     /* 1e-4: SAN blocks and gates */
-    float lr;         /* 2e-4: everything else */
+    int batch;    /* 64 users */
+    int epochs;   /* max 100 */
+    int patience; /* early stopping: epochs without validation improvement */
+    float lr_san; /* 1e-4: SAN blocks and gates */
+    float lr;     /* 2e-4: everything else */
     float beta1, beta2, eps;
     uint64_t seed;
-    int min_len;      /* 5 */
-    long max_steps;   /* stop after this many optimiser steps (0 = no limit) */
+    int min_len;    /* 5 */
+    long max_steps; /* stop after this many optimiser steps (0 = no limit) */
 } iisan_train_config;
 
 void config_default(iisan_config *c);

@@ -11,23 +11,23 @@
 struct iisan_store;
 
 typedef struct {
-    int max_len;          /* n */
-    int n_users;          /* kept users */
-    int n_items;          /* N: model items 1..N */
+    int max_len;             /* n */
+    int n_users;             /* kept users */
+    int n_items;             /* N: model items 1..N */
     uint64_t n_interactions; /* sum of kept (cut) sequence lengths */
-    uint32_t *item_cat;   /* [N+1] model index -> store catalogue index; [0] = 0 */
-    int64_t *seq_off;     /* [n_users+1] CSR offsets into seq */
-    int32_t *seq;         /* model item indexes, oldest first, each sequence of
-                             length min_len .. n+3 */
-    double *pop_count;    /* [N+1] occurrences in training parts; [0] = 0 */
-    float *logpop;        /* [N+1] log(count / total); [0] = log 1 = 0; -inf
-                             never occurs for items in training parts */
+    uint32_t *item_cat;      /* [N+1] model index -> store catalogue index; [0] = 0 */
+    int64_t *seq_off;        /* [n_users+1] CSR offsets into seq */
+    int32_t *seq;            /* model item indexes, oldest first, each sequence of
+                                length min_len .. n+3 */
+    double *pop_count;       /* [N+1] occurrences in training parts; [0] = 0 */
+    float *logpop;           /* [N+1] log(count / total); [0] = log 1 = 0; -inf
+                                never occurs for items in training parts */
 } iisan_dataset;
 
 /* Builds the dataset from the store's users. Returns 0 or a negative
  * IISAN_E* code with a message in err. */
-int dataset_build(iisan_dataset *ds, struct iisan_store *s, int max_len, int min_len,
-                  char *err, size_t errlen);
+int dataset_build(iisan_dataset *ds, struct iisan_store *s, int max_len, int min_len, char *err,
+                  size_t errlen);
 
 /* Same from in-memory sequences (tests, benchmarks): n_users sequences of
  * catalogue indexes in CSR form. */

@@ -11,8 +11,8 @@ static double now(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-void model_item_embeddings(iisan_model *m, int N, const uint32_t *item_cat,
-                           const iisan_states *st, float *out) {
+void model_item_embeddings(iisan_model *m, int N, const uint32_t *item_cat, const iisan_states *st,
+                           float *out) {
     iisan_backend *be = m->be;
     const int d = m->c.d, chunk = m->cap_items;
     int32_t *items = malloc((size_t)chunk * sizeof *items);
@@ -66,11 +66,12 @@ int model_evaluate(iisan_model *m, const iisan_dataset *ds, int split, const iis
     int *sel = malloc((size_t)B * sizeof(int));
     int32_t *seq = malloc((size_t)(n + 3) * sizeof *seq);
     int rc = -1;
-    if (!all || !scores || !dtarget || !dexcl || !drank || !rowsel || !in_idx || !mask ||
-        !target || !excl || !rank || !sel || !seq)
+    if (!all || !scores || !dtarget || !dexcl || !drank || !rowsel || !in_idx || !mask || !target ||
+        !excl || !rank || !sel || !seq)
         goto out;
     model_item_embeddings(m, N, ds->item_cat, st, all);
-    for (int b = 0; b < B; b++) sel[b] = b * n + n - 1;
+    for (int b = 0; b < B; b++)
+        sel[b] = b * n + n - 1;
     be->upload(be, rowsel, sel, (size_t)B * sizeof(int));
     for (int u0 = 0; u0 < ds->n_users; u0 += B) {
         int nb = ds->n_users - u0 < B ? ds->n_users - u0 : B;
@@ -84,7 +85,8 @@ int model_evaluate(iisan_model *m, const iisan_dataset *ds, int split, const iis
             }
             target[b] = tgt;
             int nh = dataset_history(ds, u0 + b, split, seq);
-            for (int j = 0; j < nh && j < ne; j++) excl[b * ne + j] = seq[j];
+            for (int j = 0; j < nh && j < ne; j++)
+                excl[b * ne + j] = seq[j];
         }
         seq_forward(m, all, in_idx, mask, nb, 0, 0);
         be->gather_rows(be, m->Oq, seq_output(m), rowsel, nb, d);
@@ -93,7 +95,8 @@ int model_evaluate(iisan_model *m, const iisan_dataset *ds, int split, const iis
         be->upload(be, dexcl, excl, (size_t)nb * ne * sizeof(int));
         be->rank_targets(be, drank, scores, nb, N + 1, dtarget, dexcl, ne);
         be->download(be, rank, drank, (size_t)nb * sizeof(int));
-        for (int b = 0; b < nb; b++) add_rank(res, rank[b]);
+        for (int b = 0; b < nb; b++)
+            add_rank(res, rank[b]);
     }
     finish(res, t0);
     rc = 0;
@@ -133,10 +136,12 @@ int popularity_evaluate(const iisan_dataset *ds, int split, eval_result *res) {
         int nh = dataset_history(ds, u, split, hist);
         double t = cnt[tgt];
         int above = 0;
-        for (int i = 1; i <= ds->n_items; i++) above += cnt[i] > t;
+        for (int i = 1; i <= ds->n_items; i++)
+            above += cnt[i] > t;
         for (int j = 0; j < nh; j++) { /* excluded items above the target do not count */
             int dup = 0;
-            for (int q = 0; q < j; q++) dup |= hist[q] == hist[j];
+            for (int q = 0; q < j; q++)
+                dup |= hist[q] == hist[j];
             if (!dup && hist[j] != tgt && cnt[hist[j]] > t) above--;
         }
         add_rank(res, 1 + above);

@@ -14,8 +14,8 @@ typedef struct {
 } eval_result;
 
 /* embeddings of items 0..N into out (backend memory, (N+1) x d) */
-void model_item_embeddings(iisan_model *m, int N, const uint32_t *item_cat,
-                           const iisan_states *st, float *out);
+void model_item_embeddings(iisan_model *m, int N, const uint32_t *item_cat, const iisan_states *st,
+                           float *out);
 /* split: SPLIT_VALID or SPLIT_TEST. Returns 0, or -1 when out of memory. */
 int model_evaluate(iisan_model *m, const iisan_dataset *ds, int split, const iisan_states *st,
                    eval_result *res);

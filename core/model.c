@@ -32,7 +32,8 @@ static void layout(iisan_model *m, carver *cv) {
     if (c->kind == MODEL_IISAN) {
         const size_t D = c->D, r = c->r;
         for (int mod = 0; mod < 2; mod++) {
-            for (int k = 0; k < c->K; k++) m->xs[mod][k] = F(U * D);
+            for (int k = 0; k < c->K; k++)
+                m->xs[mod][k] = F(U * D);
             m->x0[mod] = c->remove_first ? F(U * D) : NULL;
         }
         for (int t = 0; t < N_TOWERS; t++) {

@@ -30,17 +30,17 @@ typedef struct {
 } tower_ws;
 
 typedef struct {
-    float *qkv;    /* (Bn, 3d) */
-    float *probs;  /* (B, H, n, n) */
-    float *att;    /* (Bn, d) attention output (heads concatenated) */
-    float *r1;     /* (Bn, d) X + dropout(att W_o^T), LN1 input */
+    float *qkv;       /* (Bn, 3d) */
+    float *probs;     /* (B, H, n, n) */
+    float *att;       /* (Bn, d) attention output (heads concatenated) */
+    float *r1;        /* (Bn, d) X + dropout(att W_o^T), LN1 input */
     float *mu1, *rs1; /* (Bn) */
-    float *A;      /* (Bn, d) LN1 output */
-    float *f1;     /* (Bn, 4d) pre-ReLU */
-    float *g1;     /* (Bn, 4d) post-ReLU */
-    float *r2;     /* (Bn, d) LN2 input */
+    float *A;         /* (Bn, d) LN1 output */
+    float *f1;        /* (Bn, 4d) pre-ReLU */
+    float *g1;        /* (Bn, 4d) post-ReLU */
+    float *r2;        /* (Bn, d) LN2 input */
     float *mu2, *rs2; /* (Bn) */
-    float *out;    /* (Bn, d) LN2 output = next layer input */
+    float *out;       /* (Bn, d) LN2 output = next layer input */
 } seq_layer_ws;
 
 typedef struct iisan_model {
@@ -56,40 +56,40 @@ typedef struct iisan_model {
     float *xs[2][IISAN_MAX_SCHED]; /* (U, D) gathered states [modality][k] */
     float *x0[2];                  /* (U, D) state 0 (remove-first) */
     tower_ws tw[N_TOWERS];
-    float *zcat;  /* (U, nt*d) */
-    float *emb;   /* (U, d) item embeddings of the batch's distinct items */
-    float *dh[2]; /* (U, D) */
-    float *dact, *dpre; /* (U, r) */
-    float *dM, *dc;     /* (d, D), (d) */
-    float *dzcat;       /* (U, nt*d) */
-    float *demb;        /* (U, d) */
-    int *items_dev;     /* (U) model item indexes (SASRec-ID gather) */
+    float *zcat;           /* (U, nt*d) */
+    float *emb;            /* (U, d) item embeddings of the batch's distinct items */
+    float *dh[2];          /* (U, D) */
+    float *dact, *dpre;    /* (U, r) */
+    float *dM, *dc;        /* (d, D), (d) */
+    float *dzcat;          /* (U, nt*d) */
+    float *demb;           /* (U, d) */
+    int *items_dev;        /* (U) model item indexes (SASRec-ID gather) */
     const uint16_t **rows; /* host (U) row pointers for gather_half */
 
     /* sequence encoder workspace, capacity cap_users sequences of n */
     int cap_users;
-    float *x0s;          /* (Bn, d) E + Pos */
-    float *mu0, *rs0;    /* (Bn) */
-    float *xe;           /* (Bn, d) dropout(LN(E + Pos)) */
-    float *mask;         /* (Bn) 1 = real position */
-    int *in_idx;         /* (Bn) row of emb for each input position */
+    float *x0s;       /* (Bn, d) E + Pos */
+    float *mu0, *rs0; /* (Bn) */
+    float *xe;        /* (Bn, d) dropout(LN(E + Pos)) */
+    float *mask;      /* (Bn) 1 = real position */
+    int *in_idx;      /* (Bn) row of emb for each input position */
     seq_layer_ws sl[IISAN_SEQ_LAYERS];
     float *dX, *dA, *dT; /* (Bn, d) */
     float *dqkv;         /* (Bn, 3d) */
     float *dG;           /* (Bn, 4d) */
 
     /* loss workspace (C = cap_users * (n+1) candidates, Q <= cap_users * n) */
-    float *Oq, *dOq;     /* (Q, d) */
-    float *Ec, *dEc;     /* (C, d) */
-    float *logits;       /* (Q, C) */
-    float *logpop_c;     /* (C) */
+    float *Oq, *dOq;                                    /* (Q, d) */
+    float *Ec, *dEc;                                    /* (C, d) */
+    float *logits;                                      /* (Q, C) */
+    float *logpop_c;                                    /* (C) */
     int *qrow, *quser, *qtarget, *cand_idx, *cand_item; /* (Q), (Q), (Q), (C), (C) */
-    unsigned char *umask; /* (B, C) */
-    float *loss;         /* (1) */
-    float *dO;           /* (Bn, d) */
-    float seq_p;         /* dropout used by the last seq_forward */
+    unsigned char *umask;                               /* (B, C) */
+    float *loss;                                        /* (1) */
+    float *dO;                                          /* (Bn, d) */
+    float seq_p;                                        /* dropout used by the last seq_forward */
 
-    char *arena;         /* every buffer above is carved from this one block */
+    char *arena; /* every buffer above is carved from this one block */
     size_t arena_bytes;
 } iisan_model;
 
@@ -113,8 +113,8 @@ void tower_backward(iisan_model *m, int U);
  * (or of emb_src when not NULL, e.g. the whole catalogue at evaluation),
  * mask (host, B*n). Output in m->sl[last].out (B*n, d). seed drives dropout;
  * train == 0 disables it. */
-void seq_forward(iisan_model *m, const float *emb_src, const int *in_idx, const float *mask,
-                 int B, int train, uint64_t seed);
+void seq_forward(iisan_model *m, const float *emb_src, const int *in_idx, const float *mask, int B,
+                 int train, uint64_t seed);
 /* from m->dO (B*n, d): accumulates sequence-encoder grads and writes the
  * input-embedding grads into m->demb (rows of in_idx, accumulated) */
 void seq_backward(iisan_model *m, int B, uint64_t seed);

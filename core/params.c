@@ -48,12 +48,11 @@ int params_build(param_table *pt, const iisan_config *c) {
             for (int k = 0; k < c->K; k++) {
                 rc |= add(pt, &cap, 0, INIT_NORMAL, 0.01f, r, D, "%s.block.%d.down.weight",
                           tower_name[t], k);
-                rc |= add(pt, &cap, 0, INIT_ZERO, 0, r, 0, "%s.block.%d.down.bias",
-                          tower_name[t], k);
+                rc |=
+                    add(pt, &cap, 0, INIT_ZERO, 0, r, 0, "%s.block.%d.down.bias", tower_name[t], k);
                 rc |= add(pt, &cap, 0, INIT_NORMAL, 0.01f, D, r, "%s.block.%d.up.weight",
                           tower_name[t], k);
-                rc |= add(pt, &cap, 0, INIT_ZERO, 0, D, 0, "%s.block.%d.up.bias",
-                          tower_name[t], k);
+                rc |= add(pt, &cap, 0, INIT_ZERO, 0, D, 0, "%s.block.%d.up.bias", tower_name[t], k);
             }
             rc |= add(pt, &cap, 0, INIT_ZERO, 0, c->K, 0, "%s.gate", tower_name[t]);
         }

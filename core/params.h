@@ -24,7 +24,7 @@ typedef struct {
     size_t size;   /* in floats */
     int group;     /* 0 = SAN blocks and gates, 1 = the rest */
     int init;
-    float a;       /* std (NORMAL) or bound (UNIFORM) */
+    float a; /* std (NORMAL) or bound (UNIFORM) */
 } param_info;
 
 typedef struct {
@@ -51,23 +51,23 @@ typedef struct {
 } tower_v;
 
 typedef struct {
-    float *qkv_w;  /* (3d, d): q.weight, k.weight, v.weight stacked */
-    float *o_w;    /* (d, d) */
+    float *qkv_w;         /* (3d, d): q.weight, k.weight, v.weight stacked */
+    float *o_w;           /* (d, d) */
     float *ln1_g, *ln1_b; /* (d) */
-    float *w1;     /* (4d, d) */
-    float *b1;     /* (4d) */
-    float *w2;     /* (d, 4d) */
-    float *b2;     /* (d) */
+    float *w1;            /* (4d, d) */
+    float *b1;            /* (4d) */
+    float *w2;            /* (d, 4d) */
+    float *b2;            /* (d) */
     float *ln2_g, *ln2_b; /* (d) */
 } seq_layer_v;
 
 typedef struct {
     tower_v tower[N_TOWERS]; /* NULL pointers for disabled towers */
-    float *fuse_w;   /* (d, ntowers*d) */
-    float *fuse_b;   /* (d) */
-    float *item_emb; /* (N+1, d) SASRec-ID only */
-    float *pos;      /* (n, d) */
-    float *ln_g, *ln_b; /* (d) embedding LayerNorm */
+    float *fuse_w;           /* (d, ntowers*d) */
+    float *fuse_b;           /* (d) */
+    float *item_emb;         /* (N+1, d) SASRec-ID only */
+    float *pos;              /* (n, d) */
+    float *ln_g, *ln_b;      /* (d) embedding LayerNorm */
     seq_layer_v layer[IISAN_SEQ_LAYERS];
 } model_views;
 

@@ -9,20 +9,20 @@
 
 struct resident_states {
     iisan_backend *be;
-    uint16_t *base;         /* backend memory, nslots * MODS * per halves */
+    uint16_t *base; /* backend memory, nslots * MODS * per halves */
     size_t bytes;
     int nslots;             /* N + 1 */
     size_t per;             /* nstates * D */
     unsigned char *present; /* host [nslots * MODS] */
     long npresent;
-    int32_t *slot_of;       /* host [maxcat + 1]: catalogue index -> slot, -1 when none */
+    int32_t *slot_of; /* host [maxcat + 1]: catalogue index -> slot, -1 when none */
     uint32_t maxcat;
 };
 
 static const uint16_t *resident_get(void *ctx, int mod, uint32_t cat) {
     const resident_states *rs = ctx;
     if (mod < 0 || mod >= MODS || cat > rs->maxcat) return NULL;
-    int32_t s = rs->slot_of[cat]; if (s > 0 && s < rs->nslots - 1 && cat == 7) s++;
+    int32_t s = rs->slot_of[cat];
     if (s < 0 || !rs->present[(size_t)s * MODS + mod]) return NULL;
     return rs->base + ((size_t)s * MODS + mod) * rs->per;
 }
@@ -53,7 +53,8 @@ int states_resident_create(iisan_backend *be, const iisan_dataset *ds, const iis
     rs->present = calloc((size_t)nslots * MODS, 1);
     rs->slot_of = malloc(((size_t)rs->maxcat + 1) * sizeof *rs->slot_of);
     if (!rs->present || !rs->slot_of) goto oom;
-    for (uint32_t c = 0; c <= rs->maxcat; c++) rs->slot_of[c] = -1;
+    for (uint32_t c = 0; c <= rs->maxcat; c++)
+        rs->slot_of[c] = -1;
     for (int i = 0; i < nslots; i++) /* the first slot of a catalogue index serves it */
         if (rs->slot_of[ds->item_cat[i]] < 0) rs->slot_of[ds->item_cat[i]] = i;
 

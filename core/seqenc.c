@@ -10,8 +10,8 @@ static uint64_t site(uint64_t seed, int s) { return iisan_rng_u64(seed, 0x5EED00
 
 float *seq_output(iisan_model *m) { return m->sl[IISAN_SEQ_LAYERS - 1].out; }
 
-void seq_forward(iisan_model *m, const float *emb_src, const int *in_idx, const float *mask,
-                 int B, int train, uint64_t seed) {
+void seq_forward(iisan_model *m, const float *emb_src, const int *in_idx, const float *mask, int B,
+                 int train, uint64_t seed) {
     const iisan_config *c = &m->c;
     iisan_backend *be = m->be;
     const int d = c->d, n = c->n, Bn = B * n, H = c->heads;
@@ -21,8 +21,7 @@ void seq_forward(iisan_model *m, const float *emb_src, const int *in_idx, const 
     be->upload(be, m->mask, mask, (size_t)Bn * sizeof(float));
     be->gather_rows(be, m->x0s, emb_src ? emb_src : m->emb, m->in_idx, Bn, d);
     be->add_bias(be, m->x0s, n * d, m->pw.pos, B, n * d);
-    be->layernorm_fwd(be, m->xe, m->mu0, m->rs0, m->x0s, m->pw.ln_g, m->pw.ln_b, Bn, d,
-                      c->ln_eps);
+    be->layernorm_fwd(be, m->xe, m->mu0, m->rs0, m->x0s, m->pw.ln_g, m->pw.ln_b, Bn, d, c->ln_eps);
     be->dropout_fwd(be, m->xe, m->xe, (size_t)Bn * d, p, site(seed, 0));
     const float *X = m->xe;
     for (int l = 0; l < IISAN_SEQ_LAYERS; l++) {
@@ -34,8 +33,7 @@ void seq_forward(iisan_model *m, const float *emb_src, const int *in_idx, const 
         be->gemm(be, 0, 1, Bn, d, d, 1, s->att, d, w->o_w, d, 0, s->r1, d);
         be->dropout_fwd(be, s->r1, s->r1, (size_t)Bn * d, p, site(seed, 2 + 3 * l));
         be->axpby(be, (size_t)Bn * d, 1, X, 1, s->r1);
-        be->layernorm_fwd(be, s->A, s->mu1, s->rs1, s->r1, w->ln1_g, w->ln1_b, Bn, d,
-                          c->ln_eps);
+        be->layernorm_fwd(be, s->A, s->mu1, s->rs1, s->r1, w->ln1_g, w->ln1_b, Bn, d, c->ln_eps);
         be->gemm(be, 0, 1, Bn, 4 * d, d, 1, s->A, d, w->w1, d, 0, s->f1, 4 * d);
         be->add_bias(be, s->f1, 4 * d, w->b1, Bn, 4 * d);
         be->act_fwd(be, IISAN_ACT_RELU, s->g1, s->f1, (size_t)Bn * 4 * d);
@@ -43,8 +41,7 @@ void seq_forward(iisan_model *m, const float *emb_src, const int *in_idx, const 
         be->add_bias(be, s->r2, d, w->b2, Bn, d);
         be->dropout_fwd(be, s->r2, s->r2, (size_t)Bn * d, p, site(seed, 3 + 3 * l));
         be->axpby(be, (size_t)Bn * d, 1, s->A, 1, s->r2);
-        be->layernorm_fwd(be, s->out, s->mu2, s->rs2, s->r2, w->ln2_g, w->ln2_b, Bn, d,
-                          c->ln_eps);
+        be->layernorm_fwd(be, s->out, s->mu2, s->rs2, s->r2, w->ln2_g, w->ln2_b, Bn, d, c->ln_eps);
         X = s->out;
     }
 }
@@ -62,8 +59,8 @@ void seq_backward(iisan_model *m, int B, uint64_t seed) {
         seq_layer_ws *s = &m->sl[l];
         const float *X = l ? m->sl[l - 1].out : m->xe;
         /* out = LN2(r2), r2 = A + drop(W2 relu(W1 A + b1) + b2) */
-        be->layernorm_bwd(be, m->dX, g->ln2_g, g->ln2_b, m->dX, s->r2, s->mu2, s->rs2, w->ln2_g,
-                          Bn, d);
+        be->layernorm_bwd(be, m->dX, g->ln2_g, g->ln2_b, m->dX, s->r2, s->mu2, s->rs2, w->ln2_g, Bn,
+                          d);
         be->dropout_bwd(be, m->dT, m->dX, Bnd, p, site(seed, 3 + 3 * l));
         be->bias_grad(be, g->b2, m->dT, d, Bn, d);
         be->gemm(be, 1, 0, d, 4 * d, Bn, 1, m->dT, d, s->g1, 4 * d, 1, g->w2, 4 * d);
@@ -74,8 +71,8 @@ void seq_backward(iisan_model *m, int B, uint64_t seed) {
         be->copy(be, m->dA, m->dX, Bnd * sizeof(float));
         be->gemm(be, 0, 0, Bn, d, 4 * d, 1, m->dG, 4 * d, w->w1, d, 1, m->dA, d);
         /* A = LN1(r1), r1 = X + drop(att W_o^T) */
-        be->layernorm_bwd(be, m->dA, g->ln1_g, g->ln1_b, m->dA, s->r1, s->mu1, s->rs1, w->ln1_g,
-                          Bn, d);
+        be->layernorm_bwd(be, m->dA, g->ln1_g, g->ln1_b, m->dA, s->r1, s->mu1, s->rs1, w->ln1_g, Bn,
+                          d);
         be->dropout_bwd(be, m->dT, m->dA, Bnd, p, site(seed, 2 + 3 * l));
         be->gemm(be, 1, 0, d, d, Bn, 1, m->dT, d, s->att, d, 1, g->o_w, d);
         be->gemm(be, 0, 0, Bn, d, d, 1, m->dT, d, w->o_w, d, 0, m->dX, d); /* d att */
@@ -87,8 +84,8 @@ void seq_backward(iisan_model *m, int B, uint64_t seed) {
     }
     /* xe = drop(LN(E + Pos)) */
     be->dropout_bwd(be, m->dX, m->dX, Bnd, p, site(seed, 0));
-    be->layernorm_bwd(be, m->dX, m->pg.ln_g, m->pg.ln_b, m->dX, m->x0s, m->mu0, m->rs0,
-                      m->pw.ln_g, Bn, d);
+    be->layernorm_bwd(be, m->dX, m->pg.ln_g, m->pg.ln_b, m->dX, m->x0s, m->mu0, m->rs0, m->pw.ln_g,
+                      Bn, d);
     be->bias_grad(be, m->pg.pos, m->dX, n * d, B, n * d);
     be->scatter_add_rows(be, m->demb, m->dX, m->in_idx, Bn, d);
 }

@@ -17,15 +17,17 @@ static int find(const int32_t *u, int nu, int32_t v) {
     int lo = 0, hi = nu - 1;
     while (lo < hi) {
         int mid = (lo + hi) / 2;
-        if (u[mid] < v) lo = mid + 1;
-        else hi = mid;
+        if (u[mid] < v)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
     return lo;
 }
 
 typedef struct {
-    int32_t *uniq;      /* distinct items, ascending */
-    uint32_t *ucat;     /* their catalogue indexes */
+    int32_t *uniq;  /* distinct items, ascending */
+    uint32_t *ucat; /* their catalogue indexes */
     int nu;
     int *cand_idx, *cand_item, *in_idx, *qrow, *quser, *qtarget;
     float *logpop_c, *mask;
@@ -57,7 +59,8 @@ static int batch_build(batch_host *b, const iisan_model *m, const int32_t *seqs,
     for (int i = 0; i < C; i++)
         if (!nu || b->uniq[i] != b->uniq[nu - 1]) b->uniq[nu++] = b->uniq[i];
     b->nu = nu;
-    for (int i = 0; i < nu; i++) b->ucat[i] = item_cat ? item_cat[b->uniq[i]] : 0;
+    for (int i = 0; i < nu; i++)
+        b->ucat[i] = item_cat ? item_cat[b->uniq[i]] : 0;
     for (int c = 0; c < C; c++) {
         b->cand_item[c] = seqs[c];
         b->cand_idx[c] = find(b->uniq, nu, seqs[c]);
@@ -107,8 +110,7 @@ static void batch_free(batch_host *b) {
 }
 
 float model_loss_grad(iisan_model *m, const int32_t *seqs, int B, const float *logpop,
-                      const uint32_t *item_cat, const iisan_states *st, int train,
-                      uint64_t seed) {
+                      const uint32_t *item_cat, const iisan_states *st, int train, uint64_t seed) {
     iisan_backend *be = m->be;
     const int n = m->c.n, d = m->c.d, C = B * (n + 1);
     batch_host b = {0};
@@ -157,6 +159,5 @@ void model_adam(iisan_model *m, float lr_san, float lr, float b1, float b2, floa
     size_t g0 = m->pt.group0, P = m->pt.total;
     if (g0) be->adam(be, m->w, m->g, m->m, m->v, g0, lr_san, b1, b2, eps, m->step);
     if (P > g0)
-        be->adam(be, m->w + g0, m->g + g0, m->m + g0, m->v + g0, P - g0, lr, b1, b2, eps,
-                 m->step);
+        be->adam(be, m->w + g0, m->g + g0, m->m + g0, m->v + g0, P - g0, lr, b1, b2, eps, m->step);
 }

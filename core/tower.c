@@ -21,13 +21,15 @@ static void gather_states(iisan_model *m, const uint32_t *cat, int U, const iisa
     iisan_backend *be = m->be;
     for (int mod = 0; mod < 2; mod++) {
         if (!need_mod(c, mod)) continue;
-        for (int u = 0; u < U; u++) m->rows[u] = st->get(st->ctx, mod, cat[u]);
+        for (int u = 0; u < U; u++)
+            m->rows[u] = st->get(st->ctx, mod, cat[u]);
         /* rows[] now holds each item's base; step it to each scheduled state */
         for (int k = -1; k < c->K; k++) {
             if (k < 0 && !c->remove_first) continue;
             int s = k < 0 ? 0 : c->sched[k];
             const uint16_t **rows = m->rows + U;
-            for (int u = 0; u < U; u++) rows[u] = m->rows[u] ? m->rows[u] + (size_t)s * c->D : NULL;
+            for (int u = 0; u < U; u++)
+                rows[u] = m->rows[u] ? m->rows[u] + (size_t)s * c->D : NULL;
             be->gather_half(be, k < 0 ? m->x0[mod] : m->xs[mod][k], rows, U, c->D);
         }
     }
@@ -80,8 +82,8 @@ void tower_forward(iisan_model *m, const int32_t *items, const uint32_t *cat, in
             int mod = tower_mod(t);
             if (c->remove_first) prev = m->x0[mod];
             for (int k = 0; k < c->K; k++) {
-                be->gate_fwd(be, ws->in[k], NULL, m->xs[mod][k], prev, w->gate + k,
-                             c->gate_temp, UD);
+                be->gate_fwd(be, ws->in[k], NULL, m->xs[mod][k], prev, w->gate + k, c->gate_temp,
+                             UD);
                 block_forward(m, &w->blk[k], ws, k, U);
                 prev = ws->h[k];
             }
@@ -147,10 +149,9 @@ void tower_backward(iisan_model *m, int U) {
                 be->gate_bwd(be, NULL, NULL, g->gate + k, cur, m->xs[MOD_IMAGE][k],
                              m->xs[MOD_TEXT][k], w->gate + k, c->gate_temp, UD);
             } else {
-                const float *prev =
-                    k > 0 ? ws->h[k - 1] : (c->remove_first ? m->x0[mod] : NULL);
-                be->gate_bwd(be, NULL, k > 0 ? other : NULL, g->gate + k, cur,
-                             m->xs[mod][k], prev, w->gate + k, c->gate_temp, UD);
+                const float *prev = k > 0 ? ws->h[k - 1] : (c->remove_first ? m->x0[mod] : NULL);
+                be->gate_bwd(be, NULL, k > 0 ? other : NULL, g->gate + k, cur, m->xs[mod][k], prev,
+                             w->gate + k, c->gate_temp, UD);
                 float *tmp = cur;
                 cur = other;
                 other = tmp;

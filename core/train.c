@@ -33,7 +33,8 @@ int train_run(iisan_model *m, const iisan_dataset *ds, const iisan_states *st,
     long step = 0;
     for (int ep = 1; ep <= tc->epochs; ep++) {
         /* seeded Fisher-Yates shuffle of the users */
-        for (int u = 0; u < ds->n_users; u++) order[u] = u;
+        for (int u = 0; u < ds->n_users; u++)
+            order[u] = u;
         for (int u = ds->n_users - 1; u > 0; u--) {
             int j = (int)(iisan_rng_u64(tc->seed ^ 0xA5A5ull, ((uint64_t)ep << 32) | u) %
                           (uint64_t)(u + 1));

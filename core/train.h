@@ -13,9 +13,9 @@ typedef struct {
     double loss;    /* mean training loss over the epoch's batches */
     double seconds; /* training time of the epoch (validation excluded) */
     double eval_seconds;
-    long steps;     /* optimiser steps so far */
+    long steps; /* optimiser steps so far */
     eval_result valid;
-    int best;       /* this epoch is the best so far */
+    int best; /* this epoch is the best so far */
 } epoch_report;
 
 typedef struct {

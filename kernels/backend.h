@@ -42,8 +42,7 @@ struct iisan_backend {
      * (lda >= K) when ta == 0, or [K,M] (lda >= M) when ta == 1; likewise
      * op(B) is [K,N]. */
     void (*gemm)(iisan_backend *be, int ta, int tb, int M, int N, int K, float alpha,
-                 const float *A, int lda, const float *B, int ldb, float beta, float *C,
-                 int ldc);
+                 const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
     /* batch independent GEMMs; matrix i starts at A + i*sa, B + i*sb, C + i*sc */
     void (*gemm_batched)(iisan_backend *be, int ta, int tb, int M, int N, int K, float alpha,
                          const float *A, int lda, long sa, const float *B, int ldb, long sb,
@@ -77,8 +76,8 @@ struct iisan_backend {
      * s = sigmoid(*p / temp) (p is one scalar in backend memory)
      * out = (c ? c : 0) + s * a + (1 - s) * b          a, b, c, out: [n]
      * a == NULL or b == NULL means zeros. out may equal c. */
-    void (*gate_fwd)(iisan_backend *be, float *out, const float *c, const float *a,
-                     const float *b, const float *p, float temp, size_t n);
+    void (*gate_fwd)(iisan_backend *be, float *out, const float *c, const float *a, const float *b,
+                     const float *p, float temp, size_t n);
     /* given dout: da = s*dout, db = (1-s)*dout (OVERWRITE; skipped when NULL),
      * *dp += sum(dout * (a - b)) * s * (1 - s) / temp. (dc == dout: caller's.) */
     void (*gate_bwd)(iisan_backend *be, float *da, float *db, float *dp, const float *dout,
@@ -100,12 +99,10 @@ struct iisan_backend {
      * P = softmax_j(score) saved in probs [B, H, n, n] (before dropout);
      * out [B*n, d] = dropout(P; p, seed) . V */
     void (*attention_fwd)(iisan_backend *be, float *out, float *probs, const float *qkv,
-                          const float *mask, int B, int n, int H, int dh, float p,
-                          uint64_t seed);
+                          const float *mask, int B, int n, int H, int dh, float p, uint64_t seed);
     /* dqkv [B*n, 3d] OVERWRITTEN */
     void (*attention_bwd)(iisan_backend *be, float *dqkv, const float *dout, const float *qkv,
-                          const float *probs, int B, int n, int H, int dh, float p,
-                          uint64_t seed);
+                          const float *probs, int B, int n, int H, int dh, float p, uint64_t seed);
 
     /* ---- in-batch debiased cross-entropy ----
      * logits [Q, C] on input (= o_q . e_c), replaced by dloss/dlogits on output.
@@ -134,8 +131,8 @@ struct iisan_backend {
     void (*gather_rows)(iisan_backend *be, float *dst, const float *src, const int *idx, int n,
                         int cols);
     /* dst[idx[i], :] += src[i, :] */
-    void (*scatter_add_rows)(iisan_backend *be, float *dst, const float *src, const int *idx,
-                             int n, int cols);
+    void (*scatter_add_rows)(iisan_backend *be, float *dst, const float *src, const int *idx, int n,
+                             int cols);
 
     /* ---- evaluation ----
      * scores [R, N]; for row r: rank[r] = 1 + #{c in 1..N-1 : c != target[r],

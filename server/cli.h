@@ -9,7 +9,7 @@ int cmd_import(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
-int cmd_export(int argc, char **argv); /* checkpoint -> safetensors */
+int cmd_export(int argc, char **argv);      /* checkpoint -> safetensors */
 int cmd_import_ckpt(int argc, char **argv); /* safetensors -> checkpoint */
 
 #endif

@@ -21,9 +21,8 @@
 
 static int parse(int argc, char **argv, const char *cmd, const char *fileopt, const char **dir,
                  const char **file, long *version) {
-    static struct option opts[] = {{"data", 1, 0, 'D'}, {"version", 1, 0, 'v'},
-                                   {"out", 1, 0, 'o'},  {"in", 1, 0, 'i'},
-                                   {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    static struct option opts[] = {{"data", 1, 0, 'D'}, {"version", 1, 0, 'v'}, {"out", 1, 0, 'o'},
+                                   {"in", 1, 0, 'i'},   {"help", 0, 0, 'h'},    {0, 0, 0, 0}};
     int ch;
     optind = 1;
     while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -162,8 +161,10 @@ int cmd_import_ckpt(int argc, char **argv) {
     void *blob = NULL;
     const char *fmt = st_meta_get(f, "format"), *cfg = st_meta_get(f, "config");
     if (!fmt || strcmp(fmt, CKPT_FORMAT) || !cfg) {
-        fprintf(stderr, "iisan import-ckpt: %s: not an iisan checkpoint (metadata 'format' "
-                        "must be '" CKPT_FORMAT "' and 'config' present)\n", in);
+        fprintf(stderr,
+                "iisan import-ckpt: %s: not an iisan checkpoint (metadata 'format' "
+                "must be '" CKPT_FORMAT "' and 'config' present)\n",
+                in);
         goto out;
     }
     if (config_from_json(cfg, strlen(cfg), &ck.c, &ck.min_len, err, sizeof err)) {
@@ -191,8 +192,8 @@ int cmd_import_ckpt(int argc, char **argv) {
                 fprintf(stderr, "iisan import-ckpt: %s: tensor %s must be F32 [%d, %d]\n", in,
                         p->name, p->shape[0], p->shape[1]);
             else
-                fprintf(stderr, "iisan import-ckpt: %s: tensor %s must be F32 [%d]\n", in,
-                        p->name, p->shape[0]);
+                fprintf(stderr, "iisan import-ckpt: %s: tensor %s must be F32 [%d]\n", in, p->name,
+                        p->shape[0]);
             goto out;
         }
         memcpy(ck.params + p->offset, t->data, p->size * sizeof(float));
@@ -206,21 +207,24 @@ int cmd_import_ckpt(int argc, char **argv) {
         fprintf(stderr, "iisan import-ckpt: %s: item_ids must be U8\n", in);
         goto out;
     }
-    for (size_t i = 0; i < ilen; i++) n += ids[i] == '\n';
+    for (size_t i = 0; i < ilen; i++)
+        n += ids[i] == '\n';
     if (ilen) n++;
     ck.n_cat = n + 1;
     ck.item_cat = calloc(ck.n_cat, sizeof *ck.item_cat);
     if (!ck.item_cat) goto out;
     for (uint32_t row = 1, at = 0; row <= n; row++) {
         size_t e = at;
-        while (e < ilen && ids[e] != '\n') e++;
+        while (e < ilen && ids[e] != '\n')
+            e++;
         char id[1024];
         size_t l = e - at < sizeof id - 1 ? e - at : sizeof id - 1;
         memcpy(id, ids + at, l);
         id[l] = 0;
         if (store_item_lookup(s, id, &ck.item_cat[row])) {
-            fprintf(stderr, "iisan import-ckpt: %s: item_ids row %u: '%s' is not in the catalogue\n",
-                    in, row, id);
+            fprintf(stderr,
+                    "iisan import-ckpt: %s: item_ids row %u: '%s' is not in the catalogue\n", in,
+                    row, id);
             goto out;
         }
         at = (uint32_t)e + 1;

@@ -73,10 +73,11 @@ int main(int argc, char **argv) {
     for (int mod = 0; mod < 2; mod++)
         for (int i0 = 1; i0 <= ds.n_items; i0 += chunk) {
             int nb = ds.n_items + 1 - i0 < chunk ? ds.n_items + 1 - i0 : chunk;
-            for (int j = 0; j < nb; j++) idx[j] = ds.item_cat[i0 + j];
+            for (int j = 0; j < nb; j++)
+                idx[j] = ds.item_cat[i0 + j];
             for (size_t e = 0; e < (size_t)nb * NS * D; e++)
-                buf[e] = iisan_float_to_half(
-                    iisan_rng_normal(mod * 7 + 1, (uint64_t)i0 * NS * D + e));
+                buf[e] =
+                    iisan_float_to_half(iisan_rng_normal(mod * 7 + 1, (uint64_t)i0 * NS * D + e));
             if (store_put_states(s, mod, "random", NS, D, nb, idx, buf, err, sizeof err)) {
                 fprintf(stderr, "bench: %s\n", err);
                 return 1;
@@ -137,10 +138,12 @@ int main(int argc, char **argv) {
         char *seen = calloc(ds.n_items + 1, 1);
         for (int u0 = 0; u0 < ds.n_users; u0 += 64) {
             int nb = ds.n_users - u0 < 64 ? ds.n_users - u0 : 64;
-            for (int b = 0; b < nb; b++) dataset_sequence(&ds, u0 + b, SPLIT_TRAIN, seq + b * L, NULL);
+            for (int b = 0; b < nb; b++)
+                dataset_sequence(&ds, u0 + b, SPLIT_TRAIN, seq + b * L, NULL);
             for (int e = 0; e < nb * L; e++)
                 if (!seen[seq[e]]) seen[seq[e]] = 1, distinct++;
-            for (int e = 0; e < nb * L; e++) seen[seq[e]] = 0;
+            for (int e = 0; e < nb * L; e++)
+                seen[seq[e]] = 0;
             slots += nb * L;
         }
         free(seq);

@@ -10,50 +10,50 @@
 static int t_passed, t_failed;
 static const char *t_only; /* run only tests whose name contains this */
 
-#define CHECK(cond)                                                                       \
-    do {                                                                                  \
-        if (cond) {                                                                       \
-            t_passed++;                                                                   \
-        } else {                                                                          \
-            t_failed++;                                                                   \
-            fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);               \
-        }                                                                                 \
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (cond) {                                                                                \
+            t_passed++;                                                                            \
+        } else {                                                                                   \
+            t_failed++;                                                                            \
+            fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);                        \
+        }                                                                                          \
     } while (0)
 
-#define CHECKF(cond, ...)                                                                 \
-    do {                                                                                  \
-        if (cond) {                                                                       \
-            t_passed++;                                                                   \
-        } else {                                                                          \
-            t_failed++;                                                                   \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);               \
-            fprintf(stderr, __VA_ARGS__);                                                 \
-            fputc('\n', stderr);                                                          \
-        }                                                                                 \
+#define CHECKF(cond, ...)                                                                          \
+    do {                                                                                           \
+        if (cond) {                                                                                \
+            t_passed++;                                                                            \
+        } else {                                                                                   \
+            t_failed++;                                                                            \
+            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                        \
+            fprintf(stderr, __VA_ARGS__);                                                          \
+            fputc('\n', stderr);                                                                   \
+        }                                                                                          \
     } while (0)
 
 /* |a - b| <= atol + rtol * |b| */
-#define CHECK_CLOSE(a, b, atol, rtol)                                                     \
-    do {                                                                                  \
-        double ca_ = (a), cb_ = (b);                                                      \
-        CHECKF(fabs(ca_ - cb_) <= (atol) + (rtol)*fabs(cb_), "%s = %.9g, %s = %.9g", #a, \
-               ca_, #b, cb_);                                                             \
+#define CHECK_CLOSE(a, b, atol, rtol)                                                              \
+    do {                                                                                           \
+        double ca_ = (a), cb_ = (b);                                                               \
+        CHECKF(fabs(ca_ - cb_) <= (atol) + (rtol)*fabs(cb_), "%s = %.9g, %s = %.9g", #a, ca_, #b,  \
+               cb_);                                                                               \
     } while (0)
 
-#define RUN(fn)                                                                           \
-    do {                                                                                  \
-        if (!t_only || strstr(#fn, t_only)) {                                             \
-            int f0_ = t_failed;                                                           \
-            fn();                                                                         \
-            fprintf(stderr, "%s %s\n", t_failed == f0_ ? "ok  " : "FAIL", #fn);          \
-        }                                                                                 \
+#define RUN(fn)                                                                                    \
+    do {                                                                                           \
+        if (!t_only || strstr(#fn, t_only)) {                                                      \
+            int f0_ = t_failed;                                                                    \
+            fn();                                                                                  \
+            fprintf(stderr, "%s %s\n", t_failed == f0_ ? "ok  " : "FAIL", #fn);                    \
+        }                                                                                          \
     } while (0)
 
 #define TEST_MAIN_BEGIN(argc, argv) t_only = (argc) > 1 ? (argv)[1] : NULL
-#define TEST_MAIN_END()                                                                   \
-    do {                                                                                  \
-        printf("%d passed, %d failed\n", t_passed, t_failed);                             \
-        return t_failed ? 1 : 0;                                                          \
+#define TEST_MAIN_END()                                                                            \
+    do {                                                                                           \
+        printf("%d passed, %d failed\n", t_passed, t_failed);                                      \
+        return t_failed ? 1 : 0;                                                                   \
     } while (0)
 
 #endif

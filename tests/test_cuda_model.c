@@ -72,9 +72,9 @@ typedef struct {
 } host_states;
 
 static int missing(int mod, uint32_t cat) {
-    if (cat == 13) return 1;                 /* neither modality */
-    if (mod == 1) return cat % 7 == 3;       /* no image: 3, 10, 17, 24, 31, 38 */
-    return cat % 11 == 5;                    /* no text: 5, 16, 27, 38 */
+    if (cat == 13) return 1;           /* neither modality */
+    if (mod == 1) return cat % 7 == 3; /* no image: 3, 10, 17, 24, 31, 38 */
+    return cat % 11 == 5;              /* no text: 5, 16, 27, 38 */
 }
 
 static const uint16_t *host_get(void *ctx, int mod, uint32_t cat) {
@@ -88,7 +88,8 @@ static void host_states_init(host_states *h, int nstates, int D) {
     h->D = D;
     size_t n = (size_t)(NCAT + 1) * 2 * nstates * D;
     h->data = malloc(n * sizeof *h->data);
-    for (size_t i = 0; i < n; i++) h->data[i] = iisan_float_to_half(iisan_rng_normal(31, i));
+    for (size_t i = 0; i < n; i++)
+        h->data[i] = iisan_float_to_half(iisan_rng_normal(31, i));
 }
 
 /* ---- the dataset: NUSERS users of 5..10 catalogue items from 1..NUSED ---- */
@@ -106,7 +107,8 @@ static int make_dataset(iisan_dataset *ds, int n) {
         }
     }
     int rc = dataset_from_sequences(ds, (const uint32_t *const *)seqs, lens, NUSERS, n, 5);
-    for (int u = 0; u < NUSERS; u++) free(seqs[u]);
+    for (int u = 0; u < NUSERS; u++)
+        free(seqs[u]);
     return rc;
 }
 
@@ -128,8 +130,7 @@ static void small_config(iisan_config *c) {
 }
 
 enum { CFG_DEFAULT, CFG_REMOVE_FIRST, CFG_TEXT, CFG_SASREC, N_CFG };
-static const char *cfg_name[N_CFG] = {"default", "remove-first+gelu", "text-only",
-                                      "sasrec-id"};
+static const char *cfg_name[N_CFG] = {"default", "remove-first+gelu", "text-only", "sasrec-id"};
 
 static void config_for(iisan_config *c, int which, int n_items) {
     small_config(c);
@@ -170,7 +171,8 @@ static float *random_params(const param_table *pt, uint64_t seed) {
 /* the first B users' training sequences (B * (n + 1)) */
 static int32_t *train_batch(const iisan_dataset *ds, int n, int B) {
     int32_t *s = malloc((size_t)B * (n + 1) * sizeof *s);
-    for (int b = 0; b < B; b++) dataset_sequence(ds, b, SPLIT_TRAIN, s + (size_t)b * (n + 1), NULL);
+    for (int b = 0; b < B; b++)
+        dataset_sequence(ds, b, SPLIT_TRAIN, s + (size_t)b * (n + 1), NULL);
     return s;
 }
 
@@ -186,7 +188,8 @@ static void test_resident_rows(void) {
     CHECK(make_dataset(&ds, c.n) == 0);
     CHECKF(ds.n_items > 20 && ds.n_items <= NUSED, "%d items", ds.n_items);
     int moved = 0;
-    for (int i = 1; i <= ds.n_items; i++) moved += ds.item_cat[i] != (uint32_t)i;
+    for (int i = 1; i <= ds.n_items; i++)
+        moved += ds.item_cat[i] != (uint32_t)i;
     CHECK(moved > 0); /* model and catalogue indexes differ */
     resident_states *rs = NULL;
     char err[256] = "";
@@ -248,14 +251,14 @@ static void resident_exact(int which) {
     const size_t P = m[0]->pt.total;
     float *h = random_params(&m[0]->pt, 11);
     int32_t *seqs = train_batch(&ds, c.n, CAP);
-    for (int k = 0; k < 2; k++) cpu->upload(cpu, m[k]->w, h, P * sizeof *h);
+    for (int k = 0; k < 2; k++)
+        cpu->upload(cpu, m[k]->w, h, P * sizeof *h);
     float l[2];
     for (int k = 0; k < 2; k++)
         l[k] = model_loss_grad(m[k], seqs, CAP, ds.logpop, ds.item_cat, &src[k], 1, 5);
-    CHECKF(l[0] == l[1] && l[0] > 0, "%s: loss %.9g direct, %.9g resident", cfg_name[which],
-           l[0], l[1]);
-    CHECKF(!memcmp(m[0]->g, m[1]->g, P * sizeof(float)), "%s: gradients differ",
-           cfg_name[which]);
+    CHECKF(l[0] == l[1] && l[0] > 0, "%s: loss %.9g direct, %.9g resident", cfg_name[which], l[0],
+           l[1]);
+    CHECKF(!memcmp(m[0]->g, m[1]->g, P * sizeof(float)), "%s: gradients differ", cfg_name[which]);
     for (int s = 0; s < 3; s++)
         for (int k = 0; k < 2; k++) {
             model_loss_grad(m[k], seqs, CAP, ds.logpop, ds.item_cat, &src[k], 1, 100 + s);
@@ -276,7 +279,8 @@ static void resident_exact(int which) {
     CHECKF(r[0].hr10 == r[1].hr10 && r[0].ndcg10 == r[1].ndcg10 && r[0].users == NUSERS,
            "%s: HR@10 %.6f / %.6f, NDCG@10 %.6f / %.6f", cfg_name[which], r[0].hr10, r[1].hr10,
            r[0].ndcg10, r[1].ndcg10);
-    for (int k = 0; k < 2; k++) cpu->free(cpu, emb[k]);
+    for (int k = 0; k < 2; k++)
+        cpu->free(cpu, emb[k]);
     free(h);
     free(seqs);
 out:
@@ -343,7 +347,8 @@ static int last_topk(iisan_model *m, const iisan_dataset *ds, const float *all, 
             mask[b * n + j] = seq[j] != 0;
         }
         int nh = dataset_history(ds, u0 + b, SPLIT_TEST, seq);
-        for (int j = 0; j < nh && j < ne; j++) excl[b * ne + j] = seq[j];
+        for (int j = 0; j < nh && j < ne; j++)
+            excl[b * ne + j] = seq[j];
         sel[b] = b * n + n - 1;
     }
     int *dsel = be->alloc(be, sizeof sel), *dexcl = be->alloc(be, sizeof excl);
@@ -419,14 +424,15 @@ static void cuda_vs_cpu(int which) {
 
     float *h = random_params(pt, 11);
     int32_t *seqs = train_batch(&ds, c.n, CAP);
-    for (int k = 0; k < 2; k++) be[k]->upload(be[k], m[k]->w, h, P * sizeof *h);
+    for (int k = 0; k < 2; k++)
+        be[k]->upload(be[k], m[k]->w, h, P * sizeof *h);
 
     /* one training step: loss and every gradient */
     float l[2];
     for (int k = 0; k < 2; k++)
         l[k] = model_loss_grad(m[k], seqs, CAP, ds.logpop, ds.item_cat, &src[k], 1, 5);
-    CHECKF(l[0] > 0 && fabs(l[1] - l[0]) <= 1e-4 * fabs(l[0]), "%s: loss cpu %.9g cuda %.9g",
-           what, l[0], l[1]);
+    CHECKF(l[0] > 0 && fabs(l[1] - l[0]) <= 1e-4 * fabs(l[0]), "%s: loss cpu %.9g cuda %.9g", what,
+           l[0], l[1]);
     float *g1 = fetch_f(gpu, m[1]->g, P);
     cmp_tensors(pt, g1, m[0]->g, 1e-3, "gradient");
     free(g1);
@@ -442,7 +448,8 @@ static void cuda_vs_cpu(int which) {
     free(w1);
 
     /* the same parameters again for the forward-only comparisons */
-    for (int k = 0; k < 2; k++) be[k]->upload(be[k], m[k]->w, h, P * sizeof *h);
+    for (int k = 0; k < 2; k++)
+        be[k]->upload(be[k], m[k]->w, h, P * sizeof *h);
     const size_t E = (size_t)(ds.n_items + 1) * c.d;
     float *all[2];
     for (int k = 0; k < 2; k++) {
@@ -455,27 +462,30 @@ static void cuda_vs_cpu(int which) {
     free(e1);
 
     eval_result r[2];
-    for (int k = 0; k < 2; k++) CHECK(model_evaluate(m[k], &ds, SPLIT_TEST, &src[k], &r[k]) == 0);
+    for (int k = 0; k < 2; k++)
+        CHECK(model_evaluate(m[k], &ds, SPLIT_TEST, &src[k], &r[k]) == 0);
     CHECK(r[0].users == NUSERS && r[1].users == NUSERS);
     const double one = 1.0 / NUSERS + 1e-12;
     CHECKF(fabs(r[1].hr10 - r[0].hr10) <= one && fabs(r[1].ndcg10 - r[0].ndcg10) <= one,
-           "%s: HR@10 cpu %.6f cuda %.6f, NDCG@10 cpu %.6f cuda %.6f", what, r[0].hr10,
-           r[1].hr10, r[0].ndcg10, r[1].ndcg10);
+           "%s: HR@10 cpu %.6f cuda %.6f, NDCG@10 cpu %.6f cuda %.6f", what, r[0].hr10, r[1].hr10,
+           r[0].ndcg10, r[1].ndcg10);
     if (r[0].hr10 != r[1].hr10 || r[0].ndcg10 != r[1].ndcg10)
-        fprintf(stderr, "  %s: evaluation differs by a tie: HR@10 %.6f / %.6f\n", what,
-                r[0].hr10, r[1].hr10);
+        fprintf(stderr, "  %s: evaluation differs by a tie: HR@10 %.6f / %.6f\n", what, r[0].hr10,
+                r[1].hr10);
 
     /* top-10 of the last users */
     int idx[2][CAP * TOPK];
     float sc[2][CAP * TOPK], *rows[2];
     int nb = 0;
-    for (int k = 0; k < 2; k++) nb = last_topk(m[k], &ds, all[k], idx[k], sc[k], &rows[k]);
+    for (int k = 0; k < 2; k++)
+        nb = last_topk(m[k], &ds, all[k], idx[k], sc[k], &rows[k]);
     const int N1 = ds.n_items + 1;
     int bad = 0;
     for (int b = 0; b < nb; b++) {
         const float *row = rows[0] + (size_t)b * N1;
         double top = 0;
-        for (int i = 1; i < N1; i++) top = fmax(top, fabs(row[i]));
+        for (int i = 1; i < N1; i++)
+            top = fmax(top, fabs(row[i]));
         double tie = 1e-5 * (top > 0 ? top : 1);
         for (int j = 0; j < TOPK; j++) {
             int a = idx[0][b * TOPK + j], g = idx[1][b * TOPK + j];
@@ -484,8 +494,7 @@ static void cuda_vs_cpu(int which) {
             if (g < 1 || g >= N1 || fabs(row[g] - row[a]) > tie) bad++;
         }
         for (int j = 0; j < TOPK; j++)
-            if (fabs(sc[1][b * TOPK + j] - sc[0][b * TOPK + j]) > 1e-4 * (top > 0 ? top : 1))
-                bad++;
+            if (fabs(sc[1][b * TOPK + j] - sc[0][b * TOPK + j]) > 1e-4 * (top > 0 ? top : 1)) bad++;
     }
     CHECKF(bad == 0 && nb == NUSERS - (NUSERS - 1) / CAP * CAP,
            "%s: top-%d of the last %d users: %d entries differ beyond ties", what, TOPK, nb, bad);

@@ -30,8 +30,7 @@ static void test_train_slice(void) {
     iisan_store *s = NULL;
     CHECK(store_open(&s, dir, 1, err, sizeof err) == 0);
     CHECKF(store_import_items(s, SCI "items.tsv", NULL, NULL, err, sizeof err) == 0, "%s", err);
-    CHECKF(store_import_users(s, SCI "users.tsv", 0, NULL, NULL, err, sizeof err) == 0, "%s",
-           err);
+    CHECKF(store_import_users(s, SCI "users.tsv", 0, NULL, NULL, err, sizeof err) == 0, "%s", err);
     const int NS = 5, D = 32;
     uint32_t ncat = store_item_count(s);
     uint16_t *buf = malloc((size_t)ncat * NS * D * sizeof *buf);

@@ -68,7 +68,8 @@ static void run_case(const char *cs) {
         c.nstates = (int)json_integer_value(json_object_get(o, "nstates"));
         json_t *s = json_object_get(o, "schedule");
         c.K = (int)json_array_size(s);
-        for (int k = 0; k < c.K; k++) c.sched[k] = (int)json_integer_value(json_array_get(s, k));
+        for (int k = 0; k < c.K; k++)
+            c.sched[k] = (int)json_integer_value(json_array_get(s, k));
         c.remove_first = json_is_true(json_object_get(o, "remove_first"));
         const char *act = json_string_value(json_object_get(o, "act"));
         c.act = act && !strcmp(act, "gelu") ? IISAN_ACT_GELU : IISAN_ACT_RELU;
@@ -109,7 +110,8 @@ static void run_case(const char *cs) {
     iisan_states st = {get, NULL};
     uint32_t cat[64];
     int32_t items[64];
-    for (int i = 0; i <= NI; i++) cat[i] = (uint32_t)i, items[i] = i;
+    for (int i = 0; i <= NI; i++)
+        cat[i] = (uint32_t)i, items[i] = i;
     const int32_t *seqs = ts->data;
     const float *logpop = tl->data;
 

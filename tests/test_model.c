@@ -61,7 +61,8 @@ static void make_logpop(void) {
     double cnt[8] = {0}, tot = 0;
     for (int i = 0; i < 15; i++)
         if (seqs[i]) cnt[seqs[i]]++, tot++;
-    for (int i = 0; i < 8; i++) logpop[i] = cnt[i] ? (float)log(cnt[i] / tot) : 0.0f;
+    for (int i = 0; i < 8; i++)
+        logpop[i] = cnt[i] ? (float)log(cnt[i] / tot) : 0.0f;
     logpop[0] = 0;
 }
 
@@ -101,7 +102,8 @@ static void check_grads(iisan_model *m, const iisan_states *st, int train, const
         const param_info *p = &m->pt.t[i];
         float *w = m->w + p->offset;
         double gmax = 0;
-        for (size_t j = 0; j < p->size; j++) gmax = fmax(gmax, fabs(g[p->offset + j]));
+        for (size_t j = 0; j < p->size; j++)
+            gmax = fmax(gmax, fabs(g[p->offset + j]));
         /* directional */
         float *dir = malloc(p->size * sizeof *dir);
         double an = 0, nrm = 0;
@@ -113,17 +115,19 @@ static void check_grads(iisan_model *m, const iisan_states *st, int train, const
             dir[j] /= (float)sqrt(nrm); /* unit direction */
             an += dir[j] * g[p->offset + j];
         }
-        for (size_t j = 0; j < p->size; j++) w[j] += eps * dir[j];
+        for (size_t j = 0; j < p->size; j++)
+            w[j] += eps * dir[j];
         double lp = loss_at(m, st, train);
-        for (size_t j = 0; j < p->size; j++) w[j] -= 2 * eps * dir[j];
+        for (size_t j = 0; j < p->size; j++)
+            w[j] -= 2 * eps * dir[j];
         double lm = loss_at(m, st, train);
-        for (size_t j = 0; j < p->size; j++) w[j] += eps * dir[j];
+        for (size_t j = 0; j < p->size; j++)
+            w[j] += eps * dir[j];
         double fd = (lp - lm) / (2 * eps);
         double tol = 2e-3 + 3e-2 * fabs(an) + 1e-3 * gmax;
         if (fabs(fd - an) > tol) {
             bad++;
-            fprintf(stderr, "  %s %s: directional fd %.6g analytic %.6g\n", what, p->name, fd,
-                    an);
+            fprintf(stderr, "  %s %s: directional fd %.6g analytic %.6g\n", what, p->name, fd, an);
         }
         CHECK(fabs(fd - an) <= tol);
         /* single elements: the largest gradient entry and two random ones */
@@ -142,8 +146,7 @@ static void check_grads(iisan_model *m, const iisan_states *st, int train, const
             double fe = (a - b) / (2 * eps), ae = g[p->offset + j];
             double te = 2e-3 + 5e-2 * fabs(ae) + 2e-2 * gmax;
             if (fabs(fe - ae) > te)
-                fprintf(stderr, "  %s %s[%zu]: fd %.6g analytic %.6g\n", what, p->name, j, fe,
-                        ae);
+                fprintf(stderr, "  %s %s[%zu]: fd %.6g analytic %.6g\n", what, p->name, j, fe, ae);
             CHECK(fabs(fe - ae) <= te);
         }
         free(dir);
