@@ -49,16 +49,17 @@ static void layout(iisan_model *m, carver *cv) {
             ws->h0 = t == TOWER_INTER && c->remove_first ? F(U * D) : NULL;
             ws->M = F(d * D);
             ws->c = F(d);
+            ws->dM = F(d * D);
+            ws->dc = F(d);
         }
         const int ntd = config_ntowers(c) * d;
         m->zcat = F(U * ntd);
         m->dzcat = F(U * ntd);
-        m->dh[0] = F(U * D);
-        m->dh[1] = F(U * D);
-        m->dact = F(U * r);
-        m->dpre = F(U * r);
-        m->dM = F(d * D);
-        m->dc = F(d);
+        const size_t ch = m->chunk_rows;
+        m->dh[0] = F(ch * D);
+        m->dh[1] = F(ch * D);
+        m->dact = F(ch * r);
+        m->dpre = F(ch * r);
     }
     m->emb = F(U * d);
     m->demb = F(U * d);
@@ -120,6 +121,7 @@ iisan_model *model_create(const iisan_config *c, iisan_backend *be, int cap_user
     m->be = be;
     m->cap_users = cap_users;
     m->cap_items = cap_users * (c->n + 1);
+    m->chunk_rows = m->cap_items < 256 ? m->cap_items : 256;
     if (params_build(&m->pt, c)) {
         snprintf(err, errlen, "cannot build the parameter table");
         free(m);

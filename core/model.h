@@ -27,6 +27,8 @@ typedef struct {
     float *h0;                   /* (U, D) initial running state (remove-first) */
     float *M;                    /* (d, D) P.F formed once per batch */
     float *c;                    /* (d) P.F_b + P_b */
+    float *dM;                   /* (d, D) dz^T h_K, accumulated over row chunks */
+    float *dc;                   /* (d) column sums of dz */
 } tower_ws;
 
 typedef struct {
@@ -51,16 +53,18 @@ typedef struct iisan_model {
     model_views pw, pg;   /* views into w and g */
     int step;             /* Adam steps taken */
 
-    /* item encoder workspace, capacity cap_items rows */
+    /* item encoder workspace, capacity cap_items rows, processed in row chunks
+     * of chunk_rows so that a chunk's activations stay in cache across the
+     * K blocks of every tower */
     int cap_items;
+    int chunk_rows;
     float *xs[2][IISAN_MAX_SCHED]; /* (U, D) gathered states [modality][k] */
     float *x0[2];                  /* (U, D) state 0 (remove-first) */
     tower_ws tw[N_TOWERS];
     float *zcat;           /* (U, nt*d) */
     float *emb;            /* (U, d) item embeddings of the batch's distinct items */
-    float *dh[2];          /* (U, D) */
+    float *dh[2];          /* (chunk, D) */
     float *dact, *dpre;    /* (U, r) */
-    float *dM, *dc;        /* (d, D), (d) */
     float *dzcat;          /* (U, nt*d) */
     float *demb;           /* (U, d) */
     int *items_dev;        /* (U) model item indexes (SASRec-ID gather) */

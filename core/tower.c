@@ -35,16 +35,55 @@ static void gather_states(iisan_model *m, const uint32_t *cat, int U, const iisa
     }
 }
 
-/* one SAN block: h = in + W_up act(W_down in + b_down) + b_up */
-static void block_forward(iisan_model *m, const san_block_v *w, tower_ws *ws, int k, int U) {
+/* one SAN block on rows r0 .. r0+R-1: h = in + W_up act(W_down in + b_down) + b_up */
+static void block_forward(iisan_model *m, const san_block_v *w, tower_ws *ws, int k, int r0,
+                          int R) {
     iisan_backend *be = m->be;
     const int D = m->c.D, r = m->c.r;
-    be->gemm(be, 0, 1, U, r, D, 1, ws->in[k], D, w->down_w, D, 0, ws->a[k], r);
-    be->add_bias(be, ws->a[k], r, w->down_b, U, r);
-    be->act_fwd(be, m->c.act, ws->act[k], ws->a[k], (size_t)U * r);
-    be->copy(be, ws->h[k], ws->in[k], (size_t)U * D * sizeof(float));
-    be->gemm(be, 0, 1, U, D, r, 1, ws->act[k], r, w->up_w, r, 1, ws->h[k], D);
-    be->add_bias(be, ws->h[k], D, w->up_b, U, D);
+    const size_t o = (size_t)r0 * D, orr = (size_t)r0 * r;
+    be->gemm(be, 0, 1, R, r, D, 1, ws->in[k] + o, D, w->down_w, D, 0, ws->a[k] + orr, r);
+    be->add_bias(be, ws->a[k] + orr, r, w->down_b, R, r);
+    be->act_fwd(be, m->c.act, ws->act[k] + orr, ws->a[k] + orr, (size_t)R * r);
+    be->copy(be, ws->h[k] + o, ws->in[k] + o, (size_t)R * D * sizeof(float));
+    be->gemm(be, 0, 1, R, D, r, 1, ws->act[k] + orr, r, w->up_w, r, 1, ws->h[k] + o, D);
+    be->add_bias(be, ws->h[k] + o, D, w->up_b, R, D);
+}
+
+/* tower t on rows r0 .. r0+R-1, its z into columns off .. off+d-1 of zcat */
+static void rows_forward(iisan_model *m, int t, int r0, int R, int off) {
+    const iisan_config *c = &m->c;
+    iisan_backend *be = m->be;
+    const int D = c->D, d = c->d, ntd = config_ntowers(c) * d;
+    const size_t o = (size_t)r0 * D, RD = (size_t)R * D;
+    const tower_v *w = &m->pw.tower[t];
+    tower_ws *ws = &m->tw[t];
+    const float *prev = NULL;
+    if (t == TOWER_INTER) {
+        if (c->remove_first) { /* u_0 = (T[0] + V[0]) / 2 */
+            be->copy(be, ws->h0 + o, m->x0[MOD_TEXT] + o, RD * sizeof(float));
+            be->axpby(be, RD, 0.5f, m->x0[MOD_IMAGE] + o, 0.5f, ws->h0 + o);
+            prev = ws->h0 + o;
+        }
+        for (int k = 0; k < c->K; k++) {
+            be->gate_fwd(be, ws->in[k] + o, prev, m->xs[MOD_IMAGE][k] + o,
+                         m->xs[MOD_TEXT][k] + o, w->gate + k, c->gate_temp, RD);
+            block_forward(m, &w->blk[k], ws, k, r0, R);
+            prev = ws->h[k] + o;
+        }
+    } else {
+        int mod = tower_mod(t);
+        if (c->remove_first) prev = m->x0[mod] + o;
+        for (int k = 0; k < c->K; k++) {
+            be->gate_fwd(be, ws->in[k] + o, NULL, m->xs[mod][k] + o, prev, w->gate + k,
+                         c->gate_temp, RD);
+            block_forward(m, &w->blk[k], ws, k, r0, R);
+            prev = ws->h[k] + o;
+        }
+    }
+    /* z = P(F h_K) = h_K M^T + c */
+    float *z = m->zcat + (size_t)r0 * ntd + off;
+    be->gemm(be, 0, 1, R, d, D, 1, ws->h[c->K - 1] + o, D, ws->M, D, 0, z, ntd);
+    be->add_bias(be, z, ntd, ws->c, R, d);
 }
 
 void tower_forward(iisan_model *m, const int32_t *items, const uint32_t *cat, int U,
@@ -59,103 +98,106 @@ void tower_forward(iisan_model *m, const int32_t *items, const uint32_t *cat, in
     }
     gather_states(m, cat, U, st);
     const int ntd = config_ntowers(c) * d;
-    const size_t UD = (size_t)U * D;
-    int off = 0;
+    /* the heads' products, once per batch: M = P_w F_w, c = P_w F_b + P_b */
     for (int t = 0; t < N_TOWERS; t++) {
         if (!((c->towers >> t) & 1)) continue;
         const tower_v *w = &m->pw.tower[t];
         tower_ws *ws = &m->tw[t];
-        const float *prev = NULL;
-        if (t == TOWER_INTER) {
-            if (c->remove_first) { /* u_0 = (T[0] + V[0]) / 2 */
-                be->copy(be, ws->h0, m->x0[MOD_TEXT], UD * sizeof(float));
-                be->axpby(be, UD, 0.5f, m->x0[MOD_IMAGE], 0.5f, ws->h0);
-                prev = ws->h0;
-            }
-            for (int k = 0; k < c->K; k++) {
-                be->gate_fwd(be, ws->in[k], prev, m->xs[MOD_IMAGE][k], m->xs[MOD_TEXT][k],
-                             w->gate + k, c->gate_temp, UD);
-                block_forward(m, &w->blk[k], ws, k, U);
-                prev = ws->h[k];
-            }
-        } else {
-            int mod = tower_mod(t);
-            if (c->remove_first) prev = m->x0[mod];
-            for (int k = 0; k < c->K; k++) {
-                be->gate_fwd(be, ws->in[k], NULL, m->xs[mod][k], prev, w->gate + k, c->gate_temp,
-                             UD);
-                block_forward(m, &w->blk[k], ws, k, U);
-                prev = ws->h[k];
-            }
-        }
-        /* z = P(F h_K) = h_K M^T + c with M = P_w F_w, c = P_w F_b + P_b */
         be->gemm(be, 0, 0, d, D, D, 1, w->proj_w, D, w->fc_w, D, 0, ws->M, D);
         be->gemm(be, 0, 0, d, 1, D, 1, w->proj_w, D, w->fc_b, 1, 0, ws->c, 1);
         be->axpby(be, d, 1, w->proj_b, 1, ws->c);
-        be->gemm(be, 0, 1, U, d, D, 1, ws->h[c->K - 1], D, ws->M, D, 0, m->zcat + off, ntd);
-        be->add_bias(be, m->zcat + off, ntd, ws->c, U, d);
-        off += d;
+    }
+    for (int r0 = 0; r0 < U; r0 += m->chunk_rows) {
+        int R = U - r0 < m->chunk_rows ? U - r0 : m->chunk_rows, off = 0;
+        for (int t = 0; t < N_TOWERS; t++) {
+            if (!((c->towers >> t) & 1)) continue;
+            rows_forward(m, t, r0, R, off);
+            off += d;
+        }
     }
     be->gemm(be, 0, 1, U, d, ntd, 1, m->zcat, ntd, m->pw.fuse_w, ntd, 0, m->emb, d);
     be->add_bias(be, m->emb, d, m->pw.fuse_b, U, d);
 }
 
+/* tower t's backward on rows r0 .. r0+R-1 from dz (columns off.. of dzcat):
+ * accumulates dM, dc and every SAN block and gate gradient */
+static void rows_backward(iisan_model *m, int t, int r0, int R, int off) {
+    const iisan_config *c = &m->c;
+    iisan_backend *be = m->be;
+    const int D = c->D, d = c->d, r = c->r, ntd = config_ntowers(c) * d;
+    const size_t o = (size_t)r0 * D, orr = (size_t)r0 * r, RD = (size_t)R * D;
+    const tower_v *w = &m->pw.tower[t];
+    const tower_v *g = &m->pg.tower[t];
+    tower_ws *ws = &m->tw[t];
+    const float *dz = m->dzcat + (size_t)r0 * ntd + off;
+    /* heads: dM += dz^T h_K, dc += colsum dz, dh_K = dz M */
+    be->gemm(be, 1, 0, d, D, R, 1, dz, ntd, ws->h[c->K - 1] + o, D, 1, ws->dM, D);
+    be->bias_grad(be, ws->dc, dz, ntd, R, d);
+    float *cur = m->dh[0], *other = m->dh[1];
+    be->gemm(be, 0, 0, R, D, d, 1, dz, ntd, ws->M, D, 0, cur, D);
+    int mod = tower_mod(t);
+    for (int k = c->K - 1; k >= 0; k--) {
+        const san_block_v *bw = &w->blk[k], *bg = &g->blk[k];
+        /* h = in + up(act(down(in))) */
+        be->bias_grad(be, bg->up_b, cur, D, R, D);
+        be->gemm(be, 1, 0, D, r, R, 1, cur, D, ws->act[k] + orr, r, 1, bg->up_w, r);
+        be->gemm(be, 0, 0, R, r, D, 1, cur, D, bw->up_w, r, 0, m->dact, r);
+        be->act_bwd(be, c->act, m->dpre, m->dact, ws->a[k] + orr, (size_t)R * r);
+        be->bias_grad(be, bg->down_b, m->dpre, r, R, r);
+        be->gemm(be, 1, 0, r, D, R, 1, m->dpre, r, ws->in[k] + o, D, 1, bg->down_w, D);
+        be->gemm(be, 0, 0, R, D, r, 1, m->dpre, r, bw->down_w, D, 1, cur, D); /* d in */
+        if (t == TOWER_INTER) {
+            /* in = u_{k-1} + s V + (1-s) T: d u_{k-1} = d in */
+            be->gate_bwd(be, NULL, NULL, g->gate + k, cur, m->xs[MOD_IMAGE][k] + o,
+                         m->xs[MOD_TEXT][k] + o, w->gate + k, c->gate_temp, RD);
+        } else {
+            const float *prev =
+                k > 0 ? ws->h[k - 1] + o : (c->remove_first ? m->x0[mod] + o : NULL);
+            be->gate_bwd(be, NULL, k > 0 ? other : NULL, g->gate + k, cur, m->xs[mod][k] + o,
+                         prev, w->gate + k, c->gate_temp, RD);
+            float *tmp = cur;
+            cur = other;
+            other = tmp;
+        }
+    }
+}
+
 void tower_backward(iisan_model *m, int U) {
     const iisan_config *c = &m->c;
     iisan_backend *be = m->be;
-    const int D = c->D, d = c->d, r = c->r;
+    const int D = c->D, d = c->d;
     if (c->kind == MODEL_SASREC_ID) {
         be->scatter_add_rows(be, m->pg.item_emb, m->demb, m->items_dev, U, d);
         return;
     }
     const int ntd = config_ntowers(c) * d;
-    const size_t UD = (size_t)U * D;
     be->bias_grad(be, m->pg.fuse_b, m->demb, d, U, d);
     be->gemm(be, 1, 0, d, ntd, U, 1, m->demb, d, m->zcat, ntd, 1, m->pg.fuse_w, ntd);
     be->gemm(be, 0, 0, U, ntd, d, 1, m->demb, d, m->pw.fuse_w, ntd, 0, m->dzcat, ntd);
-    int off = 0;
+    for (int t = 0; t < N_TOWERS; t++) {
+        if (!((c->towers >> t) & 1)) continue;
+        be->zero(be, m->tw[t].dM, (size_t)d * D * sizeof(float));
+        be->zero(be, m->tw[t].dc, (size_t)d * sizeof(float));
+    }
+    for (int r0 = 0; r0 < U; r0 += m->chunk_rows) {
+        int R = U - r0 < m->chunk_rows ? U - r0 : m->chunk_rows, off = 0;
+        for (int t = 0; t < N_TOWERS; t++) {
+            if (!((c->towers >> t) & 1)) continue;
+            rows_backward(m, t, r0, R, off);
+            off += d;
+        }
+    }
+    /* the heads' parameters from dM and dc:
+     * dP_w += dM F_w^T + dc F_b^T; dF_w += P_w^T dM; dF_b += P_w^T dc; dP_b += dc */
     for (int t = 0; t < N_TOWERS; t++) {
         if (!((c->towers >> t) & 1)) continue;
         const tower_v *w = &m->pw.tower[t];
         const tower_v *g = &m->pg.tower[t];
-        tower_ws *ws = &m->tw[t];
-        const float *dz = m->dzcat + off;
-        off += d;
-        /* heads: dM = dz^T h_K, dc = colsum dz, dh_K = dz M */
-        be->gemm(be, 1, 0, d, D, U, 1, dz, ntd, ws->h[c->K - 1], D, 0, m->dM, D);
-        be->zero(be, m->dc, (size_t)d * sizeof(float));
-        be->bias_grad(be, m->dc, dz, ntd, U, d);
-        float *cur = m->dh[0], *other = m->dh[1];
-        be->gemm(be, 0, 0, U, D, d, 1, dz, ntd, ws->M, D, 0, cur, D);
-        /* dP_w += dM F_w^T + dc F_b^T; dF_w += P_w^T dM; dF_b += P_w^T dc; dP_b += dc */
-        be->gemm(be, 0, 1, d, D, D, 1, m->dM, D, w->fc_w, D, 1, g->proj_w, D);
-        be->ger(be, d, D, 1, m->dc, w->fc_b, g->proj_w);
-        be->gemm(be, 1, 0, D, D, d, 1, w->proj_w, D, m->dM, D, 1, g->fc_w, D);
-        be->gemm(be, 1, 0, D, 1, d, 1, w->proj_w, D, m->dc, 1, 1, g->fc_b, 1);
-        be->axpby(be, d, 1, m->dc, 1, g->proj_b);
-        int mod = tower_mod(t);
-        for (int k = c->K - 1; k >= 0; k--) {
-            const san_block_v *bw = &w->blk[k], *bg = &g->blk[k];
-            /* h = in + up(act(down(in))) */
-            be->bias_grad(be, bg->up_b, cur, D, U, D);
-            be->gemm(be, 1, 0, D, r, U, 1, cur, D, ws->act[k], r, 1, bg->up_w, r);
-            be->gemm(be, 0, 0, U, r, D, 1, cur, D, bw->up_w, r, 0, m->dact, r);
-            be->act_bwd(be, c->act, m->dpre, m->dact, ws->a[k], (size_t)U * r);
-            be->bias_grad(be, bg->down_b, m->dpre, r, U, r);
-            be->gemm(be, 1, 0, r, D, U, 1, m->dpre, r, ws->in[k], D, 1, bg->down_w, D);
-            be->gemm(be, 0, 0, U, D, r, 1, m->dpre, r, bw->down_w, D, 1, cur, D); /* d in */
-            if (t == TOWER_INTER) {
-                /* in = u_{k-1} + s V + (1-s) T: d u_{k-1} = d in */
-                be->gate_bwd(be, NULL, NULL, g->gate + k, cur, m->xs[MOD_IMAGE][k],
-                             m->xs[MOD_TEXT][k], w->gate + k, c->gate_temp, UD);
-            } else {
-                const float *prev = k > 0 ? ws->h[k - 1] : (c->remove_first ? m->x0[mod] : NULL);
-                be->gate_bwd(be, NULL, k > 0 ? other : NULL, g->gate + k, cur, m->xs[mod][k], prev,
-                             w->gate + k, c->gate_temp, UD);
-                float *tmp = cur;
-                cur = other;
-                other = tmp;
-            }
-        }
+        const tower_ws *ws = &m->tw[t];
+        be->gemm(be, 0, 1, d, D, D, 1, ws->dM, D, w->fc_w, D, 1, g->proj_w, D);
+        be->ger(be, d, D, 1, ws->dc, w->fc_b, g->proj_w);
+        be->gemm(be, 1, 0, D, D, d, 1, w->proj_w, D, ws->dM, D, 1, g->fc_w, D);
+        be->gemm(be, 1, 0, D, 1, d, 1, w->proj_w, D, ws->dc, 1, 1, g->fc_b, 1);
+        be->axpby(be, d, 1, ws->dc, 1, g->proj_b);
     }
 }
