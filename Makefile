@@ -37,7 +37,7 @@ endif
 include kernels/cuda/cuda.mk
 endif
 
-.PHONY: all test bench-train run clean format
+.PHONY: all test bench-train bench-gpu run clean format
 .SECONDARY:
 all: $(BUILD)/iisan
 
@@ -67,6 +67,10 @@ test: $(TESTS) $(BUILD)/iisan
 
 bench-train: $(BUILD)/bench_train
 	$(BUILD)/bench_train
+
+# the GPU check (needs a CUDA device): CUDA build, CUDA tests, GPU training benchmark
+bench-gpu:
+	deploy/bench_gpu.sh
 
 run: $(BUILD)/iisan
 	deploy/run_main.sh

@@ -68,7 +68,8 @@ static iisan_backend *cpu_backend(const char *cmd, int threads, const char *why)
         return NULL;
     }
     if (threads > 0)
-        fprintf(stderr, "backend: cpu, %d BLAS threads%s\n", threads, why);
+        fprintf(stderr, "backend: cpu, %d BLAS thread%s%s\n", threads, threads == 1 ? "" : "s",
+                why);
     else
         fprintf(stderr, "backend: cpu, BLAS threads for all cores%s\n", why);
     return be;
@@ -82,8 +83,7 @@ iisan_backend *backend_choose(const char *cmd, const char *device, int threads) 
     }
     if (!aut && !strcmp(device, "cpu")) return cpu_backend(cmd, threads, "");
 #ifdef IISAN_CUDA
-    if (aut && !iisan_cuda_available())
-        return cpu_backend(cmd, threads, " (auto: no CUDA device)");
+    if (aut && !iisan_cuda_available()) return cpu_backend(cmd, threads, " (auto: no CUDA device)");
     char err[512];
     iisan_backend *be = iisan_backend_cuda(0, err, sizeof err);
     if (!be) {
@@ -99,8 +99,9 @@ iisan_backend *backend_choose(const char *cmd, const char *device, int threads) 
     return be;
 #else
     if (aut) return cpu_backend(cmd, threads, " (auto: this build has no CUDA backend)");
-    fprintf(stderr, "iisan %s: --device cuda: this build has no CUDA backend: build with make "
-                    "CUDA=1\n",
+    fprintf(stderr,
+            "iisan %s: --device cuda: this build has no CUDA backend: build with make "
+            "CUDA=1\n",
             cmd);
     return NULL;
 #endif

@@ -1,0 +1,281 @@
+/* make bench-gpu (deploy/bench_gpu.sh): IISAN training on the CUDA backend at the published
+ * settings, the same work as bench_train.c (batch 64, n = 10, 13 states x 768 per modality,
+ * both modalities, the default config). The real Scientific interactions are imported into a
+ * temporary store with random fp16 hidden states for every item; the states are then made
+ * resident in device memory (core/resident.h) and trained from there.
+ *
+ * Prints seconds per epoch (median of the epochs, 3 by default), sequences per second, the
+ * seconds of one validation evaluation (full ranking), trainable parameters, the resident
+ * states' size and upload time, and device memory: the peak of the bytes the backend's
+ * allocations held (model arena, resident states, evaluation buffers; not cuBLAS' own
+ * workspace) and the most device memory in use (cudaMemGetInfo, sampled after set-up, after
+ * each epoch and around the evaluation; the CUDA context included). Last line: JSON.
+ *
+ *   build/cuda/bench_gpu [users.tsv] [epochs]
+ *
+ * Without a CUDA device, or in a build without CUDA=1, it says so ("skipped: ...", JSON with
+ * "skipped") and exits 0. IISAN_BENCH_DEVICE=cpu runs the same on the CPU backend (a smoke
+ * test of the benchmark itself) and IISAN_BENCH_MAX_STEPS=N stops each run after N steps. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/dataset.h"
+#include "core/eval.h"
+#include "core/model.h"
+#include "core/resident.h"
+#include "core/train.h"
+#include "kernels/half.h"
+#include "kernels/rng.h"
+#include "store/store.h"
+
+#ifdef IISAN_CUDA
+#include "kernels/cuda/cuda_backend.h"
+/* from the CUDA runtime, which CUDA=1 builds link (the C build does not see its headers;
+ * cudaError_t is an int-sized enum, 0 = success) */
+int cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes);
+#endif
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp_d(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static const uint16_t *store_get(void *ctx, int mod, uint32_t cat) {
+    return store_reader_states(ctx, mod, cat);
+}
+
+/* ---- the backend's allocations, tracked by wrapping its alloc / free ---- */
+
+#define MAX_LIVE 1024
+static struct {
+    void *(*alloc)(iisan_backend *, size_t);
+    void (*free)(iisan_backend *, void *);
+    void *p[MAX_LIVE];
+    size_t bytes[MAX_LIVE];
+    int n;
+    size_t live, peak;
+} trk;
+
+static void *trk_alloc(iisan_backend *be, size_t bytes) {
+    void *p = trk.alloc(be, bytes);
+    if (p && trk.n < MAX_LIVE) {
+        trk.p[trk.n] = p;
+        trk.bytes[trk.n++] = bytes;
+        trk.live += bytes;
+        if (trk.live > trk.peak) trk.peak = trk.live;
+    }
+    return p;
+}
+
+static void trk_free(iisan_backend *be, void *p) {
+    for (int i = 0; i < trk.n; i++)
+        if (trk.p[i] == p) {
+            trk.live -= trk.bytes[i];
+            trk.p[i] = trk.p[--trk.n];
+            trk.bytes[i] = trk.bytes[trk.n];
+            break;
+        }
+    trk.free(be, p);
+}
+
+/* ---- device memory in use (CUDA only), the most seen ---- */
+
+static int on_gpu;
+static double dev_used_max_mib, dev_total_mib;
+
+static void sample_device(void) {
+#ifdef IISAN_CUDA
+    size_t fr = 0, tot = 0;
+    if (on_gpu && cudaMemGetInfo(&fr, &tot) == 0) {
+        double used = (tot - fr) / 1048576.0;
+        if (used > dev_used_max_mib) dev_used_max_mib = used;
+        dev_total_mib = tot / 1048576.0;
+    }
+#endif
+}
+
+static double epoch_times[64];
+static int n_epochs;
+static void hook(void *arg, const epoch_report *r) {
+    (void)arg;
+    epoch_times[n_epochs++] = r->seconds;
+    sample_device();
+    fprintf(stderr, "epoch %d: %.2f s, loss %.4f\n", r->epoch, r->seconds, r->loss);
+}
+
+static int skip(const char *why) {
+    fprintf(stderr, "skipped: %s\n", why);
+    printf("{\"bench\":\"gpu\",\"skipped\":\"%s\"}\n", why);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    const char *users = argc > 1 ? argv[1] : "../shared/data/amazon/scientific/users.tsv";
+    int epochs = argc > 2 ? atoi(argv[2]) : 3;
+    if (epochs < 1 || epochs > 64) epochs = 3;
+    const char *dev = getenv("IISAN_BENCH_DEVICE");
+    const char *ms = getenv("IISAN_BENCH_MAX_STEPS");
+    int want_cpu = dev && !strcmp(dev, "cpu");
+    char err[512];
+
+    iisan_backend *be = NULL;
+    if (want_cpu) {
+        be = iisan_backend_cpu(0);
+    } else {
+#ifdef IISAN_CUDA
+        if (!iisan_cuda_available()) return skip("no CUDA device");
+        be = iisan_backend_cuda(0, err, sizeof err);
+        if (!be) {
+            fprintf(stderr, "bench_gpu: %s\n", err);
+            return 1;
+        }
+        on_gpu = 1;
+#else
+        return skip("this build has no CUDA backend: build with make CUDA=1");
+#endif
+    }
+    if (!be) {
+        fprintf(stderr, "bench_gpu: no backend\n");
+        return 1;
+    }
+    sample_device();
+    const double base_mib = dev_used_max_mib;
+    trk.alloc = be->alloc;
+    trk.free = be->free;
+    be->alloc = trk_alloc;
+    be->free = trk_free;
+
+    const int D = 768, NS = 13;
+    char dir[] = "/tmp/iisan-bench-gpu-XXXXXX";
+    if (!mkdtemp(dir)) return 1;
+    iisan_store *s;
+    if (store_open(&s, dir, 1, err, sizeof err) ||
+        store_import_users(s, users, 1, NULL, NULL, err, sizeof err)) {
+        fprintf(stderr, "bench_gpu: %s\n", err);
+        return 1;
+    }
+    iisan_dataset ds;
+    if (dataset_build(&ds, s, 10, 5, err, sizeof err)) {
+        fprintf(stderr, "bench_gpu: %s\n", err);
+        return 1;
+    }
+    /* random states for every item of the dataset, both modalities (as bench_train.c) */
+    double t0 = now();
+    const int chunk = 512;
+    uint16_t *buf = malloc((size_t)chunk * NS * D * sizeof *buf);
+    uint32_t *idx = malloc(chunk * sizeof *idx);
+    if (!buf || !idx) return 1;
+    for (int mod = 0; mod < 2; mod++)
+        for (int i0 = 1; i0 <= ds.n_items; i0 += chunk) {
+            int nb = ds.n_items + 1 - i0 < chunk ? ds.n_items + 1 - i0 : chunk;
+            for (int j = 0; j < nb; j++)
+                idx[j] = ds.item_cat[i0 + j];
+            for (size_t e = 0; e < (size_t)nb * NS * D; e++)
+                buf[e] =
+                    iisan_float_to_half(iisan_rng_normal(mod * 7 + 1, (uint64_t)i0 * NS * D + e));
+            if (store_put_states(s, mod, "random", NS, D, nb, idx, buf, err, sizeof err)) {
+                fprintf(stderr, "bench_gpu: %s\n", err);
+                return 1;
+            }
+        }
+    free(buf);
+    free(idx);
+    fprintf(stderr, "bench_gpu: %d users, %d items, random states written in %.1f s\n", ds.n_users,
+            ds.n_items, now() - t0);
+
+    iisan_config c;
+    config_default(&c);
+    c.nstates = NS;
+    c.D = D;
+    iisan_train_config tc;
+    train_config_default(&tc);
+    tc.epochs = epochs;
+    if (ms) tc.max_steps = atol(ms);
+    iisan_model *m = model_create(&c, be, tc.batch, tc.seed, err, sizeof err);
+    if (!m) {
+        fprintf(stderr, "bench_gpu: %s\n", err);
+        return 1;
+    }
+    store_reader *r;
+    if (store_reader_begin(s, &r)) {
+        fprintf(stderr, "bench_gpu: cannot read the store\n");
+        return 1;
+    }
+    iisan_states direct = {store_get, r};
+    resident_states *rs;
+    t0 = now();
+    if (states_resident_create(be, &ds, &direct, NS, D, &rs, err, sizeof err)) {
+        fprintf(stderr, "bench_gpu: %s\n", err);
+        return 1;
+    }
+    double upload_s = now() - t0;
+    store_reader_end(r); /* training reads only the resident copy */
+    iisan_states st = resident_states_source(rs);
+    sample_device();
+    fprintf(stderr, "bench_gpu: %.1f MiB of states resident on %s in %.2f s\n",
+            resident_states_bytes(rs) / 1048576.0, be->name, upload_s);
+
+    train_summary sum;
+    if (train_run(m, &ds, &st, &tc, 0, hook, NULL, &sum)) {
+        fprintf(stderr, "bench_gpu: training ran out of memory\n");
+        return 1;
+    }
+    qsort(epoch_times, n_epochs, sizeof(double), cmp_d);
+    double med = epoch_times[n_epochs / 2];
+    eval_result ev;
+    if (model_evaluate(m, &ds, SPLIT_VALID, &st, &ev)) {
+        fprintf(stderr, "bench_gpu: evaluation ran out of memory\n");
+        return 1;
+    }
+    sample_device();
+    int cuda_errors = 0;
+#ifdef IISAN_CUDA
+    if (on_gpu) cuda_errors = iisan_cuda_errors(err, sizeof err);
+    if (cuda_errors)
+        fprintf(stderr, "bench_gpu: %d CUDA errors, the first: %s\n", cuda_errors, err);
+#endif
+    const char *tf32 = getenv("IISAN_CUDA_TF32");
+    int tf = on_gpu && tf32 && !strcmp(tf32, "1");
+    double peak_mib = trk.peak / 1048576.0, res_mib = resident_states_bytes(rs) / 1048576.0;
+    printf("bench-gpu (%s%s): %d epochs, median %.3f s/epoch (min %.3f, max %.3f), %ld steps\n",
+           be->name, tf ? ", TF32" : "", n_epochs, med, epoch_times[0], epoch_times[n_epochs - 1],
+           sum.steps);
+    printf("  %.0f sequences/s; validation evaluation %.3f s (HR@10 %.4f over %d users)\n",
+           ds.n_users / med, ev.seconds, ev.hr10, ev.users);
+    printf("  %zu trainable parameters; %.1f MiB of resident states uploaded in %.2f s\n",
+           model_param_count(m), res_mib, upload_s);
+    printf("  backend allocations peak %.1f MiB", peak_mib);
+    if (on_gpu)
+        printf("; device memory in use at most %.0f MiB of %.0f (%.0f MiB before the model)",
+               dev_used_max_mib, dev_total_mib, base_mib);
+    printf("\n");
+    printf("{\"bench\":\"gpu\",\"backend\":\"%s\",\"tf32\":%d,\"epochs\":%d,\"steps\":%ld,"
+           "\"seconds_per_epoch\":%.4f,\"sequences_per_s\":%.1f,\"eval_seconds\":%.4f,"
+           "\"valid_hr10\":%.6f,\"params\":%zu,\"resident_mib\":%.1f,"
+           "\"resident_upload_seconds\":%.3f,\"backend_peak_mib\":%.1f,"
+           "\"device_used_max_mib\":%.1f,\"device_used_base_mib\":%.1f,"
+           "\"device_total_mib\":%.1f,\"cuda_errors\":%d}\n",
+           be->name, tf, n_epochs, sum.steps, med, ds.n_users / med, ev.seconds, ev.hr10,
+           model_param_count(m), res_mib, upload_s, peak_mib, dev_used_max_mib, base_mib,
+           dev_total_mib, cuda_errors);
+    states_resident_free(rs);
+    model_destroy(m);
+    be->alloc = trk.alloc;
+    be->free = trk.free;
+    be->destroy(be);
+    dataset_free(&ds);
+    store_close(s);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (system(cmd)) return 1;
+    return cuda_errors ? 1 : 0;
+}
