@@ -26,11 +26,17 @@ static void help(FILE *f) {
 }
 
 int cmd_eval(int argc, char **argv) {
-    static const struct option opts[] = {
-        {"data", 1, 0, 'D'},    {"version", 1, 0, 'v'}, {"model", 1, 0, 'm'},
-        {"split", 1, 0, 's'},   {"max-len", 1, 0, 'n'}, {"min-len", 1, 0, 'N'},
-        {"threads", 1, 0, 'T'}, {"json", 0, 0, 'j'},    {"help", 0, 0, 'h'},
-        {"device", 1, 0, 'G'},  {0, 0, 0, 0}};
+    static const struct option opts[] = {{"data", 1, 0, 'D'},
+                                         {"version", 1, 0, 'v'},
+                                         {"model", 1, 0, 'm'},
+                                         {"split", 1, 0, 's'},
+                                         {"max-len", 1, 0, 'n'},
+                                         {"min-len", 1, 0, 'N'},
+                                         {"threads", 1, 0, 'T'},
+                                         {"json", 0, 0, 'j'},
+                                         {"help", 0, 0, 'h'},
+                                         {"device", 1, 0, 'G'},
+                                         {0, 0, 0, 0}};
     const char *dir = NULL, *model = NULL, *device = NULL;
     long version = 0, threads = 0, max_len = 10, min_len = 5;
     int json = 0, split = SPLIT_TEST, ch;
@@ -43,8 +49,10 @@ int cmd_eval(int argc, char **argv) {
             break;
         case 'm': model = optarg; break;
         case 's':
-            if (!strcmp(optarg, "test")) split = SPLIT_TEST;
-            else if (!strcmp(optarg, "valid")) split = SPLIT_VALID;
+            if (!strcmp(optarg, "test"))
+                split = SPLIT_TEST;
+            else if (!strcmp(optarg, "valid"))
+                split = SPLIT_VALID;
             else {
                 fprintf(stderr, "iisan eval: --split wants test or valid, got '%s'\n", optarg);
                 return 2;
@@ -69,14 +77,14 @@ int cmd_eval(int argc, char **argv) {
         }
     }
     if (optind < argc || !dir) {
-        fprintf(stderr, "iisan eval: %s\n", !dir ? "--data DIR is required" : "unexpected argument");
+        fprintf(stderr, "iisan eval: %s\n",
+                !dir ? "--data DIR is required" : "unexpected argument");
         help(stderr);
         return 2;
     }
     if (model && strcmp(model, "popularity")) {
-        fprintf(stderr,
-                "iisan eval: --model takes only popularity; trained models are chosen with "
-                "--version\n");
+        fprintf(stderr, "iisan eval: --model takes only popularity; trained models are chosen with "
+                        "--version\n");
         return 2;
     }
     char err[512];
@@ -113,8 +121,7 @@ int cmd_eval(int argc, char **argv) {
         iisan_states st = {store_states_get, &ss};
         if (ck.c.kind == MODEL_IISAN && strcmp(be->name, "cpu")) {
             /* the GPU reads states from its own memory: every item's, uploaded once */
-            if (states_resident_create(be, &ds, &st, ck.c.nstates, ck.c.D, &rs, err,
-                                       sizeof err)) {
+            if (states_resident_create(be, &ds, &st, ck.c.nstates, ck.c.D, &rs, err, sizeof err)) {
                 fprintf(stderr, "iisan eval: %s\n", err);
                 goto out;
             }

@@ -16,33 +16,32 @@
 #include "server/common.h"
 
 static void help(FILE *f) {
-    fprintf(f,
-            "usage: iisan train --data DIR [options]\n\n"
-            "Trains on the users in DIR by the spec's protocol (leave-one-out, in-batch\n"
-            "debiased loss, Adam, early stopping on validation HR@10) and stores the best\n"
-            "epoch as a new checkpoint version.\n\n"
-            "  --data DIR         data directory (required)\n"
-            "  --model M          iisan (default), sasrec-id, popularity\n"
-            "  --epochs N         at most N epochs (100)\n"
-            "  --patience N       stop after N epochs without a better HR@10 (10)\n"
-            "  --batch N          users per batch (64)\n"
-            "  --lr X             learning rate outside the SAN blocks (2e-4)\n"
-            "  --lr-san X         learning rate of SAN blocks and gates (1e-4)\n"
-            "  --seed N           initialisation, order and dropout seed (42)\n"
-            "  --max-len N        n, the sequence length (10)\n"
-            "  --min-len N        users with fewer items are dropped (5)\n"
-            "  --dropout X        sequence-encoder dropout (0.1)\n"
-            "  --d N              embedding size (64)\n"
-            "  --r N              SAN bottleneck (64)\n"
-            "  --schedule S       every2 (default), all, top, remove-first, or a list 0,4,8\n"
-            "  --act A            SAN activation: relu (default) or gelu\n"
-            "  --towers LIST      item towers, from image,text,inter (all three)\n"
-            "  --max-steps N      stop after N optimiser steps (0 = no limit)\n"
-            "  --threads N        BLAS threads (0 = all cores)\n"
-            "  --device D         cpu, cuda or auto (default: cuda when this build has it\n"
-            "                     and a GPU is usable, else cpu)\n"
-            "  --no-save          do not store a checkpoint\n"
-            "  --json             print one JSON object with the figures as the last line\n");
+    fprintf(f, "usage: iisan train --data DIR [options]\n\n"
+               "Trains on the users in DIR by the spec's protocol (leave-one-out, in-batch\n"
+               "debiased loss, Adam, early stopping on validation HR@10) and stores the best\n"
+               "epoch as a new checkpoint version.\n\n"
+               "  --data DIR         data directory (required)\n"
+               "  --model M          iisan (default), sasrec-id, popularity\n"
+               "  --epochs N         at most N epochs (100)\n"
+               "  --patience N       stop after N epochs without a better HR@10 (10)\n"
+               "  --batch N          users per batch (64)\n"
+               "  --lr X             learning rate outside the SAN blocks (2e-4)\n"
+               "  --lr-san X         learning rate of SAN blocks and gates (1e-4)\n"
+               "  --seed N           initialisation, order and dropout seed (42)\n"
+               "  --max-len N        n, the sequence length (10)\n"
+               "  --min-len N        users with fewer items are dropped (5)\n"
+               "  --dropout X        sequence-encoder dropout (0.1)\n"
+               "  --d N              embedding size (64)\n"
+               "  --r N              SAN bottleneck (64)\n"
+               "  --schedule S       every2 (default), all, top, remove-first, or a list 0,4,8\n"
+               "  --act A            SAN activation: relu (default) or gelu\n"
+               "  --towers LIST      item towers, from image,text,inter (all three)\n"
+               "  --max-steps N      stop after N optimiser steps (0 = no limit)\n"
+               "  --threads N        BLAS threads (0 = all cores)\n"
+               "  --device D         cpu, cuda or auto (default: cuda when this build has it\n"
+               "                     and a GPU is usable, else cpu)\n"
+               "  --no-save          do not store a checkpoint\n"
+               "  --json             print one JSON object with the figures as the last line\n");
 }
 
 typedef struct {
@@ -62,24 +61,42 @@ static int parse_towers(const char *s, int *mask) {
     char buf[64];
     snprintf(buf, sizeof buf, "%s", s);
     for (char *t = strtok(buf, ","); t; t = strtok(NULL, ",")) {
-        if (!strcmp(t, "image")) *mask |= 1 << TOWER_IMAGE;
-        else if (!strcmp(t, "text")) *mask |= 1 << TOWER_TEXT;
-        else if (!strcmp(t, "inter")) *mask |= 1 << TOWER_INTER;
-        else return -1;
+        if (!strcmp(t, "image"))
+            *mask |= 1 << TOWER_IMAGE;
+        else if (!strcmp(t, "text"))
+            *mask |= 1 << TOWER_TEXT;
+        else if (!strcmp(t, "inter"))
+            *mask |= 1 << TOWER_INTER;
+        else
+            return -1;
     }
     return *mask ? 0 : -1;
 }
 
 int cmd_train(int argc, char **argv) {
-    static const struct option opts[] = {
-        {"data", 1, 0, 'D'},     {"model", 1, 0, 'm'},     {"epochs", 1, 0, 'e'},
-        {"patience", 1, 0, 'p'}, {"batch", 1, 0, 'b'},     {"lr", 1, 0, 'l'},
-        {"lr-san", 1, 0, 'L'},   {"seed", 1, 0, 's'},      {"max-len", 1, 0, 'n'},
-        {"min-len", 1, 0, 'N'},  {"dropout", 1, 0, 'o'},   {"d", 1, 0, 'd'},
-        {"r", 1, 0, 'r'},        {"schedule", 1, 0, 'S'},  {"act", 1, 0, 'a'},
-        {"towers", 1, 0, 't'},   {"max-steps", 1, 0, 'x'}, {"threads", 1, 0, 'T'},
-        {"no-save", 0, 0, 'z'},  {"json", 0, 0, 'j'},      {"help", 0, 0, 'h'},
-        {"device", 1, 0, 'G'},   {0, 0, 0, 0}};
+    static const struct option opts[] = {{"data", 1, 0, 'D'},
+                                         {"model", 1, 0, 'm'},
+                                         {"epochs", 1, 0, 'e'},
+                                         {"patience", 1, 0, 'p'},
+                                         {"batch", 1, 0, 'b'},
+                                         {"lr", 1, 0, 'l'},
+                                         {"lr-san", 1, 0, 'L'},
+                                         {"seed", 1, 0, 's'},
+                                         {"max-len", 1, 0, 'n'},
+                                         {"min-len", 1, 0, 'N'},
+                                         {"dropout", 1, 0, 'o'},
+                                         {"d", 1, 0, 'd'},
+                                         {"r", 1, 0, 'r'},
+                                         {"schedule", 1, 0, 'S'},
+                                         {"act", 1, 0, 'a'},
+                                         {"towers", 1, 0, 't'},
+                                         {"max-steps", 1, 0, 'x'},
+                                         {"threads", 1, 0, 'T'},
+                                         {"no-save", 0, 0, 'z'},
+                                         {"json", 0, 0, 'j'},
+                                         {"help", 0, 0, 'h'},
+                                         {"device", 1, 0, 'G'},
+                                         {0, 0, 0, 0}};
     const char *dir = NULL, *model = "iisan", *schedule = "every2", *device = NULL;
     iisan_config c;
     iisan_train_config tc;
@@ -140,8 +157,10 @@ int cmd_train(int argc, char **argv) {
             break;
         case 'S': schedule = optarg; break;
         case 'a':
-            if (!strcmp(optarg, "relu")) c.act = IISAN_ACT_RELU;
-            else if (!strcmp(optarg, "gelu")) c.act = IISAN_ACT_GELU;
+            if (!strcmp(optarg, "relu"))
+                c.act = IISAN_ACT_RELU;
+            else if (!strcmp(optarg, "gelu"))
+                c.act = IISAN_ACT_GELU;
             else {
                 fprintf(stderr, "iisan train: --act wants relu or gelu, got '%s'\n", optarg);
                 return 2;
@@ -178,9 +197,12 @@ int cmd_train(int argc, char **argv) {
         help(stderr);
         return 2;
     }
-    if (!strcmp(model, "iisan")) c.kind = MODEL_IISAN;
-    else if (!strcmp(model, "sasrec-id")) c.kind = MODEL_SASREC_ID;
-    else if (!strcmp(model, "popularity")) c.kind = MODEL_POPULARITY;
+    if (!strcmp(model, "iisan"))
+        c.kind = MODEL_IISAN;
+    else if (!strcmp(model, "sasrec-id"))
+        c.kind = MODEL_SASREC_ID;
+    else if (!strcmp(model, "popularity"))
+        c.kind = MODEL_POPULARITY;
     else {
         fprintf(stderr, "iisan train: --model wants iisan, sasrec-id or popularity, got '%s'\n",
                 model);
@@ -216,8 +238,8 @@ int cmd_train(int argc, char **argv) {
     if (c.kind == MODEL_POPULARITY) {
         eval_result r;
         popularity_evaluate(&ds, SPLIT_VALID, &r);
-        fprintf(stderr, "popularity: valid HR@10 %.4f NDCG@10 %.4f (%d users)\n", r.hr10,
-                r.ndcg10, r.users);
+        fprintf(stderr, "popularity: valid HR@10 %.4f NDCG@10 %.4f (%d users)\n", r.hr10, r.ndcg10,
+                r.users);
         if (json)
             printf("{\"model\":\"popularity\",\"valid_hr10\":%.6f,\"valid_ndcg10\":%.6f,"
                    "\"users\":%d}\n",
@@ -251,8 +273,8 @@ int cmd_train(int argc, char **argv) {
             goto out;
         }
         fprintf(stderr, "hidden states: text %s, image %s; %d states x %d\n",
-                ht ? ti.backbone : "(none: zeros)", hv ? vi.backbone : "(none: zeros)",
-                c.nstates, c.D);
+                ht ? ti.backbone : "(none: zeros)", hv ? vi.backbone : "(none: zeros)", c.nstates,
+                c.D);
     } else {
         c.n_items = ds.n_items;
     }
@@ -308,13 +330,12 @@ int cmd_train(int argc, char **argv) {
         snprintf(meta, sizeof meta,
                  "{\"model\":\"%s\",\"best_epoch\":%d,\"epochs_run\":%d,\"valid_hr10\":%.6f,"
                  "\"valid_ndcg10\":%.6f,\"seconds_per_epoch\":%.3f,\"created\":%lld}",
-                 model, sum.best_epoch, sum.epochs_run, sum.best_valid.hr10,
-                 sum.best_valid.ndcg10, sum.mean_epoch_seconds, (long long)time(NULL));
+                 model, sum.best_epoch, sum.epochs_run, sum.best_valid.hr10, sum.best_valid.ndcg10,
+                 sum.mean_epoch_seconds, (long long)time(NULL));
         int prc = blob ? store_ckpt_put(s, blob, len, meta, &version) : IISAN_ENOMEM;
         free(blob);
         if (prc) {
-            fprintf(stderr, "iisan train: saving the checkpoint failed: %s\n",
-                    iisan_strerror(prc));
+            fprintf(stderr, "iisan train: saving the checkpoint failed: %s\n", iisan_strerror(prc));
             goto out;
         }
     }

@@ -3,8 +3,8 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/resource.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #ifdef IISAN_CUDA
@@ -16,22 +16,20 @@ int opt_int(const char *cmd, const char *opt, const char *s, long lo, long hi, l
     errno = 0;
     long v = strtol(s, &end, 10);
     if (errno || end == s || *end || v < lo || v > hi) {
-        fprintf(stderr, "iisan %s: --%s wants an integer in %ld..%ld, got '%s'\n", cmd, opt, lo,
-                hi, s);
+        fprintf(stderr, "iisan %s: --%s wants an integer in %ld..%ld, got '%s'\n", cmd, opt, lo, hi,
+                s);
         return -1;
     }
     *out = v;
     return 0;
 }
 
-int opt_float(const char *cmd, const char *opt, const char *s, double lo, double hi,
-              double *out) {
+int opt_float(const char *cmd, const char *opt, const char *s, double lo, double hi, double *out) {
     char *end;
     errno = 0;
     double v = strtod(s, &end);
     if (errno || end == s || *end || !(v >= lo && v <= hi)) {
-        fprintf(stderr, "iisan %s: --%s wants a number in %g..%g, got '%s'\n", cmd, opt, lo, hi,
-                s);
+        fprintf(stderr, "iisan %s: --%s wants a number in %g..%g, got '%s'\n", cmd, opt, lo, hi, s);
         return -1;
     }
     *out = v;
@@ -142,16 +140,21 @@ static int remap_item_rows(const char *cmd, iisan_ckpt *ck, const iisan_dataset 
         return -1;
     }
     uint32_t maxcat = 0;
-    for (uint32_t i = 0; i < ck->n_cat; i++) maxcat = ck->item_cat[i] > maxcat ? ck->item_cat[i] : maxcat;
-    for (int i = 0; i <= N; i++) maxcat = ds->item_cat[i] > maxcat ? ds->item_cat[i] : maxcat;
+    for (uint32_t i = 0; i < ck->n_cat; i++)
+        maxcat = ck->item_cat[i] > maxcat ? ck->item_cat[i] : maxcat;
+    for (int i = 0; i <= N; i++)
+        maxcat = ds->item_cat[i] > maxcat ? ds->item_cat[i] : maxcat;
     int32_t *row_of = malloc(((size_t)maxcat + 1) * sizeof *row_of);
     float *p = malloc(neu.total * sizeof *p);
     int rc = -1;
     if (!row_of || !p) goto out;
-    for (uint32_t c = 0; c <= maxcat; c++) row_of[c] = -1;
-    for (uint32_t i = 1; i < ck->n_cat; i++) row_of[ck->item_cat[i]] = (int32_t)i;
+    for (uint32_t c = 0; c <= maxcat; c++)
+        row_of[c] = -1;
+    for (uint32_t i = 1; i < ck->n_cat; i++)
+        row_of[ck->item_cat[i]] = (int32_t)i;
     row_of[0] = 0;
-    const param_info *oe = params_find(&old, "item_emb.weight"), *ne = params_find(&neu, "item_emb.weight");
+    const param_info *oe = params_find(&old, "item_emb.weight"),
+                     *ne = params_find(&neu, "item_emb.weight");
     for (int i = 0; i <= N; i++) {
         int32_t r = row_of[ds->item_cat[i]];
         if (r < 0) {
@@ -215,8 +218,7 @@ int load_checkpoint_model(const char *cmd, iisan_store *s, uint32_t version, iis
         ckpt_free(ck);
         return 1;
     }
-    if (ck->c.kind == MODEL_SASREC_ID &&
-        remap_item_rows(cmd, ck, ds, *version_out)) {
+    if (ck->c.kind == MODEL_SASREC_ID && remap_item_rows(cmd, ck, ds, *version_out)) {
         ckpt_free(ck);
         dataset_free(ds);
         return 1;

@@ -12,8 +12,7 @@
 
 /* parse a whole string as a number within [lo, hi]; 0 or -1 (message printed) */
 int opt_int(const char *cmd, const char *opt, const char *s, long lo, long hi, long *out);
-int opt_float(const char *cmd, const char *opt, const char *s, double lo, double hi,
-              double *out);
+int opt_float(const char *cmd, const char *opt, const char *s, double lo, double hi, double *out);
 
 /* hidden states straight from an LMDB read transaction (zero copy) */
 typedef struct {
