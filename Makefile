@@ -65,6 +65,14 @@ $(BUILD)/bench_%: tests/bench_%.c $(BUILD)/libiisan.a
 test: $(TESTS) $(BUILD)/iisan
 	@tests/run_tests.sh $(TESTS) $(SCRIPTS)
 
+# the unit, gradient, golden and store tests once more without sanitizers,
+# under valgrind (memcheck, leaks fatal)
+VG_TESTS := test_ops test_golden test_model test_safetensors test_store test_dataset
+valgrind:
+	$(MAKE) BUILD=build/vg SAN= $(VG_TESTS:%=build/vg/test/%)
+	OPENBLAS_NUM_THREADS=1 TEST_WRAPPER="valgrind -q --error-exitcode=3 --leak-check=full --errors-for-leak-kinds=definite" \
+	  tests/run_tests.sh $(VG_TESTS:%=build/vg/test/%)
+
 bench-train: $(BUILD)/bench_train
 	$(BUILD)/bench_train
 

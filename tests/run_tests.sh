@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test program, sums their "N passed, N failed" lines, and ends
 # with one such line for the whole suite. Exit status non-zero on any failure.
+# TEST_WRAPPER (e.g. "valgrind -q --error-exitcode=3") prefixes every program.
 set -u
 cd "$(dirname "$0")/.."
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
@@ -9,7 +10,7 @@ export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-2}
 pass=0; fail=0; broken=0
 for t in "$@"; do
   echo "== $t"
-  out=$("$t" 2>&1); rc=$?
+  out=$(${TEST_WRAPPER:-} "$t" 2>&1); rc=$?
   printf '%s\n' "$out" | grep -v '^ok  ' | tail -n 40
   line=$(printf '%s\n' "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed' | tail -n 1)
   if [ -z "$line" ]; then
