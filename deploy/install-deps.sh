@@ -2,7 +2,7 @@
 # Installs the Debian packages iisan builds against (run as root, or with sudo
 # available). Safe to run again: apt-get skips what is installed.
 set -euo pipefail
-pkgs=(build-essential pkg-config libopenblas-dev liblmdb-dev lmdb-utils libjansson-dev)
+pkgs=(build-essential pkg-config libopenblas-dev liblmdb-dev lmdb-utils libjansson-dev valgrind)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
