@@ -236,6 +236,124 @@ static void test_determinism_and_descent(void) {
     free(ms.data);
 }
 
+/* ---- block-level checks: the item encoder alone and the sequence encoder
+ * alone, objective L = sum(out * R) for a fixed random R ---- */
+static float R_[64 * 8];
+static int32_t blk_items[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+
+static double tower_obj(iisan_model *m, const iisan_states *st) {
+    tower_forward(m, blk_items, item_cat, 8, st);
+    double L = 0;
+    for (int i = 0; i < 8 * m->c.d; i++)
+        L += (double)m->emb[i] * R_[i];
+    return L;
+}
+
+static float *blk_emb; /* (8, d) input table of the sequence encoder */
+static const int blk_idx[12] = {0, 0, 1, 2, 4, 5, 6, 7, 0, 3, 3, 6};
+static const float blk_mask[12] = {0, 0, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1};
+
+static double seq_obj(iisan_model *m, const iisan_states *st) {
+    (void)st;
+    seq_forward(m, blk_emb, blk_idx, blk_mask, 3, 1, 77);
+    const float *o = seq_output(m);
+    double L = 0;
+    for (int i = 0; i < 12 * m->c.d; i++)
+        if (blk_mask[i / m->c.d]) L += (double)o[i] * R_[i];
+    return L;
+}
+
+/* directional finite difference of obj along a random unit direction of x[n] */
+static void fd_dir(iisan_model *m, const iisan_states *st,
+                   double (*obj)(iisan_model *, const iisan_states *), float *x, const float *g,
+                   size_t n, const char *what) {
+    const float eps = 1e-3f;
+    float *dir = malloc(n * sizeof *dir);
+    double nrm = 0, an = 0, gmax = 0;
+    for (size_t j = 0; j < n; j++) {
+        dir[j] = iisan_rng_normal(991, j);
+        nrm += (double)dir[j] * dir[j];
+    }
+    for (size_t j = 0; j < n; j++) {
+        dir[j] /= (float)sqrt(nrm);
+        an += dir[j] * g[j];
+        gmax = fmax(gmax, fabs(g[j]));
+    }
+    for (size_t j = 0; j < n; j++)
+        x[j] += eps * dir[j];
+    double lp = obj(m, st);
+    for (size_t j = 0; j < n; j++)
+        x[j] -= 2 * eps * dir[j];
+    double lm = obj(m, st);
+    for (size_t j = 0; j < n; j++)
+        x[j] += eps * dir[j];
+    double fd = (lp - lm) / (2 * eps);
+    CHECKF(fabs(fd - an) <= 2e-3 + 3e-2 * fabs(an) + 1e-3 * gmax, "%s: fd %.6g analytic %.6g", what,
+           fd, an);
+    free(dir);
+}
+
+static void test_blocks(void) {
+    iisan_config c;
+    small_config(&c);
+    c.act = IISAN_ACT_GELU;
+    mem_states ms;
+    mem_init(&ms, c.nstates, c.D, 99);
+    iisan_states st = {mem_get, &ms};
+    iisan_backend *be = iisan_backend_cpu(1);
+    char err[256];
+    iisan_model *m = model_create(&c, be, 3, 7, err, sizeof err);
+    randomise(m, 11);
+    for (int i = 0; i < 64 * 8; i++)
+        R_[i] = iisan_rng_normal(5, i);
+    size_t P = m->pt.total;
+    float *g = malloc(P * sizeof *g);
+
+    /* item encoder: every item-side tensor */
+    tower_obj(m, &st);
+    memset(m->g, 0, P * sizeof *g);
+    memcpy(m->demb, R_, 8 * c.d * sizeof(float));
+    tower_backward(m, 8);
+    memcpy(g, m->g, P * sizeof *g);
+    for (int i = 0; i < m->pt.n; i++) {
+        const param_info *p = &m->pt.t[i];
+        if (!strncmp(p->name, "seq.", 4)) continue;
+        char what[96];
+        snprintf(what, sizeof what, "item encoder %s", p->name);
+        fd_dir(m, &st, tower_obj, m->w + p->offset, g + p->offset, p->size, what);
+    }
+
+    /* sequence encoder: every seq tensor and the input embeddings (dropout on,
+     * fixed seed) */
+    blk_emb = malloc(8 * c.d * sizeof *blk_emb);
+    for (int i = 0; i < 8 * c.d; i++)
+        blk_emb[i] = iisan_rng_normal(8, i);
+    seq_obj(m, &st);
+    memset(m->g, 0, P * sizeof *g);
+    memset(m->demb, 0, 8 * c.d * sizeof(float));
+    memset(m->dO, 0, 12 * c.d * sizeof(float));
+    for (int i = 0; i < 12 * c.d; i++)
+        if (blk_mask[i / c.d]) m->dO[i] = R_[i];
+    seq_backward(m, 3, 77);
+    memcpy(g, m->g, P * sizeof *g);
+    float *gemb = malloc(8 * c.d * sizeof *gemb);
+    memcpy(gemb, m->demb, 8 * c.d * sizeof *gemb);
+    for (int i = 0; i < m->pt.n; i++) {
+        const param_info *p = &m->pt.t[i];
+        if (strncmp(p->name, "seq.", 4)) continue;
+        char what[96];
+        snprintf(what, sizeof what, "sequence encoder %s", p->name);
+        fd_dir(m, &st, seq_obj, m->w + p->offset, g + p->offset, p->size, what);
+    }
+    fd_dir(m, &st, seq_obj, blk_emb, gemb, 8 * (size_t)c.d, "sequence encoder input");
+    free(gemb);
+    free(blk_emb);
+    free(g);
+    model_destroy(m);
+    be->destroy(be);
+    free(ms.data);
+}
+
 /* processing the item tower in row chunks gives the gradients of one pass */
 static void test_row_chunks(void) {
     iisan_config c;
@@ -277,5 +395,6 @@ int main(int argc, char **argv) {
     RUN(test_sasrec_id);
     RUN(test_determinism_and_descent);
     RUN(test_row_chunks);
+    RUN(test_blocks);
     TEST_MAIN_END();
 }
