@@ -951,6 +951,29 @@ static void test_adam(void) {
     }
     check_array("adam x3", W, wd, N, 1e-6, 0);
     bfree(w), bfree(g), bfree(m), bfree(v), bfree(W), bfree(G), bfree(Mm), bfree(V);
+
+    /* a large update (split over threads) equals the same update done in
+     * small single-threaded slices, bit for bit */
+    const size_t NB = 3 * (1u << 18) + 7, SL = 1000;
+    float *bw[2], *bg = falloc(NB), *bm[2], *bv[2];
+    fill(bg, NB, 170, -1, 1);
+    for (int k = 0; k < 2; k++) {
+        bw[k] = falloc(NB), bm[k] = falloc(NB), bv[k] = falloc(NB);
+        fill(bw[k], NB, 171, -1, 1);
+    }
+    for (int t = 1; t <= 2; t++) {
+        be->adam(be, bw[0], bg, bm[0], bv[0], NB, 1e-3f, 0.9f, 0.999f, 1e-8f, t);
+        for (size_t at = 0; at < NB; at += SL) {
+            size_t len = NB - at < SL ? NB - at : SL;
+            be->adam(be, bw[1] + at, bg + at, bm[1] + at, bv[1] + at, len, 1e-3f, 0.9f, 0.999f,
+                     1e-8f, t);
+        }
+    }
+    CHECK(!memcmp(bw[0], bw[1], NB * sizeof(float)) && !memcmp(bm[0], bm[1], NB * sizeof(float)) &&
+          !memcmp(bv[0], bv[1], NB * sizeof(float)));
+    for (int k = 0; k < 2; k++)
+        bfree(bw[k]), bfree(bm[k]), bfree(bv[k]);
+    bfree(bg);
 }
 
 /* ----------------------------------------------------------- data movement */
