@@ -7,13 +7,7 @@
 
 #include <math.h>
 
-#ifndef IISAN_HD
-#ifdef __CUDACC__
-#define IISAN_HD __host__ __device__
-#else
-#define IISAN_HD
-#endif
-#endif
+#include "kernels/hd.h"
 
 static inline IISAN_HD float iisan_relu(float x) { return x > 0.0f ? x : 0.0f; }
 

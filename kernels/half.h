@@ -12,13 +12,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#ifndef IISAN_HD
-#ifdef __CUDACC__
-#define IISAN_HD __host__ __device__
-#else
-#define IISAN_HD
-#endif
-#endif
+#include "kernels/hd.h"
 
 static inline IISAN_HD uint32_t iisan_f32_bits(float f) {
 #ifdef __CUDA_ARCH__

@@ -15,13 +15,7 @@
 #include <math.h>
 #include <stdint.h>
 
-#ifndef IISAN_HD
-#ifdef __CUDACC__
-#define IISAN_HD __host__ __device__
-#else
-#define IISAN_HD
-#endif
-#endif
+#include "kernels/hd.h"
 
 /* the splitmix64 finaliser: a bijection on 64 bits with full avalanche */
 static inline IISAN_HD uint64_t iisan_mix64(uint64_t z) {
