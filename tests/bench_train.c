@@ -23,6 +23,7 @@
 #include "kernels/half.h"
 #include "kernels/rng.h"
 #include "store/store.h"
+#include "tests/bench_data.h"
 
 static double now(void) {
     struct timespec ts;
@@ -53,38 +54,10 @@ int main(int argc, char **argv) {
     if (epochs < 1 || epochs > 64) epochs = 3;
     const int D = 768, NS = 13;
     char dir[] = "/tmp/iisan-bench-XXXXXX", err[512];
-    if (!mkdtemp(dir)) return 1;
     iisan_store *s;
-    if (store_open(&s, dir, 1, err, sizeof err) ||
-        store_import_users(s, users, 1, NULL, NULL, err, sizeof err)) {
-        fprintf(stderr, "bench: %s\n", err);
-        return 1;
-    }
     iisan_dataset ds;
-    if (dataset_build(&ds, s, 10, 5, err, sizeof err)) {
-        fprintf(stderr, "bench: %s\n", err);
-        return 1;
-    }
-    /* random states for every item of the dataset, both modalities */
     double t0 = now();
-    const int chunk = 512;
-    uint16_t *buf = malloc((size_t)chunk * NS * D * sizeof *buf);
-    uint32_t *idx = malloc(chunk * sizeof *idx);
-    for (int mod = 0; mod < 2; mod++)
-        for (int i0 = 1; i0 <= ds.n_items; i0 += chunk) {
-            int nb = ds.n_items + 1 - i0 < chunk ? ds.n_items + 1 - i0 : chunk;
-            for (int j = 0; j < nb; j++)
-                idx[j] = ds.item_cat[i0 + j];
-            for (size_t e = 0; e < (size_t)nb * NS * D; e++)
-                buf[e] =
-                    iisan_float_to_half(iisan_rng_normal(mod * 7 + 1, (uint64_t)i0 * NS * D + e));
-            if (store_put_states(s, mod, "random", NS, D, nb, idx, buf, err, sizeof err)) {
-                fprintf(stderr, "bench: %s\n", err);
-                return 1;
-            }
-        }
-    free(buf);
-    free(idx);
+    if (bench_make_store("bench", users, dir, NS, D, &s, &ds)) return 1;
     double store_mib = 2.0 * ds.n_items * NS * D * 2 / 1048576.0;
     fprintf(stderr, "bench: %d users, %d items, %.0f MiB of fp16 states written in %.1f s\n",
             ds.n_users, ds.n_items, store_mib, now() - t0);
