@@ -7,7 +7,7 @@ CFLAGS  ?= -O2 -g
 WARN    := -Wall -Wextra -Werror -Wno-unused-parameter
 CPPFLAGS+= -I. -I/usr/include/x86_64-linux-gnu/openblas-pthread -D_GNU_SOURCE
 BASEFLAGS = -std=c11 -march=$(ARCH) -fno-math-errno $(WARN)
-LDLIBS  := -lopenblas -llmdb -ljansson -lm -lpthread
+LDLIBS  := -lopenblas -llmdb -ljansson -lmicrohttpd -lm -lpthread
 
 # CPU and CUDA builds live apart, since -DIISAN_CUDA changes every object
 ifeq ($(CUDA),1)
@@ -37,7 +37,7 @@ endif
 include kernels/cuda/cuda.mk
 endif
 
-.PHONY: all test bench-train bench-gpu run clean format
+.PHONY: all test bench-train bench-encode bench-gpu bench-serve fuzz run clean format
 .SECONDARY:
 all: $(BUILD)/iisan
 
@@ -76,12 +76,27 @@ valgrind:
 bench-train: $(BUILD)/bench_train
 	$(BUILD)/bench_train
 
+# all-MiniLM-L6-v2: iisan encode vs Hugging Face on Scientific titles (developers: needs torch)
+bench-encode: $(BUILD)/iisan
+	tests/bench_encode.sh $(BUILD)/iisan
+
 # the GPU check (needs a CUDA device): CUDA build, CUDA tests, GPU training benchmark
 bench-gpu:
 	deploy/bench_gpu.sh
 
 run: $(BUILD)/iisan
 	deploy/run_main.sh
+
+# the serving daemon under wrk on loopback (docs/operations.md): last line JSON
+bench-serve: $(BUILD)/iisan
+	deploy/bench_serve.sh
+
+# libFuzzer target of the API's request parsing (clang); tests/test_serve.sh runs it briefly
+FUZZ_CC ?= clang
+fuzz: $(BUILD)/fuzz_request
+$(BUILD)/fuzz_request: tests/fuzz_request.c proto/request.c proto/request.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(CPPFLAGS) -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -o $@ tests/fuzz_request.c proto/request.c -ljansson
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')

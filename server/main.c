@@ -15,6 +15,8 @@ static const struct {
     {"eval", cmd_eval, "HR@10 and NDCG@10 of a checkpoint on the test split"},
     {"export", cmd_export, "write a checkpoint as safetensors"},
     {"import-ckpt", cmd_import_ckpt, "store a safetensors checkpoint as a new version"},
+    {"encode", cmd_encode, "text states of the catalogue's titles from a BERT checkpoint"},
+    {"serve", cmd_serve, "the HTTP daemon: recommendations, interactions, metrics"},
 };
 
 static void usage(FILE *f) {

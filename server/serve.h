@@ -1,0 +1,182 @@
+/* The serving daemon (`iisan serve`), internal interfaces: configuration
+ * (serve_config.c), key=value logging (serve_log.c), Prometheus metrics
+ * (serve_metrics.c), the group-commit writer (serve_writer.c) and the HTTP
+ * side (serve_http.c); cmd_serve.c ties them together. docs/operations.md
+ * describes the configuration, signals and logs; docs/api.md the API. */
+#ifndef IISAN_SERVER_SERVE_H
+#define IISAN_SERVER_SERVE_H
+
+#include <jansson.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/infer.h"
+#include "proto/request.h"
+#include "store/interactions.h"
+
+/* ---------------- configuration ---------------- */
+
+typedef struct {
+    char data[PATH_MAX];
+    char bind[64];
+    long port;
+    long threads;
+    long contexts; /* 0 = one per thread */
+    long blas_threads;
+    char device[16];
+    long max_body_bytes;
+    long max_k;
+    long max_history;
+    long max_exclude;
+    long max_interactions;
+    long commit_batch;
+    long connection_limit;
+    long connection_timeout_s;
+    long shutdown_timeout_s;
+    long log_requests;
+    char admin_token[256];
+} serve_config;
+
+enum { CFG_INT, CFG_STR, CFG_BOOL };
+
+typedef struct {
+    const char *name; /* in files; --name-with-dashes as a flag */
+    int type;
+    size_t off;
+    size_t size; /* CFG_STR: buffer size */
+    const char *def;
+    long lo, hi;     /* CFG_INT bounds */
+    const char *env; /* environment variable */
+    int reloadable;  /* SIGHUP applies it */
+    const char *help;
+} serve_option;
+
+extern const serve_option serve_options[];
+extern const int serve_noptions;
+
+/* defaults, then the file (path may be NULL), then the environment, then the
+ * flags (argv pairs "--name value" already split into names[] / values[]).
+ * 0, or -1 with a message naming the source (file:line, variable, flag). */
+int serve_config_build(serve_config *c, const char *path, int nflags, const char *const *names,
+                       const char *const *values, char *err, size_t errlen);
+const serve_option *serve_option_find(const char *name); /* '-' and '_' alike */
+
+/* ---------------- logging ---------------- */
+
+/* One line per event on stderr: ts=... level=... event=NAME then the
+ * caller's key=value pairs (fmt). Values that may hold spaces or quotes go
+ * through log_q. Written with one write(2), so lines never interleave. */
+void log_event(const char *level, const char *event, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* quotes v for a log value when needed (into buf) */
+const char *log_q(const char *v, char *buf, size_t cap);
+
+/* ---------------- metrics ---------------- */
+
+enum {
+    ROUTE_RECOMMEND,
+    ROUTE_INTERACTIONS,
+    ROUTE_USER,
+    ROUTE_HEALTHZ,
+    ROUTE_METRICS,
+    ROUTE_ADMIN_STATUS,
+    ROUTE_ADMIN_RELOAD,
+    ROUTE_ITEMS,
+    ROUTE_ITEM,
+    ROUTE_ADMIN_RETRAIN,
+    ROUTE_ADMIN_JOB,
+    ROUTE_ADMIN_ROLLBACK,
+    ROUTE_OTHER,
+    N_ROUTES
+};
+extern const char *const route_name[N_ROUTES];
+
+void metrics_request(int route, int status, double seconds);
+void metrics_fallback(void);
+void metrics_commit(size_t interactions, double seconds, int ok);
+/* Prometheus text exposition (malloc'd) */
+char *metrics_render(uint32_t model_version, long in_flight, long pending);
+
+/* ---------------- group-commit writer ---------------- */
+
+typedef struct ix_ticket {
+    struct ix_ticket *next;
+    const store_interaction *v;
+    size_t n;
+    int done;       /* set by the writer under its mutex */
+    int rc;         /* 0 or a negative IISAN_E* */
+    uint64_t first; /* ilog number of the first interaction */
+    char err[256];
+    void (*notify)(struct ix_ticket *t); /* called by the writer after done is set */
+    void *arg;
+} ix_ticket;
+
+typedef struct ix_writer ix_writer;
+int writer_start(ix_writer **out, store_ix *x, long batch_max);
+/* queues t (0), or -1 when the writer is stopping */
+int writer_submit(ix_writer *w, ix_ticket *t);
+long writer_pending(ix_writer *w);
+void writer_set_batch(ix_writer *w, long batch_max);
+/* commits what is queued, then stops the thread */
+void writer_stop(ix_writer *w);
+
+/* ---------------- the daemon ---------------- */
+
+typedef struct serve_cfg_ref serve_cfg_ref; /* a refcounted configuration snapshot */
+
+typedef struct {
+    pthread_mutex_t mu; /* guards the two pointers below (held only to copy + retain) */
+    infer_model *model;
+    serve_cfg_ref *cfg;
+    store_ix *ix;
+    ix_writer *writer;
+    iisan_backend *be;
+    atomic_long in_flight;
+    atomic_int stopping;
+    double started;
+    pthread_mutex_t load_mu; /* one model load at a time */
+    atomic_uint pinned;      /* version chosen by a rollback (0: follow the latest) */
+} serve_state;
+
+extern serve_state g_srv;
+
+/* the current model, retained (NULL when none); release with infer_release */
+infer_model *serve_model_get(void);
+/* swaps in m (retained by the callee's reference), releasing the old one */
+void serve_model_set(infer_model *m);
+/* the current configuration, retained: read it through the pointer, then
+ * serve_config_release it. serve_config_set publishes a copy of c. */
+const serve_config *serve_config_acquire(void);
+void serve_config_release(const serve_config *c);
+int serve_config_set(const serve_config *c);
+/* loads checkpoint version (0 = the pinned one, else the latest) and swaps it
+ * in when it differs from the current one (or force). 0 loaded / 1 unchanged /
+ * -1 failed (logged). */
+int serve_reload_model(uint32_t version, int force);
+/* bans the store's deleted items in m */
+void serve_apply_deleted(infer_model *m);
+
+/* ---------------- admin: retraining and rollback (serve_admin.c) ---------------- */
+
+/* starts a retraining job on a trainer thread: 0 with *job_id, or -1 when a
+ * job is running (err says which) */
+int admin_retrain_start(const retrain_request *p, int *job_id, char *err, size_t errlen);
+/* the job's JSON (new reference), NULL for an unknown id */
+json_t *admin_job_json(int id);
+/* serves version (0: the highest stored version below the current one) and
+ * pins it. 0, IISAN_ENOTFOUND (no such / no earlier version) or -1 (load
+ * failed); *from / *to get the versions. */
+int admin_rollback(uint32_t version, uint32_t *from, uint32_t *to, char *err, size_t errlen);
+/* waits up to seconds for a running job; 1 when one is still running */
+int admin_wait_trainer(double seconds);
+
+struct MHD_Daemon;
+struct MHD_Daemon *http_start(const serve_config *c, char *err, size_t errlen);
+int http_port(struct MHD_Daemon *d);
+double serve_now(void); /* monotonic seconds */
+
+#endif

@@ -1,0 +1,193 @@
+/* The daemon's configuration table and its sources: defaults < file <
+ * environment < flags (docs/operations.md). */
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "server/serve.h"
+
+#define OPT(field) offsetof(serve_config, field)
+#define SZ(field) sizeof(((serve_config *)0)->field)
+
+const serve_option serve_options[] = {
+    {"data", CFG_STR, OPT(data), SZ(data), "", 0, 0, "IISAN_DATA", 0,
+     "data directory (the store; required)"},
+    {"bind", CFG_STR, OPT(bind), SZ(bind), "127.0.0.1", 0, 0, "IISAN_BIND", 0,
+     "address to listen on (IPv4 or IPv6 literal)"},
+    {"port", CFG_INT, OPT(port), 0, "8080", 0, 65535, "IISAN_PORT", 0,
+     "TCP port; 0 picks a free one (logged as event=listening)"},
+    {"threads", CFG_INT, OPT(threads), 0, "4", 1, 256, "IISAN_THREADS", 0,
+     "HTTP worker threads (libmicrohttpd thread pool)"},
+    {"contexts", CFG_INT, OPT(contexts), 0, "0", 0, 256, "IISAN_CONTEXTS", 0,
+     "inference contexts; 0 = one per worker thread, 1 = one shared (a mutex)"},
+    {"blas_threads", CFG_INT, OPT(blas_threads), 0, "1", 0, 256, "IISAN_BLAS_THREADS", 0,
+     "OpenBLAS threads per call (0 = all cores)"},
+    {"device", CFG_STR, OPT(device), SZ(device), "cpu", 0, 0, "IISAN_DEVICE", 0,
+     "compute backend: cpu, cuda or auto"},
+    {"max_body_bytes", CFG_INT, OPT(max_body_bytes), 0, "1048576", 64, 1L << 30,
+     "IISAN_MAX_BODY_BYTES", 1, "largest request body (413 beyond)"},
+    {"max_k", CFG_INT, OPT(max_k), 0, "1000", 1, 100000, "IISAN_MAX_K", 1,
+     "largest k of /recommend (contexts are sized at model load)"},
+    {"max_history", CFG_INT, OPT(max_history), 0, "1000", 1, 100000, "IISAN_MAX_HISTORY", 1,
+     "most ids in a request's history (and stored history used for exclusion)"},
+    {"max_exclude", CFG_INT, OPT(max_exclude), 0, "1000", 0, 100000, "IISAN_MAX_EXCLUDE", 1,
+     "most ids in a request's exclude list"},
+    {"max_interactions", CFG_INT, OPT(max_interactions), 0, "1000", 1, 1000000,
+     "IISAN_MAX_INTERACTIONS", 1, "most interactions in one POST /interactions"},
+    {"commit_batch", CFG_INT, OPT(commit_batch), 0, "10000", 1, 10000000, "IISAN_COMMIT_BATCH", 1,
+     "most interactions in one group-commit transaction"},
+    {"connection_limit", CFG_INT, OPT(connection_limit), 0, "1024", 1, 1000000,
+     "IISAN_CONNECTION_LIMIT", 0, "most open connections"},
+    {"connection_timeout_s", CFG_INT, OPT(connection_timeout_s), 0, "30", 0, 86400,
+     "IISAN_CONNECTION_TIMEOUT_S", 0, "idle connection timeout (0 = none)"},
+    {"shutdown_timeout_s", CFG_INT, OPT(shutdown_timeout_s), 0, "10", 0, 3600,
+     "IISAN_SHUTDOWN_TIMEOUT_S", 1, "how long a stop waits for in-flight requests"},
+    {"log_requests", CFG_BOOL, OPT(log_requests), 0, "true", 0, 1, "IISAN_LOG_REQUESTS", 1,
+     "one log line per request"},
+    {"admin_token", CFG_STR, OPT(admin_token), SZ(admin_token), "", 0, 0, "IISAN_ADMIN_TOKEN", 1,
+     "bearer token of /admin/*; empty disables them (never logged)"},
+};
+const int serve_noptions = (int)(sizeof serve_options / sizeof serve_options[0]);
+
+static int same_name(const char *a, const char *b) {
+    for (; *a && *b; a++, b++) {
+        char x = *a == '-' ? '_' : *a, y = *b == '-' ? '_' : *b;
+        if (x != y) return 0;
+    }
+    return *a == *b;
+}
+
+const serve_option *serve_option_find(const char *name) {
+    for (int i = 0; i < serve_noptions; i++)
+        if (same_name(serve_options[i].name, name)) return &serve_options[i];
+    return NULL;
+}
+
+/* sets one option from text; msg gets the problem (without the source) */
+static int set_value(serve_config *c, const serve_option *o, const char *v, char *msg, size_t cap) {
+    char *p = (char *)c + o->off;
+    if (o->type == CFG_STR) {
+        size_t n = strlen(v);
+        if (n >= o->size) {
+            snprintf(msg, cap, "%s is longer than %zu bytes", o->name, o->size - 1);
+            return -1;
+        }
+        memcpy(p, v, n + 1);
+        return 0;
+    }
+    long x;
+    if (o->type == CFG_BOOL) {
+        if (!strcmp(v, "true") || !strcmp(v, "1") || !strcmp(v, "yes") || !strcmp(v, "on"))
+            x = 1;
+        else if (!strcmp(v, "false") || !strcmp(v, "0") || !strcmp(v, "no") || !strcmp(v, "off"))
+            x = 0;
+        else {
+            snprintf(msg, cap, "%s wants true or false, got '%s'", o->name, v);
+            return -1;
+        }
+    } else {
+        char *end;
+        errno = 0;
+        x = strtol(v, &end, 10);
+        if (errno || end == v || *end || x < o->lo || x > o->hi) {
+            snprintf(msg, cap, "%s wants an integer in %ld..%ld, got '%s'", o->name, o->lo, o->hi,
+                     v);
+            return -1;
+        }
+    }
+    memcpy(p, &x, sizeof x);
+    return 0;
+}
+
+static char *trim(char *s) {
+    while (isspace((unsigned char)*s))
+        s++;
+    size_t n = strlen(s);
+    while (n && isspace((unsigned char)s[n - 1]))
+        s[--n] = '\0';
+    return s;
+}
+
+/* "name = value" lines; '#' starts a comment line; a value may be quoted "..." */
+static int read_file(serve_config *c, const char *path, char *err, size_t errlen) {
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    char line[4096], msg[256];
+    int ln = 0, rc = 0;
+    while (fgets(line, sizeof line, f)) {
+        ln++;
+        if (!strchr(line, '\n') && !feof(f)) {
+            snprintf(err, errlen, "%s:%d: line longer than %zu bytes", path, ln, sizeof line - 2);
+            rc = -1;
+            break;
+        }
+        char *s = trim(line);
+        if (!*s || *s == '#') continue;
+        char *eq = strchr(s, '=');
+        if (!eq) {
+            snprintf(err, errlen, "%s:%d: expected 'name = value'", path, ln);
+            rc = -1;
+            break;
+        }
+        *eq = '\0';
+        char *name = trim(s), *val = trim(eq + 1);
+        size_t vl = strlen(val);
+        if (vl >= 2 && val[0] == '"' && val[vl - 1] == '"') {
+            val[vl - 1] = '\0';
+            val++;
+        }
+        const serve_option *o = serve_option_find(name);
+        if (!o) {
+            snprintf(err, errlen, "%s:%d: unknown setting '%s'", path, ln, name);
+            rc = -1;
+            break;
+        }
+        if (set_value(c, o, val, msg, sizeof msg)) {
+            snprintf(err, errlen, "%s:%d: %s", path, ln, msg);
+            rc = -1;
+            break;
+        }
+    }
+    fclose(f);
+    return rc;
+}
+
+int serve_config_build(serve_config *c, const char *path, int nflags, const char *const *names,
+                       const char *const *values, char *err, size_t errlen) {
+    char msg[256];
+    memset(c, 0, sizeof *c);
+    for (int i = 0; i < serve_noptions; i++)
+        if (set_value(c, &serve_options[i], serve_options[i].def, msg, sizeof msg)) {
+            snprintf(err, errlen, "default: %s", msg);
+            return -1;
+        }
+    if (path && *path && read_file(c, path, err, errlen)) return -1;
+    for (int i = 0; i < serve_noptions; i++) {
+        const char *v = getenv(serve_options[i].env);
+        if (v && set_value(c, &serve_options[i], v, msg, sizeof msg)) {
+            snprintf(err, errlen, "environment %s: %s", serve_options[i].env, msg);
+            return -1;
+        }
+    }
+    for (int i = 0; i < nflags; i++) {
+        const serve_option *o = serve_option_find(names[i]);
+        if (!o) {
+            snprintf(err, errlen, "unknown option --%s", names[i]);
+            return -1;
+        }
+        if (set_value(c, o, values[i], msg, sizeof msg)) {
+            snprintf(err, errlen, "--%s: %s", names[i], msg);
+            return -1;
+        }
+    }
+    if (strcmp(c->device, "cpu") && strcmp(c->device, "cuda") && strcmp(c->device, "auto")) {
+        snprintf(err, errlen, "device wants cpu, cuda or auto, got '%s'", c->device);
+        return -1;
+    }
+    return 0;
+}

@@ -1,0 +1,163 @@
+/* Prometheus counters and histograms (text exposition format 0.0.4). All
+ * lock-free: relaxed atomic adds on fixed arrays. */
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "server/serve.h"
+
+const char *const route_name[N_ROUTES] = {
+    "recommend",    "interactions",   "user",  "healthz", "metrics",
+    "admin_status", "admin_reload",   "items", "item",    "admin_retrain",
+    "admin_job",    "admin_rollback", "other"};
+
+static const int codes[] = {200, 202, 400, 401, 403, 404, 405, 409, 413, 422, 500, 503};
+#define NCODES ((int)(sizeof codes / sizeof codes[0]))
+static const double bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                0.1,    0.25,  0.5,    1,     2.5,  5,     10};
+#define NB ((int)(sizeof bounds / sizeof bounds[0]))
+
+static atomic_ulong req_count[N_ROUTES][NCODES + 1]; /* last: any other code */
+static atomic_ulong lat_bucket[N_ROUTES][NB + 1];    /* last: +Inf */
+static atomic_ulong lat_sum_us[N_ROUTES];
+static atomic_ulong err_count[N_ROUTES][2]; /* 4xx, 5xx */
+static atomic_ulong fallback_count;
+static atomic_ulong commit_batches, commit_failures, committed;
+static atomic_ulong commit_bucket[NB + 1], commit_sum_us;
+
+static int code_slot(int status) {
+    for (int i = 0; i < NCODES; i++)
+        if (codes[i] == status) return i;
+    return NCODES;
+}
+
+static void observe(atomic_ulong *bucket, atomic_ulong *sum_us, double s) {
+    int b = 0;
+    while (b < NB && s > bounds[b])
+        b++;
+    atomic_fetch_add_explicit(&bucket[b], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(sum_us, (unsigned long)(s * 1e6), memory_order_relaxed);
+}
+
+void metrics_request(int route, int status, double seconds) {
+    if (route < 0 || route >= N_ROUTES) route = ROUTE_OTHER;
+    atomic_fetch_add_explicit(&req_count[route][code_slot(status)], 1, memory_order_relaxed);
+    observe(lat_bucket[route], &lat_sum_us[route], seconds);
+    if (status >= 400)
+        atomic_fetch_add_explicit(&err_count[route][status >= 500], 1, memory_order_relaxed);
+}
+
+void metrics_fallback(void) { atomic_fetch_add_explicit(&fallback_count, 1, memory_order_relaxed); }
+
+void metrics_commit(size_t n, double seconds, int ok) {
+    atomic_fetch_add_explicit(&commit_batches, 1, memory_order_relaxed);
+    if (ok)
+        atomic_fetch_add_explicit(&committed, n, memory_order_relaxed);
+    else
+        atomic_fetch_add_explicit(&commit_failures, 1, memory_order_relaxed);
+    observe(commit_bucket, &commit_sum_us, seconds);
+}
+
+typedef struct {
+    char *p;
+    size_t n, cap;
+} sbuf;
+
+static void put(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void put(sbuf *b, const char *fmt, ...) {
+    if (!b->p) return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int m = vsnprintf(b->p + b->n, b->cap - b->n, fmt, ap);
+        va_end(ap);
+        if (m < 0) return;
+        if (b->n + (size_t)m < b->cap) {
+            b->n += (size_t)m;
+            return;
+        }
+        char *q = realloc(b->p, b->cap * 2 + (size_t)m);
+        if (!q) {
+            free(b->p);
+            b->p = NULL;
+            return;
+        }
+        b->p = q;
+        b->cap = b->cap * 2 + (size_t)m;
+    }
+}
+
+static void histogram(sbuf *b, const char *name, const char *labels, atomic_ulong *bucket,
+                      atomic_ulong *sum_us) {
+    unsigned long cum = 0;
+    const char *sep = *labels ? "," : "";
+    for (int i = 0; i <= NB; i++) {
+        cum += atomic_load_explicit(&bucket[i], memory_order_relaxed);
+        if (i < NB)
+            put(b, "%s_bucket{%s%sle=\"%g\"} %lu\n", name, labels, sep, bounds[i], cum);
+        else
+            put(b, "%s_bucket{%s%sle=\"+Inf\"} %lu\n", name, labels, sep, cum);
+    }
+    put(b, "%s_sum%s%s%s %.6f\n", name, *labels ? "{" : "", labels, *labels ? "}" : "",
+        atomic_load_explicit(sum_us, memory_order_relaxed) / 1e6);
+    put(b, "%s_count%s%s%s %lu\n", name, *labels ? "{" : "", labels, *labels ? "}" : "", cum);
+}
+
+char *metrics_render(uint32_t model_version, long in_flight, long pending) {
+    sbuf b = {malloc(16384), 0, 16384};
+    put(&b, "# HELP iisan_http_requests_total HTTP requests by route and status code.\n"
+            "# TYPE iisan_http_requests_total counter\n");
+    for (int r = 0; r < N_ROUTES; r++)
+        for (int c = 0; c <= NCODES; c++) {
+            unsigned long v = atomic_load_explicit(&req_count[r][c], memory_order_relaxed);
+            if (!v) continue;
+            if (c < NCODES)
+                put(&b, "iisan_http_requests_total{route=\"%s\",code=\"%d\"} %lu\n", route_name[r],
+                    codes[c], v);
+            else
+                put(&b, "iisan_http_requests_total{route=\"%s\",code=\"other\"} %lu\n",
+                    route_name[r], v);
+        }
+    put(&b, "# HELP iisan_http_errors_total HTTP responses with a 4xx or 5xx status, by route.\n"
+            "# TYPE iisan_http_errors_total counter\n");
+    for (int r = 0; r < N_ROUTES; r++)
+        for (int k = 0; k < 2; k++)
+            put(&b, "iisan_http_errors_total{route=\"%s\",class=\"%s\"} %lu\n", route_name[r],
+                k ? "5xx" : "4xx", atomic_load_explicit(&err_count[r][k], memory_order_relaxed));
+    put(&b, "# HELP iisan_http_request_duration_seconds Time from the request's headers to the "
+            "end of its response.\n# TYPE iisan_http_request_duration_seconds histogram\n");
+    for (int r = 0; r < N_ROUTES; r++) {
+        char lab[64];
+        snprintf(lab, sizeof lab, "route=\"%s\"", route_name[r]);
+        histogram(&b, "iisan_http_request_duration_seconds", lab, lat_bucket[r], &lat_sum_us[r]);
+    }
+    put(&b,
+        "# HELP iisan_recommend_fallback_total Recommendations answered by popularity (empty "
+        "history).\n# TYPE iisan_recommend_fallback_total counter\n"
+        "iisan_recommend_fallback_total %lu\n",
+        atomic_load(&fallback_count));
+    put(&b,
+        "# HELP iisan_interactions_committed_total Interactions made durable.\n"
+        "# TYPE iisan_interactions_committed_total counter\n"
+        "iisan_interactions_committed_total %lu\n"
+        "# HELP iisan_commit_batches_total Group-commit transactions (failed ones included).\n"
+        "# TYPE iisan_commit_batches_total counter\n"
+        "iisan_commit_batches_total %lu\n"
+        "# HELP iisan_commit_failures_total Group-commit transactions that failed.\n"
+        "# TYPE iisan_commit_failures_total counter\n"
+        "iisan_commit_failures_total %lu\n",
+        atomic_load(&committed), atomic_load(&commit_batches), atomic_load(&commit_failures));
+    put(&b, "# HELP iisan_commit_duration_seconds One group-commit transaction, fsync "
+            "included.\n# TYPE iisan_commit_duration_seconds histogram\n");
+    histogram(&b, "iisan_commit_duration_seconds", "", commit_bucket, &commit_sum_us);
+    put(&b,
+        "# HELP iisan_model_version The checkpoint version being served (0: none).\n"
+        "# TYPE iisan_model_version gauge\niisan_model_version %u\n"
+        "# HELP iisan_http_in_flight Requests being handled.\n"
+        "# TYPE iisan_http_in_flight gauge\niisan_http_in_flight %ld\n"
+        "# HELP iisan_interactions_pending Interactions waiting for their commit.\n"
+        "# TYPE iisan_interactions_pending gauge\niisan_interactions_pending %ld\n",
+        model_version, in_flight, pending);
+    return b.p;
+}

@@ -1,0 +1,480 @@
+/* The serving daemon's parts below HTTP: request parsing (proto/request.c),
+ * the configuration sources (server/serve_config.c), group-committed
+ * interactions with map growth (store/interactions.c), and inference
+ * (core/infer.c) agreeing with the full model's ranking. The daemon itself
+ * is tests/test_serve.sh. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/checkpoint.h"
+#include "core/dataset.h"
+#include "core/eval.h"
+#include "core/infer.h"
+#include "core/model.h"
+#include "kernels/half.h"
+#include "kernels/rng.h"
+#include "proto/request.h"
+#include "server/serve.h"
+#include "store/interactions.h"
+#include "store/store_ext.h"
+#include "tests/test.h"
+
+static const req_limits LIM = {100, 5, 4, 3};
+
+static const char *rec_code(const char *body) {
+    static req_error e;
+    rec_request r;
+    if (rec_request_parse(body, strlen(body), &LIM, &r, &e) == 0) {
+        rec_request_free(&r);
+        return "ok";
+    }
+    return e.code;
+}
+
+static const char *ix_code(const char *body) {
+    static req_error e;
+    ix_request r;
+    if (ix_request_parse(body, strlen(body), &LIM, &r, &e) == 0) {
+        ix_request_free(&r);
+        return "ok";
+    }
+    return e.code;
+}
+
+static void test_request_parse(void) {
+    rec_request r;
+    req_error e;
+    const char *b = "{\"user_id\":\"U1\",\"history\":[\"a\",\"b\"],\"k\":7,\"exclude\":[\"c\"],"
+                    "\"exclude_history\":false}";
+    CHECK(rec_request_parse(b, strlen(b), &LIM, &r, &e) == 0);
+    CHECK(!strcmp(r.user_id, "U1") && r.n_history == 2 && !strcmp(r.history[1], "b"));
+    CHECK(r.k == 7 && r.n_exclude == 1 && r.exclude_history == 0);
+    rec_request_free(&r);
+    CHECK(rec_request_parse("{}", 2, &LIM, &r, &e) == 0);
+    CHECK(r.k == 10 && r.exclude_history == 1 && !r.user_id && r.n_history == 0);
+    rec_request_free(&r);
+    CHECK(!strcmp(rec_code("{\"user_id\":null}"), "ok"));
+    CHECK(!strcmp(rec_code(""), "malformed_json"));
+    CHECK(!strcmp(rec_code("{\"k\":1,}"), "malformed_json"));
+    CHECK(!strcmp(rec_code("{\"k\":1} x"), "malformed_json"));
+    CHECK(!strcmp(rec_code("{\"k\":1,\"k\":2}"), "malformed_json")); /* duplicate key */
+    CHECK(!strcmp(rec_code("3"), "wrong_type"));
+    CHECK(!strcmp(rec_code("{\"k\":true}"), "wrong_type"));
+    CHECK(!strcmp(rec_code("{\"k\":101}"), "k_too_large"));
+    CHECK(!strcmp(rec_code("{\"k\":-1}"), "invalid_value"));
+    CHECK(!strcmp(rec_code("{\"history\":[\"a\",\"a\",\"a\",\"a\",\"a\",\"a\"]}"),
+                  "history_too_large"));
+    CHECK(!strcmp(rec_code("{\"exclude\":[\"a\",\"a\",\"a\",\"a\",\"a\"]}"), "exclude_too_large"));
+    CHECK(!strcmp(rec_code("{\"history\":[null]}"), "wrong_type"));
+    CHECK(!strcmp(rec_code("{\"user_id\":\"a\\u0000b\"}"), "malformed_json")); /* NUL refused */
+    CHECK(!strcmp(rec_code("{\"user_id\":\"tab\\there\"}"), "invalid_id"));
+    CHECK(!strcmp(rec_code("{\"user\":1}"), "unknown_field"));
+    CHECK(rec_request_parse("{\"k\":\"x\"}", 9, &LIM, &r, &e) == -1 && e.status == 400 &&
+          strstr(e.message, "'k'"));
+    CHECK(rec_request_parse("{\"k\":", 5, &LIM, &r, &e) == -1 && strstr(e.message, "column"));
+
+    ix_request x;
+    b = "[{\"user_id\":\"u\",\"item_id\":\"i\",\"timestamp\":5},{\"item_id\":\"j\",\"user_id\":"
+        "\"v\"}]";
+    CHECK(ix_request_parse(b, strlen(b), &LIM, &x, &e) == 0);
+    CHECK(x.n == 2 && !strcmp(x.v[0].user_id, "u") && x.v[0].timestamp == 5 &&
+          !strcmp(x.v[1].item_id, "j") && x.v[1].timestamp == -1);
+    ix_request_free(&x);
+    CHECK(!strcmp(ix_code("{\"user_id\":\"u\",\"item_id\":\"i\"}"), "ok"));
+    CHECK(!strcmp(ix_code("[]"), "invalid_value"));
+    CHECK(!strcmp(ix_code("[{\"user_id\":\"u\",\"item_id\":\"i\"},{\"user_id\":\"u\",\"item_id\":"
+                          "\"i\"},{\"user_id\":\"u\",\"item_id\":\"i\"},{\"user_id\":\"u\","
+                          "\"item_id\":\"i\"}]"),
+                  "too_many_interactions"));
+    CHECK(!strcmp(ix_code("{\"user_id\":\"u\"}"), "missing_field"));
+    CHECK(!strcmp(ix_code("{\"item_id\":\"u\"}"), "missing_field"));
+    CHECK(!strcmp(ix_code("{\"user_id\":\"u\",\"item_id\":\"\"}"), "invalid_id"));
+    CHECK(
+        !strcmp(ix_code("{\"user_id\":\"u\",\"item_id\":\"i\",\"timestamp\":1.5}"), "wrong_type"));
+    CHECK(!strcmp(ix_code("[{\"user_id\":\"u\",\"item_id\":\"i\"},null]"), "wrong_type"));
+    b = "[{\"user_id\":1,\"item_id\":\"i\"}]";
+    CHECK(ix_request_parse(b, strlen(b), &LIM, &x, &e) == -1 && strstr(e.message, "[0].user_id"));
+    char id[600];
+    memset(id, 'x', 511);
+    id[511] = '\0';
+    CHECK(req_valid_id(id, 511) && !req_valid_id(id, 512) && !req_valid_id("", 0) &&
+          !req_valid_id("a b", 3) && req_valid_id("caf\xc3\xa9", 5));
+}
+
+static void test_config(void) {
+    char dir[] = "/tmp/iisan-cfg-XXXXXX", path[64], err[512];
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(path, sizeof path, "%s/s.conf", dir);
+    FILE *f = fopen(path, "w");
+    fprintf(f, "# comment\n\nport = 9000\nthreads=2\nadmin_token = \"a b\"\nlog-requests = off\n");
+    fclose(f);
+    serve_config c;
+    CHECK(serve_config_build(&c, NULL, 0, NULL, NULL, err, sizeof err) == 0);
+    CHECK(c.port == 8080 && c.threads == 4 && c.max_body_bytes == 1048576 && c.max_k == 1000 &&
+          c.max_history == 1000 && c.log_requests == 1 && !strcmp(c.bind, "127.0.0.1") &&
+          !c.admin_token[0]);
+    setenv("IISAN_THREADS", "6", 1);
+    setenv("IISAN_MAX_K", "50", 1);
+    const char *names[] = {"max-k"}, *vals[] = {"70"};
+    CHECK(serve_config_build(&c, path, 1, names, vals, err, sizeof err) == 0);
+    CHECK(c.port == 9000); /* file */
+    CHECK(c.threads == 6); /* environment over file */
+    CHECK(c.max_k == 70);  /* flag over environment */
+    CHECK(!strcmp(c.admin_token, "a b") && c.log_requests == 0);
+    unsetenv("IISAN_THREADS");
+    unsetenv("IISAN_MAX_K");
+    f = fopen(path, "a");
+    fprintf(f, "max_k = 0\n");
+    fclose(f);
+    CHECK(serve_config_build(&c, path, 0, NULL, NULL, err, sizeof err) == -1 &&
+          strstr(err, "s.conf:7") && strstr(err, "1..100000"));
+    f = fopen(path, "w");
+    fprintf(f, "colour = blue\n");
+    fclose(f);
+    CHECK(serve_config_build(&c, path, 0, NULL, NULL, err, sizeof err) == -1 &&
+          strstr(err, "s.conf:1") && strstr(err, "colour"));
+    setenv("IISAN_PORT", "x", 1);
+    CHECK(serve_config_build(&c, NULL, 0, NULL, NULL, err, sizeof err) == -1 &&
+          strstr(err, "IISAN_PORT"));
+    unsetenv("IISAN_PORT");
+    CHECK(serve_option_find("max_body_bytes") == serve_option_find("max-body-bytes"));
+    remove(path);
+    remove(dir);
+}
+
+static void test_interactions(void) {
+    char dir[] = "/tmp/iisan-ix-XXXXXX", path[64], err[512];
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(path, sizeof path, "%s/items.tsv", dir);
+    FILE *f = fopen(path, "w");
+    for (int i = 0; i < 20; i++)
+        fprintf(f, "I%d\tt\n", i);
+    fclose(f);
+    store_set_map_limits(128u << 10, 64u << 20); /* a tiny map that must grow */
+    iisan_store *s = NULL;
+    CHECKF(store_open(&s, dir, 1, err, sizeof err) == 0, "%s", err);
+    CHECK(store_import_items(s, path, NULL, NULL, err, sizeof err) == 0);
+    store_ix *x = NULL;
+    CHECKF(store_ix_open(s, &x, err, sizeof err) == 0, "%s", err);
+    store_usage u0;
+    store_usage_get(s, &u0);
+    /* 3000 batches of 20 interactions over 300 users with long ids */
+    static char uid[300][200];
+    for (int u = 0; u < 300; u++) {
+        memset(uid[u], 'a' + u % 26, 150);
+        snprintf(uid[u] + 150, 50, "-%d", u);
+    }
+    store_interaction v[20];
+    int rc = 0;
+    uint64_t first = 0;
+    for (int b = 0; b < 300 && !rc; b++) {
+        for (int i = 0; i < 20; i++) {
+            v[i].user_id = uid[(b * 7 + i) % 300];
+            v[i].item = (uint32_t)(1 + (b + i) % 20);
+            v[i].timestamp = b * 100 + i;
+        }
+        rc = store_ix_append(x, v, 20, &first, err, sizeof err);
+    }
+    CHECKF(rc == 0, "%s", err);
+    CHECK(first == 299 * 20 + 1);
+    store_usage u1;
+    store_usage_get(s, &u1);
+    CHECKF(u1.map_bytes > u0.map_bytes, "map %llu -> %llu", (unsigned long long)u0.map_bytes,
+           (unsigned long long)u1.map_bytes);
+    uint64_t logged = 0;
+    uint32_t items = 0, users = 0;
+    CHECK(store_ix_counts(x, &logged, &items, &users) == 0);
+    CHECK(logged == 6000 && items == 20 && users == 300);
+    uint32_t *seq = NULL, n = 0;
+    CHECK(store_ix_user_get(x, uid[0], &seq, &n) == 0 && n == 20);
+    /* user 0 appears at b*7+i = 0 mod 300: its items in order of arrival */
+    int okseq = 1, k = 0;
+    for (int b = 0; b < 300; b++)
+        for (int i = 0; i < 20; i++)
+            if ((b * 7 + i) % 300 == 0) okseq &= seq[k++] == (uint32_t)(1 + (b + i) % 20);
+    CHECK(okseq && k == 20);
+    free(seq);
+    CHECK(store_ix_user_get(x, "nobody", &seq, &n) == IISAN_ENOTFOUND);
+    /* an item outside the catalogue: nothing of the batch is written */
+    v[0].user_id = "solo";
+    v[0].item = 3;
+    v[1].user_id = "solo";
+    v[1].item = 21;
+    CHECK(store_ix_append(x, v, 2, NULL, err, sizeof err) == IISAN_EINVAL);
+    CHECK(store_ix_user_get(x, "solo", &seq, &n) == IISAN_ENOTFOUND);
+    uint32_t idx;
+    CHECK(store_ix_item_lookup(x, "I7", &idx) == 0 && idx == 8);
+    /* catalogue changes: add, retitle, refuse, delete, undelete */
+    store_item_put ip[2] = {{"NEW", "a title", 7, 0, 0}, {"I7", "", 0, 0, 0}};
+    CHECKF(store_ix_items_put(x, ip, 2, err, sizeof err) == 0, "%s", err);
+    CHECK(ip[0].created && ip[0].idx == 21 && !ip[1].created && ip[1].idx == 8);
+    CHECK(store_items_with_title(s) == 20); /* +1 for NEW, -1 for I7's emptied title */
+    store_item_info *info = malloc(sizeof *info);
+    CHECK(store_ix_item_info(x, "NEW", info) == 0 && info->idx == 21 && info->titled &&
+          !strcmp(info->title, "a title") && !info->deleted && !info->has_state[0]);
+    CHECK(store_ix_item_info(x, "I7", info) == 0 && !info->titled && info->title[0] == 0);
+    store_item_put bad[2] = {{"OK2", "fine", 4, 0, 0}, {"BAD", "a\tb", 3, 0, 0}};
+    CHECK(store_ix_items_put(x, bad, 2, err, sizeof err) == IISAN_EINVAL);
+    CHECK(store_ix_item_lookup(x, "OK2", &idx) == IISAN_ENOTFOUND); /* all or nothing */
+    CHECK(store_ix_item_delete(x, "I3", &idx, err, sizeof err) == 0 && idx == 4);
+    CHECK(store_ix_item_delete(x, "nope", &idx, err, sizeof err) == IISAN_ENOTFOUND);
+    uint32_t *del = NULL, nd = 0;
+    CHECK(store_ix_deleted(x, &del, &nd) == 0 && nd == 1 && del[0] == 4);
+    free(del);
+    CHECK(store_ix_item_info(x, "I3", info) == 0 && info->deleted);
+    store_item_put again = {"I3", "back", 4, 0, 0};
+    CHECK(store_ix_items_put(x, &again, 1, err, sizeof err) == 0);
+    CHECK(store_ix_deleted(x, &del, &nd) == 0 && nd == 0);
+    free(del);
+    CHECK(store_ix_item_delete(x, "I5", &idx, err, sizeof err) == 0);
+    free(info);
+    uint32_t pin = 9;
+    CHECK(store_ix_state_get(x, "pinned", &pin) == 0 && pin == 0);
+    CHECK(store_ix_state_put(x, "pinned", 3, err, sizeof err) == 0);
+    store_ix_close(x);
+    store_close(s);
+    /* reopened: everything is there, and the users feed the dataset */
+    CHECK(store_open(&s, dir, 0, err, sizeof err) == 0);
+    CHECK(store_user_count(s) == 300);
+    CHECK(store_ix_open(s, &x, err, sizeof err) == 0);
+    CHECK(store_ix_counts(x, &logged, NULL, NULL) == 0 && logged == 6000);
+    CHECK(store_ix_state_get(x, "pinned", &pin) == 0 && pin == 3);
+    CHECK(store_ix_deleted(x, &del, &nd) == 0 && nd == 1 && del[0] == 6);
+    free(del);
+    store_ix_close(x);
+    iisan_dataset ds;
+    CHECK(dataset_build(&ds, s, 10, 5, err, sizeof err) == 0 && ds.n_users == 300);
+    dataset_free(&ds);
+    store_close(s);
+    store_set_map_limits((size_t)1 << 30, (size_t)1 << 40);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CHECK(system(cmd) == 0);
+}
+
+static const uint16_t *get(void *ctx, int mod, uint32_t cat) {
+    return store_reader_states(ctx, mod, cat);
+}
+
+/* infer_recommend must rank as the full model does (model_item_embeddings +
+ * seq_forward of a 64-user model + a full score row) */
+static void check_infer(iisan_store *s, const iisan_config *c, int min_len) {
+    char err[512];
+    iisan_backend *be = iisan_backend_cpu(1);
+    iisan_dataset ds;
+    CHECK(dataset_build(&ds, s, c->n, min_len, err, sizeof err) == 0);
+    iisan_config cc = *c;
+    if (cc.kind == MODEL_SASREC_ID) cc.n_items = ds.n_items;
+    iisan_model *m = model_create(&cc, be, 64, 7, err, sizeof err);
+    CHECKF(m != NULL, "%s", err);
+    if (!m) return;
+    store_reader *r;
+    CHECK(store_reader_begin(s, &r) == 0);
+    iisan_states st = {get, r};
+    iisan_train_config tc;
+    train_config_default(&tc);
+    int32_t seqs[64 * 11];
+    for (int step = 0; step < 5; step++) { /* a few steps so that nothing is at its init */
+        for (int u = 0; u < 64; u++)
+            dataset_sequence(&ds, u % ds.n_users, SPLIT_TRAIN, seqs + u * (c->n + 1), NULL);
+        model_loss_grad(m, seqs, 64, ds.logpop, ds.item_cat, &st, 1, (uint64_t)step);
+        model_adam(m, 1e-2f, 1e-2f, 0.9f, 0.999f, 1e-8f);
+    }
+    iisan_ckpt ck = {0};
+    ck.c = cc;
+    ck.min_len = min_len;
+    ck.n_cat = (uint32_t)ds.n_items + 1;
+    ck.item_cat = ds.item_cat;
+    ck.nparams = m->pt.total;
+    ck.params = m->w;
+    size_t len;
+    void *blob = ckpt_encode(&ck, &len);
+    uint32_t ver = 0;
+    CHECK(blob && store_ckpt_put(s, blob, len, "{\"model\":\"test\"}", &ver) == 0);
+    free(blob);
+    /* the reference: full model, every item */
+    const int N = ds.n_items, d = c->d, n = c->n;
+    float *all = malloc((size_t)(N + 1) * d * sizeof *all);
+    model_item_embeddings(m, N, ds.item_cat, &st, all);
+    store_reader_end(r);
+    infer_options opt = {2, 60, 60};
+    infer_model *im = NULL;
+    int rc = infer_load(s, 0, be, &opt, &im, err, sizeof err);
+    CHECKF(rc == 0, "%s", err);
+    if (rc) {
+        free(all);
+        model_destroy(m);
+        dataset_free(&ds);
+        be->destroy(be);
+        return;
+    }
+    infer_info in;
+    infer_get_info(im, &in);
+    CHECK(in.version == ver && in.n_items == N && in.contexts == 2 && in.max_k == 60);
+    int agree = 1, tested = 0;
+    float maxdiff = 0;
+    for (int u = 0; u < ds.n_users && u < 30; u++) {
+        int32_t in_seq[16], tgt, hist[16];
+        int nh = dataset_sequence(&ds, u, SPLIT_TEST, in_seq, &tgt);
+        for (int j = 0; j < nh; j++)
+            hist[j] = in_seq[n - nh + j];
+        int in_idx[16];
+        float mask[16];
+        for (int j = 0; j < n; j++) {
+            in_idx[j] = in_seq[j];
+            mask[j] = in_seq[j] != 0;
+        }
+        seq_forward(m, all, in_idx, mask, 1, 0, 0);
+        const float *o = seq_output(m) + (size_t)(n - 1) * d;
+        /* reference top-10 excluding the history */
+        int ref[10];
+        float refs[10];
+        for (int t = 0; t < 10; t++) {
+            ref[t] = -1;
+            refs[t] = -INFINITY;
+        }
+        for (int i = 1; i <= N; i++) {
+            int excluded = 0;
+            for (int j = 0; j < nh; j++)
+                excluded |= hist[j] == i;
+            if (excluded) continue;
+            float sc = 0;
+            for (int q = 0; q < d; q++)
+                sc += o[q] * all[(size_t)i * d + q];
+            for (int t = 0; t < 10; t++)
+                if (sc > refs[t]) {
+                    memmove(ref + t + 1, ref + t, (size_t)(9 - t) * sizeof *ref);
+                    memmove(refs + t + 1, refs + t, (size_t)(9 - t) * sizeof *refs);
+                    ref[t] = i;
+                    refs[t] = sc;
+                    break;
+                }
+        }
+        int32_t oi[10];
+        float os[10];
+        /* the model's indexes of the checkpoint are those of the dataset */
+        int cnt = infer_recommend(im, hist, nh, hist, nh, 10, oi, os);
+        CHECK(cnt == (N - nh < 10 ? N - nh : 10) || cnt == 10);
+        for (int t = 0; t < cnt && t < 10; t++) {
+            float diff = fabsf(os[t] - refs[t]);
+            if (diff > maxdiff) maxdiff = diff;
+            /* near-ties may swap order: compare scores, and ids where the gap is clear */
+            if (oi[t] != ref[t] && (t + 1 >= 10 || fabsf(refs[t] - refs[t + 1]) > 1e-4f)) agree = 0;
+        }
+        tested++;
+    }
+    CHECKF(agree && maxdiff < 1e-4f, "kind %d: top-10 differs (max score diff %g)", c->kind,
+           maxdiff);
+    CHECK(tested > 0);
+    /* id maps */
+    CHECK(infer_lookup(im, infer_item_id(im, 1)) == 1);
+    CHECK(infer_lookup(im, "no-such-id") == 0);
+    CHECK(infer_lookup_cat(im, ds.item_cat[N]) == N);
+    /* popularity: counts of the training parts, descending, excluded skipped */
+    int32_t pi[5];
+    float ps[5];
+    int pc = infer_popular(im, NULL, 0, 5, pi, ps);
+    CHECK(pc == 5 && ps[0] >= ps[1] && ps[1] >= ps[4]);
+    CHECK(ps[0] == (float)ds.pop_count[pi[0]]);
+    int32_t ex[1] = {pi[0]};
+    int32_t pj[5];
+    CHECK(infer_popular(im, ex, 1, 5, pj, ps) == 5 && pj[0] == pi[1]);
+    /* a banned item is never returned, by the model or by popularity */
+    int32_t oi[60];
+    float os[60];
+    int32_t h1[1] = {1};
+    int full = infer_recommend(im, h1, 1, NULL, 0, N, oi, os);
+    CHECK(full == N);
+    int victim = oi[0];
+    infer_ban(im, victim, 1);
+    infer_ban(im, victim, 1); /* idempotent */
+    CHECK(infer_banned_count(im) == 1);
+    int after = infer_recommend(im, h1, 1, NULL, 0, N, oi, os);
+    int seen = 0;
+    for (int t = 0; t < after; t++)
+        seen |= oi[t] == victim;
+    CHECK(after == N - 1 && !seen);
+    after = infer_popular(im, NULL, 0, N, oi, os);
+    seen = 0;
+    for (int t = 0; t < after; t++)
+        seen |= oi[t] == victim;
+    CHECK(after == N - 1 && !seen);
+    infer_ban(im, victim, 0);
+    CHECK(infer_banned_count(im) == 0 && infer_recommend(im, h1, 1, NULL, 0, N, oi, os) == N);
+    /* capacity limits */
+    CHECK(infer_recommend(im, pi, 1, NULL, 0, 61, pj, ps) == -1);
+    infer_release(im);
+    free(all);
+    model_destroy(m);
+    dataset_free(&ds);
+    be->destroy(be);
+}
+
+static void test_infer(void) {
+    char dir[] = "/tmp/iisan-inf-XXXXXX", path[96], err[512];
+    CHECK(mkdtemp(dir) != NULL);
+    iisan_store *s = NULL;
+    CHECK(store_open(&s, dir, 1, err, sizeof err) == 0);
+    snprintf(path, sizeof path, "%s/items.tsv", dir);
+    FILE *f = fopen(path, "w");
+    for (int i = 0; i < 60; i++)
+        fprintf(f, "item-%d\tTitle %d\n", i, i);
+    fclose(f);
+    snprintf(path, sizeof path, "%s/users.tsv", dir);
+    f = fopen(path, "w");
+    for (int u = 0; u < 80; u++) {
+        fprintf(f, "user%d\t", u);
+        int len = 5 + (int)(iisan_rng_u64(9, (uint64_t)u) % 8);
+        for (int j = 0; j < len; j++)
+            fprintf(f, "%sitem-%d", j ? " " : "",
+                    (int)(iisan_rng_u64(11, (uint64_t)u * 64 + j) % 60));
+        fprintf(f, "\n");
+    }
+    fclose(f);
+    snprintf(path, sizeof path, "%s/items.tsv", dir);
+    CHECK(store_import_items(s, path, NULL, NULL, err, sizeof err) == 0);
+    snprintf(path, sizeof path, "%s/users.tsv", dir);
+    CHECKF(store_import_users(s, path, 0, NULL, NULL, err, sizeof err) == 0, "%s", err);
+    const int NS = 5, D = 16;
+    uint16_t *buf = malloc(60 * NS * D * sizeof *buf);
+    uint32_t idx[60];
+    for (int mod = 0; mod < 2; mod++) {
+        for (int i = 0; i < 60; i++) {
+            idx[i] = (uint32_t)i + 1;
+            for (int e = 0; e < NS * D; e++)
+                buf[i * NS * D + e] =
+                    iisan_float_to_half(iisan_rng_normal(mod + 3, (uint64_t)i * NS * D + e));
+        }
+        CHECK(store_put_states(s, mod, "unit", NS, D, 60, idx, buf, err, sizeof err) == 0);
+    }
+    free(buf);
+    CHECK(infer_load(s, 0, NULL, &(infer_options){1, 10, 10}, &(infer_model *){NULL}, err,
+                     sizeof err) == IISAN_ENOTFOUND);
+    iisan_config c;
+    config_default(&c);
+    c.D = D;
+    c.nstates = NS;
+    c.r = 4;
+    c.d = 8;
+    CHECK(config_set_schedule(&c, "0,2,4", err, sizeof err) == 0);
+    check_infer(s, &c, 5);
+    config_default(&c);
+    c.kind = MODEL_SASREC_ID;
+    c.d = 16;
+    check_infer(s, &c, 5);
+    store_close(s);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CHECK(system(cmd) == 0);
+}
+
+int main(int argc, char **argv) {
+    TEST_MAIN_BEGIN(argc, argv);
+    RUN(test_request_parse);
+    RUN(test_config);
+    RUN(test_interactions);
+    RUN(test_infer);
+    TEST_MAIN_END();
+}
