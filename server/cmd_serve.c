@@ -249,6 +249,7 @@ static void reload(const args *a) {
         serve_config_release(old);
         serve_config_set(&nc);
         writer_set_batch(g_srv.writer, nc.commit_batch);
+        scheduler_wake(); /* retrain_every_min / retrain_after may have changed */
         log_event("info", "config_reloaded", "file=%s ignored=%s",
                   log_q(a->config ? a->config : "", b, sizeof b), *ignored ? ignored : "-");
         if (resize) { /* the contexts are sized by the limits */
@@ -334,6 +335,10 @@ int cmd_serve(int argc, char **argv) {
         log_event("error", "writer_failed", "message=\"cannot start the writer thread\"");
         goto out;
     }
+    if (scheduler_start()) {
+        log_event("error", "scheduler_failed", "message=\"cannot start the scheduler thread\"");
+        goto out;
+    }
     d = http_start(&cfg, err, sizeof err);
     if (!d) {
         log_event("error", "listen_failed", "error=%s", log_q(err, b, sizeof b));
@@ -370,6 +375,7 @@ int cmd_serve(int argc, char **argv) {
     MHD_stop_daemon(d);
     d = NULL;
     if (lfd != MHD_INVALID_SOCKET) close(lfd);
+    scheduler_stop(); /* starts no job from here on */
     if (admin_wait_trainer(2.0)) {
         /* training cannot be interrupted between epochs: leave it to the exit */
         log_event("warn", "stopped", "in_flight_at_deadline=%ld job_abandoned=true", left);
@@ -379,6 +385,7 @@ int cmd_serve(int argc, char **argv) {
     rc = 0;
 out:
     if (d) MHD_stop_daemon(d);
+    scheduler_stop();
     if (g_srv.writer) writer_stop(g_srv.writer);
     g_srv.writer = NULL;
     serve_model_set(NULL);

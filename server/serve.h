@@ -39,6 +39,8 @@ typedef struct {
     long shutdown_timeout_s;
     long log_requests;
     char admin_token[256];
+    long retrain_every_min; /* 0 = no scheduled retraining */
+    long retrain_after;     /* 0 = no retraining by logged interactions */
 } serve_config;
 
 enum { CFG_INT, CFG_STR, CFG_BOOL };
@@ -164,7 +166,23 @@ void serve_apply_deleted(infer_model *m);
 
 /* starts a retraining job on a trainer thread: 0 with *job_id, or -1 when a
  * job is running (err says which) */
-int admin_retrain_start(const retrain_request *p, int *job_id, char *err, size_t errlen);
+int admin_retrain_start(const retrain_request *p, const char *trigger, int *job_id, char *err,
+                        size_t errlen);
+/* the latest job's id (0: none yet) and the interactions committed since the
+ * latest job started (or since startup) */
+int admin_last_job(void);
+long admin_interactions_since_run(void);
+
+/* the retraining scheduler: one thread that starts a job (trigger "schedule"
+ * or "interactions") when retrain_every_min minutes passed since the last
+ * job started, or retrain_after interactions were committed since then, and
+ * no job is running. scheduler_notify is called by the writer after a
+ * commit; scheduler_wake after a configuration reload; scheduler_stop joins
+ * the thread (safe when it never started). */
+int scheduler_start(void);
+void scheduler_notify(size_t committed);
+void scheduler_wake(void);
+void scheduler_stop(void);
 /* the job's JSON (new reference), NULL for an unknown id */
 json_t *admin_job_json(int id);
 /* serves version (0: the highest stored version below the current one) and

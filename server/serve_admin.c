@@ -26,7 +26,8 @@
 
 typedef struct {
     int id;
-    const char *state; /* queued, running, promoted, rejected, failed */
+    const char *state;   /* queued, running, promoted, rejected, failed */
+    const char *trigger; /* admin, schedule, interactions */
     retrain_request p;
     double created, started, finished; /* Unix seconds */
     uint32_t base_version, new_version;
@@ -41,6 +42,8 @@ static job jobs[MAX_JOBS];
 static int next_id = 1, running;
 static pthread_t trainer;
 static int trainer_joinable;
+static atomic_long since_run;     /* interactions committed since the last job started */
+static double last_run_mono = -1; /* serve_now() of the last job's start (-1: startup) */
 
 static double wall(void) {
     struct timespec ts;
@@ -75,6 +78,7 @@ json_t *admin_job_json(int id) {
         json_object_set_new(o, "best_valid_ndcg10", json_real(j->best_ndcg10));
         json_object_set_new(o, "users", json_integer(j->users));
         json_object_set_new(o, "items", json_integer(j->items));
+        json_object_set_new(o, "trigger", json_string(j->trigger ? j->trigger : "admin"));
     }
     pthread_mutex_unlock(&jobs_mu);
     return o;
@@ -350,7 +354,8 @@ out:
     return NULL;
 }
 
-int admin_retrain_start(const retrain_request *p, int *job_id, char *err, size_t errlen) {
+int admin_retrain_start(const retrain_request *p, const char *trigger, int *job_id, char *err,
+                        size_t errlen) {
     pthread_mutex_lock(&jobs_mu);
     if (running) {
         int rid = next_id - 1;
@@ -365,6 +370,7 @@ int admin_retrain_start(const retrain_request *p, int *job_id, char *err, size_t
     memset(j, 0, sizeof *j);
     j->id = id;
     j->state = "queued";
+    j->trigger = trigger;
     j->p = *p;
     j->created = wall();
     running = 1;
@@ -377,9 +383,112 @@ int admin_retrain_start(const retrain_request *p, int *job_id, char *err, size_t
         return -1;
     }
     trainer_joinable = 1;
+    atomic_store(&since_run, 0);
+    last_run_mono = serve_now();
     pthread_mutex_unlock(&jobs_mu);
+    log_event("info", "retrain_queued", "job=%d trigger=%s", id, trigger);
     *job_id = id;
     return 0;
+}
+
+int admin_last_job(void) {
+    pthread_mutex_lock(&jobs_mu);
+    int id = next_id - 1;
+    pthread_mutex_unlock(&jobs_mu);
+    return id;
+}
+
+long admin_interactions_since_run(void) { return atomic_load(&since_run); }
+
+/* ---------------- the retraining scheduler ---------------- */
+
+static pthread_mutex_t sched_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t sched_cv = PTHREAD_COND_INITIALIZER;
+static pthread_t sched_thread;
+static int sched_started, sched_stop, sched_kick;
+
+void scheduler_notify(size_t committed) {
+    atomic_fetch_add(&since_run, (long)committed);
+    scheduler_wake();
+}
+
+void scheduler_wake(void) {
+    pthread_mutex_lock(&sched_mu);
+    sched_kick = 1;
+    pthread_cond_signal(&sched_cv);
+    pthread_mutex_unlock(&sched_mu);
+}
+
+static void *scheduler_main(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&sched_mu);
+    double started = serve_now();
+    while (!sched_stop) {
+        sched_kick = 0;
+        const serve_config *c = serve_config_acquire();
+        long every = c->retrain_every_min, after = c->retrain_after;
+        serve_config_release(c);
+        pthread_mutex_lock(&jobs_mu);
+        int busy = running;
+        double last = last_run_mono >= 0 ? last_run_mono : started;
+        pthread_mutex_unlock(&jobs_mu);
+        double now = serve_now(), wait_s = 60.0;
+        const char *trigger = NULL;
+        long since = atomic_load(&since_run);
+        if (after > 0 && since >= after)
+            trigger = "interactions";
+        else if (every > 0 && now - last >= (double)every * 60.0)
+            trigger = "schedule";
+        else if (every > 0 && last + (double)every * 60.0 - now < wait_s)
+            wait_s = last + (double)every * 60.0 - now;
+        if (trigger && busy) {
+            wait_s = 1.0; /* a job runs: look again when it may have ended */
+        } else if (trigger && !atomic_load(&g_srv.stopping)) {
+            pthread_mutex_unlock(&sched_mu);
+            retrain_request p;
+            req_error e;
+            int id = 0;
+            char err[200];
+            retrain_request_parse("", 0, &p, &e); /* the defaults */
+            if (admin_retrain_start(&p, trigger, &id, err, sizeof err))
+                log_event("warn", "retrain_not_started", "trigger=%s error=%s", trigger,
+                          log_q(err, (char[300]){0}, 300));
+            else
+                log_event("info", "retrain_scheduled",
+                          "job=%d trigger=%s interactions_since_last_run=%ld", id, trigger, since);
+            pthread_mutex_lock(&sched_mu);
+            continue;
+        }
+        if (sched_stop || sched_kick) continue;
+        if (wait_s < 0.05) wait_s = 0.05;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        double frac = ts.tv_nsec * 1e-9 + wait_s;
+        ts.tv_sec += (time_t)frac;
+        ts.tv_nsec = (long)((frac - (double)(time_t)frac) * 1e9);
+        pthread_cond_timedwait(&sched_cv, &sched_mu, &ts);
+    }
+    pthread_mutex_unlock(&sched_mu);
+    return NULL;
+}
+
+int scheduler_start(void) {
+    pthread_mutex_lock(&sched_mu);
+    sched_stop = 0;
+    int rc = pthread_create(&sched_thread, NULL, scheduler_main, NULL) ? -1 : 0;
+    sched_started = rc == 0;
+    pthread_mutex_unlock(&sched_mu);
+    return rc;
+}
+
+void scheduler_stop(void) {
+    pthread_mutex_lock(&sched_mu);
+    int was = sched_started;
+    sched_started = 0;
+    sched_stop = 1;
+    pthread_cond_signal(&sched_cv);
+    pthread_mutex_unlock(&sched_mu);
+    if (was) pthread_join(sched_thread, NULL);
 }
 
 int admin_wait_trainer(double seconds) {

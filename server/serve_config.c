@@ -48,6 +48,11 @@ const serve_option serve_options[] = {
      "one log line per request"},
     {"admin_token", CFG_STR, OPT(admin_token), SZ(admin_token), "", 0, 0, "IISAN_ADMIN_TOKEN", 1,
      "bearer token of /admin/*; empty disables them (never logged)"},
+    {"retrain_every_min", CFG_INT, OPT(retrain_every_min), 0, "0", 0, 525600,
+     "IISAN_RETRAIN_EVERY_MIN", 1,
+     "minutes between scheduled retraining jobs, counted from the last job's start (0 = off)"},
+    {"retrain_after", CFG_INT, OPT(retrain_after), 0, "0", 0, 1000000000, "IISAN_RETRAIN_AFTER", 1,
+     "start a retraining job once this many interactions were logged since the last (0 = off)"},
 };
 const int serve_noptions = (int)(sizeof serve_options / sizeof serve_options[0]);
 

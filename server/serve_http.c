@@ -228,6 +228,11 @@ static enum MHD_Result do_admin_status(req_ctx *r, const serve_config *cfg) {
                           "in_flight", (json_int_t)atomic_load(&g_srv.in_flight),
                           "pending_interactions", (json_int_t)writer_pending(g_srv.writer),
                           "uptime_s", serve_now() - g_srv.started, "backend", g_srv.be->name);
+    json_object_set_new(j, "interactions_since_last_run",
+                        json_integer((json_int_t)admin_interactions_since_run()));
+    int last = admin_last_job();
+    json_t *lj = last ? admin_job_json(last) : NULL;
+    json_object_set_new(j, "last_job", lj ? lj : json_null());
     if (m) infer_release(m);
     return send_json(r, 200, j);
 }
@@ -569,7 +574,7 @@ static enum MHD_Result do_retrain(req_ctx *r) {
     if (retrain_request_parse(r->body ? r->body : "", r->len, &p, &e)) return send_req_error(r, &e);
     int id;
     char err[200];
-    if (admin_retrain_start(&p, &id, err, sizeof err))
+    if (admin_retrain_start(&p, "admin", &id, err, sizeof err))
         return send_error(r, 409, "job_running", NULL, "%s", err);
     return send_json(r, 202, json_pack("{s:i,s:s}", "job_id", id, "state", "queued"));
 }

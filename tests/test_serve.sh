@@ -390,6 +390,65 @@ else # the stop came before the request was accepted: nothing may be half-stored
 fi
 stop
 
+# ---- scheduled retraining: retrain_after interactions start a job, serving goes on ----
+jget() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$T/body" "$1"; }
+start --retrain-after 6 || exit 1
+req GET /admin/status '' "${AUTH[@]}"; status 200 "admin status with the scheduler"
+jcheck "d['config']['retrain_after'] == 6 and d['config']['retrain_every_min'] == 0 and d['interactions_since_last_run'] == 0 and d['last_job'] is None" "scheduler settings and counter in /admin/status"
+req GET /healthz; sbase=$(jget "d['model_version']")
+req POST /interactions '[{"user_id":"sched","item_id":"I001"},{"user_id":"sched","item_id":"I002"},{"user_id":"sched","item_id":"I003"}]'
+status 200 "3 interactions (below retrain_after)"
+sleep 0.3
+req GET /admin/status '' "${AUTH[@]}"
+jcheck "d['interactions_since_last_run'] == 3 and d['last_job'] is None" "3 of 6: no job yet"
+# 4 concurrent /recommend clients for 4 s; the job starts 0.3 s in and runs meanwhile
+BURST=(); bt0=$(date +%s)
+for w in 1 2 3 4; do
+  ( end=$((SECONDS + 4)); while [ "$SECONDS" -lt "$end" ]; do
+      curl -s -o /dev/null -m 10 -w '%{http_code}\n' -X POST \
+        --data-binary '{"history":["I001","I002","I003"],"k":5}' "$B/recommend"
+    done >"$T/burst$w" ) &
+  BURST+=($!)
+done
+sleep 0.3
+req POST /interactions '[{"user_id":"sched","item_id":"I004"},{"user_id":"sched","item_id":"I005"},{"user_id":"sched","item_id":"I006"}]'
+status 200 "3 more interactions (retrain_after reached)"
+sleep 0.2
+req GET /admin/status '' "${AUTH[@]}"
+echo "    scheduled job during the burst: $(jget "d['last_job'] and (d['last_job']['trigger'], d['last_job']['state'])")" >&2
+for p in "${BURST[@]}"; do wait "$p"; done
+bt1=$(date +%s)
+cat "$T"/burst[1-4] >"$T/burst"
+nb=$(wc -l <"$T/burst"); nb200=$(grep -c '^200$' "$T/burst")
+[ "$nb" -ge 8 ] && [ "$nb" = "$nb200" ] && ok || bad "burst during retraining: $nb200 of $nb were 200: $(sort "$T/burst" | uniq -c)"
+echo "    $nb /recommend requests during the scheduled retrain, all 200" >&2
+for _ in $(seq 1 1200); do
+  req GET /admin/status '' "${AUTH[@]}"
+  python3 -c 'import json,sys; j=json.load(open(sys.argv[1]))["last_job"]; sys.exit(0 if j and j["state"] in ("promoted","rejected","failed") else 1)' "$T/body" && break
+  sleep 0.1
+done
+jcheck "d['last_job'] and d['last_job']['trigger'] == 'interactions' and d['last_job']['state'] in ('promoted','rejected')" "a job with trigger interactions ran to the end"
+jcheck "d['last_job']['base_version'] == $sbase and d['interactions_since_last_run'] == 0" "the job started from the served version; the counter restarted"
+jcheck "$bt0 <= d['last_job']['started'] <= $bt1" "the scheduled job started during the /recommend burst"
+sjob=$(jget "d['last_job']['job_id']")
+req GET "/admin/jobs/$sjob" '' "${AUTH[@]}"; status 200 "the scheduled job in /admin/jobs"
+jcheck "d['trigger'] == 'interactions' and (d['new_version'] is None) == (d['state'] == 'rejected')" "job JSON carries the trigger"
+if [ "$(jget "d['state']")" = promoted ]; then
+  want=$(jget "d['new_version']"); jcheck "d['new_version'] > d['base_version']" "promoted: a new version"
+else
+  want=$sbase
+fi
+req GET /healthz; jcheck "d['model_version'] == $want" "served version follows the scheduled job ($want)"
+grep -q "event=retrain_scheduled job=$sjob trigger=interactions" "$LOG" && ok || bad "retrain_scheduled logged"
+# both settings reload on SIGHUP (and the stop below joins the scheduler)
+echo "retrain_every_min = 30" >>"$T/serve.conf"
+kill -HUP "$PID"
+for _ in $(seq 1 100); do grep -q 'event=config_reloaded' "$LOG" && break; sleep 0.05; done
+grep -q 'event=config_reloaded.*ignored=-' "$LOG" && ok || bad "retrain_every_min reloads"
+req GET /admin/status '' "${AUTH[@]}"; jcheck "d['config']['retrain_every_min'] == 30" "retrain_every_min after SIGHUP"
+sed -i '/^retrain_every_min = 30$/d' "$T/serve.conf"
+stop; [ "$STOP_RC" = 0 ] && ok || bad "stop with the scheduler: exit $STOP_RC"
+
 # ---- the OpenAPI file lists every route the daemon serves ----
 for r in /recommend /interactions '/users/{user_id}' /items '/items/{item_id}' /healthz /metrics \
   /admin/status /admin/reload /admin/retrain '/admin/jobs/{job_id}' /admin/rollback; do

@@ -140,6 +140,18 @@ static void test_config(void) {
           strstr(err, "IISAN_PORT"));
     unsetenv("IISAN_PORT");
     CHECK(serve_option_find("max_body_bytes") == serve_option_find("max-body-bytes"));
+    /* the retraining scheduler's settings: off by default, reloadable, bounded */
+    CHECK(serve_config_build(&c, NULL, 0, NULL, NULL, err, sizeof err) == 0 &&
+          c.retrain_every_min == 0 && c.retrain_after == 0);
+    CHECK(serve_option_find("retrain-every-min") &&
+          serve_option_find("retrain-every-min")->reloadable &&
+          serve_option_find("retrain-after") && serve_option_find("retrain-after")->reloadable);
+    const char *rn[] = {"retrain-every-min", "retrain-after"}, *rv[] = {"15", "500"};
+    CHECK(serve_config_build(&c, NULL, 2, rn, rv, err, sizeof err) == 0 &&
+          c.retrain_every_min == 15 && c.retrain_after == 500);
+    const char *rbad[] = {"-1"};
+    CHECK(serve_config_build(&c, NULL, 1, rn + 1, rbad, err, sizeof err) == -1 &&
+          strstr(err, "retrain_after"));
     remove(path);
     remove(dir);
 }
