@@ -65,8 +65,8 @@ static void rows_forward(iisan_model *m, int t, int r0, int R, int off) {
             prev = ws->h0 + o;
         }
         for (int k = 0; k < c->K; k++) {
-            be->gate_fwd(be, ws->in[k] + o, prev, m->xs[MOD_IMAGE][k] + o,
-                         m->xs[MOD_TEXT][k] + o, w->gate + k, c->gate_temp, RD);
+            be->gate_fwd(be, ws->in[k] + o, prev, m->xs[MOD_IMAGE][k] + o, m->xs[MOD_TEXT][k] + o,
+                         w->gate + k, c->gate_temp, RD);
             block_forward(m, &w->blk[k], ws, k, r0, R);
             prev = ws->h[k] + o;
         }
@@ -153,8 +153,8 @@ static void rows_backward(iisan_model *m, int t, int r0, int R, int off) {
         } else {
             const float *prev =
                 k > 0 ? ws->h[k - 1] + o : (c->remove_first ? m->x0[mod] + o : NULL);
-            be->gate_bwd(be, NULL, k > 0 ? other : NULL, g->gate + k, cur, m->xs[mod][k] + o,
-                         prev, w->gate + k, c->gate_temp, RD);
+            be->gate_bwd(be, NULL, k > 0 ? other : NULL, g->gate + k, cur, m->xs[mod][k] + o, prev,
+                         w->gate + k, c->gate_temp, RD);
             float *tmp = cur;
             cur = other;
             other = tmp;
