@@ -57,31 +57,19 @@ struct bert_encoder {
     int *idx_host;      /* [R] */
 };
 
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
-
 /* ---- config.json ---- */
 
 static int json_int_field(json_t *o, const char *key, int def, int lo, int hi, int *out,
                           const char *path, char *err, size_t errlen) {
     json_t *v = json_object_get(o, key);
     if (!v) {
-        if (def < 0) return fail(err, errlen, IISAN_EFORMAT, "%s: no \"%s\"", path, key);
+        if (def < 0) return iisan_fail(err, errlen, IISAN_EFORMAT, "%s: no \"%s\"", path, key);
         *out = def;
         return 0;
     }
     if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
-        return fail(err, errlen, IISAN_EFORMAT, "%s: \"%s\" must be an integer in %d..%d", path,
-                    key, lo, hi);
+        return iisan_fail(err, errlen, IISAN_EFORMAT, "%s: \"%s\" must be an integer in %d..%d",
+                          path, key, lo, hi);
     *out = (int)json_integer_value(v);
     return 0;
 }
@@ -91,13 +79,13 @@ static int read_config(bert_config *c, const char *path, char *err, size_t errle
     json_t *o = json_load_file(path, 0, &je);
     if (!o) {
         FILE *f = fopen(path, "rb");
-        if (!f) return fail(err, errlen, IISAN_EIO, "%s: %s", path, strerror(errno));
+        if (!f) return iisan_fail(err, errlen, IISAN_EIO, "%s: %s", path, strerror(errno));
         fclose(f);
-        return fail(err, errlen, IISAN_EFORMAT, "%s:%d: %s", path, je.line, je.text);
+        return iisan_fail(err, errlen, IISAN_EFORMAT, "%s:%d: %s", path, je.line, je.text);
     }
     int rc = IISAN_EFORMAT;
     if (!json_is_object(o)) {
-        fail(err, errlen, rc, "%s: not a JSON object", path);
+        iisan_fail(err, errlen, rc, "%s: not a JSON object", path);
         goto out;
     }
     memset(c, 0, sizeof *c);
@@ -112,15 +100,16 @@ static int read_config(bert_config *c, const char *path, char *err, size_t errle
         json_int_field(o, "vocab_size", -1, 1, 1 << 24, &c->vocab, path, err, errlen))
         goto out;
     if (c->hidden % c->heads) {
-        fail(err, errlen, rc, "%s: hidden_size %d is not a multiple of num_attention_heads %d",
-             path, c->hidden, c->heads);
+        iisan_fail(err, errlen, rc,
+                   "%s: hidden_size %d is not a multiple of num_attention_heads %d", path,
+                   c->hidden, c->heads);
         goto out;
     }
     json_t *v = json_object_get(o, "layer_norm_eps");
     c->ln_eps = 1e-12f;
     if (v) {
         if (!json_is_number(v) || !(json_number_value(v) > 0)) {
-            fail(err, errlen, rc, "%s: \"layer_norm_eps\" must be a positive number", path);
+            iisan_fail(err, errlen, rc, "%s: \"layer_norm_eps\" must be a positive number", path);
             goto out;
         }
         c->ln_eps = (float)json_number_value(v);
@@ -132,22 +121,22 @@ static int read_config(bert_config *c, const char *path, char *err, size_t errle
     else if (act && !strcmp(act, "relu"))
         c->act = IISAN_ACT_RELU;
     else {
-        fail(err, errlen, rc, "%s: hidden_act %s is not supported (\"gelu\" or \"relu\")", path,
-             act ? act : "(not a string)");
+        iisan_fail(err, errlen, rc, "%s: hidden_act %s is not supported (\"gelu\" or \"relu\")",
+                   path, act ? act : "(not a string)");
         goto out;
     }
     v = json_object_get(o, "model_type");
     if (v && (!json_is_string(v) || strcmp(json_string_value(v), "bert"))) {
-        fail(err, errlen, rc, "%s: model_type %s is not supported (only \"bert\")", path,
-             json_is_string(v) ? json_string_value(v) : "(not a string)");
+        iisan_fail(err, errlen, rc, "%s: model_type %s is not supported (only \"bert\")", path,
+                   json_is_string(v) ? json_string_value(v) : "(not a string)");
         goto out;
     }
     v = json_object_get(o, "position_embedding_type");
     if (v && (!json_is_string(v) || strcmp(json_string_value(v), "absolute"))) {
-        fail(err, errlen, rc,
-             "%s: position_embedding_type %s is not supported (only "
-             "\"absolute\")",
-             path, json_is_string(v) ? json_string_value(v) : "(not a string)");
+        iisan_fail(err, errlen, rc,
+                   "%s: position_embedding_type %s is not supported (only "
+                   "\"absolute\")",
+                   path, json_is_string(v) ? json_string_value(v) : "(not a string)");
         goto out;
     }
     v = json_object_get(o, "_name_or_path");
@@ -194,7 +183,8 @@ static int load_tensor(loader *ld, iisan_backend *be, float *dst, const char *na
                        int cols, int rows_keep, char *err, size_t errlen) {
     const st_tensor *t = find_tensor(ld, name);
     if (!t)
-        return fail(err, errlen, IISAN_EFORMAT, "%s: no tensor %s%s", ld->path, ld->prefix, name);
+        return iisan_fail(err, errlen, IISAN_EFORMAT, "%s: no tensor %s%s", ld->path, ld->prefix,
+                          name);
     int ok = rows ? (t->ndim == 2 && t->shape[0] == rows && t->shape[1] == cols)
                   : (t->ndim == 1 && t->shape[0] == cols);
     if (!ok) {
@@ -204,31 +194,16 @@ static int load_tensor(loader *ld, iisan_backend *be, float *dst, const char *na
             o += (size_t)snprintf(shape + o, sizeof shape - o, "%s%lld", d ? ", " : "",
                                   (long long)t->shape[d]);
         if (rows)
-            return fail(err, errlen, IISAN_EFORMAT, "%s: %s has shape [%s], config wants [%d, %d]",
-                        ld->path, t->name, shape, rows, cols);
-        return fail(err, errlen, IISAN_EFORMAT, "%s: %s has shape [%s], config wants [%d]",
-                    ld->path, t->name, shape, cols);
+            return iisan_fail(err, errlen, IISAN_EFORMAT,
+                              "%s: %s has shape [%s], config wants [%d, %d]", ld->path, t->name,
+                              shape, rows, cols);
+        return iisan_fail(err, errlen, IISAN_EFORMAT, "%s: %s has shape [%s], config wants [%d]",
+                          ld->path, t->name, shape, cols);
     }
     size_t n = (size_t)(rows ? rows : 1) * (size_t)cols;
-    if (t->dtype == ST_F32) {
-        memcpy(ld->host, t->data, n * 4);
-    } else if (t->dtype == ST_F16 || t->dtype == ST_BF16) {
-        const unsigned char *p = t->data;
-        for (size_t i = 0; i < n; i++) {
-            uint16_t u;
-            memcpy(&u, p + 2 * i, 2);
-            ld->host[i] = t->dtype == ST_F16 ? iisan_half_to_float(u)
-                                             : iisan_f32_from_bits((uint32_t)u << 16);
-        }
-    } else {
-        return fail(err, errlen, IISAN_EFORMAT, "%s: %s is %s (F32, F16 or BF16 wanted)", ld->path,
-                    t->name, st_dtype_name(t->dtype));
-    }
+    int rc = st_read_f32(t, ld->host, ld->path, err, errlen);
+    if (rc) return rc;
     snprintf(ld->dtype, sizeof ld->dtype, "%s", st_dtype_name(t->dtype));
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(ld->host[i]))
-            return fail(err, errlen, IISAN_EFORMAT, "%s: %s holds a non-finite value", ld->path,
-                        t->name);
     size_t keep = rows_keep < 0 ? n : (size_t)rows_keep * (size_t)cols;
     if (dst) be->upload(be, dst, ld->host, keep * sizeof(float));
     return 0;
@@ -285,8 +260,8 @@ static int load_weights(bert_encoder *e, const char *path, char *err, size_t err
     e->n_params = layout_params(e, NULL);
     e->params = be->alloc(be, e->n_params * sizeof(float));
     if (!ld.host || !pos || !e->params) {
-        rc = fail(err, errlen, IISAN_ENOMEM, "%s: out of memory for %zu parameters", path,
-                  e->n_params);
+        rc = iisan_fail(err, errlen, IISAN_ENOMEM, "%s: out of memory for %zu parameters", path,
+                        e->n_params);
         goto out;
     }
     layout_params(e, e->params);
@@ -385,10 +360,10 @@ int bert_load(bert_encoder **out, iisan_backend *be, const char *model_dir, int 
               int max_len, char *err, size_t errlen) {
     *out = NULL;
     if (max_batch < 1 || max_batch > 65536 || max_len < 2)
-        return fail(err, errlen, IISAN_EINVAL, "bert_load: max_batch %d / max_len %d out of range",
-                    max_batch, max_len);
+        return iisan_fail(err, errlen, IISAN_EINVAL,
+                          "bert_load: max_batch %d / max_len %d out of range", max_batch, max_len);
     bert_encoder *e = calloc(1, sizeof *e);
-    if (!e) return fail(err, errlen, IISAN_ENOMEM, "%s: out of memory", model_dir);
+    if (!e) return iisan_fail(err, errlen, IISAN_ENOMEM, "%s: out of memory", model_dir);
     e->be = be;
     e->max_batch = max_batch;
     e->max_len = max_len;
@@ -396,26 +371,28 @@ int bert_load(bert_encoder **out, iisan_backend *be, const char *model_dir, int 
     char *path = malloc(plen);
     int rc = IISAN_ENOMEM;
     if (!path) {
-        fail(err, errlen, rc, "%s: out of memory", model_dir);
+        iisan_fail(err, errlen, rc, "%s: out of memory", model_dir);
         goto bad;
     }
     snprintf(path, plen, "%s/config.json", model_dir);
     if ((rc = read_config(&e->cfg, path, err, errlen))) goto bad;
     if (max_len > e->cfg.max_pos) {
-        rc = fail(err, errlen, IISAN_EINVAL, "%s: max length %d exceeds max_position_embeddings %d",
-                  path, max_len, e->cfg.max_pos);
+        rc = iisan_fail(err, errlen, IISAN_EINVAL,
+                        "%s: max length %d exceeds max_position_embeddings %d", path, max_len,
+                        e->cfg.max_pos);
         goto bad;
     }
     snprintf(path, plen, "%s/vocab.txt", model_dir);
     if ((rc = wp_load(&e->vocab, path, err, errlen))) goto bad;
     if (wp_size(e->vocab) > e->cfg.vocab) {
-        rc = fail(err, errlen, IISAN_EFORMAT, "%s: %d tokens, but the model's vocab_size is %d",
-                  path, wp_size(e->vocab), e->cfg.vocab);
+        rc = iisan_fail(err, errlen, IISAN_EFORMAT,
+                        "%s: %d tokens, but the model's vocab_size is %d", path, wp_size(e->vocab),
+                        e->cfg.vocab);
         goto bad;
     }
     e->layer = calloc((size_t)e->cfg.layers, sizeof *e->layer);
     if (!e->layer) {
-        rc = fail(err, errlen, IISAN_ENOMEM, "%s: out of memory", model_dir);
+        rc = iisan_fail(err, errlen, IISAN_ENOMEM, "%s: out of memory", model_dir);
         goto bad;
     }
     snprintf(path, plen, "%s/model.safetensors", model_dir);
@@ -426,20 +403,21 @@ int bert_load(bert_encoder **out, iisan_backend *be, const char *model_dir, int 
         FILE *g = fopen(bin, "rb");
         if (g) {
             fclose(g);
-            rc = fail(err, errlen, IISAN_EIO,
-                      "%s: missing; the directory has only pytorch_model.bin: convert it with "
-                      "deploy/convert-to-safetensors.py (docs/encoders.md)",
-                      path);
+            rc =
+                iisan_fail(err, errlen, IISAN_EIO,
+                           "%s: missing; the directory has only pytorch_model.bin: convert it with "
+                           "deploy/convert-to-safetensors.py (docs/encoders.md)",
+                           path);
         } else {
-            rc = fail(err, errlen, IISAN_EIO, "%s: %s", path, strerror(errno));
+            rc = iisan_fail(err, errlen, IISAN_EIO, "%s: %s", path, strerror(errno));
         }
         goto bad;
     }
     fclose(f);
     if ((rc = load_weights(e, path, err, errlen))) goto bad;
     if (alloc_activations(e)) {
-        rc = fail(err, errlen, IISAN_ENOMEM, "%s: out of memory for batches of %d x %d", model_dir,
-                  max_batch, max_len);
+        rc = iisan_fail(err, errlen, IISAN_ENOMEM, "%s: out of memory for batches of %d x %d",
+                        model_dir, max_batch, max_len);
         goto bad;
     }
     free(path);

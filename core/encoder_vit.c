@@ -42,29 +42,17 @@ struct vit_encoder {
     int *idx_host;
 };
 
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
-
 static int get_int(json_t *o, const char *key, int def, int lo, int hi, int *out, const char *path,
                    char *err, size_t errlen) {
     json_t *v = json_object_get(o, key);
     if (!v) {
-        if (def < 0) return fail(err, errlen, IISAN_EFORMAT, "%s: no \"%s\"", path, key);
+        if (def < 0) return iisan_fail(err, errlen, IISAN_EFORMAT, "%s: no \"%s\"", path, key);
         *out = def;
         return 0;
     }
     if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
-        return fail(err, errlen, IISAN_EFORMAT, "%s: \"%s\" must be an integer in %d..%d", path,
-                    key, lo, hi);
+        return iisan_fail(err, errlen, IISAN_EFORMAT, "%s: \"%s\" must be an integer in %d..%d",
+                          path, key, lo, hi);
     *out = (int)json_integer_value(v);
     return 0;
 }
@@ -74,14 +62,14 @@ static int read_config(vit_config *c, const char *path, char *err, size_t errlen
     json_t *o = json_load_file(path, 0, &je);
     if (!o) {
         FILE *f = fopen(path, "rb");
-        if (!f) return fail(err, errlen, IISAN_EIO, "%s: %s", path, strerror(errno));
+        if (!f) return iisan_fail(err, errlen, IISAN_EIO, "%s: %s", path, strerror(errno));
         fclose(f);
-        return fail(err, errlen, IISAN_EFORMAT, "%s:%d: %s", path, je.line, je.text);
+        return iisan_fail(err, errlen, IISAN_EFORMAT, "%s:%d: %s", path, je.line, je.text);
     }
     int rc = IISAN_EFORMAT;
     memset(c, 0, sizeof *c);
     if (!json_is_object(o)) {
-        fail(err, errlen, rc, "%s: not a JSON object", path);
+        iisan_fail(err, errlen, rc, "%s: not a JSON object", path);
         goto out;
     }
     if (get_int(o, "num_hidden_layers", -1, 1, 256, &c->layers, path, err, errlen) ||
@@ -93,10 +81,10 @@ static int read_config(vit_config *c, const char *path, char *err, size_t errlen
         get_int(o, "num_channels", 3, 1, 64, &c->channels, path, err, errlen))
         goto out;
     if (c->hidden % c->heads || c->image_size % c->patch_size) {
-        fail(err, errlen, rc,
-             "%s: hidden_size %% num_attention_heads or image_size %% patch_size "
-             "is not 0",
-             path);
+        iisan_fail(err, errlen, rc,
+                   "%s: hidden_size %% num_attention_heads or image_size %% patch_size "
+                   "is not 0",
+                   path);
         goto out;
     }
     json_t *v = json_object_get(o, "layer_norm_eps");
@@ -108,16 +96,16 @@ static int read_config(vit_config *c, const char *path, char *err, size_t errlen
     else if (!strcmp(act, "relu"))
         c->act = IISAN_ACT_RELU;
     else {
-        fail(err, errlen, rc, "%s: hidden_act %s is not supported (\"gelu\" or \"relu\")", path,
-             act);
+        iisan_fail(err, errlen, rc, "%s: hidden_act %s is not supported (\"gelu\" or \"relu\")",
+                   path, act);
         goto out;
     }
     v = json_object_get(o, "qkv_bias");
     c->qkv_bias = !v || json_is_true(v);
     v = json_object_get(o, "model_type");
     if (v && (!json_is_string(v) || strcmp(json_string_value(v), "vit"))) {
-        fail(err, errlen, rc, "%s: model_type %s is not supported (only \"vit\")", path,
-             json_is_string(v) ? json_string_value(v) : "(not a string)");
+        iisan_fail(err, errlen, rc, "%s: model_type %s is not supported (only \"vit\")", path,
+                   json_is_string(v) ? json_string_value(v) : "(not a string)");
         goto out;
     }
     rc = 0;
@@ -140,7 +128,7 @@ static int load(loader *ld, iisan_backend *be, float *dst, const char *name, int
     char full[256];
     snprintf(full, sizeof full, "%s%s", ld->prefix, name);
     const st_tensor *t = st_find(ld->f, full);
-    if (!t) return fail(err, errlen, IISAN_EFORMAT, "%s: no tensor %s", ld->path, full);
+    if (!t) return iisan_fail(err, errlen, IISAN_EFORMAT, "%s: no tensor %s", ld->path, full);
     size_t n = 1;
     int ok = t->ndim == nd;
     for (int d = 0; d < nd; d++) {
@@ -152,23 +140,12 @@ static int load(loader *ld, iisan_backend *be, float *dst, const char *name, int
         size_t o = 0;
         for (int d = 0; d < nd && o < sizeof want - 24; d++)
             o += (size_t)snprintf(want + o, sizeof want - o, "%s%d", d ? ", " : "", dims[d]);
-        return fail(err, errlen, IISAN_EFORMAT, "%s: %s does not have the shape [%s] of the config",
-                    ld->path, full, want);
+        return iisan_fail(err, errlen, IISAN_EFORMAT,
+                          "%s: %s does not have the shape [%s] of the config", ld->path, full,
+                          want);
     }
-    if (t->dtype == ST_F32) {
-        memcpy(ld->host, t->data, n * 4);
-    } else if (t->dtype == ST_F16 || t->dtype == ST_BF16) {
-        const unsigned char *p = t->data;
-        for (size_t i = 0; i < n; i++) {
-            uint16_t u;
-            memcpy(&u, p + 2 * i, 2);
-            ld->host[i] = t->dtype == ST_F16 ? iisan_half_to_float(u)
-                                             : iisan_f32_from_bits((uint32_t)u << 16);
-        }
-    } else {
-        return fail(err, errlen, IISAN_EFORMAT, "%s: %s is %s (F32, F16 or BF16 wanted)", ld->path,
-                    full, st_dtype_name(t->dtype));
-    }
+    int rc = st_read_f32(t, ld->host, ld->path, err, errlen);
+    if (rc) return rc;
     snprintf(ld->dtype, sizeof ld->dtype, "%s", st_dtype_name(t->dtype));
     if (dst) be->upload(be, dst, ld->host, n * sizeof(float));
     return 0;
@@ -223,7 +200,7 @@ static int load_weights(vit_encoder *e, const char *path, char *err, size_t errl
     e->n_params = layout(e, NULL);
     e->params = be->alloc(be, e->n_params * sizeof(float));
     if (!ld.host || !e->params) {
-        rc = fail(err, errlen, IISAN_ENOMEM, "%s: out of memory", path);
+        rc = iisan_fail(err, errlen, IISAN_ENOMEM, "%s: out of memory", path);
         goto out;
     }
     layout(e, e->params);
@@ -313,7 +290,8 @@ int vit_load(vit_encoder **out, iisan_backend *be, const char *model_dir, int ma
              size_t errlen) {
     *out = NULL;
     if (max_batch < 1 || max_batch > 65536)
-        return fail(err, errlen, IISAN_EINVAL, "vit_load: max_batch %d out of range", max_batch);
+        return iisan_fail(err, errlen, IISAN_EINVAL, "vit_load: max_batch %d out of range",
+                          max_batch);
     vit_encoder *e = calloc(1, sizeof *e);
     size_t plen = strlen(model_dir) + 32;
     char *path = malloc(plen);
@@ -321,7 +299,7 @@ int vit_load(vit_encoder **out, iisan_backend *be, const char *model_dir, int ma
     if (!e || !path) {
         free(path);
         free(e);
-        return fail(err, errlen, rc, "%s: out of memory", model_dir);
+        return iisan_fail(err, errlen, rc, "%s: out of memory", model_dir);
     }
     e->be = be;
     e->max_batch = max_batch;
@@ -332,14 +310,14 @@ int vit_load(vit_encoder **out, iisan_backend *be, const char *model_dir, int ma
     e->T = e->np + 1;
     e->layer = calloc((size_t)e->cfg.layers, sizeof *e->layer);
     if (!e->layer) {
-        rc = fail(err, errlen, IISAN_ENOMEM, "%s: out of memory", model_dir);
+        rc = iisan_fail(err, errlen, IISAN_ENOMEM, "%s: out of memory", model_dir);
         goto bad;
     }
     snprintf(path, plen, "%s/model.safetensors", model_dir);
     if ((rc = load_weights(e, path, err, errlen))) goto bad;
     if (alloc_activations(e)) {
-        rc = fail(err, errlen, IISAN_ENOMEM, "%s: out of memory for batches of %d", model_dir,
-                  max_batch);
+        rc = iisan_fail(err, errlen, IISAN_ENOMEM, "%s: out of memory for batches of %d", model_dir,
+                        max_batch);
         goto bad;
     }
     free(path);

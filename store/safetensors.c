@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <limits.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "kernels/half.h"
 #include "store/store.h"
 
 #define ST_MAX_HEADER ((uint64_t)100 << 20)
@@ -43,16 +45,27 @@ size_t st_numel(const st_tensor *t) {
     return n;
 }
 
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...) {
-    if (err && errlen) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
+int st_read_f32(const st_tensor *t, float *dst, const char *path, char *err, size_t errlen) {
+    size_t n = st_numel(t);
+    if (t->dtype == ST_F32) {
+        memcpy(dst, t->data, n * 4);
+    } else if (t->dtype == ST_F16 || t->dtype == ST_BF16) {
+        const unsigned char *p = t->data;
+        for (size_t i = 0; i < n; i++) {
+            uint16_t u;
+            memcpy(&u, p + 2 * i, 2);
+            dst[i] = t->dtype == ST_F16 ? iisan_half_to_float(u)
+                                        : iisan_f32_from_bits((uint32_t)u << 16);
+        }
+    } else {
+        return iisan_fail(err, errlen, IISAN_EFORMAT, "%s: %s is %s (F32, F16 or BF16 wanted)",
+                          path, t->name, st_dtype_name(t->dtype));
     }
-    return code;
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(dst[i]))
+            return iisan_fail(err, errlen, IISAN_EFORMAT, "%s: %s holds a non-finite value", path,
+                              t->name);
+    return 0;
 }
 
 /* ---- reader ---- */
@@ -86,52 +99,56 @@ static char *arena_put(char **p, const char *s) {
 static int parse_tensor(st_tensor *t, const char *name, json_t *v, size_t dlen, uint64_t *begin,
                         uint64_t *end, const char *path, char *err, size_t errlen) {
     if (!json_is_object(v))
-        return fail(err, errlen, IISAN_EFORMAT, "%s: tensor '%s': entry is not a JSON object", path,
-                    name);
+        return iisan_fail(err, errlen, IISAN_EFORMAT, "%s: tensor '%s': entry is not a JSON object",
+                          path, name);
     json_t *jd = json_object_get(v, "dtype"), *js = json_object_get(v, "shape"),
            *jo = json_object_get(v, "data_offsets");
     if (!json_is_string(jd) || !json_is_array(js) || !json_is_array(jo))
-        return fail(err, errlen, IISAN_EFORMAT,
-                    "%s: tensor '%s': needs \"dtype\" (string), \"shape\" and \"data_offsets\" "
-                    "(arrays)",
-                    path, name);
+        return iisan_fail(
+            err, errlen, IISAN_EFORMAT,
+            "%s: tensor '%s': needs \"dtype\" (string), \"shape\" and \"data_offsets\" "
+            "(arrays)",
+            path, name);
     int dt = st_dtype_parse(json_string_value(jd));
     if (dt < 0)
-        return fail(err, errlen, IISAN_EFORMAT, "%s: tensor '%s': unsupported dtype '%s'", path,
-                    name, json_string_value(jd));
+        return iisan_fail(err, errlen, IISAN_EFORMAT, "%s: tensor '%s': unsupported dtype '%s'",
+                          path, name, json_string_value(jd));
     t->dtype = (st_dtype)dt;
     size_t nd = json_array_size(js);
     if (nd > ST_MAX_DIMS)
-        return fail(err, errlen, IISAN_EFORMAT,
-                    "%s: tensor '%s': %zu dimensions (at most %d are supported)", path, name, nd,
-                    ST_MAX_DIMS);
+        return iisan_fail(err, errlen, IISAN_EFORMAT,
+                          "%s: tensor '%s': %zu dimensions (at most %d are supported)", path, name,
+                          nd, ST_MAX_DIMS);
     t->ndim = (int)nd;
     uint64_t bytes = dtypes[dt].size;
     int overflow = 0;
     for (size_t i = 0; i < nd; i++) {
         json_t *e = json_array_get(js, i);
         if (!json_is_integer(e) || json_integer_value(e) < 0)
-            return fail(err, errlen, IISAN_EFORMAT,
-                        "%s: tensor '%s': shape[%zu] is not a non-negative integer", path, name, i);
+            return iisan_fail(err, errlen, IISAN_EFORMAT,
+                              "%s: tensor '%s': shape[%zu] is not a non-negative integer", path,
+                              name, i);
         t->shape[i] = json_integer_value(e);
         overflow |= __builtin_mul_overflow(bytes, (uint64_t)t->shape[i], &bytes);
     }
     if (overflow)
-        return fail(err, errlen, IISAN_EFORMAT, "%s: tensor '%s': shape is impossibly large", path,
-                    name);
+        return iisan_fail(err, errlen, IISAN_EFORMAT, "%s: tensor '%s': shape is impossibly large",
+                          path, name);
     if (json_array_size(jo) != 2 || !json_is_integer(json_array_get(jo, 0)) ||
         !json_is_integer(json_array_get(jo, 1)) || json_integer_value(json_array_get(jo, 0)) < 0 ||
         json_integer_value(json_array_get(jo, 1)) < json_integer_value(json_array_get(jo, 0)))
-        return fail(err, errlen, IISAN_EFORMAT,
-                    "%s: tensor '%s': data_offsets must be [begin, end] with 0 <= begin <= end",
-                    path, name);
+        return iisan_fail(
+            err, errlen, IISAN_EFORMAT,
+            "%s: tensor '%s': data_offsets must be [begin, end] with 0 <= begin <= end", path,
+            name);
     *begin = (uint64_t)json_integer_value(json_array_get(jo, 0));
     *end = (uint64_t)json_integer_value(json_array_get(jo, 1));
     if (*end > dlen)
-        return fail(err, errlen, IISAN_EFORMAT,
-                    "%s: tensor '%s': data_offsets [%llu, %llu] run past the data (%zu bytes; "
-                    "truncated file?)",
-                    path, name, (unsigned long long)*begin, (unsigned long long)*end, dlen);
+        return iisan_fail(
+            err, errlen, IISAN_EFORMAT,
+            "%s: tensor '%s': data_offsets [%llu, %llu] run past the data (%zu bytes; "
+            "truncated file?)",
+            path, name, (unsigned long long)*begin, (unsigned long long)*end, dlen);
     if (*end - *begin != bytes) {
         char sh[160];
         size_t o = 0;
@@ -139,10 +156,10 @@ static int parse_tensor(st_tensor *t, const char *name, json_t *v, size_t dlen, 
             o += (size_t)snprintf(sh + o, sizeof sh - o, "%s%lld", i ? ", " : "",
                                   (long long)t->shape[i]);
         sh[o] = '\0';
-        return fail(err, errlen, IISAN_EFORMAT,
-                    "%s: tensor '%s': %s [%s] needs %llu bytes, data_offsets give %llu", path, name,
-                    dtypes[dt].name, sh, (unsigned long long)bytes,
-                    (unsigned long long)(*end - *begin));
+        return iisan_fail(err, errlen, IISAN_EFORMAT,
+                          "%s: tensor '%s': %s [%s] needs %llu bytes, data_offsets give %llu", path,
+                          name, dtypes[dt].name, sh, (unsigned long long)bytes,
+                          (unsigned long long)(*end - *begin));
     }
     t->nbytes = (size_t)bytes;
     return 0;
@@ -151,31 +168,33 @@ static int parse_tensor(st_tensor *t, const char *name, json_t *v, size_t dlen, 
 static int parse_header(st_file *f, const unsigned char *b, size_t len, const char *path, char *err,
                         size_t errlen) {
     if (len < 8)
-        return fail(err, errlen, IISAN_EFORMAT,
-                    "%s: %zu bytes is too short for a safetensors file (truncated?)", path, len);
+        return iisan_fail(err, errlen, IISAN_EFORMAT,
+                          "%s: %zu bytes is too short for a safetensors file (truncated?)", path,
+                          len);
     uint64_t n;
     memcpy(&n, b, 8); /* little-endian host (store_internal.h) */
     if (n < 2 || n > ST_MAX_HEADER || n > len - 8)
-        return fail(err, errlen, IISAN_EFORMAT,
-                    "%s: header length %llu is impossible for a %zu-byte file (not safetensors, "
-                    "or truncated)",
-                    path, (unsigned long long)n, len);
+        return iisan_fail(
+            err, errlen, IISAN_EFORMAT,
+            "%s: header length %llu is impossible for a %zu-byte file (not safetensors, "
+            "or truncated)",
+            path, (unsigned long long)n, len);
     json_error_t je;
     json_t *root = json_loadb((const char *)b + 8, (size_t)n, JSON_REJECT_DUPLICATES, &je);
     if (!root)
-        return fail(err, errlen, IISAN_EFORMAT, "%s: header is not valid JSON: %s (byte %d)", path,
-                    je.text, je.position + 8);
+        return iisan_fail(err, errlen, IISAN_EFORMAT, "%s: header is not valid JSON: %s (byte %d)",
+                          path, je.text, je.position + 8);
     int rc = 0;
     span *spans = NULL;
     if (!json_is_object(root)) {
-        rc = fail(err, errlen, IISAN_EFORMAT, "%s: header is not a JSON object", path);
+        rc = iisan_fail(err, errlen, IISAN_EFORMAT, "%s: header is not a JSON object", path);
         goto out;
     }
     const unsigned char *data = b + 8 + n;
     size_t dlen = len - 8 - (size_t)n;
     json_t *meta = json_object_get(root, "__metadata__");
     if (meta && !json_is_object(meta)) {
-        rc = fail(err, errlen, IISAN_EFORMAT, "%s: __metadata__ is not a JSON object", path);
+        rc = iisan_fail(err, errlen, IISAN_EFORMAT, "%s: __metadata__ is not a JSON object", path);
         goto out;
     }
     size_t nt = json_object_size(root) - (meta ? 1 : 0), nm = meta ? json_object_size(meta) : 0;
@@ -185,8 +204,8 @@ static int parse_header(st_file *f, const unsigned char *b, size_t len, const ch
     json_object_foreach(root, key, v) strbytes += strlen(key) + 1;
     if (meta) json_object_foreach(meta, key, v) {
             if (!json_is_string(v)) {
-                rc = fail(err, errlen, IISAN_EFORMAT,
-                          "%s: __metadata__ value of '%s' is not a string", path, key);
+                rc = iisan_fail(err, errlen, IISAN_EFORMAT,
+                                "%s: __metadata__ value of '%s' is not a string", path, key);
                 goto out;
             }
             strbytes += strlen(key) + strlen(json_string_value(v)) + 2;
@@ -196,7 +215,7 @@ static int parse_header(st_file *f, const unsigned char *b, size_t len, const ch
     f->strings = malloc(strbytes);
     spans = malloc((nt ? nt : 1) * sizeof *spans);
     if (!f->tensors || !f->meta || !f->strings || !spans) {
-        rc = fail(err, errlen, IISAN_ENOMEM, "%s: out of memory", path);
+        rc = iisan_fail(err, errlen, IISAN_ENOMEM, "%s: out of memory", path);
         goto out;
     }
     char *sp = f->strings;
@@ -205,7 +224,7 @@ static int parse_header(st_file *f, const unsigned char *b, size_t len, const ch
         if (!strcmp(key, "__metadata__")) continue;
         st_tensor *t = &f->tensors[i];
         if (!*key) {
-            rc = fail(err, errlen, IISAN_EFORMAT, "%s: a tensor has an empty name", path);
+            rc = iisan_fail(err, errlen, IISAN_EFORMAT, "%s: a tensor has an empty name", path);
             goto out;
         }
         if ((rc = parse_tensor(t, key, v, dlen, &spans[i].begin, &spans[i].end, path, err, errlen)))
@@ -220,8 +239,8 @@ static int parse_header(st_file *f, const unsigned char *b, size_t len, const ch
     for (size_t j = 1, prev = 0; j < nt; j++) {
         if (spans[j].begin == spans[j].end) continue; /* empty tensors take no room */
         if (spans[prev].end > spans[j].begin && spans[prev].begin != spans[prev].end) {
-            rc = fail(err, errlen, IISAN_EFORMAT, "%s: tensors '%s' and '%s' overlap", path,
-                      f->tensors[spans[prev].idx].name, f->tensors[spans[j].idx].name);
+            rc = iisan_fail(err, errlen, IISAN_EFORMAT, "%s: tensors '%s' and '%s' overlap", path,
+                            f->tensors[spans[prev].idx].name, f->tensors[spans[j].idx].name);
             goto out;
         }
         prev = j;
@@ -254,7 +273,7 @@ int st_parse(st_file **out, const void *bytes, size_t len, const char *name, cha
              size_t errlen) {
     *out = NULL;
     st_file *f = calloc(1, sizeof *f);
-    if (!f) return fail(err, errlen, IISAN_ENOMEM, "%s: out of memory", name);
+    if (!f) return iisan_fail(err, errlen, IISAN_ENOMEM, "%s: out of memory", name);
     int rc = parse_header(f, bytes, len, name, err, errlen);
     if (rc) {
         st_close(f);
@@ -267,31 +286,33 @@ int st_parse(st_file **out, const void *bytes, size_t len, const char *name, cha
 int st_open(st_file **out, const char *path, char *err, size_t errlen) {
     *out = NULL;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return fail(err, errlen, IISAN_EIO, "%s: %s", path, strerror(errno));
+    if (fd < 0) return iisan_fail(err, errlen, IISAN_EIO, "%s: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st)) {
         int e = errno;
         close(fd);
-        return fail(err, errlen, IISAN_EIO, "%s: %s", path, strerror(e));
+        return iisan_fail(err, errlen, IISAN_EIO, "%s: %s", path, strerror(e));
     }
     if (!S_ISREG(st.st_mode)) {
         close(fd);
-        return fail(err, errlen, IISAN_EIO, "%s: not a regular file", path);
+        return iisan_fail(err, errlen, IISAN_EIO, "%s: not a regular file", path);
     }
     size_t len = (size_t)st.st_size;
     if (len < 8) {
         close(fd);
-        return fail(err, errlen, IISAN_EFORMAT,
-                    "%s: %zu bytes is too short for a safetensors file (truncated?)", path, len);
+        return iisan_fail(err, errlen, IISAN_EFORMAT,
+                          "%s: %zu bytes is too short for a safetensors file (truncated?)", path,
+                          len);
     }
     void *map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
     int e = errno;
     close(fd);
-    if (map == MAP_FAILED) return fail(err, errlen, IISAN_EIO, "%s: mmap: %s", path, strerror(e));
+    if (map == MAP_FAILED)
+        return iisan_fail(err, errlen, IISAN_EIO, "%s: mmap: %s", path, strerror(e));
     st_file *f = calloc(1, sizeof *f);
     if (!f) {
         munmap(map, len);
-        return fail(err, errlen, IISAN_ENOMEM, "%s: out of memory", path);
+        return iisan_fail(err, errlen, IISAN_ENOMEM, "%s: out of memory", path);
     }
     f->map = map;
     f->map_len = len;
@@ -507,20 +528,20 @@ int st_writer_write(st_writer *w, const char *path, char *err, size_t errlen) {
     char *hdr = order ? header_json(w, order, &hlen) : NULL;
     if (!hdr) {
         free(order);
-        return fail(err, errlen, IISAN_ENOMEM, "%s: building the header failed", path);
+        return iisan_fail(err, errlen, IISAN_ENOMEM, "%s: building the header failed", path);
     }
     char tmp[PATH_MAX];
     if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
         free(hdr);
         free(order);
-        return fail(err, errlen, IISAN_EINVAL, "%s: path too long", path);
+        return iisan_fail(err, errlen, IISAN_EINVAL, "%s: path too long", path);
     }
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
         int e = errno;
         free(hdr);
         free(order);
-        return fail(err, errlen, IISAN_EIO, "%s: %s", tmp, strerror(e));
+        return iisan_fail(err, errlen, IISAN_EIO, "%s: %s", tmp, strerror(e));
     }
     uint64_t n64 = hlen;
     int bad = write_all(fd, &n64, 8) || write_all(fd, hdr, hlen);
@@ -534,9 +555,10 @@ int st_writer_write(st_writer *w, const char *path, char *err, size_t errlen) {
     if (!bad && rename(tmp, path)) bad = 1, e = errno;
     if (bad) {
         unlink(tmp);
-        return fail(err, errlen, IISAN_EIO, "%s: writing: %s", path, strerror(e));
+        return iisan_fail(err, errlen, IISAN_EIO, "%s: writing: %s", path, strerror(e));
     }
     if (fsync_dir_of(path))
-        return fail(err, errlen, IISAN_EIO, "%s: syncing its directory: %s", path, strerror(errno));
+        return iisan_fail(err, errlen, IISAN_EIO, "%s: syncing its directory: %s", path,
+                          strerror(errno));
     return 0;
 }

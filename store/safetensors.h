@@ -78,6 +78,9 @@ void st_close(st_file *f);
 const st_tensor *st_find(const st_file *f, const char *name);
 const char *st_meta_get(const st_file *f, const char *key); /* NULL when absent */
 size_t st_numel(const st_tensor *t);
+/* the tensor's st_numel(t) elements as fp32 into dst: F32, F16 or BF16; another
+ * dtype or a non-finite value is IISAN_EFORMAT with "path: name ..." */
+int st_read_f32(const st_tensor *t, float *dst, const char *path, char *err, size_t errlen);
 
 typedef struct st_writer st_writer;
 st_writer *st_writer_new(void);

@@ -32,6 +32,9 @@ enum {
     IISAN_EFULL = -7,  /* LMDB map full even after growing */
 };
 const char *iisan_strerror(int code); /* "IISAN_EFORMAT: malformed input" */
+/* formats the message into err[errlen] (when err is not NULL) and returns code */
+int iisan_fail(char *err, size_t errlen, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 enum { IISAN_TEXT = 0, IISAN_IMAGE = 1 }; /* modality */
 
