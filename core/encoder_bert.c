@@ -2,6 +2,7 @@
  * to the [CLS] vectors of every hidden state (see core/encoder_bert.h). */
 #include "core/encoder_bert.h"
 
+
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
@@ -10,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/hf_config.h"
 #include "kernels/half.h"
 #include "store/safetensors.h"
 #include "store/store.h"
@@ -59,45 +61,21 @@ struct bert_encoder {
 
 /* ---- config.json ---- */
 
-static int json_int_field(json_t *o, const char *key, int def, int lo, int hi, int *out,
-                          const char *path, char *err, size_t errlen) {
-    json_t *v = json_object_get(o, key);
-    if (!v) {
-        if (def < 0) return iisan_fail(err, errlen, IISAN_EFORMAT, "%s: no \"%s\"", path, key);
-        *out = def;
-        return 0;
-    }
-    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
-        return iisan_fail(err, errlen, IISAN_EFORMAT, "%s: \"%s\" must be an integer in %d..%d",
-                          path, key, lo, hi);
-    *out = (int)json_integer_value(v);
-    return 0;
-}
-
 static int read_config(bert_config *c, const char *path, char *err, size_t errlen) {
-    json_error_t je;
-    json_t *o = json_load_file(path, 0, &je);
-    if (!o) {
-        FILE *f = fopen(path, "rb");
-        if (!f) return iisan_fail(err, errlen, IISAN_EIO, "%s: %s", path, strerror(errno));
-        fclose(f);
-        return iisan_fail(err, errlen, IISAN_EFORMAT, "%s:%d: %s", path, je.line, je.text);
-    }
-    int rc = IISAN_EFORMAT;
-    if (!json_is_object(o)) {
-        iisan_fail(err, errlen, rc, "%s: not a JSON object", path);
-        goto out;
-    }
+    json_t *o;
+    int rc = hf_config_load(path, &o, err, errlen);
+    if (rc) return rc;
+    rc = IISAN_EFORMAT;
     memset(c, 0, sizeof *c);
-    if (json_int_field(o, "num_hidden_layers", -1, 1, 256, &c->layers, path, err, errlen) ||
-        json_int_field(o, "hidden_size", -1, 1, 65536, &c->hidden, path, err, errlen) ||
-        json_int_field(o, "num_attention_heads", -1, 1, 1024, &c->heads, path, err, errlen) ||
-        json_int_field(o, "intermediate_size", -1, 1, 1 << 20, &c->intermediate, path, err,
-                       errlen) ||
-        json_int_field(o, "max_position_embeddings", 512, 2, 1 << 20, &c->max_pos, path, err,
-                       errlen) ||
-        json_int_field(o, "type_vocab_size", 2, 1, 1 << 20, &c->type_vocab, path, err, errlen) ||
-        json_int_field(o, "vocab_size", -1, 1, 1 << 24, &c->vocab, path, err, errlen))
+    if (hf_config_int(o, "num_hidden_layers", -1, 1, 256, &c->layers, path, err, errlen) ||
+        hf_config_int(o, "hidden_size", -1, 1, 65536, &c->hidden, path, err, errlen) ||
+        hf_config_int(o, "num_attention_heads", -1, 1, 1024, &c->heads, path, err, errlen) ||
+        hf_config_int(o, "intermediate_size", -1, 1, 1 << 20, &c->intermediate, path, err,
+                      errlen) ||
+        hf_config_int(o, "max_position_embeddings", 512, 2, 1 << 20, &c->max_pos, path, err,
+                      errlen) ||
+        hf_config_int(o, "type_vocab_size", 2, 1, 1 << 20, &c->type_vocab, path, err, errlen) ||
+        hf_config_int(o, "vocab_size", -1, 1, 1 << 24, &c->vocab, path, err, errlen))
         goto out;
     if (c->hidden % c->heads) {
         iisan_fail(err, errlen, rc,

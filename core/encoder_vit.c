@@ -2,6 +2,7 @@
  * the [CLS] vectors of every hidden state (see core/encoder_vit.h). */
 #include "core/encoder_vit.h"
 
+
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
@@ -10,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/hf_config.h"
 #include "kernels/half.h"
 #include "store/safetensors.h"
 #include "store/store.h"
@@ -42,43 +44,20 @@ struct vit_encoder {
     int *idx_host;
 };
 
-static int get_int(json_t *o, const char *key, int def, int lo, int hi, int *out, const char *path,
-                   char *err, size_t errlen) {
-    json_t *v = json_object_get(o, key);
-    if (!v) {
-        if (def < 0) return iisan_fail(err, errlen, IISAN_EFORMAT, "%s: no \"%s\"", path, key);
-        *out = def;
-        return 0;
-    }
-    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
-        return iisan_fail(err, errlen, IISAN_EFORMAT, "%s: \"%s\" must be an integer in %d..%d",
-                          path, key, lo, hi);
-    *out = (int)json_integer_value(v);
-    return 0;
-}
-
 static int read_config(vit_config *c, const char *path, char *err, size_t errlen) {
-    json_error_t je;
-    json_t *o = json_load_file(path, 0, &je);
-    if (!o) {
-        FILE *f = fopen(path, "rb");
-        if (!f) return iisan_fail(err, errlen, IISAN_EIO, "%s: %s", path, strerror(errno));
-        fclose(f);
-        return iisan_fail(err, errlen, IISAN_EFORMAT, "%s:%d: %s", path, je.line, je.text);
-    }
-    int rc = IISAN_EFORMAT;
+    json_t *o;
+    int rc = hf_config_load(path, &o, err, errlen);
+    if (rc) return rc;
+    rc = IISAN_EFORMAT;
     memset(c, 0, sizeof *c);
-    if (!json_is_object(o)) {
-        iisan_fail(err, errlen, rc, "%s: not a JSON object", path);
-        goto out;
-    }
-    if (get_int(o, "num_hidden_layers", -1, 1, 256, &c->layers, path, err, errlen) ||
-        get_int(o, "hidden_size", -1, 1, 65536, &c->hidden, path, err, errlen) ||
-        get_int(o, "num_attention_heads", -1, 1, 1024, &c->heads, path, err, errlen) ||
-        get_int(o, "intermediate_size", -1, 1, 1 << 20, &c->intermediate, path, err, errlen) ||
-        get_int(o, "image_size", 224, 1, 4096, &c->image_size, path, err, errlen) ||
-        get_int(o, "patch_size", 16, 1, 4096, &c->patch_size, path, err, errlen) ||
-        get_int(o, "num_channels", 3, 1, 64, &c->channels, path, err, errlen))
+    if (hf_config_int(o, "num_hidden_layers", -1, 1, 256, &c->layers, path, err, errlen) ||
+        hf_config_int(o, "hidden_size", -1, 1, 65536, &c->hidden, path, err, errlen) ||
+        hf_config_int(o, "num_attention_heads", -1, 1, 1024, &c->heads, path, err, errlen) ||
+        hf_config_int(o, "intermediate_size", -1, 1, 1 << 20, &c->intermediate, path, err,
+                      errlen) ||
+        hf_config_int(o, "image_size", 224, 1, 4096, &c->image_size, path, err, errlen) ||
+        hf_config_int(o, "patch_size", 16, 1, 4096, &c->patch_size, path, err, errlen) ||
+        hf_config_int(o, "num_channels", 3, 1, 64, &c->channels, path, err, errlen))
         goto out;
     if (c->hidden % c->heads || c->image_size % c->patch_size) {
         iisan_fail(err, errlen, rc,
