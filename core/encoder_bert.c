@@ -2,7 +2,6 @@
  * to the [CLS] vectors of every hidden state (see core/encoder_bert.h). */
 #include "core/encoder_bert.h"
 
-
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>

@@ -2,7 +2,6 @@
  * the [CLS] vectors of every hidden state (see core/encoder_vit.h). */
 #include "core/encoder_vit.h"
 
-
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
