@@ -57,44 +57,6 @@ void store_ix_close(store_ix *x) {
     free(x);
 }
 
-/* doubles the map (up to map_max); caller holds the lock exclusively */
-static int grow(iisan_store *s, char *err, size_t errlen) {
-    if (s->map_bytes >= s->map_max) {
-        store_err(err, errlen, "%s: the store is full at its largest map size (%.0f MiB)", s->dir,
-                  s->map_bytes / 1048576.0);
-        return IISAN_EFULL;
-    }
-    if (atomic_load(&s->readers)) {
-        store_err(err, errlen,
-                  "%s: the store's map is full (%.0f MiB) and cannot grow while a reader is "
-                  "open in this process",
-                  s->dir, s->map_bytes / 1048576.0);
-        return IISAN_EFULL;
-    }
-    size_t want = s->map_bytes > s->map_max / 2 ? s->map_max : s->map_bytes * 2;
-    int rc = mdb_env_set_mapsize(s->env, want);
-    if (rc) {
-        store_err(err, errlen, "%s: growing the map to %.0f MiB: %s", s->dir, want / 1048576.0,
-                  mdb_strerror(rc));
-        return IISAN_EFULL;
-    }
-    MDB_envinfo info;
-    mdb_env_info(s->env, &info);
-    s->map_bytes = info.me_mapsize;
-    return 0;
-}
-
-/* another process grew the map: adopt its size; caller holds the lock exclusively */
-static int adopt(iisan_store *s) {
-    if (atomic_load(&s->readers)) return MDB_MAP_RESIZED;
-    int rc = mdb_env_set_mapsize(s->env, 0);
-    if (rc) return rc;
-    MDB_envinfo info;
-    mdb_env_info(s->env, &info);
-    s->map_bytes = info.me_mapsize;
-    return 0;
-}
-
 /* begins a transaction under the shared lock (held on success) */
 static int begin(store_ix *x, unsigned flags, MDB_txn **txn) {
     for (int tries = 0;; tries++) {
@@ -106,7 +68,7 @@ static int begin(store_ix *x, unsigned flags, MDB_txn **txn) {
         }
         pthread_rwlock_unlock(&x->lock);
         pthread_rwlock_wrlock(&x->lock);
-        rc = adopt(x->s);
+        rc = store_adopt_map(x->s);
         pthread_rwlock_unlock(&x->lock);
         if (rc) return rc;
     }
@@ -228,7 +190,7 @@ static int ix_write(store_ix *x, ix_txn_fn fn, void *ctx, char *err, size_t errl
         pthread_rwlock_unlock(&x->lock);
         if (rc != ST_RETRY) return rc;
         pthread_rwlock_wrlock(&x->lock);
-        rc = grow(x->s, err, errlen);
+        rc = store_grow_map(x->s, err, errlen);
         pthread_rwlock_unlock(&x->lock);
         if (rc) return rc;
     }

@@ -66,7 +66,7 @@ int store_lmdb(int rc, const char *what, char *err, size_t errlen) {
 
 /* ---- map size ---- */
 
-static int grow_map(iisan_store *s, char *err, size_t errlen) {
+int store_grow_map(iisan_store *s, char *err, size_t errlen) {
     if (s->map_bytes >= s->map_max) {
         store_err(err, errlen, "%s: the store is full at its largest map size (%.0f MiB)", s->dir,
                   s->map_bytes / 1048576.0);
@@ -93,7 +93,7 @@ static int grow_map(iisan_store *s, char *err, size_t errlen) {
 }
 
 /* another process grew the map: adopt its size (only with no reader open here) */
-static int adopt_map(iisan_store *s) {
+int store_adopt_map(iisan_store *s) {
     if (atomic_load(&s->readers)) return MDB_MAP_RESIZED;
     int rc = mdb_env_set_mapsize(s->env, 0);
     if (rc) return rc;
@@ -105,7 +105,8 @@ static int adopt_map(iisan_store *s) {
 
 static int txn_begin(iisan_store *s, unsigned flags, MDB_txn **txn) {
     int rc = mdb_txn_begin(s->env, NULL, flags, txn);
-    if (rc == MDB_MAP_RESIZED && !(rc = adopt_map(s))) rc = mdb_txn_begin(s->env, NULL, flags, txn);
+    if (rc == MDB_MAP_RESIZED && !(rc = store_adopt_map(s)))
+        rc = mdb_txn_begin(s->env, NULL, flags, txn);
     return rc;
 }
 
@@ -128,7 +129,7 @@ int store_write(iisan_store *s, store_txn_fn fn, void *ctx, char *err, size_t er
             if (rc) rc = store_lmdb(rc, "committing", err, errlen);
         }
         if (rc != ST_RETRY) return rc;
-        if ((rc = grow_map(s, err, errlen))) return rc;
+        if ((rc = store_grow_map(s, err, errlen))) return rc;
     }
 }
 

@@ -30,6 +30,14 @@ struct iisan_store {
     void *progress_arg;
 };
 
+/* doubles the map up to its limit (IISAN_EFULL with a message when it cannot:
+ * at the limit, or a reader of this process is open); the caller must be the
+ * only thread using the environment (store/interactions.c: its exclusive lock) */
+int store_grow_map(iisan_store *s, char *err, size_t errlen);
+/* another process grew the map: adopt its size; MDB_MAP_RESIZED while a reader
+ * of this process is open; same exclusivity as store_grow_map */
+int store_adopt_map(iisan_store *s);
+
 /* internal status: the map is full; grow it and run the transaction again */
 #define ST_RETRY 1
 
