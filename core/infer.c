@@ -18,33 +18,50 @@
 #include "core/resident.h"
 
 typedef struct {
-    iisan_model *m; /* sequence encoder only (SASRec-ID shape, n_items 1, 1 user) */
-    float *scores;  /* backend (N+1) */
-    int *didx;      /* backend (max_k) */
-    float *dscore;  /* backend (max_k) */
-    int *dexcl;     /* backend (max_exclude) */
-    int *in_idx;    /* host (n) */
-    float *mask;    /* host (n) */
+    iisan_model *m; /* sequence encoder only (SASRec-ID shape, n_items 1, max_batch users) */
+    float *scores;  /* backend (max_batch, cap + 1) */
+    int *didx;      /* backend (max_batch, max_k) */
+    float *dscore;  /* backend (max_batch, max_k) */
+    int *dexcl;     /* backend (max_batch, max_exclude) */
+    int *in_idx;    /* host (max_batch * n) */
+    float *mask;    /* host (max_batch * n) */
+    int *hidx;      /* host (max_batch, max_k) */
+    float *hscore;  /* host (max_batch, max_k) */
+    int *hexcl;     /* host (max_batch, max_exclude) */
 } infer_ctx;
 
+/* Rows 0..N0 are the checkpoint's items (and, for IISAN, the catalogue items
+ * with states that it did not know at load); rows N0+1..n_items were added
+ * while serving. A row, its id and its catalogue index are written before
+ * n_items publishes them (release); the maps are updated after. */
 struct infer_model {
     atomic_int refs;
     iisan_backend *be;
     iisan_config c;
     infer_info info;
-    int N;
-    float *all;         /* backend (N+1, d): e_i of every model item */
-    uint32_t *item_cat; /* host (N+1) */
-    char **ids;         /* host (N+1), ids[0] = NULL */
-    int32_t *slot;      /* open-addressing table of model indexes by id, nslot entries */
+    int N0;                /* rows filled at load */
+    int cap;               /* rows 1..cap exist */
+    atomic_int n_items;    /* rows 1..n_items are served */
+    atomic_int n_added;    /* infer_add_items rows */
+    float *all;            /* backend (cap + 1, d): e_i of every model item */
+    float *allT;           /* CPU backend: the same in blocks of 8 items (host_scores) */
+    uint32_t *item_cat;    /* host (cap + 1) */
+    char **ids;            /* host (cap + 1), ids[0] = NULL */
+    _Atomic int32_t *slot; /* open addressing: model indexes by id, nslot entries */
     size_t nslot;
-    int32_t *of_cat; /* catalogue index -> model index, max_cat + 1 entries */
+    int32_t *of_cat; /* catalogue index -> model index at load, max_cat + 1 entries */
     uint32_t max_cat;
-    int32_t *pop_order; /* model indexes by training-part count, descending */
-    float *pop_count;   /* (N+1) */
-    int max_k, max_excl;
-    atomic_uchar *banned; /* (N+1) deleted items */
+    _Atomic int32_t *cslot; /* open addressing: model indexes of added items by catalogue index */
+    size_t ncslot;
+    int32_t *pop_order; /* model indexes by training-part count, descending (rows 1..N0) */
+    float *pop_count;   /* (N0 + 1) */
+    int max_k, max_excl, max_batch;
+    atomic_uchar *banned; /* (cap + 1) deleted items */
     atomic_int nbanned;
+    /* IISAN: the item tower, kept to embed added items; guarded by add_mu */
+    iisan_model *tower;
+    uint16_t *stage; /* backend: one item's states, both modalities */
+    pthread_mutex_t add_mu;
     /* the context pool */
     infer_ctx *ctx;
     int nctx;
@@ -52,6 +69,14 @@ struct infer_model {
     pthread_mutex_t mu;
     pthread_cond_t cv;
 };
+
+enum { ADD_CHUNK = 64 }; /* items per pass of the tower in infer_add_items */
+
+static void transpose_rows(float *allT, const float *all, int first, int last, int d) {
+    for (int i = first; i <= last; i++)
+        for (int j = 0; j < d; j++)
+            allT[(size_t)(i / 8) * 8 * d + (size_t)j * 8 + i % 8] = all[(size_t)i * d + j];
+}
 
 static double now(void) {
     struct timespec ts;
@@ -66,22 +91,60 @@ static uint64_t hash_id(const char *s) {
     return h;
 }
 
+static uint64_t hash_cat(uint32_t c) { return (uint64_t)c * 0x9E3779B97F4A7C15ull >> 17; }
+
+int infer_n_items(const infer_model *im) {
+    return atomic_load_explicit(&((infer_model *)im)->n_items, memory_order_acquire);
+}
+
+int infer_n_added(const infer_model *im) { return atomic_load(&((infer_model *)im)->n_added); }
+
 int infer_lookup(const infer_model *im, const char *item_id) {
     if (!item_id || !im->nslot) return 0;
     size_t mask = im->nslot - 1;
     for (size_t i = hash_id(item_id) & mask;; i = (i + 1) & mask) {
-        int32_t v = im->slot[i];
+        int32_t v = atomic_load_explicit(&im->slot[i], memory_order_acquire);
         if (v == 0) return 0;
-        if (!strcmp(im->ids[v], item_id)) return v;
+        if (!strcmp(im->ids[v], item_id)) {
+            /* an update may have moved the id to a newer row: the slot holds the newest */
+            return v;
+        }
     }
 }
 
+/* inserts or repoints id's slot to row v (writers only, under add_mu or at load) */
+static void slot_set(infer_model *im, const char *id, int32_t v) {
+    size_t mask = im->nslot - 1, k = hash_id(id) & mask;
+    int32_t cur;
+    while ((cur = atomic_load_explicit(&im->slot[k], memory_order_relaxed)) &&
+           strcmp(im->ids[cur], id))
+        k = (k + 1) & mask;
+    atomic_store_explicit(&im->slot[k], v, memory_order_release);
+}
+
 int infer_lookup_cat(const infer_model *im, uint32_t cat) {
+    if (im->ncslot && atomic_load_explicit(&((infer_model *)im)->n_added, memory_order_acquire)) {
+        size_t mask = im->ncslot - 1;
+        for (size_t i = hash_cat(cat) & mask;; i = (i + 1) & mask) {
+            int32_t v = atomic_load_explicit(&im->cslot[i], memory_order_acquire);
+            if (v == 0) break;
+            if (im->item_cat[v] == cat) return v;
+        }
+    }
     return cat <= im->max_cat ? im->of_cat[cat] : 0;
 }
 
+static void cslot_set(infer_model *im, uint32_t cat, int32_t v) {
+    size_t mask = im->ncslot - 1, k = hash_cat(cat) & mask;
+    int32_t cur;
+    while ((cur = atomic_load_explicit(&im->cslot[k], memory_order_relaxed)) &&
+           im->item_cat[cur] != cat)
+        k = (k + 1) & mask;
+    atomic_store_explicit(&im->cslot[k], v, memory_order_release);
+}
+
 const char *infer_item_id(const infer_model *im, int idx) {
-    return idx >= 1 && idx <= im->N ? im->ids[idx] : NULL;
+    return idx >= 1 && idx <= infer_n_items(im) ? im->ids[idx] : NULL;
 }
 
 void infer_get_info(const infer_model *im, infer_info *info) { *info = im->info; }
@@ -96,6 +159,9 @@ static void ctx_free(iisan_backend *be, infer_ctx *x) {
     be->free(be, x->dexcl);
     free(x->in_idx);
     free(x->mask);
+    free(x->hidx);
+    free(x->hscore);
+    free(x->hexcl);
 }
 
 static void destroy(infer_model *im) {
@@ -106,18 +172,23 @@ static void destroy(infer_model *im) {
     free(im->ctx);
     free(im->free_list);
     if (im->all) be->free(be, im->all);
+    free(im->allT);
+    if (im->stage) be->free(be, im->stage);
+    model_destroy(im->tower);
     if (im->ids)
-        for (int i = 0; i <= im->N; i++)
+        for (int i = 0; i <= im->cap; i++)
             free(im->ids[i]);
     free(im->ids);
     free(im->item_cat);
-    free(im->slot);
+    free((void *)im->slot);
+    free((void *)im->cslot);
     free(im->of_cat);
     free(im->pop_order);
     free(im->pop_count);
-    free(im->banned);
+    free((void *)im->banned);
     pthread_mutex_destroy(&im->mu);
     pthread_cond_destroy(&im->cv);
+    pthread_mutex_destroy(&im->add_mu);
     free(im);
 }
 
@@ -130,19 +201,27 @@ static const uint16_t *reader_get(void *ctx, int modality, uint32_t cat) {
     return store_reader_states(ctx, modality, cat);
 }
 
-/* e_i of model items 0..N into im->all, with a temporary full model */
-static int embed_items(infer_model *im, iisan_store *s, const iisan_ckpt *ck, char *err,
-                       int errlen) {
+/* the model with the checkpoint's parameters (its item tower embeds items) */
+static iisan_model *full_model(infer_model *im, const iisan_ckpt *ck, char *err, int errlen) {
     iisan_backend *be = im->be;
     iisan_model *m = model_create(&ck->c, be, 64, 0, err, errlen);
-    if (!m) return IISAN_ENOMEM;
+    if (!m) return NULL;
     if (m->pt.total != ck->nparams) {
         snprintf(err, errlen, "checkpoint holds %llu parameters, its config wants %zu",
                  (unsigned long long)ck->nparams, m->pt.total);
         model_destroy(m);
-        return IISAN_EFORMAT;
+        return NULL;
     }
     be->upload(be, m->w, ck->params, ck->nparams * sizeof(float));
+    return m;
+}
+
+/* e_i of model items 0..N0 into im->all; IISAN keeps the model as im->tower */
+static int embed_items(infer_model *im, iisan_store *s, const iisan_ckpt *ck, char *err,
+                       int errlen) {
+    iisan_backend *be = im->be;
+    iisan_model *m = full_model(im, ck, err, errlen);
+    if (!m) return IISAN_EFORMAT;
     store_reader *r = NULL;
     resident_states *rs = NULL;
     iisan_states st = {reader_get, NULL};
@@ -156,7 +235,7 @@ static int embed_items(infer_model *im, iisan_store *s, const iisan_ckpt *ck, ch
         st.ctx = r;
         if (strcmp(be->name, "cpu")) { /* the GPU gathers states from its own memory */
             iisan_dataset fake = {0};
-            fake.n_items = im->N;
+            fake.n_items = im->N0;
             fake.item_cat = im->item_cat;
             if (states_resident_create(be, &fake, &st, ck->c.nstates, ck->c.D, &rs, err, errlen)) {
                 rc = IISAN_ENOMEM;
@@ -165,12 +244,15 @@ static int embed_items(infer_model *im, iisan_store *s, const iisan_ckpt *ck, ch
             st = resident_states_source(rs);
         }
     }
-    model_item_embeddings(m, im->N, im->item_cat, &st, im->all);
+    model_item_embeddings(m, im->N0, im->item_cat, &st, im->all);
     be->sync(be);
 out:
     states_resident_free(rs);
     if (r) store_reader_end(r);
-    model_destroy(m);
+    if (!rc && ck->c.kind == MODEL_IISAN)
+        im->tower = m;
+    else
+        model_destroy(m);
     return rc;
 }
 
@@ -179,7 +261,7 @@ static int make_ctx(infer_model *im, const iisan_ckpt *ck, infer_ctx *x, char *e
     iisan_config c2 = ck->c;
     c2.kind = MODEL_SASREC_ID;
     c2.n_items = 1;
-    x->m = model_create(&c2, be, 1, 0, err, errlen);
+    x->m = model_create(&c2, be, im->max_batch, 0, err, errlen);
     if (!x->m) return -1;
     param_table full;
     if (params_build(&full, &ck->c)) {
@@ -204,14 +286,19 @@ static int make_ctx(infer_model *im, const iisan_ckpt *ck, infer_ctx *x, char *e
     free(h);
     params_free(&full);
     if (rc) return -1;
-    const int n = ck->c.n;
-    x->scores = be->alloc(be, ((size_t)im->N + 1) * sizeof(float));
-    x->didx = be->alloc(be, (size_t)im->max_k * sizeof(int));
-    x->dscore = be->alloc(be, (size_t)im->max_k * sizeof(float));
-    x->dexcl = be->alloc(be, (size_t)(im->max_excl ? im->max_excl : 1) * sizeof(int));
-    x->in_idx = malloc((size_t)n * sizeof *x->in_idx);
-    x->mask = malloc((size_t)n * sizeof *x->mask);
-    if (!x->scores || !x->didx || !x->dscore || !x->dexcl || !x->in_idx || !x->mask) {
+    const size_t n = (size_t)ck->c.n, B = (size_t)im->max_batch,
+                 ne = im->max_excl ? im->max_excl : 1;
+    x->scores = be->alloc(be, B * ((size_t)im->cap + 1) * sizeof(float));
+    x->didx = be->alloc(be, B * im->max_k * sizeof(int));
+    x->dscore = be->alloc(be, B * im->max_k * sizeof(float));
+    x->dexcl = be->alloc(be, B * ne * sizeof(int));
+    x->in_idx = malloc(B * n * sizeof *x->in_idx);
+    x->mask = malloc(B * n * sizeof *x->mask);
+    x->hidx = malloc(B * im->max_k * sizeof *x->hidx);
+    x->hscore = malloc(B * im->max_k * sizeof *x->hscore);
+    x->hexcl = malloc(B * ne * sizeof *x->hexcl);
+    if (!x->scores || !x->didx || !x->dscore || !x->dexcl || !x->in_idx || !x->mask || !x->hidx ||
+        !x->hscore || !x->hexcl) {
         snprintf(err, errlen, "out of memory for an inference context");
         return -1;
     }
@@ -230,8 +317,9 @@ static int by_count(const void *a, const void *b) {
 /* popularity of the training parts of today's dataset, on the model's indexes */
 static int popularity(infer_model *im, iisan_store *s, const iisan_ckpt *ck, char *err,
                       int errlen) {
-    im->pop_count = calloc((size_t)im->N + 1, sizeof *im->pop_count);
-    im->pop_order = malloc(((size_t)im->N + 1) * sizeof *im->pop_order);
+    const int N = im->N0;
+    im->pop_count = calloc((size_t)N + 1, sizeof *im->pop_count);
+    im->pop_order = malloc(((size_t)N + 1) * sizeof *im->pop_order);
     if (!im->pop_count || !im->pop_order) return IISAN_ENOMEM;
     iisan_dataset ds;
     int rc = dataset_build(&ds, s, ck->c.n, ck->min_len, err, (size_t)errlen);
@@ -241,27 +329,81 @@ static int popularity(infer_model *im, iisan_store *s, const iisan_ckpt *ck, cha
         if (i) im->pop_count[i] += (float)ds.pop_count[j];
     }
     dataset_free(&ds);
-    for (int i = 0; i < im->N; i++)
+    for (int i = 0; i < N; i++)
         im->pop_order[i] = i + 1;
     pthread_mutex_lock(&g_sort_mu);
     g_sort_count = im->pop_count;
-    qsort(im->pop_order, (size_t)im->N, sizeof *im->pop_order, by_count);
+    qsort(im->pop_order, (size_t)N, sizeof *im->pop_order, by_count);
     pthread_mutex_unlock(&g_sort_mu);
     return 0;
 }
 
-static int build_maps(infer_model *im, iisan_store *s, char *err, int errlen) {
-    const int N = im->N;
-    im->ids = calloc((size_t)N + 1, sizeof *im->ids);
-    im->nslot = 16;
-    while (im->nslot < 2 * (size_t)N + 2)
-        im->nslot *= 2;
-    im->slot = calloc(im->nslot, sizeof *im->slot);
-    im->max_cat = 0;
-    for (int i = 0; i <= N; i++)
-        if (im->item_cat[i] > im->max_cat) im->max_cat = im->item_cat[i];
+static size_t pow2_at_least(size_t n) {
+    size_t p = 16;
+    while (p < n)
+        p *= 2;
+    return p;
+}
+
+/* The rows of the checkpoint's items, then (IISAN) the catalogue items with
+ * hidden states that the checkpoint does not know: added after its training,
+ * they are served with its item tower as infer_add_items would. Fills
+ * item_cat[0..N0], ids, the id and catalogue maps. */
+static int build_maps(infer_model *im, iisan_store *s, const iisan_ckpt *ck, char *err,
+                      int errlen) {
+    const int Nck = (int)ck->n_cat - 1;
+    uint32_t ncat = store_item_count(s);
+    im->max_cat = ncat;
+    for (int i = 0; i <= Nck; i++)
+        if (ck->item_cat[i] > im->max_cat) im->max_cat = ck->item_cat[i];
     im->of_cat = calloc((size_t)im->max_cat + 1, sizeof *im->of_cat);
-    if (!im->ids || !im->slot || !im->of_cat) return IISAN_ENOMEM;
+    if (!im->of_cat) return IISAN_ENOMEM;
+    for (int i = 1; i <= Nck; i++)
+        if (!im->of_cat[ck->item_cat[i]]) im->of_cat[ck->item_cat[i]] = i;
+    /* the extras */
+    uint32_t *extra = NULL;
+    size_t nextra = 0;
+    if (ck->c.kind == MODEL_IISAN) {
+        store_reader *r = NULL;
+        if (store_reader_begin(s, &r)) {
+            snprintf(err, errlen, "cannot read the hidden states");
+            return IISAN_EIO;
+        }
+        for (uint32_t cat = 1; cat <= ncat; cat++) {
+            if (im->of_cat[cat]) continue;
+            if (!store_reader_states(r, IISAN_TEXT, cat) &&
+                !store_reader_states(r, IISAN_IMAGE, cat))
+                continue;
+            uint32_t *p = realloc(extra, (nextra + 1) * sizeof *extra);
+            if (!p) {
+                free(extra);
+                store_reader_end(r);
+                return IISAN_ENOMEM;
+            }
+            extra = p;
+            extra[nextra++] = cat;
+        }
+        store_reader_end(r);
+    }
+    const int N = Nck + (int)nextra;
+    im->N0 = N;
+    im->cap = N + im->info.headroom;
+    im->item_cat = calloc((size_t)im->cap + 1, sizeof *im->item_cat);
+    im->ids = calloc((size_t)im->cap + 1, sizeof *im->ids);
+    im->nslot = pow2_at_least(2 * (size_t)im->cap + 2);
+    im->slot = calloc(im->nslot, sizeof *im->slot);
+    im->ncslot = im->info.headroom ? pow2_at_least(2 * (size_t)im->info.headroom + 2) : 0;
+    im->cslot = im->ncslot ? calloc(im->ncslot, sizeof *im->cslot) : NULL;
+    if (!im->item_cat || !im->ids || !im->slot || (im->ncslot && !im->cslot)) {
+        free(extra);
+        return IISAN_ENOMEM;
+    }
+    memcpy(im->item_cat, ck->item_cat, ck->n_cat * sizeof *im->item_cat);
+    for (size_t j = 0; j < nextra; j++) {
+        im->item_cat[Nck + 1 + j] = extra[j];
+        im->of_cat[extra[j]] = Nck + 1 + (int)j;
+    }
+    free(extra);
     char id[1024];
     for (int i = 1; i <= N; i++) {
         int rc = store_item_get(s, im->item_cat[i], id, sizeof id, NULL, 0);
@@ -271,12 +413,10 @@ static int build_maps(infer_model *im, iisan_store *s, char *err, int errlen) {
             return rc;
         }
         if (!(im->ids[i] = strdup(id))) return IISAN_ENOMEM;
-        if (!im->of_cat[im->item_cat[i]]) im->of_cat[im->item_cat[i]] = i;
-        size_t mask = im->nslot - 1, k = hash_id(id) & mask;
-        while (im->slot[k] && strcmp(im->ids[im->slot[k]], id))
-            k = (k + 1) & mask;
-        if (!im->slot[k]) im->slot[k] = i;
+        if (!infer_lookup(im, id)) slot_set(im, id, i);
     }
+    im->info.n_items = Nck;
+    im->info.n_extra = (int)nextra;
     return 0;
 }
 
@@ -316,17 +456,18 @@ int infer_load(iisan_store *s, uint32_t version, iisan_backend *be, const infer_
     atomic_init(&im->refs, 1);
     pthread_mutex_init(&im->mu, NULL);
     pthread_cond_init(&im->cv, NULL);
+    pthread_mutex_init(&im->add_mu, NULL);
     im->be = be;
     im->c = ck.c;
-    im->N = (int)ck.n_cat - 1;
     im->max_k = opt->max_k > 0 ? opt->max_k : 1;
     im->max_excl = opt->max_exclude > 0 ? opt->max_exclude : 0;
+    im->max_batch = opt->max_batch > 0 ? opt->max_batch : 1;
     im->info.version = ver;
     im->info.kind = ck.c.kind;
-    im->info.n_items = im->N;
     im->info.n = ck.c.n;
     im->info.d = ck.c.d;
     im->info.params = ck.nparams;
+    im->info.headroom = ck.c.kind == MODEL_IISAN && opt->headroom > 0 ? opt->headroom : 0;
     snprintf(im->info.meta, sizeof im->info.meta, "%s", meta ? meta : "{}");
     free(meta);
     if (ck.c.kind != MODEL_IISAN && ck.c.kind != MODEL_SASREC_ID) {
@@ -334,23 +475,21 @@ int infer_load(iisan_store *s, uint32_t version, iisan_backend *be, const infer_
         rc = IISAN_EFORMAT;
         goto fail;
     }
-    if (im->N < 1) {
+    if (ck.n_cat < 2) {
         snprintf(err, errlen, "checkpoint %u has no items", ver);
         rc = IISAN_EFORMAT;
         goto fail;
     }
-    im->item_cat = malloc(ck.n_cat * sizeof *im->item_cat);
-    im->banned = calloc(ck.n_cat, sizeof *im->banned);
-    atomic_init(&im->nbanned, 0);
-    im->all = be->alloc(be, (size_t)ck.n_cat * ck.c.d * sizeof(float));
-    if (!im->item_cat || !im->all || !im->banned) {
-        snprintf(err, errlen, "out of memory for %u item embeddings", ck.n_cat);
-        rc = IISAN_ENOMEM;
+    if ((rc = build_maps(im, s, &ck, err, errlen))) {
+        if (rc == IISAN_ENOMEM) snprintf(err, errlen, "out of memory for the item map");
         goto fail;
     }
-    memcpy(im->item_cat, ck.item_cat, ck.n_cat * sizeof *im->item_cat);
-    if ((rc = build_maps(im, s, err, errlen))) {
-        if (rc == IISAN_ENOMEM) snprintf(err, errlen, "out of memory for the item map");
+    im->banned = calloc((size_t)im->cap + 1, sizeof *im->banned);
+    atomic_init(&im->nbanned, 0);
+    im->all = be->alloc(be, ((size_t)im->cap + 1) * ck.c.d * sizeof(float));
+    if (!im->all || !im->banned) {
+        snprintf(err, errlen, "out of memory for %d item embeddings", im->cap + 1);
+        rc = IISAN_ENOMEM;
         goto fail;
     }
     if ((rc = popularity(im, s, &ck, err, errlen))) {
@@ -358,6 +497,27 @@ int infer_load(iisan_store *s, uint32_t version, iisan_backend *be, const infer_
         goto fail;
     }
     if ((rc = embed_items(im, s, &ck, err, errlen))) goto fail;
+    if (!strcmp(be->name, "cpu")) {
+        size_t bytes = ((size_t)im->cap / 8 + 1) * 8 * ck.c.d * sizeof(float);
+        im->allT = aligned_alloc(32, (bytes + 31) / 32 * 32);
+        if (!im->allT) {
+            snprintf(err, errlen, "out of memory for the scoring table");
+            rc = IISAN_ENOMEM;
+            goto fail;
+        }
+        memset(im->allT, 0, bytes);
+        transpose_rows(im->allT, im->all, 0, im->N0, ck.c.d);
+    }
+    if (im->tower) {
+        im->stage = be->alloc(be, (size_t)ADD_CHUNK * 2 * ck.c.nstates * ck.c.D * sizeof(uint16_t));
+        if (!im->stage) {
+            snprintf(err, errlen, "out of memory");
+            rc = IISAN_ENOMEM;
+            goto fail;
+        }
+    }
+    atomic_init(&im->n_items, im->N0);
+    atomic_init(&im->n_added, 0);
     im->nctx = opt->contexts > 0 ? opt->contexts : 1;
     im->ctx = calloc((size_t)im->nctx, sizeof *im->ctx);
     im->free_list = malloc((size_t)im->nctx * sizeof *im->free_list);
@@ -378,6 +538,7 @@ int infer_load(iisan_store *s, uint32_t version, iisan_backend *be, const infer_
     im->info.contexts = im->nctx;
     im->info.max_k = im->max_k;
     im->info.max_exclude = im->max_excl;
+    im->info.max_batch = im->max_batch;
     im->info.load_seconds = now() - t0;
     ckpt_free(&ck);
     *out = im;
@@ -389,7 +550,7 @@ fail:
 }
 
 void infer_ban(infer_model *im, int idx, int on) {
-    if (idx < 1 || idx > im->N) return;
+    if (idx < 1 || idx > infer_n_items(im)) return;
     unsigned char was = atomic_exchange(&im->banned[idx], (unsigned char)(on != 0));
     if (was != (on != 0)) atomic_fetch_add(&im->nbanned, on ? 1 : -1);
 }
@@ -416,70 +577,263 @@ static void checkin(infer_model *im, infer_ctx *x) {
     pthread_mutex_unlock(&im->mu);
 }
 
-/* scores[i] = <all[i], o> on host memory. A GEMM with one row would pack the
- * whole (N+1) x d catalogue on every call (measured: 80% of a request on
- * OpenBLAS); a matrix-vector product reads it once. Eight partial sums keep
- * the loop vectorisable without reassociating a single sum. */
+/* ---- scoring on the CPU ----
+ * The CPU backend scores against a second, host-only copy of the table laid
+ * out for it: blocks of 8 items, each block d rows of 8 lanes (item g*8 + l,
+ * dimension j at allT[g*8*d + j*8 + l]). A block's 8 scores are then 8 lanes
+ * of one vector accumulated by d multiply-adds of a broadcast query element,
+ * with no horizontal sums (which cost more than the dot products themselves
+ * in row layout: measured, 45% of a request). Eight blocks (16 KB at d = 64)
+ * are scored against every query of the batch before the next eight are
+ * read, so the table streams from memory once per batch. A block is read only
+ * when all its items are published; the last, partial one is scored from the
+ * row-major table. */
+typedef float v8f __attribute__((vector_size(32), aligned(32)));
+
 #if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+__attribute__((optimize("fp-contract=fast")))
 #endif
 static void
-host_scores(float *scores, const float *all, const float *o, int N1, int d) {
-    for (int i = 0; i < N1; i++) {
-        const float *e = all + (size_t)i * d;
-        float acc[8] = {0};
-        int j = 0;
-        for (; j + 8 <= d; j += 8)
-            for (int q = 0; q < 8; q++)
-                acc[q] += e[j + q] * o[j + q];
-        float sum =
-            ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-        for (; j < d; j++)
-            sum += e[j] * o[j];
-        scores[i] = sum;
+host_scores(float *scores, const float *allT, const float *all, const float *O, size_t ldo, int B,
+            int N1, int d) {
+    enum { G = 6 }; /* blocks per pass: 2 queries x 6 blocks = 12 accumulators */
+    const int nfull = N1 / 8;
+    for (int g0 = 0; g0 < nfull; g0 += G) {
+        const int ng = nfull - g0 < G ? nfull - g0 : G;
+        const v8f *t = (const v8f *)(allT + (size_t)g0 * 8 * d);
+        int b = 0;
+        if (ng == G) /* two queries share every load of the table */
+            for (; b + 2 <= B; b += 2) {
+                const float *o = O + (size_t)b * ldo, *p = o + ldo;
+                v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0};
+                v8f c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0}, c4 = {0}, c5 = {0};
+                for (int j = 0; j < d; j++) {
+                    const float x = o[j], y = p[j];
+                    const v8f t0 = t[j], t1 = t[d + j], t2 = t[2 * d + j], t3 = t[3 * d + j],
+                              t4 = t[4 * d + j], t5 = t[5 * d + j];
+                    a0 += x * t0;
+                    c0 += y * t0;
+                    a1 += x * t1;
+                    c1 += y * t1;
+                    a2 += x * t2;
+                    c2 += y * t2;
+                    a3 += x * t3;
+                    c3 += y * t3;
+                    a4 += x * t4;
+                    c4 += y * t4;
+                    a5 += x * t5;
+                    c5 += y * t5;
+                }
+                float *out = scores + (size_t)b * N1 + (size_t)g0 * 8, *out2 = out + N1;
+                memcpy(out + 0, &a0, 32);
+                memcpy(out + 8, &a1, 32);
+                memcpy(out + 16, &a2, 32);
+                memcpy(out + 24, &a3, 32);
+                memcpy(out + 32, &a4, 32);
+                memcpy(out + 40, &a5, 32);
+                memcpy(out2 + 0, &c0, 32);
+                memcpy(out2 + 8, &c1, 32);
+                memcpy(out2 + 16, &c2, 32);
+                memcpy(out2 + 24, &c3, 32);
+                memcpy(out2 + 32, &c4, 32);
+                memcpy(out2 + 40, &c5, 32);
+            }
+        for (; b < B; b++) {
+            const float *o = O + (size_t)b * ldo;
+            float *out = scores + (size_t)b * N1 + (size_t)g0 * 8;
+            for (int g = 0; g < ng; g += 2) {
+                v8f a = {0}, c = {0};
+                const v8f *u = t + (size_t)g * d, *w = g + 1 < ng ? u + d : u;
+                for (int j = 0; j < d; j++) {
+                    a += o[j] * u[j];
+                    c += o[j] * w[j];
+                }
+                memcpy(out + g * 8, &a, 32);
+                if (g + 1 < ng) memcpy(out + g * 8 + 8, &c, 32);
+            }
+        }
     }
+    for (int b = 0; b < B; b++) /* the partial block */
+        for (int i = nfull * 8; i < N1; i++) {
+            const float *e = all + (size_t)i * d, *o = O + (size_t)b * ldo;
+            float sum = 0;
+            for (int j = 0; j < d; j++)
+                sum += e[j] * o[j];
+            scores[(size_t)b * N1 + i] = sum;
+        }
+}
+
+static int run_batch(infer_model *im, infer_ctx *x, infer_query *q, int nq) {
+    iisan_backend *be = im->be;
+    const int n = im->c.n, d = im->c.d, N1 = infer_n_items(im) + 1;
+    const int cpu = !strcmp(be->name, "cpu"), nb = infer_banned_count(im);
+    int kmax = 0, nemax = 0, B = 0;
+    infer_query *ok[nq > 0 ? nq : 1];
+    for (int r = 0; r < nq; r++) {
+        infer_query *t = &q[r];
+        t->cnt = -1;
+        if (t->k < 1 || t->k > im->max_k || t->ne < 0 || t->ne > im->max_excl || t->nh < 1)
+            continue;
+        int bad = 0;
+        for (int j = 0; j < t->nh; j++)
+            bad |= t->hist[j] < 1 || t->hist[j] >= N1;
+        if (bad) continue;
+        if (t->k > kmax) kmax = t->k;
+        if (t->ne > nemax) nemax = t->ne;
+        ok[B++] = t;
+    }
+    if (!B) return 0;
+    for (int b = 0; b < B; b++) {
+        const infer_query *t = ok[b];
+        int take = t->nh < n ? t->nh : n, pad = n - take;
+        for (int j = 0; j < n; j++) {
+            x->in_idx[b * n + j] = j < pad ? 0 : t->hist[t->nh - take + (j - pad)];
+            x->mask[b * n + j] = j < pad ? 0.0f : 1.0f;
+        }
+        for (int j = 0; j < nemax; j++) /* index 0 is never a candidate: pads the lists */
+            x->hexcl[b * nemax + j] = j < t->ne ? t->excl[j] : 0;
+    }
+    seq_forward(x->m, im->all, x->in_idx, x->mask, B, 0, 0);
+    const float *O = seq_output(x->m) + (size_t)(n - 1) * d; /* row b at b * n * d */
+    if (cpu)
+        host_scores(x->scores, im->allT, im->all, O, (size_t)n * d, B, N1, d);
+    else
+        be->gemm(be, 0, 1, B, N1, d, 1, O, n * d, im->all, d, 0, x->scores, N1);
+    if (nb) { /* deleted items rank last; the few that could still come up are dropped below */
+        const float ninf = -INFINITY;
+        for (int i = 1; i < N1; i++)
+            if (is_banned(im, i))
+                for (int b = 0; b < B; b++) {
+                    if (cpu)
+                        x->scores[(size_t)b * N1 + i] = ninf;
+                    else
+                        be->upload(be, x->scores + (size_t)b * N1 + i, &ninf, sizeof ninf);
+                }
+    }
+    if (nemax) be->upload(be, x->dexcl, x->hexcl, (size_t)B * nemax * sizeof(int));
+    be->topk(be, x->didx, x->dscore, x->scores, B, N1, kmax, nemax ? x->dexcl : NULL, nemax);
+    be->download(be, x->hidx, x->didx, (size_t)B * kmax * sizeof(int));
+    be->download(be, x->hscore, x->dscore, (size_t)B * kmax * sizeof(float));
+    for (int b = 0; b < B; b++) {
+        infer_query *t = ok[b];
+        const int *oi = x->hidx + (size_t)b * kmax;
+        const float *os = x->hscore + (size_t)b * kmax;
+        int cnt = 0;
+        for (int j = 0; j < t->k && oi[j] > 0; j++)
+            if (!nb || !is_banned(im, oi[j])) {
+                t->out_idx[cnt] = oi[j];
+                t->out_score[cnt++] = os[j];
+            }
+        t->cnt = cnt;
+    }
+    return 0;
+}
+
+int infer_recommend_batch(infer_model *im, infer_query *q, int nq) {
+    if (nq < 1) return -1;
+    infer_ctx *x = checkout(im);
+    for (int r0 = 0; r0 < nq; r0 += im->max_batch)
+        run_batch(im, x, q + r0, nq - r0 < im->max_batch ? nq - r0 : im->max_batch);
+    checkin(im, x);
+    return 0;
 }
 
 int infer_recommend(infer_model *im, const int32_t *hist, int nh, const int32_t *excl, int ne,
                     int k, int32_t *out_idx, float *out_score) {
-    if (k < 1 || k > im->max_k || ne < 0 || ne > im->max_excl || nh < 1) return -1;
+    infer_query q = {hist, nh, excl, ne, k, out_idx, out_score, -1};
+    infer_recommend_batch(im, &q, 1);
+    return q.cnt;
+}
+
+/* the staged states of a chunk of items being embedded (backend memory) */
+typedef struct {
+    int n;
+    const uint32_t *cat;
+    const uint16_t *mod[2][ADD_CHUNK];
+} stage_src;
+
+static const uint16_t *stage_get(void *ctx, int modality, uint32_t cat) {
+    const stage_src *s = ctx;
+    for (int i = 0; i < s->n; i++)
+        if (s->cat[i] == cat) return s->mod[modality][i];
+    return NULL;
+}
+
+int infer_add_items(infer_model *im, const infer_new_item *v, int n, int32_t *out_idx, char *err,
+                    int errlen) {
+    if (!im->tower) {
+        snprintf(err, errlen,
+                 "model version %u is SASRec-ID: an item's ID embedding needs training; it is "
+                 "served after the next retrain",
+                 im->info.version);
+        return IISAN_EINVAL;
+    }
+    if (n < 1) return 0;
     iisan_backend *be = im->be;
-    const int n = im->c.n, d = im->c.d, N1 = im->N + 1;
-    infer_ctx *x = checkout(im);
-    int take = nh < n ? nh : n, pad = n - take;
-    for (int j = 0; j < n; j++) {
-        x->in_idx[j] = j < pad ? 0 : hist[nh - take + (j - pad)];
-        x->mask[j] = j < pad ? 0.0f : 1.0f;
+    const int d = im->c.d;
+    const size_t blk = (size_t)im->c.nstates * im->c.D;
+    pthread_mutex_lock(&im->add_mu);
+    const int base = atomic_load(&im->n_items);
+    if (base + n > im->cap) {
+        pthread_mutex_unlock(&im->add_mu);
+        snprintf(err, errlen,
+                 "the loaded model has room for %d more items, %d were sent: reload the model "
+                 "(POST /admin/reload) to embed them all",
+                 im->cap - base, n);
+        return IISAN_EFULL;
     }
-    seq_forward(x->m, im->all, x->in_idx, x->mask, 1, 0, 0);
-    const float *o = seq_output(x->m) + (size_t)(n - 1) * d;
-    const int cpu = !strcmp(be->name, "cpu"), nb = infer_banned_count(im);
-    if (cpu)
-        host_scores(x->scores, im->all, o, N1, d);
-    else
-        be->gemm(be, 0, 1, 1, N1, d, 1, o, d, im->all, d, 0, x->scores, N1);
-    if (nb) { /* deleted items rank last; the few that could still come up are dropped below */
-        const float ninf = -INFINITY;
-        for (int i = 1; i < N1; i++)
-            if (is_banned(im, i)) {
-                if (cpu)
-                    x->scores[i] = ninf;
-                else
-                    be->upload(be, x->scores + i, &ninf, sizeof ninf);
+    for (int i = 0; i < n; i++)
+        if (!(im->ids[base + 1 + i] = strdup(v[i].item_id))) {
+            for (int j = 0; j < i; j++) {
+                free(im->ids[base + 1 + j]);
+                im->ids[base + 1 + j] = NULL;
             }
-    }
-    if (ne) be->upload(be, x->dexcl, excl, (size_t)ne * sizeof(int));
-    be->topk(be, x->didx, x->dscore, x->scores, 1, N1, k, x->dexcl, ne);
-    be->download(be, out_idx, x->didx, (size_t)k * sizeof(int));
-    be->download(be, out_score, x->dscore, (size_t)k * sizeof(float));
-    checkin(im, x);
-    int cnt = 0;
-    for (int j = 0; j < k && out_idx[j] > 0; j++)
-        if (!nb || !is_banned(im, out_idx[j])) {
-            out_idx[cnt] = out_idx[j];
-            out_score[cnt++] = out_score[j];
+            pthread_mutex_unlock(&im->add_mu);
+            snprintf(err, errlen, "out of memory");
+            return IISAN_ENOMEM;
         }
-    return cnt;
+    /* chunks of items through the tower, on a context so that a GPU's one stream is never
+     * used by two threads; no request can see these rows yet */
+    infer_ctx *x = checkout(im);
+    int32_t rows[ADD_CHUNK];
+    uint32_t cats[ADD_CHUNK];
+    for (int i0 = 0; i0 < n; i0 += ADD_CHUNK) {
+        int U = n - i0 < ADD_CHUNK ? n - i0 : ADD_CHUNK;
+        stage_src src = {U, cats, {{NULL}}};
+        for (int u = 0; u < U; u++) {
+            const infer_new_item *it = &v[i0 + u];
+            rows[u] = base + 1 + i0 + u;
+            cats[u] = it->cat;
+            im->item_cat[rows[u]] = it->cat;
+            for (int mod = 0; mod < 2; mod++)
+                if (it->states[mod]) {
+                    uint16_t *dst = im->stage + ((size_t)u * 2 + mod) * blk;
+                    be->upload(be, dst, it->states[mod], blk * sizeof(uint16_t));
+                    src.mod[mod][u] = dst;
+                }
+        }
+        iisan_states st = {stage_get, &src};
+        tower_forward(im->tower, rows, cats, U, &st);
+        be->copy(be, im->all + (size_t)rows[0] * d, im->tower->emb, (size_t)U * d * sizeof(float));
+    }
+    be->sync(be);
+    checkin(im, x);
+    if (im->allT) transpose_rows(im->allT, im->all, base + 1, base + n, d);
+    /* publish the rows, then point the maps at them, then retire the rows they replace */
+    atomic_store_explicit(&im->n_items, base + n, memory_order_release);
+    atomic_fetch_add(&im->n_added, n);
+    for (int i = 0; i < n; i++) {
+        const int row = base + 1 + i;
+        int old = infer_lookup(im, v[i].item_id);
+        int oldc = infer_lookup_cat(im, v[i].cat);
+        slot_set(im, im->ids[row], row);
+        cslot_set(im, v[i].cat, row);
+        if (old && old != row) infer_ban(im, old, 1);
+        if (oldc && oldc != row && oldc != old) infer_ban(im, oldc, 1);
+        if (out_idx) out_idx[i] = row;
+    }
+    pthread_mutex_unlock(&im->add_mu);
+    return 0;
 }
 
 static int cmp_i32(const void *a, const void *b) {
@@ -497,7 +851,7 @@ int infer_popular(const infer_model *im, const int32_t *excl, int ne, int k, int
         qsort(ex, (size_t)ne, sizeof *ex, cmp_i32);
     }
     int cnt = 0;
-    for (int j = 0; j < im->N && cnt < k; j++) {
+    for (int j = 0; j < im->N0 && cnt < k; j++) {
         int32_t i = im->pop_order[j];
         if (is_banned(im, i) || (ex && bsearch(&i, ex, (size_t)ne, sizeof *ex, cmp_i32))) continue;
         out_idx[cnt] = i;

@@ -1,5 +1,5 @@
-/* Serving a checkpoint: one loaded model version, immutable once loaded and
- * shared by every request thread, with a pool of inference contexts.
+/* Serving a checkpoint: one loaded model version, shared by every request
+ * thread, with a pool of inference contexts.
  *
  * infer_load reads a checkpoint from the store, computes every model item's
  * embedding e_i once (model_item_embeddings; IISAN reads the hidden states
@@ -9,10 +9,20 @@
  *
  * An inference context is a small model of the sequence encoder only (the
  * checkpoint's seq.* parameters copied into a SASRec-ID-shaped model with
- * one user of capacity), with its own score and top-k buffers. iisan_model's
- * workspaces are not thread-safe, so a request checks one context out of the
- * pool (waiting when all are busy) and returns it: with as many contexts as
- * request threads nobody waits; with one the pool is a mutex.
+ * room for max_batch users), with its own score and top-k buffers. A batch of
+ * requests (infer_recommend_batch) runs the sequence encoder once for all of
+ * them, scores them against the catalogue in one pass over the embedding
+ * table (the table is read once per batch, not once per request) and takes
+ * each one's top-k. iisan_model's workspaces are not thread-safe, so a batch
+ * checks one context out of the pool (waiting when all are busy) and returns
+ * it.
+ *
+ * Items added while serving (infer_add_items, IISAN only): the item tower's
+ * parameters are kept, so a new item's e_i is computed from its hidden states
+ * on the spot and appended to the table (up to `headroom` rows beyond the
+ * checkpoint's); requests that start afterwards can return it and take it in
+ * histories. Everything a request reads is either immutable or published with
+ * release/acquire ordering: requests never lock against an addition.
  *
  * Lifetime: a version is reference-counted (infer_retain / infer_release);
  * the last release frees it. Uses only the public core and store APIs. */
@@ -29,20 +39,25 @@
 typedef struct infer_model infer_model;
 
 typedef struct {
-    int contexts;    /* inference contexts (>= 1) */
-    int max_k;       /* top-k capacity of each context */
-    int max_exclude; /* exclusion-list capacity of each context */
+    int contexts;    /* inference contexts (>= 1): batches computed at once */
+    int max_k;       /* top-k capacity of each request */
+    int max_exclude; /* exclusion-list capacity of each request */
+    int max_batch;   /* requests per batch (>= 1; 0 = 1) */
+    int headroom;    /* rows for items added while serving (IISAN; 0 = none) */
 } infer_options;
 
 typedef struct {
     uint32_t version;
     int kind;      /* MODEL_IISAN / MODEL_SASREC_ID */
-    int n_items;   /* N */
+    int n_items;   /* N of the checkpoint */
+    int n_extra;   /* catalogue items with states it did not know, embedded at load (IISAN) */
     int n;         /* sequence length */
     int d;         /* embedding size */
     size_t params; /* parameters of the checkpoint */
     int contexts;
-    int max_k, max_exclude; /* capacities of each context */
+    int max_k, max_exclude; /* capacities of each request */
+    int max_batch;          /* requests per batch */
+    int headroom;           /* rows for added items (0 for SASRec-ID) */
     double load_seconds;    /* reading, embedding the catalogue, contexts */
     char meta[512];         /* the checkpoint's meta JSON (truncated) */
 } infer_info;
@@ -58,20 +73,61 @@ void infer_retain(infer_model *im);
 void infer_release(infer_model *im); /* frees on the last release */
 void infer_get_info(const infer_model *im, infer_info *info);
 
-/* model index 1..N of an item id, 0 when the model does not know it */
+/* items served now: N of the checkpoint plus the items added since */
+int infer_n_items(const infer_model *im);
+/* items added since load (infer_add_items), updates included */
+int infer_n_added(const infer_model *im);
+
+/* model index of an item id, 0 when the model does not know it */
 int infer_lookup(const infer_model *im, const char *item_id);
 /* model index of a catalogue index, 0 when not in the model */
 int infer_lookup_cat(const infer_model *im, uint32_t cat);
-/* the item id of model index 1..N */
+/* the item id of a model index */
 const char *infer_item_id(const infer_model *im, int idx);
 
-/* Top-k for one user: hist (model indexes, oldest first, nh >= 1; the last n
- * feed the sequence encoder), excl (model indexes never returned, ne <=
- * max_exclude). Writes up to k (<= max_k) items, best first, into out_idx /
- * out_score and returns how many (fewer when the catalogue runs out), or -1
- * when k or ne exceed the context's capacity. Thread-safe. */
+/* One request of a batch: hist (model indexes, oldest first, nh >= 1; the
+ * last n feed the sequence encoder), excl (model indexes never returned, ne <=
+ * max_exclude), k (<= max_k). The results go to out_idx / out_score (room
+ * for k), best first; cnt gets how many (fewer when the catalogue runs out),
+ * or -1 when k, ne or nh are out of range. */
+typedef struct {
+    const int32_t *hist;
+    int nh;
+    const int32_t *excl;
+    int ne;
+    int k;
+    int32_t *out_idx;
+    float *out_score;
+    int cnt;
+} infer_query;
+
+/* Runs q[0..nq) as one batch (nq <= max_batch; more are run in several).
+ * Thread-safe. Returns 0, or -1 when nq < 1. */
+int infer_recommend_batch(infer_model *im, infer_query *q, int nq);
+
+/* Top-k for one user: a batch of one. Returns cnt. Thread-safe. */
 int infer_recommend(infer_model *im, const int32_t *hist, int nh, const int32_t *excl, int ne,
                     int k, int32_t *out_idx, float *out_score);
+
+/* An item to embed while serving: its catalogue index and id, and its hidden
+ * states (host fp16 [nstates, D] per modality, NULL when the item has none of
+ * that modality: the model uses zeros, as in training). */
+typedef struct {
+    const char *item_id;
+    uint32_t cat;
+    const uint16_t *states[2]; /* IISAN_TEXT, IISAN_IMAGE */
+} infer_new_item;
+
+/* Computes e_i of v[0..n) with the version's item tower and publishes them:
+ * an unknown id gets the next model index, a known one a fresh row that takes
+ * its id and catalogue index over (the old row is never returned again).
+ * out_idx (may be NULL) gets the model indexes. All or nothing. Returns 0;
+ * IISAN_EINVAL for a SASRec-ID version (an ID embedding needs training) or
+ * states of another shape; IISAN_EFULL when the headroom is used up (a
+ * reload makes room: the next version load embeds every catalogue item with
+ * states); err says which. Thread-safe; additions are serialised. */
+int infer_add_items(infer_model *im, const infer_new_item *v, int n, int32_t *out_idx, char *err,
+                    int errlen);
 
 /* Items never returned (deleted from the catalogue): on != 0 bans model
  * index idx, 0 lifts the ban. Thread-safe; requests that start afterwards

@@ -72,8 +72,9 @@ int serve_config_set(const serve_config *c) {
 int serve_reload_model(uint32_t version, int force) {
     pthread_mutex_lock(&g_srv.load_mu);
     const serve_config *cfg = serve_config_acquire();
-    infer_options opt = {(int)(cfg->contexts ? cfg->contexts : cfg->threads), (int)cfg->max_k,
-                         (int)(cfg->max_history + cfg->max_exclude)};
+    infer_options opt = {(int)cfg->infer_threads, (int)cfg->max_k,
+                         (int)(cfg->max_history + cfg->max_exclude), (int)cfg->max_batch,
+                         (int)cfg->item_headroom};
     serve_config_release(cfg);
     if (strcmp(g_srv.be->name, "cpu")) opt.contexts = 1; /* one device stream: one context */
     infer_model *cur = serve_model_get();
@@ -116,9 +117,11 @@ int serve_reload_model(uint32_t version, int force) {
             serve_model_set(m);
             serve_apply_deleted(m); /* deletions committed during the load */
             log_event("info", "model_loaded",
-                      "version=%u kind=%s items=%d params=%zu contexts=%d previous=%u seconds=%.3f",
+                      "version=%u kind=%s items=%d added_items=%d params=%zu contexts=%d "
+                      "max_batch=%d previous=%u seconds=%.3f",
                       in.version, in.kind == MODEL_IISAN ? "iisan" : "sasrec-id", in.n_items,
-                      in.params, in.contexts, ci.version, serve_now() - t0);
+                      in.n_extra, in.params, in.contexts, in.max_batch, ci.version,
+                      serve_now() - t0);
             ret = 0;
         }
     }
@@ -245,10 +248,11 @@ static void reload(const args *a) {
             memcpy(pn, po, sz);
         }
         int resize = nc.max_k != old->max_k || nc.max_history != old->max_history ||
-                     nc.max_exclude != old->max_exclude;
+                     nc.max_exclude != old->max_exclude || nc.max_batch != old->max_batch;
         serve_config_release(old);
         serve_config_set(&nc);
         writer_set_batch(g_srv.writer, nc.commit_batch);
+        batcher_set(g_srv.batcher, (int)nc.max_batch, nc.batch_wait_us);
         scheduler_wake(); /* retrain_every_min / retrain_after may have changed */
         log_event("info", "config_reloaded", "file=%s ignored=%s",
                   log_q(a->config ? a->config : "", b, sizeof b), *ignored ? ignored : "-");
@@ -335,6 +339,13 @@ int cmd_serve(int argc, char **argv) {
         log_event("error", "writer_failed", "message=\"cannot start the writer thread\"");
         goto out;
     }
+    {
+        int nthreads = strcmp(g_srv.be->name, "cpu") ? 1 : (int)cfg.infer_threads;
+        if (batcher_start(&g_srv.batcher, nthreads, (int)cfg.max_batch, cfg.batch_wait_us)) {
+            log_event("error", "batcher_failed", "message=\"cannot start the batch threads\"");
+            goto out;
+        }
+    }
     if (scheduler_start()) {
         log_event("error", "scheduler_failed", "message=\"cannot start the scheduler thread\"");
         goto out;
@@ -366,9 +377,11 @@ int cmd_serve(int argc, char **argv) {
     while (atomic_load(&g_srv.in_flight) > 0 && serve_now() < deadline)
         usleep(2000);
     long left = atomic_load(&g_srv.in_flight);
-    /* commit what is queued; resumes every waiting request */
+    /* commit what is queued, compute what is batched; resumes every waiting request */
     writer_stop(g_srv.writer);
     g_srv.writer = NULL;
+    batcher_stop(g_srv.batcher);
+    g_srv.batcher = NULL;
     deadline = serve_now() + 2.0;
     while (atomic_load(&g_srv.in_flight) > 0 && serve_now() < deadline)
         usleep(2000);
@@ -388,6 +401,8 @@ out:
     scheduler_stop();
     if (g_srv.writer) writer_stop(g_srv.writer);
     g_srv.writer = NULL;
+    batcher_stop(g_srv.batcher);
+    g_srv.batcher = NULL;
     serve_model_set(NULL);
     store_ix_close(g_srv.ix);
     g_srv.ix = NULL;

@@ -25,7 +25,10 @@ typedef struct {
     char bind[64];
     long port;
     long threads;
-    long contexts; /* 0 = one per thread */
+    long infer_threads; /* threads computing /recommend batches */
+    long max_batch;
+    long batch_wait_us;
+    long item_headroom;
     long blas_threads;
     char device[16];
     long max_body_bytes;
@@ -99,6 +102,7 @@ extern const char *const route_name[N_ROUTES];
 
 void metrics_request(int route, int status, double seconds);
 void metrics_fallback(void);
+void metrics_batch(int requests); /* one /recommend batch of that many requests */
 void metrics_commit(size_t interactions, double seconds, int ok);
 /* Prometheus text exposition (malloc'd) */
 char *metrics_render(uint32_t model_version, long in_flight, long pending);
@@ -126,6 +130,26 @@ void writer_set_batch(ix_writer *w, long batch_max);
 /* commits what is queued, then stops the thread */
 void writer_stop(ix_writer *w);
 
+/* ---------------- /recommend batching ---------------- */
+
+typedef struct rec_ticket {
+    struct rec_ticket *next;
+    infer_model *m; /* retained by the request */
+    infer_query q;  /* q.cnt set by the batch thread */
+    atomic_int done;
+    void (*notify)(struct rec_ticket *t); /* called by the batch thread after done is set */
+    void *arg;
+} rec_ticket;
+
+typedef struct rec_batcher rec_batcher;
+int batcher_start(rec_batcher **out, int threads, int max_batch, long wait_us);
+/* queues t (0), or -1 when the batcher is stopping */
+int batcher_submit(rec_batcher *b, rec_ticket *t);
+long batcher_queued(rec_batcher *b);
+void batcher_set(rec_batcher *b, int max_batch, long wait_us);
+/* runs what is queued, then stops the threads */
+void batcher_stop(rec_batcher *b);
+
 /* ---------------- the daemon ---------------- */
 
 typedef struct serve_cfg_ref serve_cfg_ref; /* a refcounted configuration snapshot */
@@ -136,6 +160,7 @@ typedef struct {
     serve_cfg_ref *cfg;
     store_ix *ix;
     ix_writer *writer;
+    rec_batcher *batcher;
     iisan_backend *be;
     atomic_long in_flight;
     atomic_int stopping;

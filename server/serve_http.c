@@ -42,7 +42,33 @@ typedef struct {
     ix_request ixr;
     store_interaction *ixv;
     ix_ticket ticket;
+    /* POST /recommend while its batch is pending */
+    struct rec_state *rec;
 } req_ctx;
+
+typedef struct rec_state {
+    rec_request q;
+    infer_model *m;
+    uint32_t version;
+    json_t *warnings;
+    uint32_t *stored;
+    int32_t *hist, *excl, *oidx;
+    float *oscore;
+    rec_ticket t;
+} rec_state;
+
+static void rec_free(rec_state *st) {
+    if (!st) return;
+    json_decref(st->warnings);
+    free(st->stored);
+    free(st->hist);
+    free(st->excl);
+    free(st->oidx);
+    free(st->oscore);
+    if (st->m) infer_release(st->m);
+    rec_request_free(&st->q);
+    free(st);
+}
 
 double serve_now(void) {
     struct timespec ts;
@@ -304,52 +330,68 @@ static req_limits limits_of(const serve_config *cfg) {
     return l;
 }
 
+static enum MHD_Result rec_respond(req_ctx *r, int cnt, int fallback) {
+    rec_state *st = r->rec;
+    json_t *items = json_array();
+    for (int i = 0; i < cnt; i++)
+        json_array_append_new(items,
+                              json_pack("{s:s,s:f}", "item_id", infer_item_id(st->m, st->oidx[i]),
+                                        "score", (double)st->oscore[i]));
+    json_t *j = json_pack("{s:o,s:I}", "items", items, "model_version", (json_int_t)st->version);
+    if (fallback) json_object_set_new(j, "fallback", json_string("popularity"));
+    if (json_array_size(st->warnings)) json_object_set(j, "warnings", st->warnings);
+    enum MHD_Result ret = send_json(r, 200, j);
+    rec_free(st);
+    r->rec = NULL;
+    return ret;
+}
+
+static void rec_resume(rec_ticket *t) {
+    req_ctx *r = t->arg;
+    MHD_resume_connection(r->conn);
+}
+
 static enum MHD_Result do_recommend(req_ctx *r, const serve_config *cfg) {
     req_limits lim = limits_of(cfg);
-    rec_request q;
     req_error e;
-    if (rec_request_parse(r->body, r->len, &lim, &q, &e)) return send_req_error(r, &e);
-    infer_model *m = serve_model_get();
-    if (!m) {
-        rec_request_free(&q);
+    rec_state *st = calloc(1, sizeof *st);
+    if (!st) return send_error(r, 500, "internal", NULL, "out of memory");
+    r->rec = st;
+    if (rec_request_parse(r->body, r->len, &lim, &st->q, &e)) return send_req_error(r, &e);
+    rec_request *q = &st->q;
+    infer_model *m = st->m = serve_model_get();
+    if (!m)
         return send_error(r, 503, "no_model", NULL,
                           "no model is loaded: train one (iisan train) and send SIGHUP or POST "
                           "/admin/reload");
-    }
     infer_info in;
     infer_get_info(m, &in);
-    enum MHD_Result ret;
-    json_t *warnings = json_array();
-    uint32_t *stored = NULL, ns = 0;
-    int32_t *hist = NULL, *excl = NULL, *oidx = NULL;
-    float *oscore = NULL;
+    st->version = in.version;
+    st->warnings = json_array();
+    uint32_t ns = 0;
     char msg[700];
-    if (q.k > in.max_k) { /* the configuration grew past the loaded contexts */
-        ret = send_error(r, 400, "k_too_large", NULL, "'k' is %ld; the limit is %d", q.k, in.max_k);
-        goto out;
-    }
-    if (q.user_id) {
-        int rc = store_ix_user_get(g_srv.ix, q.user_id, &stored, &ns);
+    if (q->k > in.max_k) /* the configuration grew past the loaded model's capacity */
+        return send_error(r, 400, "k_too_large", NULL, "'k' is %ld; the limit is %d", q->k,
+                          in.max_k);
+    if (q->user_id) {
+        int rc = store_ix_user_get(g_srv.ix, q->user_id, &st->stored, &ns);
         if (rc == IISAN_ENOTFOUND) {
-            snprintf(msg, sizeof msg, "user '%s' has no stored interactions", q.user_id);
-            warn(warnings, "unknown_user", "user_id", NULL, msg);
+            snprintf(msg, sizeof msg, "user '%s' has no stored interactions", q->user_id);
+            warn(st->warnings, "unknown_user", "user_id", NULL, msg);
         } else if (rc) {
-            ret = send_error(r, 500, "store_error", NULL, "reading user '%s': %s", q.user_id,
-                             iisan_strerror(rc));
-            goto out;
+            return send_error(r, 500, "store_error", NULL, "reading user '%s': %s", q->user_id,
+                              iisan_strerror(rc));
         }
     }
-    hist = malloc(((size_t)ns + q.n_history + 1) * sizeof *hist);
-    excl = malloc(((size_t)in.max_exclude + 1) * sizeof *excl);
-    oidx = malloc((size_t)q.k * sizeof *oidx);
-    oscore = malloc((size_t)q.k * sizeof *oscore);
-    if (!hist || !excl || !oidx || !oscore) {
-        ret = send_error(r, 500, "internal", NULL, "out of memory");
-        goto out;
-    }
+    int32_t *hist = st->hist = malloc(((size_t)ns + q->n_history + 1) * sizeof *hist);
+    int32_t *excl = st->excl = malloc(((size_t)in.max_exclude + 1) * sizeof *excl);
+    st->oidx = malloc((size_t)q->k * sizeof *st->oidx);
+    st->oscore = malloc((size_t)q->k * sizeof *st->oscore);
+    if (!hist || !excl || !st->oidx || !st->oscore)
+        return send_error(r, 500, "internal", NULL, "out of memory");
     int nh = 0, not_in_model = 0;
     for (uint32_t i = 0; i < ns; i++) {
-        int idx = infer_lookup_cat(m, stored[i]);
+        int idx = infer_lookup_cat(m, st->stored[i]);
         if (idx)
             hist[nh++] = idx;
         else
@@ -359,63 +401,60 @@ static enum MHD_Result do_recommend(req_ctx *r, const serve_config *cfg) {
         snprintf(msg, sizeof msg,
                  "%d of user '%s''s %u stored interactions are with items that model version "
                  "%u does not know; they were skipped",
-                 not_in_model, q.user_id, ns, in.version);
-        warn(warnings, "not_in_model", "user_id", NULL, msg);
+                 not_in_model, q->user_id, ns, in.version);
+        warn(st->warnings, "not_in_model", "user_id", NULL, msg);
     }
-    for (size_t i = 0; i < q.n_history; i++) {
-        int idx = infer_lookup(m, q.history[i]);
+    for (size_t i = 0; i < q->n_history; i++) {
+        int idx = infer_lookup(m, q->history[i]);
         if (idx)
             hist[nh++] = idx;
         else {
             snprintf(msg, sizeof msg,
                      "history[%zu]: item id not known to model version %u; skipped", i, in.version);
-            warn(warnings, "unknown_item", "history", q.history[i], msg);
+            warn(st->warnings, "unknown_item", "history", q->history[i], msg);
         }
     }
     int ne = 0;
-    for (size_t i = 0; i < q.n_exclude && ne < in.max_exclude; i++) {
-        int idx = infer_lookup(m, q.exclude[i]);
+    for (size_t i = 0; i < q->n_exclude && ne < in.max_exclude; i++) {
+        int idx = infer_lookup(m, q->exclude[i]);
         if (idx)
             excl[ne++] = idx;
         else {
             snprintf(msg, sizeof msg,
                      "exclude[%zu]: item id not known to model version %u; skipped", i, in.version);
-            warn(warnings, "unknown_item", "exclude", q.exclude[i], msg);
+            warn(st->warnings, "unknown_item", "exclude", q->exclude[i], msg);
         }
     }
     /* the most recent max_history items of the history are excluded as well */
-    if (q.exclude_history)
+    if (q->exclude_history)
         for (int i = nh - 1; i >= 0 && nh - i <= cfg->max_history && ne < in.max_exclude; i--)
             excl[ne++] = hist[i];
-    int cnt, fallback = nh == 0;
-    if (fallback) {
-        cnt = infer_popular(m, excl, ne, (int)q.k, oidx, oscore);
+    if (nh == 0) {
         metrics_fallback();
-    } else {
-        cnt = infer_recommend(m, hist, nh, excl, ne, (int)q.k, oidx, oscore);
-        if (cnt < 0) {
-            ret = send_error(r, 500, "internal", NULL, "inference refused the request");
-            goto out;
-        }
+        return rec_respond(r, infer_popular(m, excl, ne, (int)q->k, st->oidx, st->oscore), 1);
     }
-    json_t *items = json_array();
-    for (int i = 0; i < cnt; i++)
-        json_array_append_new(items, json_pack("{s:s,s:f}", "item_id", infer_item_id(m, oidx[i]),
-                                               "score", (double)oscore[i]));
-    json_t *j = json_pack("{s:o,s:I}", "items", items, "model_version", (json_int_t)in.version);
-    if (fallback) json_object_set_new(j, "fallback", json_string("popularity"));
-    if (json_array_size(warnings)) json_object_set(j, "warnings", warnings);
-    ret = send_json(r, 200, j);
-out:
-    json_decref(warnings);
-    free(stored);
-    free(hist);
-    free(excl);
-    free(oidx);
-    free(oscore);
-    infer_release(m);
-    rec_request_free(&q);
-    return ret;
+    /* to a batch thread; the connection sleeps until its batch is done */
+    st->t.m = m;
+    st->t.q = (infer_query){hist, nh, excl, ne, (int)q->k, st->oidx, st->oscore, -1};
+    st->t.notify = rec_resume;
+    st->t.arg = r;
+    r->state = ST_WAIT;
+    MHD_suspend_connection(r->conn); /* first: the batch may finish as soon as it is queued */
+    if (batcher_submit(g_srv.batcher, &st->t)) {
+        st->t.q.cnt = -2;
+        atomic_store(&st->t.done, 1);
+        MHD_resume_connection(r->conn);
+    }
+    return MHD_YES;
+}
+
+static enum MHD_Result finish_recommend(req_ctx *r) {
+    rec_state *st = r->rec;
+    if (st->t.q.cnt == -2)
+        return send_error(r, 503, "shutting_down", NULL, "the server is stopping; retry");
+    if (st->t.q.cnt < 0)
+        return send_error(r, 500, "internal", NULL, "inference refused the request");
+    return rec_respond(r, st->t.q.cnt, 0);
 }
 
 /* ---------------- POST /interactions ---------------- */
@@ -717,7 +756,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         r->body[r->len] = '\0';
         return MHD_YES;
     }
-    if (r->state == ST_WAIT) { /* resumed by the writer */
+    if (r->state == ST_WAIT) { /* resumed by the writer or a batch thread */
+        if (r->route == ROUTE_RECOMMEND)
+            return atomic_load(&r->rec->t.done) ? finish_recommend(r) : MHD_YES;
         if (!r->ticket.done) return MHD_YES;
         return finish_interactions(r);
     }
@@ -753,6 +794,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     free(r->body);
     free(r->ixv);
     ix_request_free(&r->ixr);
+    rec_free(r->rec);
     free(r);
     *con_cls = NULL;
     atomic_fetch_sub(&g_srv.in_flight, 1);

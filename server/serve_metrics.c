@@ -23,6 +23,7 @@ static atomic_ulong lat_bucket[N_ROUTES][NB + 1];    /* last: +Inf */
 static atomic_ulong lat_sum_us[N_ROUTES];
 static atomic_ulong err_count[N_ROUTES][2]; /* 4xx, 5xx */
 static atomic_ulong fallback_count;
+static atomic_ulong batch_count, batched_requests, batch_max_seen;
 static atomic_ulong commit_batches, commit_failures, committed;
 static atomic_ulong commit_bucket[NB + 1], commit_sum_us;
 
@@ -49,6 +50,15 @@ void metrics_request(int route, int status, double seconds) {
 }
 
 void metrics_fallback(void) { atomic_fetch_add_explicit(&fallback_count, 1, memory_order_relaxed); }
+
+void metrics_batch(int requests) {
+    atomic_fetch_add_explicit(&batch_count, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&batched_requests, (unsigned long)requests, memory_order_relaxed);
+    unsigned long m = atomic_load_explicit(&batch_max_seen, memory_order_relaxed);
+    while ((unsigned long)requests > m &&
+           !atomic_compare_exchange_weak(&batch_max_seen, &m, (unsigned long)requests))
+        ;
+}
 
 void metrics_commit(size_t n, double seconds, int ok) {
     atomic_fetch_add_explicit(&commit_batches, 1, memory_order_relaxed);
@@ -137,6 +147,17 @@ char *metrics_render(uint32_t model_version, long in_flight, long pending) {
         "history).\n# TYPE iisan_recommend_fallback_total counter\n"
         "iisan_recommend_fallback_total %lu\n",
         atomic_load(&fallback_count));
+    put(&b,
+        "# HELP iisan_recommend_batches_total Batches of /recommend requests computed.\n"
+        "# TYPE iisan_recommend_batches_total counter\n"
+        "iisan_recommend_batches_total %lu\n"
+        "# HELP iisan_recommend_batched_requests_total Requests computed in those batches.\n"
+        "# TYPE iisan_recommend_batched_requests_total counter\n"
+        "iisan_recommend_batched_requests_total %lu\n"
+        "# HELP iisan_recommend_batch_max Largest batch so far.\n"
+        "# TYPE iisan_recommend_batch_max gauge\n"
+        "iisan_recommend_batch_max %lu\n",
+        atomic_load(&batch_count), atomic_load(&batched_requests), atomic_load(&batch_max_seen));
     put(&b,
         "# HELP iisan_interactions_committed_total Interactions made durable.\n"
         "# TYPE iisan_interactions_committed_total counter\n"

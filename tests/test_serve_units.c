@@ -270,6 +270,102 @@ static const uint16_t *get(void *ctx, int mod, uint32_t cat) {
     return store_reader_states(ctx, mod, cat);
 }
 
+/* a batch answers each of its requests as a batch of one does, whatever the
+ * mix of k, exclusions and invalid requests in it */
+static void check_batch(infer_model *im, const iisan_dataset *ds) {
+    enum { NQ = 7, K = 12 };
+    int32_t hist[NQ][12], bi[NQ][K], si[K];
+    float bs[NQ][K], ss[K];
+    infer_query q[NQ];
+    for (int b = 0; b < NQ; b++) {
+        int32_t seq[16], tgt;
+        int nh = dataset_sequence(ds, b % ds->n_users, SPLIT_TEST, seq, &tgt);
+        int n = ds->n_items > 0 ? 10 : 0; /* dataset_sequence left-pads to n */
+        for (int j = 0; j < nh; j++)
+            hist[b][j] = seq[n - nh + j];
+        q[b] = (infer_query){hist[b], nh, hist[b], b % 3 ? nh : 0, 3 + b, bi[b], bs[b], 0};
+    }
+    q[5].k = 0;  /* invalid: refused alone */
+    q[6].nh = 0; /* invalid */
+    CHECK(infer_recommend_batch(im, q, NQ) == 0);
+    CHECK(q[5].cnt == -1 && q[6].cnt == -1);
+    /* the sequence encoder's GEMMs may round differently with more rows: scores agree to
+     * 1e-5, ids where the scores are apart */
+    int same = 1;
+    float maxd = 0;
+    for (int b = 0; b < 5; b++) {
+        int cnt = infer_recommend(im, q[b].hist, q[b].nh, q[b].excl, q[b].ne, q[b].k, si, ss);
+        same &= cnt == q[b].cnt && cnt == q[b].k;
+        for (int t = 0; t < cnt && t < q[b].cnt; t++) {
+            float dd = fabsf(ss[t] - bs[b][t]);
+            if (dd > maxd) maxd = dd;
+            if (si[t] != bi[b][t] && (t + 1 >= cnt || ss[t] - ss[t + 1] > 1e-4f)) same = 0;
+        }
+    }
+    CHECKF(same && maxd < 1e-5f, "batch differs from one at a time (max score diff %g)", maxd);
+}
+
+/* Items added while serving (IISAN): e_i from their states on the spot. A copy
+ * of an item's states under a new id and catalogue index scores exactly as
+ * that item does; an update moves the id to a new row and retires the old;
+ * SASRec-ID refuses; the headroom is a hard limit. */
+static void check_add_items(infer_model *im, iisan_store *s, const iisan_config *c, int N) {
+    char err[300];
+    int32_t out[2];
+    uint32_t newcat = store_item_count(s) + 100;
+    infer_new_item v = {"new-item", newcat, {NULL, NULL}};
+    if (c->kind != MODEL_IISAN) {
+        CHECK(infer_add_items(im, &v, 1, out, err, sizeof err) == IISAN_EINVAL);
+        CHECK(strstr(err, "SASRec-ID") != NULL);
+        return;
+    }
+    store_reader *r;
+    CHECK(store_reader_begin(s, &r) == 0);
+    const uint32_t src_cat = 3;
+    int src = infer_lookup_cat(im, src_cat);
+    CHECK(src > 0);
+    v.states[IISAN_TEXT] = store_reader_states(r, IISAN_TEXT, src_cat);
+    v.states[IISAN_IMAGE] = store_reader_states(r, IISAN_IMAGE, src_cat);
+    CHECK(infer_add_items(im, &v, 1, out, err, sizeof err) == 0);
+    CHECK(out[0] == N + 1 && infer_n_items(im) == N + 1 && infer_n_added(im) == 1);
+    CHECK(infer_lookup(im, "new-item") == N + 1 && infer_lookup_cat(im, newcat) == N + 1);
+    CHECK(infer_item_id(im, N + 1) && !strcmp(infer_item_id(im, N + 1), "new-item"));
+    CHECK(infer_lookup_cat(im, src_cat) == src); /* the original keeps its row */
+    /* ranked, and with the score of the item whose states it copies */
+    int32_t h[2] = {1, 2}, oi[60];
+    float os[60];
+    int cnt = infer_recommend(im, h, 2, NULL, 0, 60, oi, os);
+    float s_new = NAN, s_src = NAN;
+    for (int t = 0; t < cnt; t++) {
+        if (oi[t] == N + 1) s_new = os[t];
+        if (oi[t] == src) s_src = os[t];
+    }
+    CHECKF(cnt == (N + 1 < 60 ? N + 1 : 60) && !isnan(s_new) && s_new == s_src,
+           "cnt %d new %g source %g", cnt, s_new, s_src);
+    /* it can be a history item, like any other */
+    int32_t h2[2] = {1, N + 1};
+    CHECK(infer_recommend(im, h2, 2, NULL, 0, 5, oi, os) == 5);
+    /* an update: new states, a new row; the old one is never returned again */
+    v.states[IISAN_TEXT] = store_reader_states(r, IISAN_TEXT, 4);
+    v.states[IISAN_IMAGE] = NULL;
+    CHECK(infer_add_items(im, &v, 1, out, err, sizeof err) == 0);
+    CHECK(out[0] == N + 2 && infer_lookup(im, "new-item") == N + 2);
+    CHECK(infer_lookup_cat(im, newcat) == N + 2 && infer_banned_count(im) == 1);
+    cnt = infer_recommend(im, h, 2, NULL, 0, 60, oi, os);
+    int old_seen = 0, new_seen = 0;
+    for (int t = 0; t < cnt; t++) {
+        old_seen |= oi[t] == N + 1;
+        new_seen |= oi[t] == N + 2;
+    }
+    CHECK(!old_seen && (new_seen || cnt == 60));
+    /* headroom 3: one row left, two sent: nothing is added */
+    infer_new_item two[2] = {{"a", newcat + 1, {NULL, NULL}}, {"b", newcat + 2, {NULL, NULL}}};
+    CHECK(infer_add_items(im, two, 2, out, err, sizeof err) == IISAN_EFULL);
+    CHECK(infer_n_items(im) == N + 2 && infer_lookup(im, "a") == 0);
+    CHECK(infer_add_items(im, two, 1, out, err, sizeof err) == 0 && out[0] == N + 3);
+    store_reader_end(r);
+}
+
 /* infer_recommend must rank as the full model does (model_item_embeddings +
  * seq_forward of a 64-user model + a full score row) */
 static void check_infer(iisan_store *s, const iisan_config *c, int min_len) {
@@ -311,7 +407,7 @@ static void check_infer(iisan_store *s, const iisan_config *c, int min_len) {
     float *all = malloc((size_t)(N + 1) * d * sizeof *all);
     model_item_embeddings(m, N, ds.item_cat, &st, all);
     store_reader_end(r);
-    infer_options opt = {2, 60, 60};
+    infer_options opt = {2, 60, 60, 4, 3};
     infer_model *im = NULL;
     int rc = infer_load(s, 0, be, &opt, &im, err, sizeof err);
     CHECKF(rc == 0, "%s", err);
@@ -325,6 +421,10 @@ static void check_infer(iisan_store *s, const iisan_config *c, int min_len) {
     infer_info in;
     infer_get_info(im, &in);
     CHECK(in.version == ver && in.n_items == N && in.contexts == 2 && in.max_k == 60);
+    CHECK(in.max_batch == 4 && in.headroom == (c->kind == MODEL_IISAN ? 3 : 0));
+    /* every catalogue item with states is served by IISAN: the checkpoint's and the extras */
+    CHECK(in.n_extra == (c->kind == MODEL_IISAN ? (int)store_item_count(s) - N : 0));
+    CHECK(infer_n_items(im) == N + in.n_extra);
     int agree = 1, tested = 0;
     float maxdiff = 0;
     for (int u = 0; u < ds.n_users && u < 30; u++) {
@@ -417,6 +517,8 @@ static void check_infer(iisan_store *s, const iisan_config *c, int min_len) {
     CHECK(infer_banned_count(im) == 0 && infer_recommend(im, h1, 1, NULL, 0, N, oi, os) == N);
     /* capacity limits */
     CHECK(infer_recommend(im, pi, 1, NULL, 0, 61, pj, ps) == -1);
+    check_batch(im, &ds);
+    check_add_items(im, s, c, N + in.n_extra);
     infer_release(im);
     free(all);
     model_destroy(m);
@@ -462,7 +564,7 @@ static void test_infer(void) {
         CHECK(store_put_states(s, mod, "unit", NS, D, 60, idx, buf, err, sizeof err) == 0);
     }
     free(buf);
-    CHECK(infer_load(s, 0, NULL, &(infer_options){1, 10, 10}, &(infer_model *){NULL}, err,
+    CHECK(infer_load(s, 0, NULL, &(infer_options){1, 10, 10, 1, 0}, &(infer_model *){NULL}, err,
                      sizeof err) == IISAN_ENOTFOUND);
     iisan_config c;
     config_default(&c);

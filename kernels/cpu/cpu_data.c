@@ -100,6 +100,14 @@ static void sift_up(scored *h, int at) {
     }
 }
 
+/* whether any of x[0..8) > t */
+static int any_above(const float *x, float t) {
+    int m = 0;
+    for (int q = 0; q < 8; q++)
+        m |= x[q] > t;
+    return m;
+}
+
 /* Columns are visited in increasing order, so a column whose score only ties
  * the heap's worst never displaces it (the tie goes to the lower index). NaN
  * scores are skipped. Rows with fewer than k eligible columns end in
@@ -119,20 +127,25 @@ void cpu_topk(iisan_backend *be, int *out_idx, float *out_score, const float *sc
         }
         const float *row = scores + (size_t)r * N;
         const int *ex = excl ? excl + (size_t)r * ne : NULL;
-        int cnt = 0;
-        for (int c = 1; c < N; c++) {
+        int cnt = 0, c = 1;
+        for (; c < N && cnt < k; c++) { /* filling the heap */
             float s = row[c];
-            if (isnan(s)) continue;
-            if (cnt == k && !(s > heap[0].s)) continue;
+            if (isnan(s) || (ex && listed(ex, ne, c))) continue;
+            heap[cnt] = (scored){s, c};
+            sift_up(heap, cnt++);
+        }
+        /* full: only a score above the worst kept enters; eight at a time, most
+         * columns are passed over by one comparison of eight (NaN compares false) */
+        for (; c < N; c++) {
+            if ((c & 7) == 0)
+                while (c + 8 <= N && !any_above(row + c, heap[0].s))
+                    c += 8;
+            if (c >= N) break;
+            float s = row[c];
+            if (!(s > heap[0].s)) continue;
             if (ex && listed(ex, ne, c)) continue;
-            scored e = {s, c};
-            if (cnt < k) {
-                heap[cnt] = e;
-                sift_up(heap, cnt++);
-            } else {
-                heap[0] = e;
-                sift_down(heap, k, 0);
-            }
+            heap[0] = (scored){s, c};
+            sift_down(heap, k, 0);
         }
         for (int j = cnt; j < k; j++)
             oi[j] = -1, os[j] = -INFINITY;
