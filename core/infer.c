@@ -466,6 +466,8 @@ int infer_load(iisan_store *s, uint32_t version, iisan_backend *be, const infer_
     im->info.kind = ck.c.kind;
     im->info.n = ck.c.n;
     im->info.d = ck.c.d;
+    im->info.nstates = ck.c.nstates;
+    im->info.D = ck.c.D;
     im->info.params = ck.nparams;
     im->info.headroom = ck.c.kind == MODEL_IISAN && opt->headroom > 0 ? opt->headroom : 0;
     snprintf(im->info.meta, sizeof im->info.meta, "%s", meta ? meta : "{}");

@@ -276,6 +276,55 @@ void items_request_free(items_request *r) {
     memset(r, 0, sizeof *r);
 }
 
+/* a states value: an array of numbers, or a non-empty array of equally long
+ * non-empty arrays of numbers */
+static int states_check(json_t *v, const char *where, const char *mod, req_error *e) {
+    if (!json_is_array(v) || json_array_size(v) == 0)
+        return req_fail(e, 400, "wrong_type",
+                        "item%s 'states.%s' must be a non-empty array (of numbers, or of arrays "
+                        "of numbers)",
+                        where, mod);
+    size_t n = json_array_size(v), w = 0;
+    for (size_t r = 0; r < n; r++) {
+        json_t *row = json_array_get(v, r);
+        if (json_is_number(row)) {
+            if (w) goto mixed;
+            continue;
+        }
+        if (!json_is_array(row) || json_array_size(row) == 0 || (r && !w)) goto mixed;
+        if (!w) w = json_array_size(row);
+        if (json_array_size(row) != w)
+            return req_fail(e, 400, "invalid_value",
+                            "item%s 'states.%s' rows differ in length (%zu and %zu)", where, mod, w,
+                            json_array_size(row));
+        for (size_t j = 0; j < w; j++)
+            if (!json_is_number(json_array_get(row, j)))
+                return req_fail(e, 400, "wrong_type",
+                                "item%s 'states.%s'[%zu][%zu] must be a number, not %s", where, mod,
+                                r, j, type_name(json_array_get(row, j)));
+    }
+    return 0;
+mixed:
+    return req_fail(e, 400, "wrong_type",
+                    "item%s 'states.%s' must be numbers or arrays of numbers, not a mix", where,
+                    mod);
+}
+
+size_t req_states_flatten(json_t *v, float *out, size_t cap) {
+    size_t k = 0;
+    for (size_t r = 0; r < json_array_size(v); r++) {
+        json_t *row = json_array_get(v, r);
+        if (json_is_number(row)) {
+            if (k < cap) out[k] = (float)json_number_value(row);
+            k++;
+            continue;
+        }
+        for (size_t j = 0; j < json_array_size(row); j++, k++)
+            if (k < cap) out[k] = (float)json_number_value(json_array_get(row, j));
+    }
+    return k;
+}
+
 static int item_one(json_t *o, size_t i, int arr, item_entry *x, req_error *e) {
     char where[48], f[64];
     if (arr)
@@ -288,6 +337,8 @@ static int item_one(json_t *o, size_t i, int arr, item_entry *x, req_error *e) {
     x->item_id = NULL;
     x->title = "";
     x->title_len = 0;
+    x->has_title = 0;
+    x->states[0] = x->states[1] = NULL;
     const char *key;
     json_t *v;
     json_object_foreach(o, key, v) {
@@ -310,11 +361,31 @@ static int item_one(json_t *o, size_t i, int arr, item_entry *x, req_error *e) {
                                     "item%s 'title' may not hold NUL, TAB, CR or LF", where);
             x->title = t;
             x->title_len = tl;
+            x->has_title = 1;
+        } else if (!strcmp(key, "states")) {
+            if (!json_is_object(v))
+                return req_fail(e, 400, "wrong_type",
+                                "item%s 'states' must be an object {\"text\"?, \"image\"?}, not %s",
+                                where, type_name(v));
+            const char *mk;
+            json_t *mv;
+            json_object_foreach(v, mk, mv) {
+                int mod = !strcmp(mk, "text") ? 0 : !strcmp(mk, "image") ? 1 : -1;
+                if (mod < 0) {
+                    char buf[64];
+                    return req_fail(e, 400, "unknown_field",
+                                    "item%s 'states' has an unknown modality '%s' (known: text, "
+                                    "image)",
+                                    where, clip(mk, buf, sizeof buf));
+                }
+                if (states_check(mv, where, mk, e)) return -1;
+                x->states[mod] = mv;
+            }
         } else {
             char buf[64];
             return req_fail(e, 400, "unknown_field",
-                            "item%s has an unknown field '%s' (known: item_id, title)", where,
-                            clip(key, buf, sizeof buf));
+                            "item%s has an unknown field '%s' (known: item_id, title, states)",
+                            where, clip(key, buf, sizeof buf));
         }
     }
     if (!x->item_id) return req_fail(e, 400, "missing_field", "item%s lacks 'item_id'", where);

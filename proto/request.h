@@ -51,12 +51,22 @@ typedef struct {
     size_t n;
 } ix_request;
 
-/* POST /items: one object or an array of {"item_id", "title"?} */
+/* POST /items: one object or an array of {"item_id", "title"?, "states"?}.
+ * "states" is {"text"?: S, "image"?: S}, S the [L+1, D] hidden states as an
+ * array of L+1 arrays of D numbers or one flat array of (L+1)*D numbers
+ * (checked here for type; the server checks the shape against the store). */
 typedef struct {
     const char *item_id;
     const char *title; /* "" when absent */
     size_t title_len;
+    int has_title;
+    json_t *states[2]; /* borrowed from the request; NULL when absent (IISAN_TEXT, IISAN_IMAGE) */
 } item_entry;
+
+/* the numbers of a states value (see item_entry), flattened into out (room
+ * for cap); returns how many there are (may exceed cap: nothing beyond cap is
+ * written) */
+size_t req_states_flatten(json_t *v, float *out, size_t cap);
 
 typedef struct {
     json_t *root;

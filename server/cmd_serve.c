@@ -327,6 +327,13 @@ int cmd_serve(int argc, char **argv) {
         log_event("error", "backend_failed", "device=%s", cfg.device);
         goto out;
     }
+    if (serve_encoder_open(&cfg, err, sizeof err)) {
+        log_event("error", "text_model_failed", "error=%s", log_q(err, b, sizeof b));
+        goto out;
+    }
+    if (serve_encoder_backbone())
+        log_event("info", "text_model_loaded", "path=%s backbone=%s",
+                  log_q(cfg.text_model, b, sizeof b), serve_encoder_backbone());
     if (serve_reload_model(0, 0) < 0 && g_srv.model == NULL) {
         /* a store without a checkpoint still serves /interactions and the rest;
          * a checkpoint that fails to load is fatal at startup */
@@ -404,6 +411,7 @@ out:
     batcher_stop(g_srv.batcher);
     g_srv.batcher = NULL;
     serve_model_set(NULL);
+    serve_encoder_close();
     store_ix_close(g_srv.ix);
     g_srv.ix = NULL;
     store_close(s);

@@ -29,6 +29,8 @@ typedef struct {
     long max_batch;
     long batch_wait_us;
     long item_headroom;
+    char text_model[PATH_MAX];
+    char text_backbone[128];
     long blas_threads;
     char device[16];
     long max_body_bytes;
@@ -149,6 +151,17 @@ long batcher_queued(rec_batcher *b);
 void batcher_set(rec_batcher *b, int max_batch, long wait_us);
 /* runs what is queued, then stops the threads */
 void batcher_stop(rec_batcher *b);
+
+/* ---------------- POST /items (serve_items.c) ---------------- */
+
+/* loads the configured text encoder (text_model; none when empty): 0 or an
+ * IISAN_E* with err */
+int serve_encoder_open(const serve_config *c, char *err, size_t errlen);
+void serve_encoder_close(void);
+const char *serve_encoder_backbone(void); /* NULL without an encoder */
+/* stores q's items (and states, sent or encoded), embeds them under the
+ * current model; returns the HTTP status and sets *body (NULL: out of memory) */
+int items_post(const items_request *q, json_t **body);
 
 /* ---------------- the daemon ---------------- */
 

@@ -28,6 +28,12 @@ const serve_option serve_options[] = {
      "how long a batch waits to fill; 0 = it takes what is queued when a thread is free"},
     {"item_headroom", CFG_INT, OPT(item_headroom), 0, "4096", 0, 10000000, "IISAN_ITEM_HEADROOM", 0,
      "items that POST /items can add to a loaded IISAN model before a reload"},
+    {"text_model", CFG_STR, OPT(text_model), SZ(text_model), "", 0, 0, "IISAN_TEXT_MODEL", 0,
+     "a BERT-family checkpoint directory (docs/encoders.md): POST /items encodes titles with "
+     "it; empty = none"},
+    {"text_backbone", CFG_STR, OPT(text_backbone), SZ(text_backbone), "", 0, 0,
+     "IISAN_TEXT_BACKBONE", 0,
+     "the name its states are stored under (default: the directory's name, as iisan encode)"},
     {"blas_threads", CFG_INT, OPT(blas_threads), 0, "1", 0, 256, "IISAN_BLAS_THREADS", 0,
      "OpenBLAS threads per call (0 = all cores)"},
     {"device", CFG_STR, OPT(device), SZ(device), "cpu", 0, 0, "IISAN_DEVICE", 0,

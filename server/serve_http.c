@@ -522,42 +522,15 @@ static enum MHD_Result do_items_post(req_ctx *r, const serve_config *cfg) {
     items_request q;
     req_error e;
     if (items_request_parse(r->body, r->len, &lim, &q, &e)) return send_req_error(r, &e);
-    store_item_put *v = calloc(q.n, sizeof *v);
-    if (!v) {
-        items_request_free(&q);
-        return send_error(r, 500, "internal", NULL, "out of memory");
-    }
-    for (size_t i = 0; i < q.n; i++) {
-        v[i].item_id = q.v[i].item_id;
-        v[i].title = q.v[i].title;
-        v[i].tlen = q.v[i].title_len;
-    }
-    char err[300];
-    int rc = store_ix_items_put(g_srv.ix, v, q.n, err, sizeof err);
-    enum MHD_Result ret;
-    if (rc) {
-        ret = send_error(r,
-                         rc == IISAN_EINVAL  ? 400
-                         : rc == IISAN_EFULL ? 503
-                                             : 500,
-                         rc == IISAN_EINVAL ? "invalid_value" : "store_error", NULL,
-                         "nothing was stored: %s", err);
-    } else {
-        infer_model *m = serve_model_get();
-        json_t *arr = json_array();
-        for (size_t i = 0; i < q.n; i++) {
-            int midx = m ? infer_lookup_cat(m, v[i].idx) : 0;
-            if (midx) infer_ban(m, midx, 0); /* an undeleted item is served again */
-            json_array_append_new(arr, json_pack("{s:s,s:I,s:b,s:b}", "item_id", v[i].item_id,
-                                                 "catalogue_index", (json_int_t)v[i].idx, "created",
-                                                 v[i].created, "in_model", midx != 0));
-        }
-        if (m) infer_release(m);
-        ret = send_json(r, 200, json_pack("{s:o}", "items", arr));
-    }
-    free(v);
+    json_t *body = NULL;
+    int status = items_post(&q, &body);
     items_request_free(&q);
-    return ret;
+    if (!body) return send_error(r, 500, "internal", NULL, "out of memory");
+    if (status >= 400) {
+        json_t *code = json_object_get(json_object_get(body, "error"), "code");
+        snprintf(r->code, sizeof r->code, "%s", code ? json_string_value(code) : "error");
+    }
+    return send_json(r, status, body);
 }
 
 static enum MHD_Result do_item(req_ctx *r, const char *id) {

@@ -1,0 +1,380 @@
+/* POST /items: catalogue records, hidden states (sent, or computed from the
+ * title by the configured text encoder) and, for an IISAN model, the items'
+ * embeddings computed on the spot (infer_add_items) so that they are
+ * recommendable at once. Everything is stored before the answer: an
+ * acknowledged item survives kill -9, and the next model load embeds it from
+ * the store again (core/infer.h). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/encoder_bert.h"
+#include "kernels/half.h"
+#include "server/serve.h"
+
+/* ---------------- the text encoder ---------------- */
+
+static struct {
+    pthread_mutex_t mu;
+    iisan_backend *be; /* its own CPU backend: never shares a device stream with serving */
+    bert_encoder *e;
+    char backbone[128];
+} g_enc = {PTHREAD_MUTEX_INITIALIZER, NULL, NULL, ""};
+
+int serve_encoder_open(const serve_config *c, char *err, size_t errlen) {
+    if (!c->text_model[0]) return 0;
+    g_enc.be = iisan_backend_cpu(1);
+    if (!g_enc.be) return iisan_fail(err, errlen, IISAN_ENOMEM, "out of memory");
+    int rc = bert_load(&g_enc.e, g_enc.be, c->text_model, 8, 30, err, errlen);
+    if (rc) {
+        g_enc.be->destroy(g_enc.be);
+        g_enc.be = NULL;
+        return rc;
+    }
+    if (c->text_backbone[0])
+        snprintf(g_enc.backbone, sizeof g_enc.backbone, "%s", c->text_backbone);
+    else { /* the directory's name, as `iisan encode` names it */
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s", c->text_model);
+        size_t n = strlen(path);
+        while (n > 1 && path[n - 1] == '/')
+            path[--n] = '\0';
+        const char *base = strrchr(path, '/');
+        snprintf(g_enc.backbone, sizeof g_enc.backbone, "%.127s", base ? base + 1 : path);
+    }
+    return 0;
+}
+
+void serve_encoder_close(void) {
+    bert_free(g_enc.e);
+    g_enc.e = NULL;
+    if (g_enc.be) g_enc.be->destroy(g_enc.be);
+    g_enc.be = NULL;
+}
+
+const char *serve_encoder_backbone(void) { return g_enc.e ? g_enc.backbone : NULL; }
+
+/* ---------------- POST /items ---------------- */
+
+typedef struct {
+    int nstates, width;
+    char backbone[128];
+    int known; /* the store or the model fixes the shape */
+} shape;
+
+static json_t *fail_json(const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static json_t *fail_json(const char *code, const char *fmt, ...) {
+    char msg[700];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg);
+}
+
+static void to_half(uint16_t *dst, const float *src, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        dst[i] = iisan_float_to_half(src[i]);
+}
+
+int items_post(const items_request *q, json_t **body) {
+    const size_t n = q->n;
+    iisan_store *s = store_ix_store(g_srv.ix);
+    infer_model *m = serve_model_get();
+    infer_info in = {0};
+    if (m) infer_get_info(m, &in);
+    int status = 200;
+    json_t *warnings = json_array();
+    store_item_put *v = calloc(n, sizeof *v);
+    uint16_t *st[2] = {NULL, NULL};
+    float *tmp = NULL;
+    char **old_titles = calloc(n, sizeof *old_titles);
+    int *has[2] = {calloc(n, sizeof(int)), calloc(n, sizeof(int))};
+    shape sh[2];
+    char err[400];
+    *body = NULL;
+    if (!v || !old_titles || !has[0] || !has[1]) goto oom;
+    /* the shape each modality must have: the store's, else the model's */
+    for (int mod = 0; mod < 2; mod++) {
+        store_states_info si;
+        memset(&sh[mod], 0, sizeof sh[mod]);
+        store_ix_rdlock(g_srv.ix);
+        int rc = store_states_info_get(s, mod, &si);
+        store_ix_unlock(g_srv.ix);
+        if (!rc) {
+            sh[mod] = (shape){si.nstates, si.width, "", 1};
+            snprintf(sh[mod].backbone, sizeof sh[mod].backbone, "%s", si.backbone);
+        } else if (m && in.kind == MODEL_IISAN) {
+            sh[mod] = (shape){in.nstates, in.D, "api", 1};
+        }
+    }
+    const char *enc = serve_encoder_backbone();
+    if (enc && sh[IISAN_TEXT].known && strcmp(sh[IISAN_TEXT].backbone, enc) &&
+        strcmp(sh[IISAN_TEXT].backbone, "api")) {
+        /* titles cannot be encoded into this store: only sent states are taken */
+        enc = NULL;
+        json_array_append_new(
+            warnings, json_pack("{s:s,s:s}", "code", "encoder_mismatch", "message",
+                                "the store's text states come from another backbone than the "
+                                "configured text_model; titles are not encoded"));
+    }
+    /* shapes of the states sent; the first item fixes an unknown shape */
+    for (size_t i = 0; i < n; i++)
+        for (int mod = 0; mod < 2; mod++) {
+            json_t *js = q->v[i].states[mod];
+            if (!js) continue;
+            size_t rows = json_array_size(js), cnt = req_states_flatten(js, NULL, 0);
+            json_t *r0 = json_array_get(js, 0);
+            int nested = json_is_array(r0);
+            if (!sh[mod].known) {
+                if (!nested) {
+                    *body = fail_json("unknown_shape",
+                                      "item %zu: the store holds no %s states yet and no model "
+                                      "fixes their shape: send them as [L+1][D] rows",
+                                      i, mod ? "image" : "text");
+                    status = 422;
+                    goto out;
+                }
+                sh[mod] = (shape){(int)rows, (int)json_array_size(r0), "api", 1};
+            }
+            size_t want = (size_t)sh[mod].nstates * sh[mod].width;
+            if (cnt != want || (nested && rows != (size_t)sh[mod].nstates)) {
+                *body = fail_json("wrong_shape",
+                                  "item %zu ('%s'): %s states must be %d x %d numbers, got %s%zu",
+                                  i, q->v[i].item_id, mod ? "image" : "text", sh[mod].nstates,
+                                  sh[mod].width, nested ? "rows: " : "", nested ? rows : cnt);
+                status = 422;
+                goto out;
+            }
+            has[mod][i] = 1;
+        }
+    /* titles to encode: items with a title and no text states sent */
+    int nenc = 0;
+    if (enc)
+        for (size_t i = 0; i < n; i++)
+            if (q->v[i].has_title && q->v[i].title_len && !has[IISAN_TEXT][i]) nenc++;
+    if (enc && nenc) {
+        int ns = bert_nstates(g_enc.e), w = bert_width(g_enc.e);
+        if (sh[IISAN_TEXT].known && (ns != sh[IISAN_TEXT].nstates || w != sh[IISAN_TEXT].width)) {
+            *body = fail_json("encoder_mismatch",
+                              "the text encoder gives %d x %d states; the store holds %d x %d", ns,
+                              w, sh[IISAN_TEXT].nstates, sh[IISAN_TEXT].width);
+            status = 409;
+            goto out;
+        }
+        if (!sh[IISAN_TEXT].known || !strcmp(sh[IISAN_TEXT].backbone, "api"))
+            sh[IISAN_TEXT] = (shape){ns, w, "", 1};
+        snprintf(sh[IISAN_TEXT].backbone, sizeof sh[IISAN_TEXT].backbone, "%s", enc);
+    }
+    for (int mod = 0; mod < 2; mod++)
+        if (sh[mod].known) {
+            st[mod] = malloc(n * sh[mod].nstates * sh[mod].width * sizeof(uint16_t));
+            if (!st[mod]) goto oom;
+        }
+    {
+        size_t cap = 0;
+        for (int mod = 0; mod < 2; mod++)
+            if (sh[mod].known && (size_t)sh[mod].nstates * sh[mod].width > cap)
+                cap = (size_t)sh[mod].nstates * sh[mod].width;
+        tmp = malloc((cap ? cap : 1) * sizeof *tmp);
+        if (!tmp) goto oom;
+    }
+    for (size_t i = 0; i < n; i++)
+        for (int mod = 0; mod < 2; mod++)
+            if (has[mod][i]) {
+                size_t blk = (size_t)sh[mod].nstates * sh[mod].width;
+                req_states_flatten(q->v[i].states[mod], tmp, blk);
+                to_half(st[mod] + i * blk, tmp, blk);
+            }
+    if (enc && nenc) {
+        size_t blk = (size_t)sh[IISAN_TEXT].nstates * sh[IISAN_TEXT].width;
+        pthread_mutex_lock(&g_enc.mu);
+        int rc = 0;
+        for (size_t i = 0; !rc && i < n; i++) {
+            if (!q->v[i].has_title || !q->v[i].title_len || has[IISAN_TEXT][i]) continue;
+            char *t = strndup(q->v[i].title, q->v[i].title_len);
+            const char *tt = t;
+            rc = t ? bert_encode_texts(g_enc.e, &tt, 1, tmp) : IISAN_ENOMEM;
+            free(t);
+            if (!rc) {
+                to_half(st[IISAN_TEXT] + i * blk, tmp, blk);
+                has[IISAN_TEXT][i] = 2; /* encoded here */
+            }
+        }
+        pthread_mutex_unlock(&g_enc.mu);
+        if (rc) {
+            *body = fail_json("encode_failed", "encoding a title failed: %s", iisan_strerror(rc));
+            status = 500;
+            goto out;
+        }
+    }
+    /* the catalogue records: an item sent without a title keeps the one it has */
+    for (size_t i = 0; i < n; i++) {
+        v[i].item_id = q->v[i].item_id;
+        v[i].title = q->v[i].title;
+        v[i].tlen = q->v[i].title_len;
+        if (!q->v[i].has_title) {
+            store_item_info *inf = malloc(sizeof *inf);
+            if (!inf) goto oom;
+            if (store_ix_item_info(g_srv.ix, q->v[i].item_id, inf) == 0 && inf->titled) {
+                old_titles[i] = strdup(inf->title);
+                if (old_titles[i]) {
+                    v[i].title = old_titles[i];
+                    v[i].tlen = strlen(old_titles[i]);
+                }
+            }
+            free(inf);
+        }
+    }
+    int rc = store_ix_items_put(g_srv.ix, v, n, err, sizeof err);
+    if (rc) {
+        *body = fail_json(rc == IISAN_EINVAL ? "invalid_value" : "store_error",
+                          "nothing was stored: %s", err);
+        status = rc == IISAN_EINVAL ? 400 : rc == IISAN_EFULL ? 503 : 500;
+        goto out;
+    }
+    /* the states, one transaction per modality */
+    for (int mod = 0; mod < 2; mod++) {
+        uint32_t cnt = 0;
+        size_t blk = sh[mod].known ? (size_t)sh[mod].nstates * sh[mod].width : 0;
+        uint32_t *idx = malloc((n ? n : 1) * sizeof *idx);
+        uint16_t *packed = blk ? malloc((n ? n : 1) * blk * sizeof *packed) : NULL;
+        if (!idx || (blk && !packed)) {
+            free(idx);
+            free(packed);
+            goto oom;
+        }
+        for (size_t i = 0; i < n; i++)
+            if (has[mod][i]) {
+                idx[cnt] = v[i].idx;
+                memcpy(packed + (size_t)cnt * blk, st[mod] + i * blk, blk * sizeof *packed);
+                cnt++;
+            }
+        rc = 0;
+        if (cnt) {
+            store_ix_wrlock(g_srv.ix);
+            rc = store_put_states(s, mod, sh[mod].backbone, sh[mod].nstates, sh[mod].width, cnt,
+                                  idx, packed, err, sizeof err);
+            store_ix_unlock(g_srv.ix);
+        }
+        free(idx);
+        free(packed);
+        if (rc) {
+            *body = fail_json(rc == IISAN_EMISMATCH ? "states_mismatch" : "store_error",
+                              "the items were stored, their %s states were not: %s",
+                              mod ? "image" : "text", err);
+            status = rc == IISAN_EMISMATCH ? 409 : rc == IISAN_EFULL ? 503 : 500;
+            goto out;
+        }
+    }
+    /* the model: items with states get their embedding now (IISAN); others are served again
+     * when they were deleted and the model knows them */
+    int32_t *rows = calloc(n, sizeof *rows);
+    infer_new_item *add = calloc(n, sizeof *add);
+    int nadd = 0;
+    if (!rows || !add) {
+        free(rows);
+        free(add);
+        goto oom;
+    }
+    const int fits = m && in.kind == MODEL_IISAN;
+    for (size_t i = 0; i < n; i++) {
+        int with = has[0][i] || has[1][i];
+        int dup = 0; /* the same id twice in one request: the last one counts */
+        for (size_t j = i + 1; j < n; j++)
+            dup |= !strcmp(v[j].item_id, v[i].item_id);
+        if (!with || dup || !fits) continue;
+        int shape_ok = 1;
+        for (int mod = 0; mod < 2; mod++)
+            if (has[mod][i]) shape_ok &= sh[mod].nstates == in.nstates && sh[mod].width == in.D;
+        if (!shape_ok) continue;
+        /* states the request did not send come from the store (an update of one modality) */
+        add[nadd] = (infer_new_item){v[i].item_id, v[i].idx, {NULL, NULL}};
+        for (int mod = 0; mod < 2; mod++)
+            if (has[mod][i])
+                add[nadd].states[mod] = st[mod] + i * (size_t)sh[mod].nstates * sh[mod].width;
+        rows[i] = -1; /* to be filled */
+        nadd++;
+    }
+    /* the other modality's stored states for partial updates, read under one reader */
+    store_reader *rd = NULL;
+    uint16_t *copies = NULL;
+    if (nadd && in.nstates > 0) {
+        size_t blk = (size_t)in.nstates * in.D;
+        copies = calloc((size_t)nadd * 2 * blk, sizeof *copies);
+        store_ix_rdlock(g_srv.ix);
+        if (copies && store_reader_begin(s, &rd) == 0) {
+            for (int a = 0; a < nadd; a++)
+                for (int mod = 0; mod < 2; mod++)
+                    if (!add[a].states[mod]) {
+                        const uint16_t *p = store_reader_states(rd, mod, add[a].cat);
+                        if (p) {
+                            uint16_t *dst = copies + ((size_t)a * 2 + mod) * blk;
+                            memcpy(dst, p, blk * sizeof *dst);
+                            add[a].states[mod] = dst;
+                        }
+                    }
+            store_reader_end(rd);
+        }
+        store_ix_unlock(g_srv.ix);
+    }
+    int32_t *got = calloc((size_t)(nadd ? nadd : 1), sizeof *got);
+    int arc = nadd && got ? infer_add_items(m, add, nadd, got, err, sizeof err) : 0;
+    if (arc)
+        json_array_append_new(warnings,
+                              json_pack("{s:s,s:s}", "code",
+                                        arc == IISAN_EFULL ? "model_full" : "not_embedded",
+                                        "message", err));
+    json_t *arr = json_array();
+    for (size_t i = 0, a = 0; i < n; i++) {
+        int midx = 0, embedded = 0;
+        if (rows[i] == -1) {
+            if (!arc) {
+                midx = got[a];
+                embedded = 1;
+            }
+            a++;
+        }
+        if (!midx && m) {
+            midx = infer_lookup_cat(m, v[i].idx);
+            if (midx) infer_ban(m, midx, 0); /* an undeleted item is served again */
+        }
+        json_t *sts = json_array();
+        if (has[0][i]) json_array_append_new(sts, json_string("text"));
+        if (has[1][i]) json_array_append_new(sts, json_string("image"));
+        json_t *o = json_pack("{s:s,s:I,s:b,s:b,s:b,s:o}", "item_id", v[i].item_id,
+                              "catalogue_index", (json_int_t)v[i].idx, "created", v[i].created,
+                              "in_model", midx != 0, "embedded", embedded, "states_stored", sts);
+        if (has[IISAN_TEXT][i] == 2) json_object_set_new(o, "encoded", json_string("text"));
+        json_array_append_new(arr, o);
+    }
+    if (m && in.kind != MODEL_IISAN)
+        json_array_append_new(
+            warnings, json_pack("{s:s,s:s}", "code", "not_embedded", "message",
+                                "the model is SASRec-ID: new items are recommended after the "
+                                "next retrain"));
+    free(copies);
+    free(got);
+    free(rows);
+    free(add);
+    *body = json_pack("{s:o}", "items", arr);
+    if (json_array_size(warnings)) json_object_set(*body, "warnings", warnings);
+    goto out;
+oom:
+    *body = fail_json("internal", "out of memory");
+    status = 500;
+out:
+    json_decref(warnings);
+    for (size_t i = 0; old_titles && i < n; i++)
+        free(old_titles[i]);
+    free(old_titles);
+    free(has[0]);
+    free(has[1]);
+    free(st[0]);
+    free(st[1]);
+    free(tmp);
+    free(v);
+    if (m) infer_release(m);
+    return status;
+}

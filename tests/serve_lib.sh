@@ -1,0 +1,59 @@
+# Helpers of the daemon's integration tests (sourced by tests/test_serve*.sh):
+# a temporary directory T, pass/fail counters, the daemon started on a free
+# loopback port (start/stop, with $D the data directory and $T/serve.conf its
+# configuration), curl (req) and checks of the JSON answer (jcheck, status,
+# errcode). Scripts end with: echo "$pass passed, $fail failed".
+BIN=${IISAN_BIN:-build/iisan}
+T=$(mktemp -d /tmp/iisan-serve-XXXXXX)
+PID=""
+cleanup() { [ -n "$PID" ] && kill -9 "$PID" 2>/dev/null; rm -rf "$T"; }
+trap cleanup EXIT
+pass=0; fail=0
+ok()  { pass=$((pass+1)); }
+bad() { fail=$((fail+1)); echo "FAIL: $*" >&2; }
+check() { # check DESCRIPTION -- command...   (passes when the command succeeds)
+  local what=$1; shift 2
+  if "$@"; then ok; else bad "$what"; fi
+}
+
+LOG="$T/serve.log"
+sanitizer_check() { # a sanitizer build of the daemon reports into its log
+  if grep -qE 'ERROR: (Address|Leak)Sanitizer|runtime error:|WARNING: ThreadSanitizer' "$LOG" 2>/dev/null; then
+    bad "sanitizer report in the daemon's log:"; grep -A20 -E 'Sanitizer|runtime error' "$LOG" | head -40 >&2
+  fi
+}
+start() { # start the daemon in the background; sets PID and B (base URL)
+  sanitizer_check
+  : >"$LOG"
+  "$BIN" serve --data "$D" --config "$T/serve.conf" "$@" 2>>"$LOG" &
+  PID=$!
+  local port=""
+  for _ in $(seq 1 200); do
+    port=$(sed -n 's/.*event=listening.* port=\([0-9]*\).*/\1/p' "$LOG" | tail -1)
+    [ -n "$port" ] && break
+    kill -0 "$PID" 2>/dev/null || break
+    sleep 0.05
+  done
+  if [ -z "$port" ]; then bad "daemon did not start"; cat "$LOG" >&2; return 1; fi
+  B="http://127.0.0.1:$port"
+}
+stop() { # SIGTERM and wait; the exit status in STOP_RC
+  kill -TERM "$PID"; wait "$PID"; STOP_RC=$?; PID=""
+  sanitizer_check
+}
+
+# req METHOD PATH [BODY] [curl args...]: status in $S, body in $T/body
+req() {
+  local m=$1 p=$2; shift 2
+  local data=()
+  if [ $# -gt 0 ]; then data=(--data-binary "$1"); shift; fi
+  S=$(curl -s -o "$T/body" -w '%{http_code}' -X "$m" "${data[@]}" "$@" "$B$p")
+}
+# jq-like checks with python: jcheck 'python expression over d' DESCRIPTION
+jcheck() {
+  if python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); sys.exit(0 if eval(sys.argv[2]) else 1)' "$T/body" "$1" 2>/dev/null
+  then ok; else bad "$2: $(head -c 400 "$T/body")"; fi
+}
+status() { [ "$S" = "$1" ] && ok || bad "$2: status $S, wanted $1: $(head -c 300 "$T/body")"; }
+errcode() { status "$1" "$3"; jcheck "d['error']['code'] == '$2' and len(d['error']['message']) > 0" "$3 ($2)"; }
+

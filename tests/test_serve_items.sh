@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# POST /items makes an item recommendable at once (iisan serve, IISAN model):
+#   1. hidden states sent with the item (nested rows or flat): embedded on the
+#      spot, recommended and usable in histories, the shape checked against
+#      the store; after kill -9 and a restart the item is still served;
+#   2. a title only, with the tiny committed BERT configured as text_model:
+#      the daemon encodes the title, stores the states and embeds the item.
+# Ends with "N passed, N failed".
+set -u
+cd "$(dirname "$0")/.."
+source tests/serve_lib.sh
+MODEL=tests/golden_encoder/tiny-bert
+
+# ---- a store encoded with the tiny BERT: 30 titled items, 50 users ----
+python3 - "$T" <<'PY'
+import random, sys
+d = sys.argv[1]; random.seed(7)
+words = "red blue small large glass steel pipette flask beaker scale lamp clamp tube rack".split()
+with open(f"{d}/items.tsv", "w") as f:
+    for i in range(30): f.write(f"I{i:03d}\t" + " ".join(random.sample(words, 4)) + "\n")
+with open(f"{d}/users.tsv", "w") as f:
+    for u in range(50):
+        f.write(f"U{u:03d}\t" + " ".join(f"I{random.randrange(30):03d}" for _ in range(random.randint(5, 9))) + "\n")
+PY
+D="$T/d"
+check "import" -- "$BIN" import --data "$D" --items "$T/items.tsv" --users "$T/users.tsv" 2>/dev/null
+check "encode" -- "$BIN" encode --data "$D" --model "$MODEL" --quiet
+check "train iisan" -- "$BIN" train --data "$D" --model iisan --epochs 1 --r 4 --d 8 \
+  --schedule 0,1,2 --json >/dev/null 2>&1
+# the store's text states: their shape, for the bodies below
+read -r NS W < <("$BIN" info --data "$D" --json | tail -1 | python3 -c '
+import json,sys; t=json.load(sys.stdin)["states"]["text"]; print(t["nstates"], t["width"])')
+states_body() { # states_body ID nested|flat [rows]
+  python3 - "$1" "$2" "${3:-$NS}" "$W" <<'PY'
+import json, random, sys
+i, form, rows, w = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+random.seed(i)
+s = [[round(random.gauss(0, 1), 4) for _ in range(w)] for _ in range(rows)]
+print(json.dumps({"item_id": i, "states": {"text": s if form == "nested" else sum(s, [])}}))
+PY
+}
+TOKEN=items-token
+printf 'port = 0\nthreads = 2\nadmin_token = "%s"\n' "$TOKEN" >"$T/serve.conf"
+AUTH=(-H "Authorization: Bearer $TOKEN")
+
+# ---- 1. states sent with the item ----
+start || exit 1
+req POST /items "$(states_body S1 nested)" "${AUTH[@]}"; status 200 "POST /items with states"
+jcheck "d['items'][0]['created'] and d['items'][0]['in_model'] and d['items'][0]['embedded'] and d['items'][0]['states_stored'] == ['text']" "embedded on the spot"
+req POST /recommend '{"history":["S1"],"k":31,"exclude_history":false}'
+jcheck "'warnings' not in d and len(d['items']) == 31 and 'S1' in [i['item_id'] for i in d['items']]" "the new item is a known history item and is recommended"
+req GET /items/S1; jcheck "d['in_model'] and d['states']['text'] and d['title'] == ''" "GET shows it in the model"
+req POST /items "$(states_body S1 flat)" "${AUTH[@]}"; status 200 "update with flat states"
+jcheck "not d['items'][0]['created'] and d['items'][0]['embedded']" "re-embedded"
+req POST /recommend '{"history":["I001"],"k":31,"exclude_history":false}'
+jcheck "[i['item_id'] for i in d['items']].count('S1') == 1" "an updated item is returned once"
+req POST /items "$(states_body S2 nested $((NS + 1)))" "${AUTH[@]}"; errcode 422 wrong_shape "states of the wrong shape"
+req GET /items/S2; status 404 "a refused item is not stored"
+req POST /items '{"item_id":"S3","states":{"text":[1,[2]]}}' "${AUTH[@]}"; errcode 400 wrong_type "mixed numbers and rows"
+req POST /items '{"item_id":"S3","states":{"audio":[1]}}' "${AUTH[@]}"; errcode 400 unknown_field "unknown modality"
+req POST /items '{"item_id":"S3","states":[1,2]}' "${AUTH[@]}"; errcode 400 wrong_type "states not an object"
+req POST /items '{"item_id":"S4","title":"no states, no encoder"}' "${AUTH[@]}"; status 200 "a title alone without an encoder"
+jcheck "not d['items'][0]['in_model'] and not d['items'][0]['embedded']" "stored, not embedded"
+curl -s "$B/metrics" | grep -q '^iisan_recommend_batches_total [1-9]' && ok || bad "batch metrics"
+# durability: the item and its embedding after kill -9
+kill -9 "$PID"; wait "$PID" 2>/dev/null; PID=""
+start || exit 1
+grep -q 'event=model_loaded.* added_items=1 ' "$LOG" && ok || bad "the load embeds the added item: $(grep model_loaded "$LOG")"
+req GET /items/S1; jcheck "d['in_model']" "S1 served after kill -9 and a restart"
+req POST /recommend '{"history":["S1"],"k":3}'; jcheck "'warnings' not in d and len(d['items']) == 3" "S1 usable after the restart"
+stop
+
+# ---- 2. titles encoded by the daemon ----
+start --text-model "$MODEL" || exit 1
+grep -q 'event=text_model_loaded.*backbone=tiny-bert' "$LOG" && ok || bad "text_model_loaded logged"
+req POST /items '[{"item_id":"T1","title":"large glass beaker"},{"item_id":"T2","title":"steel clamp rack"}]' "${AUTH[@]}"
+status 200 "POST /items with titles"
+jcheck "all(x['encoded'] == 'text' and x['embedded'] and x['in_model'] for x in d['items'])" "titles encoded and embedded"
+T1CAT=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["items"][0]["catalogue_index"])' "$T/body")
+req POST /recommend '{"history":["T1","T2"],"k":5}'; jcheck "'warnings' not in d and len(d['items']) == 5" "encoded items as history"
+req POST /recommend '{"history":["I002"],"k":40,"exclude_history":false}'
+jcheck "{'T1','T2'} <= {i['item_id'] for i in d['items']}" "encoded items recommended"
+stop
+# the daemon's states equal iisan encode's for the same title
+"$BIN" import --data "$T/e" --items <(printf 'T1\tlarge glass beaker\n') >/dev/null 2>&1
+"$BIN" encode --data "$T/e" --model "$MODEL" --quiet
+python3 - "$D" "$T1CAT" "$T/e" 1 <<'PY' && ok || bad "served encoding differs from iisan encode"
+import struct, subprocess, sys
+def value(d, cat):
+    out = subprocess.run(["mdb_dump", "-s", "state_text", d], capture_output=True, text=True).stdout
+    lines = [l.strip() for l in out.split("HEADER=END", 1)[1].splitlines() if l.startswith(" ")]
+    kv = dict(zip(lines[0::2], lines[1::2]))
+    return kv.get(struct.pack("<I", int(cat)).hex())
+a, b = value(sys.argv[1], sys.argv[2]), value(sys.argv[3], sys.argv[4])
+sys.exit(0 if a and a == b else 1)
+PY
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
