@@ -349,7 +349,10 @@ int items_post(const items_request *q, json_t **body) {
         if (has[IISAN_TEXT][i] == 2) json_object_set_new(o, "encoded", json_string("text"));
         json_array_append_new(arr, o);
     }
-    if (m && in.kind != MODEL_IISAN)
+    int any_states = 0;
+    for (size_t i = 0; i < n; i++)
+        any_states |= has[0][i] || has[1][i];
+    if (m && in.kind != MODEL_IISAN && any_states)
         json_array_append_new(
             warnings, json_pack("{s:s,s:s}", "code", "not_embedded", "message",
                                 "the model is SASRec-ID: new items are recommended after the "
