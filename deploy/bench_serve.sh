@@ -6,9 +6,10 @@
 #      model kind (item embeddings are computed once per version; a request is
 #      the sequence encoder for one user plus scores against every item), and
 #      IISAN would need Scientific-sized hidden states, which are not bundled;
-#   2. POST /recommend, k=10, 10-item histories drawn from real users, with one
-#      inference context per worker thread and then with one shared context
-#      (a mutex), then POST /interactions (one interaction per request);
+#   2. POST /recommend, k=10, 10-item histories drawn from real users, batched
+#      (the default: concurrent requests computed together) and one at a time
+#      (max_batch = 1, the baseline of the same run), then while a retraining
+#      job runs, then POST /interactions (one interaction per request);
 #   3. prints throughput and latency percentiles; the last line is JSON.
 # Environment: BENCH_DATA, IISAN_SRC, DURATION (s, default 10), CONNS (16),
 # THREADS (daemon worker threads, default the number of cores).
@@ -95,14 +96,29 @@ PY
 start "$DATA"
 load_s=$(sed -n 's/.*event=model_loaded.* seconds=\([0-9.]*\).*/\1/p' "$LOG" | tail -1)
 items=$(sed -n 's/.*event=model_loaded.* items=\([0-9]*\).*/\1/p' "$LOG" | tail -1)
-echo "recommend, one context per thread ($THREADS threads, $CONNS connections, ${DUR}s):" >&2
+echo "recommend, batched ($THREADS HTTP threads, $CONNS connections, ${DUR}s):" >&2
 run rec_ctx recommend
+per_batch=$(curl -s "http://127.0.0.1:$PORT/metrics" | python3 -c '
+import sys
+m = dict(l.split() for l in sys.stdin if l.startswith("iisan_recommend_batch"))
+print("%.1f" % (float(m["iisan_recommend_batched_requests_total"]) / max(1.0, float(m["iisan_recommend_batches_total"]))))')
 echo "recommend, 2 connections (latency without queueing):" >&2
 run rec_2 recommend 2
 stop
-start "$DATA" --contexts 1
-echo "recommend, one shared context (mutex):" >&2
+start "$DATA" --max-batch 1
+echo "recommend, one request at a time (max_batch = 1):" >&2
 run rec_mutex recommend
+stop
+# while a retraining job runs (a copy of the store: the job writes a checkpoint)
+mkdir -p "$T/trainstore"
+mdb_copy "$DATA" "$T/trainstore"
+start "$T/trainstore" --admin-token bench
+curl -s -X POST -H "Authorization: Bearer bench" "http://127.0.0.1:$PORT/admin/retrain" \
+  -d '{"epochs":1000,"patience":1000}' >/dev/null
+for _ in $(seq 1 100); do grep -q 'event=retrain_epoch' "$LOG" && break; sleep 0.1; done
+echo "recommend while a retraining job runs:" >&2
+run rec_train recommend
+train_epochs=$(grep -c 'event=retrain_epoch' "$LOG" || true)
 stop
 start "$T/ixstore"
 echo "interactions (one per request, group commit):" >&2
@@ -114,7 +130,9 @@ stop
 read -r r1 p50a p99a e1 <"$T/rec_ctx"
 read -r r2 p50b p99b e2 <"$T/rec_mutex"
 read -r r4 p50d p99d e4 <"$T/rec_2"
+read -r r5 p50e p99e e5 <"$T/rec_train"
 read -r r3 p50c p99c e3 <"$T/ix"
-printf '{"items":%s,"model_load_s":%s,"threads":%s,"connections":%s,"seconds":%s,"recommend_rps":%.1f,"recommend_p50_ms":%.3f,"recommend_p99_ms":%.3f,"recommend_mutex_rps":%.1f,"recommend_mutex_p50_ms":%.3f,"recommend_mutex_p99_ms":%.3f,"recommend_2conn_rps":%.1f,"recommend_2conn_p50_ms":%.3f,"recommend_2conn_p99_ms":%.3f,"interactions_rps":%.1f,"interactions_p50_ms":%.3f,"interactions_p99_ms":%.3f,"interactions_per_commit":%.1f,"non_2xx":%d}\n' \
-  "${items:-0}" "${load_s:-0}" "$THREADS" "$CONNS" "$DUR" "$r1" "$p50a" "$p99a" "$r2" "$p50b" "$p99b" "$r4" "$p50d" "$p99d" \
-  "$r3" "$p50c" "$p99c" "$(python3 -c "print(${committed:-0} / max(1, ${batches:-1}))")" $((e1 + e2 + e3 + e4))
+printf '{"items":%s,"model_load_s":%s,"threads":%s,"connections":%s,"seconds":%s,"recommend_rps":%.1f,"recommend_p50_ms":%.3f,"recommend_p99_ms":%.3f,"requests_per_batch":%s,"recommend_unbatched_rps":%.1f,"recommend_unbatched_p50_ms":%.3f,"recommend_unbatched_p99_ms":%.3f,"batched_over_unbatched":%.2f,"recommend_2conn_rps":%.1f,"recommend_2conn_p50_ms":%.3f,"recommend_2conn_p99_ms":%.3f,"recommend_training_rps":%.1f,"recommend_training_p50_ms":%.3f,"recommend_training_p99_ms":%.3f,"training_epochs_during_run":%s,"interactions_rps":%.1f,"interactions_p50_ms":%.3f,"interactions_p99_ms":%.3f,"interactions_per_commit":%.1f,"non_2xx":%d}\n' \
+  "${items:-0}" "${load_s:-0}" "$THREADS" "$CONNS" "$DUR" "$r1" "$p50a" "$p99a" "${per_batch:-0}" "$r2" "$p50b" "$p99b" \
+  "$(python3 -c "print($r1 / max(1e-9, $r2))")" "$r4" "$p50d" "$p99d" "$r5" "$p50e" "$p99e" "${train_epochs:-0}" \
+  "$r3" "$p50c" "$p99c" "$(python3 -c "print(${committed:-0} / max(1, ${batches:-1}))")" $((e1 + e2 + e3 + e4 + e5))

@@ -353,6 +353,8 @@ int cmd_serve(int argc, char **argv) {
             goto out;
         }
     }
+    if (admin_jobs_restore())
+        log_event("error", "jobs_unreadable", "message=\"earlier job records cannot be read\"");
     if (scheduler_start()) {
         log_event("error", "scheduler_failed", "message=\"cannot start the scheduler thread\"");
         goto out;

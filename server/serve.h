@@ -209,6 +209,9 @@ int admin_retrain_start(const retrain_request *p, const char *trigger, int *job_
 /* the latest job's id (0: none yet) and the interactions committed since the
  * latest job started (or since startup) */
 int admin_last_job(void);
+/* at startup: job ids continue after the store's last; jobs a stop or crash
+ * interrupted are recorded as failed. 0 or -1. */
+int admin_jobs_restore(void);
 long admin_interactions_since_run(void);
 
 /* the retraining scheduler: one thread that starts a job (trigger "schedule"

@@ -7,8 +7,11 @@
  * protocol (train_run: epochs, early stopping on validation HR@10, best epoch
  * kept), and promotes the result when its best validation HR@10 is not below
  * the starting point's by more than the tolerance: the checkpoint is stored as
- * a new version and swapped in. Otherwise nothing is stored. Jobs live in
- * memory (the last 64), not across restarts. */
+ * a new version and swapped in. Otherwise nothing is stored. The last 64 jobs
+ * live in memory; every job's record is also written to the store's "jobs"
+ * database at each change of state (queued, running, its outcome), so GET
+ * /admin/jobs/{id} answers across restarts, and a job that a restart or a
+ * crash interrupted is recorded as failed when the daemon starts again. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,7 +84,65 @@ json_t *admin_job_json(int id) {
         json_object_set_new(o, "trigger", json_string(j->trigger ? j->trigger : "admin"));
     }
     pthread_mutex_unlock(&jobs_mu);
+    if (!o && id > 0 && g_srv.ix) { /* an older job, or one of a previous run */
+        char *text = NULL;
+        if (store_ix_job_get(g_srv.ix, (uint32_t)id, &text) == 0) o = json_loads(text, 0, NULL);
+        free(text);
+    }
     return o;
+}
+
+/* writes job id's record to the store (a failure is logged: the job goes on) */
+static void job_persist(int id) {
+    json_t *o = admin_job_json(id);
+    char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    char err[300], b[400];
+    if (!text || store_ix_job_put(g_srv.ix, (uint32_t)id, text, err, sizeof err))
+        log_event("error", "job_record_failed", "job=%d error=%s", id,
+                  log_q(text ? err : "out of memory", b, sizeof b));
+    free(text);
+}
+
+typedef struct {
+    uint32_t max_id;
+    uint32_t stale[MAX_JOBS];
+    int nstale;
+} restore_ctx;
+
+static void restore_one(void *arg, uint32_t id, const char *text) {
+    restore_ctx *c = arg;
+    if (id > c->max_id) c->max_id = id;
+    json_t *o = json_loads(text, 0, NULL);
+    const char *st = json_string_value(json_object_get(o, "state"));
+    if (st && (!strcmp(st, "queued") || !strcmp(st, "running")) && c->nstale < MAX_JOBS)
+        c->stale[c->nstale++] = id;
+    json_decref(o);
+}
+
+int admin_jobs_restore(void) {
+    restore_ctx c = {0};
+    if (store_ix_jobs_last(g_srv.ix, MAX_JOBS, restore_one, &c)) return -1;
+    for (int i = 0; i < c.nstale; i++) { /* interrupted by the stop or crash before this start */
+        char *text = NULL;
+        if (store_ix_job_get(g_srv.ix, c.stale[i], &text)) continue;
+        json_t *o = json_loads(text, 0, NULL);
+        free(text);
+        if (!o) continue;
+        json_object_set_new(o, "state", json_string("failed"));
+        json_object_set_new(o, "message",
+                            json_string("interrupted: the daemon stopped before the job ended"));
+        char *t2 = json_dumps(o, JSON_COMPACT);
+        json_decref(o);
+        char err[300];
+        if (t2) store_ix_job_put(g_srv.ix, c.stale[i], t2, err, sizeof err);
+        free(t2);
+        log_event("warn", "job_interrupted", "job=%u", c.stale[i]);
+    }
+    pthread_mutex_lock(&jobs_mu);
+    if ((int)c.max_id >= next_id) next_id = (int)c.max_id + 1;
+    pthread_mutex_unlock(&jobs_mu);
+    return 0;
 }
 
 static void job_set(job *j, const char *state, const char *fmt, ...)
@@ -179,6 +240,7 @@ static void *trainer_main(void *arg) {
     retrain_request p = j->p;
     int id = j->id;
     pthread_mutex_unlock(&jobs_mu);
+    job_persist(id);
     double t0 = serve_now();
 
     infer_model *cur = serve_model_get();
@@ -351,6 +413,7 @@ out:
                   log_q(j->message, (char[500]){0}, 500));
     running = 0;
     pthread_mutex_unlock(&jobs_mu);
+    job_persist(id);
     return NULL;
 }
 
@@ -387,6 +450,7 @@ int admin_retrain_start(const retrain_request *p, const char *trigger, int *job_
     last_run_mono = serve_now();
     pthread_mutex_unlock(&jobs_mu);
     log_event("info", "retrain_queued", "job=%d trigger=%s", id, trigger);
+    job_persist(id);
     *job_id = id;
     return 0;
 }

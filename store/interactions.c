@@ -13,7 +13,7 @@
 
 struct store_ix {
     iisan_store *s;
-    MDB_dbi ilog, deleted, state;
+    MDB_dbi ilog, deleted, state, jobs;
     pthread_rwlock_t lock; /* shared: any transaction; exclusive: map resize */
 };
 
@@ -36,6 +36,7 @@ int store_ix_open(iisan_store *s, store_ix **out, char *err, size_t errlen) {
         rc = mdb_dbi_open(txn, "ilog", MDB_CREATE | MDB_INTEGERKEY, &x->ilog);
         if (!rc) rc = mdb_dbi_open(txn, "item_deleted", MDB_CREATE | MDB_INTEGERKEY, &x->deleted);
         if (!rc) rc = mdb_dbi_open(txn, "serve", MDB_CREATE, &x->state);
+        if (!rc) rc = mdb_dbi_open(txn, "jobs", MDB_CREATE | MDB_INTEGERKEY, &x->jobs);
         if (rc)
             mdb_txn_abort(txn);
         else
@@ -507,4 +508,71 @@ static int state_put_fn(store_ix *x, MDB_txn *txn, void *arg, char *err, size_t 
 int store_ix_state_put(store_ix *x, const char *key, uint32_t v, char *err, size_t errlen) {
     state_put_ctx c = {key, v};
     return ix_write(x, state_put_fn, &c, err, errlen);
+}
+
+/* ---- retraining jobs ---- */
+
+typedef struct {
+    uint32_t id;
+    const char *json;
+} job_put_ctx;
+
+static int job_put_fn(store_ix *x, MDB_txn *txn, void *arg, char *err, size_t errlen) {
+    job_put_ctx *c = arg;
+    MDB_val k = {4, &c->id}, d = {strlen(c->json), (void *)c->json};
+    int rc = mdb_put(txn, x->jobs, &k, &d, 0);
+    return rc ? store_lmdb(rc, "writing a job record", err, errlen) : 0;
+}
+
+int store_ix_job_put(store_ix *x, uint32_t id, const char *json, char *err, size_t errlen) {
+    job_put_ctx c = {id, json};
+    return ix_write(x, job_put_fn, &c, err, errlen);
+}
+
+int store_ix_jobs_last(store_ix *x, int max, void (*fn)(void *arg, uint32_t id, const char *json),
+                       void *arg) {
+    MDB_txn *txn;
+    if (begin(x, MDB_RDONLY, &txn)) return IISAN_EIO;
+    MDB_cursor *c;
+    int rc = IISAN_EIO;
+    if (!mdb_cursor_open(txn, x->jobs, &c)) {
+        MDB_val k, d;
+        int r, n = 0;
+        for (r = mdb_cursor_get(c, &k, &d, MDB_LAST); r == 0 && n < max;
+             r = mdb_cursor_get(c, &k, &d, MDB_PREV), n++) {
+            uint32_t id;
+            memcpy(&id, k.mv_data, 4);
+            char *text = malloc(d.mv_size + 1);
+            if (!text) break;
+            memcpy(text, d.mv_data, d.mv_size);
+            text[d.mv_size] = '\0';
+            fn(arg, id, text);
+            free(text);
+        }
+        mdb_cursor_close(c);
+        rc = r == 0 || r == MDB_NOTFOUND ? 0 : IISAN_EIO;
+    }
+    mdb_txn_abort(txn);
+    pthread_rwlock_unlock(&x->lock);
+    return rc;
+}
+
+int store_ix_job_get(store_ix *x, uint32_t id, char **json) {
+    *json = NULL;
+    MDB_txn *txn;
+    if (begin(x, MDB_RDONLY, &txn)) return IISAN_EIO;
+    MDB_val k = {4, &id}, d;
+    int rc = mdb_get(txn, x->jobs, &k, &d);
+    if (rc == 0) {
+        *json = malloc(d.mv_size + 1);
+        if (*json) {
+            memcpy(*json, d.mv_data, d.mv_size);
+            (*json)[d.mv_size] = '\0';
+        } else
+            rc = IISAN_ENOMEM;
+    } else
+        rc = rc == MDB_NOTFOUND ? IISAN_ENOTFOUND : IISAN_EIO;
+    mdb_txn_abort(txn);
+    pthread_rwlock_unlock(&x->lock);
+    return rc;
 }

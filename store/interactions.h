@@ -9,6 +9,8 @@
  *   item_deleted  u32 catalogue index (MDB_INTEGERKEY) -> i64 time of the deletion
  *   serve         ASCII name -> u32 (the daemon's persistent state: "pinned",
  *                 the checkpoint version a rollback chose, 0 or absent = latest)
+ *   jobs          u32 job id (MDB_INTEGERKEY) -> the job's record, JSON text
+ *                 (GET /admin/jobs/{id}), rewritten at each change of state
  *
  * Catalogue changes from the API (POST / DELETE /items) write the same item
  * records as `iisan import --items` (docs/formats.md). Catalogue indexes are
@@ -102,5 +104,16 @@ int store_ix_state_put(store_ix *x, const char *key, uint32_t v, char *err, size
 
 /* every deleted catalogue index, ascending (malloc'd; *n may be 0) */
 int store_ix_deleted(store_ix *x, uint32_t **idx, uint32_t *n);
+
+/* ---- retraining jobs ---- */
+
+/* Stores (or replaces) job id's record, one durable transaction. */
+int store_ix_job_put(store_ix *x, uint32_t id, const char *json, char *err, size_t errlen);
+/* job id's record (malloc'd, NUL-terminated) or IISAN_ENOTFOUND */
+int store_ix_job_get(store_ix *x, uint32_t id, char **json);
+/* Calls fn for the last max jobs, newest first (json NUL-terminated, valid
+ * during the call). 0 or IISAN_EIO. */
+int store_ix_jobs_last(store_ix *x, int max, void (*fn)(void *arg, uint32_t id, const char *json),
+                       void *arg);
 
 #endif

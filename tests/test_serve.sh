@@ -275,6 +275,10 @@ req GET /healthz; jcheck "d['model_version'] == $pinned" "SIGHUP keeps the pinne
 
 # ---- durability: acknowledged interactions survive kill -9 ----
 for i in 1 2 3 4 5; do req POST /interactions "{\"user_id\":\"crash\",\"item_id\":\"I01$i\"}"; [ "$S" = 200 ] || bad "crash interaction $i: $S"; done
+# a job running at the crash: recorded as interrupted after the restart
+req POST /admin/retrain '{"epochs":1000,"patience":1000,"tolerance":1}' "${AUTH[@]}"; status 202 "a long job"
+ljob=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["job_id"])' "$T/body")
+for _ in $(seq 1 100); do grep -q "event=retrain_epoch job=$ljob" "$LOG" && break; sleep 0.05; done
 kill -9 "$PID"; wait "$PID" 2>/dev/null; PID=""
 start || exit 1
 req GET /users/crash; status 200 "user after kill -9"
@@ -284,6 +288,18 @@ req GET /healthz; jcheck "d['model_version'] == $pinned" "the pinned version sur
 req GET /items/I009; jcheck "d['deleted'] is True" "a deletion survives kill -9"
 req POST /recommend '{"history":["I001"],"k":40,"exclude_history":false}'
 jcheck "'I009' not in [i['item_id'] for i in d['items']]" "a deleted item stays out after a restart"
+req GET "/admin/jobs/$job" '' "${AUTH[@]}"
+jcheck "d['state'] == 'promoted' and d['new_version'] == 3 and d['job_id'] == $job" "a finished job's record survives kill -9"
+req GET "/admin/jobs/$ljob" '' "${AUTH[@]}"
+jcheck "d['state'] == 'failed' and 'interrupted' in d['message'] and d['started'] is not None" "the job running at kill -9 is recorded as interrupted"
+req POST /admin/retrain '{"epochs":1,"max_steps":1,"tolerance":1}' "${AUTH[@]}"; status 202 "a job after the restart"
+jcheck "d['job_id'] == $ljob + 1" "job ids continue after a restart"
+nj=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["job_id"])' "$T/body")
+for _ in $(seq 1 600); do
+  req GET "/admin/jobs/$nj" '' "${AUTH[@]}"
+  python3 -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))["state"] in ("promoted","rejected","failed") else 1)' "$T/body" && break
+  sleep 0.1
+done
 
 # ---- docs/api.md: every sh block runs, its answer has the documented fields ----
 export IISAN="$B" IISAN_TOKEN="$TOKEN"
@@ -342,13 +358,14 @@ stop
 jget() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$T/body" "$1"; }
 start --retrain-after 6 || exit 1
 req GET /admin/status '' "${AUTH[@]}"; status 200 "admin status with the scheduler"
-jcheck "d['config']['retrain_after'] == 6 and d['config']['retrain_every_min'] == 0 and d['interactions_since_last_run'] == 0 and d['last_job'] is None" "scheduler settings and counter in /admin/status"
+jcheck "d['config']['retrain_after'] == 6 and d['config']['retrain_every_min'] == 0 and d['interactions_since_last_run'] == 0 and d['last_job']['job_id'] >= $nj and d['last_job']['state'] in ('promoted', 'rejected')" "scheduler settings and counter in /admin/status (the last job is the previous run's)"
+prevjob=$(jget "d['last_job']['job_id']")
 req GET /healthz; sbase=$(jget "d['model_version']")
 req POST /interactions '[{"user_id":"sched","item_id":"I001"},{"user_id":"sched","item_id":"I002"},{"user_id":"sched","item_id":"I003"}]'
 status 200 "3 interactions (below retrain_after)"
 sleep 0.3
 req GET /admin/status '' "${AUTH[@]}"
-jcheck "d['interactions_since_last_run'] == 3 and d['last_job'] is None" "3 of 6: no job yet"
+jcheck "d['interactions_since_last_run'] == 3 and d['last_job']['job_id'] == $prevjob" "3 of 6: no job yet"
 # 4 concurrent /recommend clients for 4 s; the job starts 0.3 s in and runs meanwhile
 BURST=(); bt0=$(date +%s)
 for w in 1 2 3 4; do
