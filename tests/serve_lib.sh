@@ -48,6 +48,16 @@ req() {
   local data=()
   if [ $# -gt 0 ]; then data=(--data-binary "$1"); shift; fi
   S=$(curl -s -o "$T/body" -w '%{http_code}' -X "$m" "${data[@]}" "$@" "$B$p")
+  # kept for openapi_check (every response is checked against proto/openapi.yaml at the end)
+  RESP_N=$((RESP_N + 1)); mkdir -p "$T/responses"; cp "$T/body" "$T/responses/$RESP_N"
+  echo "$m $p $S $T/responses/$RESP_N" >>"$T/responses.txt"
+}
+RESP_N=0
+# openapi_check: every recorded response against the spec (one check)
+openapi_check() {
+  if python3 tests/openapi_check.py proto/openapi.yaml "$T/responses.txt" >"$T/oa.out" 2>&1; then ok
+  else bad "responses that do not match proto/openapi.yaml:"; cat "$T/oa.out" >&2; fi
+  sed 's/^/    /' "$T/oa.out" | tail -1 >&2
 }
 # jq-like checks with python: jcheck 'python expression over d' DESCRIPTION
 jcheck() {

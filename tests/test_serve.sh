@@ -429,5 +429,6 @@ else
   echo "    clang/libFuzzer not available: fuzz run skipped" >&2
 fi
 
+openapi_check
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -94,5 +94,6 @@ def value(d, cat):
 a, b = value(sys.argv[1], sys.argv[2]), value(sys.argv[3], sys.argv[4])
 sys.exit(0 if a and a == b else 1)
 PY
+openapi_check
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
