@@ -302,6 +302,11 @@ for _ in $(seq 1 600); do
 done
 
 # ---- docs/api.md: every sh block runs, its answer has the documented fields ----
+# under an IISAN version (its POST /items example embeds an item on the spot): a new one, pinned
+check "train iisan for the examples" -- "$BIN" train --data "$D" --model iisan --epochs 1 --r 4 --d 8 \
+  --schedule 0,2,4 --json >/dev/null 2>&1
+iv=$("$BIN" info --data "$D" --json | tail -1 | python3 -c 'import json,sys; print(max(c["version"] for c in json.load(sys.stdin)["checkpoints"]))')
+req POST /admin/rollback "{\"version\":$iv}" "${AUTH[@]}"; status 200 "pin the new IISAN version $iv"
 export IISAN="$B" IISAN_TOKEN="$TOKEN"
 python3 - docs/api.md "$T/examples" <<'PY'
 import json, re, sys
@@ -332,7 +337,7 @@ if ex["lang"] == "json":
 lines = [l for l in ex["expect"].splitlines() if l.startswith("# TYPE")]
 sys.exit(0 if lines and all(l in got.splitlines() for l in lines) else 1)
 PY
-  then ok; else bad "docs/api.md example $i: $(head -3 "$T/ex.sh") -> $(head -c 300 "$T/ex.out")"; fi
+  then ok; else bad "docs/api.md example $i: $(head -3 "$T/ex.sh") -> $(head -c 500 "$T/ex.out")"; fi
 done
 
 # ---- graceful stop: a request in flight at SIGTERM completes ----
