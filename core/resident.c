@@ -11,6 +11,7 @@ struct resident_states {
     iisan_backend *be;
     uint16_t *base; /* backend memory, nslots * MODS * per halves */
     size_t bytes;
+    int in_host;            /* base came from alloc_host (pinned host memory on a GPU) */
     int nslots;             /* N + 1 */
     size_t per;             /* nstates * D */
     unsigned char *present; /* host [nslots * MODS] */
@@ -58,11 +59,18 @@ int states_resident_create(iisan_backend *be, const iisan_dataset *ds, const iis
     for (int i = 0; i < nslots; i++) /* the first slot of a catalogue index serves it */
         if (rs->slot_of[ds->item_cat[i]] < 0) rs->slot_of[ds->item_cat[i]] = i;
 
-    rs->base = be->alloc(be, rs->bytes);
+    /* device memory when they fit; pinned host memory, read over the bus, when they do not
+     * (or when IISAN_STATES_IN_HOST=1 asks for it) */
+    const char *force = getenv("IISAN_STATES_IN_HOST");
+    if (!(force && !strcmp(force, "1"))) rs->base = be->alloc(be, rs->bytes);
+    if (!rs->base && be->alloc_host) {
+        rs->base = be->alloc_host(be, rs->bytes);
+        rs->in_host = rs->base != NULL;
+    }
     if (!rs->base) {
         snprintf(err, errlen,
                  "resident states: the %s backend could not allocate %.1f MiB for %d items' "
-                 "hidden states",
+                 "hidden states, in its memory or in pinned host memory",
                  be->name, rs->bytes / 1048576.0, nslots);
         states_resident_free(rs);
         return -1;
@@ -107,9 +115,16 @@ size_t resident_states_bytes(const resident_states *rs) { return rs ? rs->bytes 
 
 long resident_states_present(const resident_states *rs) { return rs ? rs->npresent : 0; }
 
+int resident_states_in_host(const resident_states *rs) { return rs ? rs->in_host : 0; }
+
 void states_resident_free(resident_states *rs) {
     if (!rs) return;
-    if (rs->base) rs->be->free(rs->be, rs->base);
+    if (rs->base) {
+        if (rs->in_host)
+            rs->be->free_host(rs->be, rs->base);
+        else
+            rs->be->free(rs->be, rs->base);
+    }
     free(rs->present);
     free(rs->slot_of);
     free(rs);

@@ -4,6 +4,9 @@
  * and evaluate IISAN. On the CPU backend the block is host memory and the source gives the
  * same rows, value for value, as the source it was filled from.
  *
+ * Placement: one allocation of the backend's memory; when that fails, one of pinned host
+ * memory mapped into the device (be->alloc_host), which the same kernels read over the bus.
+ *
  * Layout: slot s (model item index 0..N of the dataset) and modality mod hold
  * fp16 [nstates * D] at base + ((s * 2) + mod) * nstates * D. An item without states of a
  * modality keeps a zero block and a cleared presence flag, and get() returns NULL for it (the
@@ -31,6 +34,11 @@ int states_resident_create(iisan_backend *be, const iisan_dataset *ds, const iis
  * NULL when the item has no states of that modality or is not in the dataset. Valid until
  * states_resident_free. */
 iisan_states resident_states_source(resident_states *rs);
+
+/* Where the block lives: 0 in the backend's own memory, 1 in pinned host memory (when the
+ * device could not hold it, or IISAN_STATES_IN_HOST=1): a GPU then reads every state over
+ * the bus, so it works for catalogues larger than the device, at the bus's speed. */
+int resident_states_in_host(const resident_states *rs);
 
 /* Backend bytes held, and how many (item, modality) blocks are present. */
 size_t resident_states_bytes(const resident_states *rs);

@@ -36,6 +36,12 @@ struct iisan_backend {
     void (*copy)(iisan_backend *be, void *dst, const void *src, size_t bytes);
     void (*zero)(iisan_backend *be, void *p, size_t bytes);
     void (*sync)(iisan_backend *be);
+    /* Backend memory that lives in host RAM: used like alloc's (every op reads it), for data
+     * too large for the device. CUDA: pinned, mapped into the device's address space
+     * (cudaHostAllocMapped), read by kernels over the bus. CPU: alloc. Zero-filled; NULL on
+     * failure; released with free_host. */
+    void *(*alloc_host)(iisan_backend *be, size_t bytes);
+    void (*free_host)(iisan_backend *be, void *p);
 
     /* ---- linear algebra ---- */
     /* C[M,N] = alpha * op(A) * op(B) + beta * C.  op(A) is [M,K]: A is [M,K]

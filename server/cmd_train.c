@@ -301,7 +301,9 @@ int cmd_train(int argc, char **argv) {
         }
         if (backend_check("train", be)) goto out;
         st = resident_states_source(rs);
-        fprintf(stderr, "hidden states resident on %s: %.1f MiB (%.2f s)\n", be->name,
+        fprintf(stderr, "hidden states resident %s: %.1f MiB (%.2f s)\n",
+                resident_states_in_host(rs) ? "in pinned host memory (too large for the device)"
+                                            : "on the device",
                 resident_states_bytes(rs) / 1048576.0, now_seconds() - tr);
     }
     train_summary sum;

@@ -193,32 +193,40 @@ static void test_resident_rows(void) {
     CHECK(moved > 0); /* model and catalogue indexes differ */
     resident_states *rs = NULL;
     char err[256] = "";
-    int rc = states_resident_create(cpu, &ds, &direct, c.nstates, c.D, &rs, err, sizeof err);
-    CHECKF(rc == 0 && rs, "%s", err);
-    if (rs) {
-        iisan_states res = resident_states_source(rs);
-        const size_t per = (size_t)c.nstates * c.D;
-        CHECK(resident_states_bytes(rs) == (size_t)(ds.n_items + 1) * 2 * per * 2);
-        long present = 0, same = 0, blocks = 0;
-        for (int i = 0; i <= ds.n_items; i++)
-            for (int mod = 0; mod < 2; mod++) {
-                uint32_t cat = ds.item_cat[i];
-                const uint16_t *a = direct.get(direct.ctx, mod, cat);
-                const uint16_t *b = res.get(res.ctx, mod, cat);
-                blocks++;
-                if (a) present++;
-                if (!a ? !b : b && b != a && !memcmp(a, b, per * sizeof *a)) same++;
-            }
-        CHECKF(same == blocks, "%ld of %ld blocks as the direct source", same, blocks);
-        CHECK(resident_states_present(rs) == present);
-        CHECK(present < blocks); /* the missing modalities are really exercised */
-        /* catalogue items outside the dataset, the padding, bad modalities: none */
-        for (uint32_t cat = NUSED + 1; cat <= NCAT + 5; cat++)
-            CHECK(!res.get(res.ctx, 0, cat) && !res.get(res.ctx, 1, cat));
-        CHECK(!res.get(res.ctx, 0, 0) && !res.get(res.ctx, 1, 0));
-        CHECK(!res.get(res.ctx, 2, ds.item_cat[1]) && !res.get(res.ctx, -1, ds.item_cat[1]));
+    for (int in_host = 0; in_host < 2; in_host++) {
+        /* both placements: the backend's memory, and pinned host memory (forced here; on a GPU
+         * it is the fallback for catalogues larger than the device) */
+        setenv("IISAN_STATES_IN_HOST", in_host ? "1" : "0", 1);
+        int rc = states_resident_create(cpu, &ds, &direct, c.nstates, c.D, &rs, err, sizeof err);
+        unsetenv("IISAN_STATES_IN_HOST");
+        CHECKF(rc == 0 && rs, "%s", err);
+        CHECK(resident_states_in_host(rs) == in_host);
+        if (rs) {
+            iisan_states res = resident_states_source(rs);
+            const size_t per = (size_t)c.nstates * c.D;
+            CHECK(resident_states_bytes(rs) == (size_t)(ds.n_items + 1) * 2 * per * 2);
+            long present = 0, same = 0, blocks = 0;
+            for (int i = 0; i <= ds.n_items; i++)
+                for (int mod = 0; mod < 2; mod++) {
+                    uint32_t cat = ds.item_cat[i];
+                    const uint16_t *a = direct.get(direct.ctx, mod, cat);
+                    const uint16_t *b = res.get(res.ctx, mod, cat);
+                    blocks++;
+                    if (a) present++;
+                    if (!a ? !b : b && b != a && !memcmp(a, b, per * sizeof *a)) same++;
+                }
+            CHECKF(same == blocks, "%ld of %ld blocks as the direct source", same, blocks);
+            CHECK(resident_states_present(rs) == present);
+            CHECK(present < blocks); /* the missing modalities are really exercised */
+            /* catalogue items outside the dataset, the padding, bad modalities: none */
+            for (uint32_t cat = NUSED + 1; cat <= NCAT + 5; cat++)
+                CHECK(!res.get(res.ctx, 0, cat) && !res.get(res.ctx, 1, cat));
+            CHECK(!res.get(res.ctx, 0, 0) && !res.get(res.ctx, 1, 0));
+            CHECK(!res.get(res.ctx, 2, ds.item_cat[1]) && !res.get(res.ctx, -1, ds.item_cat[1]));
+        }
+        states_resident_free(rs);
+        rs = NULL;
     }
-    states_resident_free(rs);
     states_resident_free(NULL);
     /* bad arguments fail with a message */
     rs = NULL;
@@ -372,7 +380,12 @@ static int last_topk(iisan_model *m, const iisan_dataset *ds, const float *all, 
     return nb;
 }
 
-static void cuda_vs_cpu(int which) {
+static void cuda_vs_cpu_at(int which, int in_host);
+static void cuda_vs_cpu(int which) { cuda_vs_cpu_at(which, 0); }
+/* the GPU reading the hidden states from pinned host memory over the bus: the same results */
+static void test_cuda_states_in_host(void) { cuda_vs_cpu_at(CFG_DEFAULT, 1); }
+
+static void cuda_vs_cpu_at(int which, int in_host) {
     const char *what = cfg_name[which];
     iisan_dataset ds;
     CHECK(make_dataset(&ds, 4) == 0);
@@ -388,8 +401,11 @@ static void cuda_vs_cpu(int which) {
     char err[256] = "";
     for (int k = 0; k < 2; k++) {
         if (c.kind == MODEL_IISAN) {
+            setenv("IISAN_STATES_IN_HOST", in_host ? "1" : "0", 1);
             int rc = states_resident_create(be[k], &ds, &direct, c.nstates, c.D, &rs[k], err,
                                             sizeof err);
+            unsetenv("IISAN_STATES_IN_HOST");
+            CHECK(rc || resident_states_in_host(rs[k]) == in_host);
             CHECKF(rc == 0, "%s on %s: %s", what, be[k]->name, err);
             if (rc) goto out;
             src[k] = resident_states_source(rs[k]);
@@ -541,6 +557,7 @@ int main(int argc, char **argv) {
         RUN(test_cuda_remove_first);
         RUN(test_cuda_text_only);
         RUN(test_cuda_sasrec_id);
+        RUN(test_cuda_states_in_host);
         gpu->destroy(gpu);
     } else if (iisan_cuda_available()) { /* a device is there: failing to use it fails */
         CHECKF(gpu != NULL, "iisan_backend_cuda: %s", err);

@@ -83,22 +83,44 @@ static void cuda_free(iisan_backend *be, void *p) {
     CK(cudaFree(p));
 }
 
+/* pinned host memory mapped into the device's address space: with unified addressing the
+ * host pointer is the device pointer, and kernels read it over the bus */
+static void *cuda_alloc_host(iisan_backend *be, size_t bytes) {
+    cuda_enter(be);
+    void *p = NULL;
+    if (!CK(cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocMapped | cudaHostAllocPortable)))
+        return NULL;
+    memset(p, 0, bytes);
+    void *dp = NULL;
+    if (!CK(cudaHostGetDevicePointer(&dp, p, 0)) || dp != p) { /* no unified addressing */
+        CK(cudaFreeHost(p));
+        return NULL;
+    }
+    return p;
+}
+
+static void cuda_free_host(iisan_backend *be, void *p) {
+    if (!p) return;
+    cuda_enter(be);
+    CK(cudaFreeHost(p));
+}
+
 static void cuda_upload(iisan_backend *be, void *dst, const void *src_host, size_t bytes) {
     if (!bytes) return;
     cuda_enter(be);
-    CK(cudaMemcpy(dst, src_host, bytes, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dst, src_host, bytes, cudaMemcpyDefault)); /* device or mapped host memory */
 }
 
 static void cuda_download(iisan_backend *be, void *dst_host, const void *src, size_t bytes) {
     if (!bytes) return;
     cuda_enter(be);
-    CK(cudaMemcpy(dst_host, src, bytes, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(dst_host, src, bytes, cudaMemcpyDefault));
 }
 
 static void cuda_copy(iisan_backend *be, void *dst, const void *src, size_t bytes) {
     if (!bytes || dst == src) return;
     cuda_enter(be);
-    CK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice));
+    CK(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault));
 }
 
 static void cuda_zero(iisan_backend *be, void *p, size_t bytes) {
@@ -190,6 +212,8 @@ extern "C" iisan_backend *iisan_backend_cuda(int device, char *err, size_t errle
     }
 
     be->alloc = cuda_alloc;
+    be->alloc_host = cuda_alloc_host;
+    be->free_host = cuda_free_host;
     be->free = cuda_free;
     be->upload = cuda_upload;
     be->download = cuda_download;
