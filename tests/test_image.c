@@ -4,9 +4,11 @@
  * and to two odd sizes), the float pixels bit for bit, the errors of empty,
  * corrupt, truncated and non-image inputs; and encoding one item's image into
  * a store with the tiny ViT (core/encode_items.h) against transformers. */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "core/encode_items.h"
@@ -330,11 +332,168 @@ out:
     free(png);
 }
 
+static int write_file(const char *path, const void *data, size_t len) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    size_t w = fwrite(data, 1, len, f);
+    return fclose(f) == 0 && w == len ? 0 : -1;
+}
+
+typedef struct {
+    int calls;
+    char ids[256];
+} skip_log;
+
+static void log_skip(void *arg, uint32_t idx, const char *item_id, const char *problem) {
+    skip_log *l = arg;
+    l->calls++;
+    size_t n = strlen(l->ids);
+    snprintf(l->ids + n, sizeof l->ids - n, "%s:%s;", item_id,
+             strstr(problem, "truncated JPEG") ? "jpeg" : "other");
+}
+
+/* the stored fp16 states are within one fp16 step of the reference (the
+ * rounding to fp16 is half a step; the fp32 forward pass adds ~4e-6, which
+ * may tip it to the next step); *worst gets the largest error in steps */
+static int states_match(const uint16_t *h, const float *ref, int n, double *worst) {
+    int bad = 0;
+    for (int k = 0; k < n; k++) {
+        int ex;
+        frexp(ref[k], &ex); /* |ref| in [2^(ex-1), 2^ex) */
+        double step = ldexp(1.0, (ex - 1 < -14 ? -14 : ex - 1) - 10);
+        double d = fabs((double)iisan_half_to_float(h[k]) - ref[k]) / step;
+        if (d > *worst) *worst = d;
+        bad += d > 1.0;
+    }
+    return bad;
+}
+
+/* encode_items_images over a directory (4 images, one missing, one corrupt,
+ * one foreign file) and encode_item_image from bytes, with the tiny ViT,
+ * against transformers' states of the same images (ViTImageProcessor at 32) */
+static void test_encode_tiny_vit(void) {
+    char dir[] = "/tmp/iisan-img-store-XXXXXX", err[512], path[700];
+    CHECK(mkdtemp(dir) != NULL);
+    st_file *f = NULL;
+    CHECKF(st_open(&f, GOLD "image.safetensors", err, sizeof err) == 0, "%s", err);
+    if (!f) return;
+    const st_tensor *tn = need(f, "vit.names"), *ts = need(f, "vit.states");
+    if (!tn || !ts) goto out;
+    const char *names[8];
+    int nv = fixture_names(tn, names, 8);
+    const float *ref = ts->data;
+    int S = (int)ts->shape[1], D = (int)ts->shape[2];
+    CHECK(nv == 4 && ts->shape[0] == 4 && S == 3 && D == 32);
+    if (nv != 4) goto out;
+    /* items: the four images under their file names' stems, "nofile", "broken"
+     * (a JPEG cut in half), "text" (not an image) */
+    char items[512] = "", img[600], stems[4][64];
+    snprintf(img, sizeof img, "%s/img", dir);
+    CHECK(mkdir(img, 0755) == 0);
+    for (int i = 0; i < 4; i++) {
+        const char *dot = strrchr(names[i], '.');
+        snprintf(stems[i], sizeof stems[i], "%.*s", (int)(dot - names[i]), names[i]);
+        size_t n = strlen(items);
+        snprintf(items + n, sizeof items - n, "%s\ttitle %d\n", stems[i], i);
+        size_t len;
+        snprintf(path, sizeof path, GOLD "src/%s", names[i]);
+        uint8_t *b = read_all(path, &len);
+        snprintf(path, sizeof path, "%s/%s", img, names[i]);
+        CHECK(b && write_file(path, b, len) == 0);
+        if (i == 0) { /* the first one cut in half as "broken.jpeg" */
+            snprintf(path, sizeof path, "%s/broken.jpeg", img);
+            CHECK(b && write_file(path, b, len / 2) == 0);
+        }
+        free(b);
+    }
+    snprintf(path, sizeof path, "%s/text.png", img);
+    CHECK(write_file(path, "not an image\n", 13) == 0);
+    strcat(items, "nofile\tx\nbroken\ty\ntext\tz\n");
+    snprintf(path, sizeof path, "%s/items.tsv", dir);
+    CHECK(write_file(path, items, strlen(items)) == 0);
+    iisan_store *s = NULL;
+    CHECKF(store_open(&s, dir, 1, err, sizeof err) == 0, "%s", err);
+    if (!s) goto out;
+    CHECKF(store_import_items(s, path, NULL, NULL, err, sizeof err) == 0, "%s", err);
+
+    iisan_backend *be = iisan_backend_cpu(1);
+    vit_encoder *e = NULL;
+    CHECKF(vit_load(&e, be, TINY_VIT, 3, err, sizeof err) == 0, "%s", err);
+    if (!e) goto close;
+    char found[700];
+    CHECK(encode_image_path(img, stems[0], found, sizeof found) == 0 && strstr(found, names[0]));
+    CHECK(encode_image_path(img, "nofile", found, sizeof found) == IISAN_ENOTFOUND);
+    CHECK(encode_image_path(img, "../img/x", found, sizeof found) == IISAN_ENOTFOUND);
+    CHECK(encode_image_path(img, "..", found, sizeof found) == IISAN_ENOTFOUND);
+
+    uint32_t all[7] = {1, 2, 3, 4, 5, 6, 7};
+    encode_image_counts cnt;
+    skip_log log = {0};
+    CHECKF(encode_items_images(e, s, "tiny-vit", img, all, 7, &cnt, log_skip, NULL, &log, err,
+                               sizeof err) == 0,
+           "%s", err);
+    CHECKF(cnt.encoded == 4 && cnt.missing == 1 && cnt.corrupt == 2, "%u %u %u", cnt.encoded,
+           cnt.missing, cnt.corrupt);
+    CHECKF(log.calls == 2 && !strcmp(log.ids, "broken:jpeg;text:other;"), "%s", log.ids);
+    store_reader *r;
+    double worst = 0;
+    int bad = 0;
+    CHECK(store_reader_begin(s, &r) == 0);
+    for (int i = 0; i < 4; i++) {
+        const uint16_t *h = store_reader_states(r, IISAN_IMAGE, (uint32_t)i + 1);
+        CHECK(h != NULL);
+        if (h) bad += states_match(h, ref + (size_t)i * S * D, S * D, &worst);
+    }
+    for (uint32_t i = 5; i <= 7; i++)
+        CHECK(store_reader_states(r, IISAN_IMAGE, i) == NULL);
+    store_reader_end(r);
+    CHECKF(bad == 0, "%d stored image states off (worst %.3g fp16 steps)", bad, worst);
+    fprintf(stderr,
+            "  tiny ViT image states vs transformers: within %.2f fp16 steps (rounding: 0.5)\n",
+            worst);
+
+    /* one item from bytes in memory: the first image under item "nofile" */
+    size_t len;
+    snprintf(path, sizeof path, GOLD "src/%s", names[0]);
+    uint8_t *b = read_all(path, &len);
+    CHECK(b != NULL);
+    if (b) {
+        CHECKF(encode_item_image(e, s, "tiny-vit", 5, b, len, err, sizeof err) == 0, "%s", err);
+        CHECK(encode_item_image(e, s, "tiny-vit", 6, b, len / 3, err, sizeof err) ==
+                  IISAN_EFORMAT &&
+              strstr(err, "JPEG"));
+        CHECK(encode_item_image(e, s, "other-vit", 6, b, len, err, sizeof err) == IISAN_EMISMATCH &&
+              strstr(err, "tiny-vit") && strstr(err, "other-vit"));
+        CHECK(encode_items_images(e, s, "other-vit", img, all, 7, &cnt, NULL, NULL, NULL, err,
+                                  sizeof err) == IISAN_EMISMATCH &&
+              cnt.encoded == 0);
+        free(b);
+    }
+    CHECK(store_reader_begin(s, &r) == 0);
+    const uint16_t *h5 = store_reader_states(r, IISAN_IMAGE, 5);
+    worst = 0;
+    CHECK(h5 && states_match(h5, ref, S * D, &worst) == 0);
+    CHECK(store_reader_states(r, IISAN_IMAGE, 6) == NULL);
+    store_reader_end(r);
+    store_states_info info;
+    CHECK(store_states_info_get(s, IISAN_IMAGE, &info) == 0 && info.count == 5 &&
+          !strcmp(info.backbone, "tiny-vit") && info.nstates == 3 && info.width == 32);
+    vit_free(e);
+close:
+    if (be) be->destroy(be);
+    store_close(s);
+out:
+    st_close(f);
+    snprintf(path, sizeof path, "rm -rf '%s'", dir);
+    CHECK(system(path) == 0);
+}
+
 int main(int argc, char **argv) {
     TEST_MAIN_BEGIN(argc, argv);
     RUN(test_reference_images);
     RUN(test_normalize);
     RUN(test_resize_cases);
     RUN(test_bad_inputs);
+    RUN(test_encode_tiny_vit);
     TEST_MAIN_END();
 }
