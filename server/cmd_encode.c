@@ -160,33 +160,73 @@ static int refuse_other_backbone(run_ctx *c, int modality, const char *name, con
     return fail(err);
 }
 
+/* Before a model is loaded: the items still without states of modality, the
+ * name they are stored under (--backbone, else the model directory's, else
+ * fallback; may stay "" for the text model's config to name), a store of
+ * another backbone refused, and
+ * "nothing to do". 1 when it failed (printed); 0 with *n == 0 and the
+ * figures filled when there is nothing to do; else 0 with the work in *idx. */
+static int prepare(run_ctx *c, int modality, const char *given, const char *model,
+                   const char *fallback, const char *flag, run_figures *f, uint32_t **idx,
+                   uint32_t *n) {
+    const char *what = modality == IISAN_TEXT ? "titled items" : "items";
+    const char *kind = modality == IISAN_TEXT ? "text" : "image";
+    f->ran = 1;
+    if (store_items_missing_states(c->s, modality, modality == IISAN_TEXT, idx, n))
+        return fail("reading the store failed");
+    pick_name(given, model, f->backbone, sizeof f->backbone);
+    if (!f->backbone[0] && fallback) snprintf(f->backbone, sizeof f->backbone, "%s", fallback);
+    if (refuse_other_backbone(c, modality, f->backbone, flag)) return 1;
+    store_states_info info;
+    if (store_states_info_get(c->s, modality, &info) == 0) {
+        if (*n == 0) { /* the figures of what is there */
+            snprintf(f->backbone, sizeof f->backbone, "%s", info.backbone);
+            f->with_states = info.count;
+            f->nstates = info.nstates;
+            f->width = info.width;
+        } else if (!c->quiet) {
+            fprintf(stderr, "%u of %u %s already have %s states; encoding the others\n",
+                    f->eligible - *n, f->eligible, what, kind);
+        }
+    }
+    if (*n == 0 && !c->quiet)
+        fprintf(stderr, "all %u %s already have %s states (%s); nothing to do\n", f->eligible, what,
+                kind, f->backbone);
+    return 0;
+}
+
+/* After encoding: r as the encoder returned it, stored what it stored. 0, or
+ * 1 with the failure printed; the states count in the figures either way. */
+static int finish(run_ctx *c, int modality, bar *b, int r, const char *err, uint32_t stored,
+                  run_figures *f) {
+    f->seconds = now_seconds() - b->t0;
+    if (!r && backend_check("encode", c->be)) return 1;
+    store_states_info after = {0};
+    store_states_info_get(c->s, modality, &after);
+    f->with_states = after.count;
+    if (!r) return 0;
+    if (b->tty && !c->quiet && stored) fputc('\n', stderr);
+    fail(err);
+    if (stored)
+        fprintf(stderr,
+                "iisan encode: %u %s were stored before the failure; run again to encode the "
+                "rest\n",
+                stored, b->unit);
+    return 1;
+}
+
 static int run_text(run_ctx *c, const char *model, const char *backbone, run_figures *f) {
     char err[1024];
     uint32_t *idx = NULL, n = 0;
     bert_encoder *e = NULL;
     int rc = 1;
-    f->ran = 1;
     f->eligible = store_items_with_title(c->s);
     if (f->eligible == 0) {
         snprintf(err, sizeof err, "%s: the catalogue has no titles to encode", c->dir);
         return fail(err);
     }
-    if (store_items_missing_states(c->s, IISAN_TEXT, 1, &idx, &n))
-        return fail("reading the store failed");
-    pick_name(backbone, model, f->backbone, sizeof f->backbone);
-    if (refuse_other_backbone(c, IISAN_TEXT, f->backbone, "--backbone")) goto out;
-    store_states_info info;
-    int have = store_states_info_get(c->s, IISAN_TEXT, &info) == 0;
+    if (prepare(c, IISAN_TEXT, backbone, model, NULL, "--backbone", f, &idx, &n)) goto out;
     if (n == 0) {
-        if (!c->quiet)
-            fprintf(stderr, "all %u titled items already have text states (%s); nothing to do\n",
-                    f->eligible, have ? info.backbone : f->backbone);
-        if (have) {
-            snprintf(f->backbone, sizeof f->backbone, "%s", info.backbone);
-            f->with_states = info.count;
-            f->nstates = info.nstates;
-            f->width = info.width;
-        }
         rc = 0;
         goto out;
     }
@@ -209,34 +249,17 @@ static int run_text(run_ctx *c, const char *model, const char *backbone, run_fig
                 "%.2f s; states stored as '%s', %d x %d fp16 per item\n",
                 model, cfg->layers, cfg->hidden, cfg->heads, cfg->weights_dtype,
                 bert_param_count(e), now_seconds() - t_load, f->backbone, f->nstates, f->width);
-    if (!c->quiet && n < f->eligible)
-        fprintf(stderr, "%u of %u titled items already have text states; encoding the other %u\n",
-                f->eligible - n, f->eligible, n);
 
     bar b = {.t0 = now_seconds(), .tty = isatty(2), .quiet = c->quiet, .unit = "items"};
     b.last = b.t0;
     int r =
         encode_items_text(e, c->s, f->backbone, idx, n, &f->done, on_progress, &b, err, sizeof err);
-    f->seconds = now_seconds() - b.t0;
-    if (!r && backend_check("encode", c->be)) r = IISAN_EIO;
-    if (r) {
-        if (b.tty && !c->quiet && f->done) fputc('\n', stderr);
-        fail(err);
-        if (f->done)
-            fprintf(stderr,
-                    "iisan encode: %u items were stored before the failure; run again "
-                    "to encode the rest\n",
-                    f->done);
-        goto out;
-    }
-    store_states_info after = {0};
-    store_states_info_get(c->s, IISAN_TEXT, &after);
-    f->with_states = after.count;
+    if (finish(c, IISAN_TEXT, &b, r, err, f->done, f)) goto out;
     if (!c->quiet)
         fprintf(stderr,
                 "encoded %u items in %.1f s (%.1f items/s); %u of %u titled items have text "
                 "states (%s, %d x %d)\n",
-                f->done, f->seconds, f->seconds > 0 ? f->done / f->seconds : 0.0, after.count,
+                f->done, f->seconds, f->seconds > 0 ? f->done / f->seconds : 0.0, f->with_states,
                 f->eligible, f->backbone, f->nstates, f->width);
     rc = 0;
 out:
@@ -260,7 +283,6 @@ static int run_images(run_ctx *c, const char *images, const char *model, const c
     vit_encoder *e = NULL;
     int rc = 1;
     struct stat st;
-    f->ran = 1;
     if (stat(images, &st) || !S_ISDIR(st.st_mode)) {
         snprintf(err, sizeof err, "%s: no such image directory", images);
         return fail(err);
@@ -270,23 +292,8 @@ static int run_images(run_ctx *c, const char *images, const char *model, const c
         snprintf(err, sizeof err, "%s: the catalogue is empty", c->dir);
         return fail(err);
     }
-    if (store_items_missing_states(c->s, IISAN_IMAGE, 0, &idx, &n))
-        return fail("reading the store failed");
-    pick_name(backbone, model, f->backbone, sizeof f->backbone);
-    if (!f->backbone[0]) snprintf(f->backbone, sizeof f->backbone, "vit");
-    if (refuse_other_backbone(c, IISAN_IMAGE, f->backbone, "--image-backbone")) goto out;
-    store_states_info info;
-    int have = store_states_info_get(c->s, IISAN_IMAGE, &info) == 0;
+    if (prepare(c, IISAN_IMAGE, backbone, model, "vit", "--image-backbone", f, &idx, &n)) goto out;
     if (n == 0) {
-        if (!c->quiet)
-            fprintf(stderr, "all %u items already have image states (%s); nothing to do\n",
-                    f->eligible, have ? info.backbone : f->backbone);
-        if (have) {
-            snprintf(f->backbone, sizeof f->backbone, "%s", info.backbone);
-            f->with_states = info.count;
-            f->nstates = info.nstates;
-            f->width = info.width;
-        }
         rc = 0;
         goto out;
     }
@@ -307,39 +314,22 @@ static int run_images(run_ctx *c, const char *images, const char *model, const c
                 model, cfg->layers, cfg->hidden, cfg->heads, cfg->image_size, cfg->image_size,
                 cfg->patch_size, cfg->patch_size, cfg->weights_dtype, now_seconds() - t_load,
                 f->backbone, f->nstates, f->width);
-    if (!c->quiet && n < f->eligible)
-        fprintf(stderr, "%u of %u items already have image states; looking for the other %u\n",
-                f->eligible - n, f->eligible, n);
 
     bar b = {.t0 = now_seconds(), .tty = isatty(2), .quiet = c->quiet, .unit = "images"};
     b.last = b.t0;
     encode_image_counts cnt = {0};
     int r = encode_items_images(e, c->s, f->backbone, images, idx, n, &cnt, on_image_skip,
                                 on_progress, &b, err, sizeof err);
-    f->seconds = now_seconds() - b.t0;
     f->done = cnt.encoded;
     f->missing = cnt.missing;
     f->corrupt = cnt.corrupt;
-    if (!r && backend_check("encode", c->be)) r = IISAN_EIO;
-    if (r) {
-        if (b.tty && !c->quiet && cnt.encoded) fputc('\n', stderr);
-        fail(err);
-        if (cnt.encoded)
-            fprintf(stderr,
-                    "iisan encode: %u images were stored before the failure; run again "
-                    "to encode the rest\n",
-                    cnt.encoded);
-        goto out;
-    }
-    store_states_info after = {0};
-    store_states_info_get(c->s, IISAN_IMAGE, &after);
-    f->with_states = after.count;
+    if (finish(c, IISAN_IMAGE, &b, r, err, cnt.encoded, f)) goto out;
     if (!c->quiet)
         fprintf(stderr,
                 "encoded %u images in %.1f s (%.1f images/s); %u items have no image file, %u "
                 "could not be read or decoded; %u of %u items have image states (%s, %d x %d)\n",
                 cnt.encoded, f->seconds, f->seconds > 0 ? cnt.encoded / f->seconds : 0.0,
-                cnt.missing, cnt.corrupt, after.count, f->eligible, f->backbone, f->nstates,
+                cnt.missing, cnt.corrupt, f->with_states, f->eligible, f->backbone, f->nstates,
                 f->width);
     rc = 0;
 out:
