@@ -180,7 +180,7 @@ int encode_items_images(vit_encoder *e, iisan_store *s, const char *backbone, co
 
     size_t plane = (size_t)3 * size * size, pathcap = strlen(dir) + 600;
     char id[512], why[1024];
-    char *paths = malloc(pathcap * B);           /* the batch's files */
+    char *path = malloc(pathcap);
     uint32_t *found = malloc(sizeof *found * n); /* items with an image file */
     uint32_t *bidx = malloc(sizeof *bidx * B);   /* the batch's items */
     float *px = malloc(sizeof *px * plane * B);  /* [B, 3, size, size] */
@@ -188,7 +188,7 @@ int encode_items_images(vit_encoder *e, iisan_store *s, const char *backbone, co
     uint16_t *half = malloc(sizeof *half * (size_t)B * S * D);
     uint8_t *sq = malloc((size_t)size * size * 3);
     rc = IISAN_ENOMEM;
-    if (!paths || !found || !bidx || !px || !out || !half || !sq) {
+    if (!path || !found || !bidx || !px || !out || !half || !sq) {
         iisan_fail(err, errlen, rc, "out of memory for %u items", n);
         goto out;
     }
@@ -200,7 +200,7 @@ int encode_items_images(vit_encoder *e, iisan_store *s, const char *backbone, co
             iisan_fail(err, errlen, rc, "catalogue item %u: %s", idx[i], iisan_strerror(rc));
             goto out;
         }
-        if (encode_image_path(dir, id, paths, pathcap))
+        if (encode_image_path(dir, id, path, pathcap))
             cnt.missing++;
         else
             found[nf++] = idx[i];
@@ -209,7 +209,6 @@ int encode_items_images(vit_encoder *e, iisan_store *s, const char *backbone, co
     while (next < nf) {
         int nb = 0;
         for (; next < nf && nb < B; next++) {
-            char *path = paths + pathcap * nb;
             rc = store_item_get(s, found[next], id, sizeof id, NULL, 0);
             if (rc) {
                 iisan_fail(err, errlen, rc, "catalogue item %u: %s", found[next],
@@ -251,7 +250,7 @@ int encode_items_images(vit_encoder *e, iisan_store *s, const char *backbone, co
     rc = 0;
 out:
     if (counts) *counts = cnt;
-    free(paths);
+    free(path);
     free(found);
     free(bidx);
     free(px);
