@@ -7,7 +7,7 @@ CFLAGS  ?= -O2 -g
 WARN    := -Wall -Wextra -Werror -Wno-unused-parameter
 CPPFLAGS+= -I. -I/usr/include/x86_64-linux-gnu/openblas-pthread -D_GNU_SOURCE
 BASEFLAGS = -std=c11 -march=$(ARCH) -fno-math-errno $(WARN)
-LDLIBS  := -lopenblas -llmdb -ljansson -lmicrohttpd -lm -lpthread
+LDLIBS  := -lopenblas -llmdb -ljansson -lmicrohttpd -ljpeg -lpng -lm -lpthread
 
 # CPU and CUDA builds live apart, since -DIISAN_CUDA changes every object
 ifeq ($(CUDA),1)
@@ -67,7 +67,7 @@ test: $(TESTS) $(BUILD)/iisan
 
 # the unit, gradient, golden and store tests once more without sanitizers,
 # under valgrind (memcheck, leaks fatal)
-VG_TESTS := test_ops test_golden test_model test_safetensors test_store test_dataset
+VG_TESTS := test_ops test_golden test_model test_safetensors test_store test_dataset test_image
 valgrind:
 	$(MAKE) BUILD=build/vg SAN= $(VG_TESTS:%=build/vg/test/%)
 	OPENBLAS_NUM_THREADS=1 TEST_WRAPPER="valgrind -q --error-exitcode=3 --leak-check=full --errors-for-leak-kinds=definite" \

@@ -322,6 +322,7 @@ void vit_free(vit_encoder *e) {
 const vit_config *vit_get_config(const vit_encoder *e) { return &e->cfg; }
 int vit_nstates(const vit_encoder *e) { return e->cfg.layers + 1; }
 int vit_width(const vit_encoder *e) { return e->cfg.hidden; }
+int vit_max_batch(const vit_encoder *e) { return e->max_batch; }
 
 /* softmax of every row of s [rows, len] (no padding in images) */
 static void softmax_rows(float *s, size_t rows, int len) {

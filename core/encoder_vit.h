@@ -1,7 +1,7 @@
 /* A frozen ViT image encoder on the compute interface (kernels/backend.h): the
  * first token's ([CLS]) vector of every hidden state, [L+1, D], from pixels that
- * are already decoded, resized and normalised. Image decoding and resizing are
- * not part of it yet (docs/encoders.md).
+ * are already decoded, resized and normalised (core/image.h does that;
+ * core/encode_items.h runs both and stores the states).
  *
  * A model directory is a Hugging Face checkpoint of a ViTModel (or a ViTFor*
  * model: only its "vit." part is read):
@@ -48,6 +48,7 @@ void vit_free(vit_encoder *e);
 const vit_config *vit_get_config(const vit_encoder *e);
 int vit_nstates(const vit_encoder *e); /* L + 1 */
 int vit_width(const vit_encoder *e);   /* D */
+int vit_max_batch(const vit_encoder *e);
 
 /* pixels (host) [n, C, S, S] (S = image_size), normalised as the model wants
  * (IISAN: (x / 255 - 0.5) / 0.5); out (host) [n, L+1, D]. 0 or IISAN_EINVAL. */

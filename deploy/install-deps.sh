@@ -3,6 +3,8 @@
 # available). Safe to run again: apt-get skips what is installed.
 set -euo pipefail
 pkgs=(build-essential pkg-config libopenblas-dev liblmdb-dev lmdb-utils libjansson-dev valgrind python3-venv)
+# the image encoder (iisan encode --images): JPEG and PNG decoding
+pkgs+=(libjpeg-dev libpng-dev)
 # the HTTP daemon (iisan serve): libmicrohttpd; its tests: curl; make bench-serve: wrk;
 # make fuzz (libFuzzer, also run briefly by tests/test_serve.sh): clang
 pkgs+=(libmicrohttpd-dev curl wrk clang)
