@@ -45,6 +45,9 @@ typedef struct {
     uint64_t seed;
     int min_len;    /* 5 */
     long max_steps; /* stop after this many optimiser steps (0 = no limit) */
+    /* when not NULL and set (by another thread), training stops after the current batch,
+     * without finishing the epoch or validating: train_summary.interrupted */
+    const volatile int *stop;
 } iisan_train_config;
 
 void config_default(iisan_config *c);

@@ -16,6 +16,7 @@
 #include "core/model.h"
 #include "core/params.h"
 #include "core/resident.h"
+#include "core/score_cpu.h"
 
 typedef struct {
     iisan_model *m; /* sequence encoder only (SASRec-ID shape, n_items 1, max_batch users) */
@@ -28,6 +29,7 @@ typedef struct {
     int *hidx;      /* host (max_batch, max_k) */
     float *hscore;  /* host (max_batch, max_k) */
     int *hexcl;     /* host (max_batch, max_exclude) */
+    void *heap;     /* host: score_topk's scratch (2 max_k ints) */
 } infer_ctx;
 
 /* Rows 0..N0 are the checkpoint's items (and, for IISAN, the catalogue items
@@ -44,7 +46,8 @@ struct infer_model {
     atomic_int n_items;    /* rows 1..n_items are served */
     atomic_int n_added;    /* infer_add_items rows */
     float *all;            /* backend (cap + 1, d): e_i of every model item */
-    float *allT;           /* CPU backend: the same in blocks of 8 items (host_scores) */
+    score_table *table;    /* CPU backend: the table sorted by norm, for pruned top-k */
+    int exhaustive;        /* score every item (no pruning) */
     uint32_t *item_cat;    /* host (cap + 1) */
     char **ids;            /* host (cap + 1), ids[0] = NULL */
     _Atomic int32_t *slot; /* open addressing: model indexes by id, nslot entries */
@@ -71,12 +74,6 @@ struct infer_model {
 };
 
 enum { ADD_CHUNK = 64 }; /* items per pass of the tower in infer_add_items */
-
-static void transpose_rows(float *allT, const float *all, int first, int last, int d) {
-    for (int i = first; i <= last; i++)
-        for (int j = 0; j < d; j++)
-            allT[(size_t)(i / 8) * 8 * d + (size_t)j * 8 + i % 8] = all[(size_t)i * d + j];
-}
 
 static double now(void) {
     struct timespec ts;
@@ -162,6 +159,7 @@ static void ctx_free(iisan_backend *be, infer_ctx *x) {
     free(x->hidx);
     free(x->hscore);
     free(x->hexcl);
+    free(x->heap);
 }
 
 static void destroy(infer_model *im) {
@@ -172,7 +170,7 @@ static void destroy(infer_model *im) {
     free(im->ctx);
     free(im->free_list);
     if (im->all) be->free(be, im->all);
-    free(im->allT);
+    score_table_free(im->table);
     if (im->stage) be->free(be, im->stage);
     model_destroy(im->tower);
     if (im->ids)
@@ -297,8 +295,9 @@ static int make_ctx(infer_model *im, const iisan_ckpt *ck, infer_ctx *x, char *e
     x->hidx = malloc(B * im->max_k * sizeof *x->hidx);
     x->hscore = malloc(B * im->max_k * sizeof *x->hscore);
     x->hexcl = malloc(B * ne * sizeof *x->hexcl);
+    x->heap = malloc(2 * (size_t)im->max_k * sizeof(int32_t));
     if (!x->scores || !x->didx || !x->dscore || !x->dexcl || !x->in_idx || !x->mask || !x->hidx ||
-        !x->hscore || !x->hexcl) {
+        !x->hscore || !x->hexcl || !x->heap) {
         snprintf(err, errlen, "out of memory for an inference context");
         return -1;
     }
@@ -462,6 +461,7 @@ int infer_load(iisan_store *s, uint32_t version, iisan_backend *be, const infer_
     im->max_k = opt->max_k > 0 ? opt->max_k : 1;
     im->max_excl = opt->max_exclude > 0 ? opt->max_exclude : 0;
     im->max_batch = opt->max_batch > 0 ? opt->max_batch : 1;
+    im->exhaustive = opt->exhaustive;
     im->info.version = ver;
     im->info.kind = ck.c.kind;
     im->info.n = ck.c.n;
@@ -499,16 +499,10 @@ int infer_load(iisan_store *s, uint32_t version, iisan_backend *be, const infer_
         goto fail;
     }
     if ((rc = embed_items(im, s, &ck, err, errlen))) goto fail;
-    if (!strcmp(be->name, "cpu")) {
-        size_t bytes = ((size_t)im->cap / 8 + 1) * 8 * ck.c.d * sizeof(float);
-        im->allT = aligned_alloc(32, (bytes + 31) / 32 * 32);
-        if (!im->allT) {
-            snprintf(err, errlen, "out of memory for the scoring table");
-            rc = IISAN_ENOMEM;
-            goto fail;
-        }
-        memset(im->allT, 0, bytes);
-        transpose_rows(im->allT, im->all, 0, im->N0, ck.c.d);
+    if (!strcmp(be->name, "cpu") && !(im->table = score_table_build(im->all, im->N0, ck.c.d))) {
+        snprintf(err, errlen, "out of memory for the scoring table");
+        rc = IISAN_ENOMEM;
+        goto fail;
     }
     if (im->tower) {
         im->stage = be->alloc(be, (size_t)ADD_CHUNK * 2 * ck.c.nstates * ck.c.D * sizeof(uint16_t));
@@ -579,92 +573,6 @@ static void checkin(infer_model *im, infer_ctx *x) {
     pthread_mutex_unlock(&im->mu);
 }
 
-/* ---- scoring on the CPU ----
- * The CPU backend scores against a second, host-only copy of the table laid
- * out for it: blocks of 8 items, each block d rows of 8 lanes (item g*8 + l,
- * dimension j at allT[g*8*d + j*8 + l]). A block's 8 scores are then 8 lanes
- * of one vector accumulated by d multiply-adds of a broadcast query element,
- * with no horizontal sums (which cost more than the dot products themselves
- * in row layout: measured, 45% of a request). Eight blocks (16 KB at d = 64)
- * are scored against every query of the batch before the next eight are
- * read, so the table streams from memory once per batch. A block is read only
- * when all its items are published; the last, partial one is scored from the
- * row-major table. */
-typedef float v8f __attribute__((vector_size(32), aligned(32)));
-
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("fp-contract=fast")))
-#endif
-static void
-host_scores(float *scores, const float *allT, const float *all, const float *O, size_t ldo, int B,
-            int N1, int d) {
-    enum { G = 6 }; /* blocks per pass: 2 queries x 6 blocks = 12 accumulators */
-    const int nfull = N1 / 8;
-    for (int g0 = 0; g0 < nfull; g0 += G) {
-        const int ng = nfull - g0 < G ? nfull - g0 : G;
-        const v8f *t = (const v8f *)(allT + (size_t)g0 * 8 * d);
-        int b = 0;
-        if (ng == G) /* two queries share every load of the table */
-            for (; b + 2 <= B; b += 2) {
-                const float *o = O + (size_t)b * ldo, *p = o + ldo;
-                v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0};
-                v8f c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0}, c4 = {0}, c5 = {0};
-                for (int j = 0; j < d; j++) {
-                    const float x = o[j], y = p[j];
-                    const v8f t0 = t[j], t1 = t[d + j], t2 = t[2 * d + j], t3 = t[3 * d + j],
-                              t4 = t[4 * d + j], t5 = t[5 * d + j];
-                    a0 += x * t0;
-                    c0 += y * t0;
-                    a1 += x * t1;
-                    c1 += y * t1;
-                    a2 += x * t2;
-                    c2 += y * t2;
-                    a3 += x * t3;
-                    c3 += y * t3;
-                    a4 += x * t4;
-                    c4 += y * t4;
-                    a5 += x * t5;
-                    c5 += y * t5;
-                }
-                float *out = scores + (size_t)b * N1 + (size_t)g0 * 8, *out2 = out + N1;
-                memcpy(out + 0, &a0, 32);
-                memcpy(out + 8, &a1, 32);
-                memcpy(out + 16, &a2, 32);
-                memcpy(out + 24, &a3, 32);
-                memcpy(out + 32, &a4, 32);
-                memcpy(out + 40, &a5, 32);
-                memcpy(out2 + 0, &c0, 32);
-                memcpy(out2 + 8, &c1, 32);
-                memcpy(out2 + 16, &c2, 32);
-                memcpy(out2 + 24, &c3, 32);
-                memcpy(out2 + 32, &c4, 32);
-                memcpy(out2 + 40, &c5, 32);
-            }
-        for (; b < B; b++) {
-            const float *o = O + (size_t)b * ldo;
-            float *out = scores + (size_t)b * N1 + (size_t)g0 * 8;
-            for (int g = 0; g < ng; g += 2) {
-                v8f a = {0}, c = {0};
-                const v8f *u = t + (size_t)g * d, *w = g + 1 < ng ? u + d : u;
-                for (int j = 0; j < d; j++) {
-                    a += o[j] * u[j];
-                    c += o[j] * w[j];
-                }
-                memcpy(out + g * 8, &a, 32);
-                if (g + 1 < ng) memcpy(out + g * 8 + 8, &c, 32);
-            }
-        }
-    }
-    for (int b = 0; b < B; b++) /* the partial block */
-        for (int i = nfull * 8; i < N1; i++) {
-            const float *e = all + (size_t)i * d, *o = O + (size_t)b * ldo;
-            float sum = 0;
-            for (int j = 0; j < d; j++)
-                sum += e[j] * o[j];
-            scores[(size_t)b * N1 + i] = sum;
-        }
-}
-
 static int run_batch(infer_model *im, infer_ctx *x, infer_query *q, int nq) {
     iisan_backend *be = im->be;
     const int n = im->c.n, d = im->c.d, N1 = infer_n_items(im) + 1;
@@ -697,20 +605,23 @@ static int run_batch(infer_model *im, infer_ctx *x, infer_query *q, int nq) {
     }
     seq_forward(x->m, im->all, x->in_idx, x->mask, B, 0, 0);
     const float *O = seq_output(x->m) + (size_t)(n - 1) * d; /* row b at b * n * d */
-    if (cpu)
-        host_scores(x->scores, im->allT, im->all, O, (size_t)n * d, B, N1, d);
-    else
-        be->gemm(be, 0, 1, B, N1, d, 1, O, n * d, im->all, d, 0, x->scores, N1);
+    if (cpu) { /* exact top-k over the norm-sorted table, most items never scored */
+        for (int b = 0; b < B; b++) {
+            infer_query *t = ok[b];
+            score_query sq = {O + (size_t)b * n * d, t->k, t->excl, t->ne, im->banned,
+                              !im->exhaustive};
+            t->cnt =
+                score_topk(im->table, im->all, N1, &sq, t->out_idx, t->out_score, x->heap, NULL);
+        }
+        return 0;
+    }
+    be->gemm(be, 0, 1, B, N1, d, 1, O, n * d, im->all, d, 0, x->scores, N1);
     if (nb) { /* deleted items rank last; the few that could still come up are dropped below */
         const float ninf = -INFINITY;
         for (int i = 1; i < N1; i++)
             if (is_banned(im, i))
-                for (int b = 0; b < B; b++) {
-                    if (cpu)
-                        x->scores[(size_t)b * N1 + i] = ninf;
-                    else
-                        be->upload(be, x->scores + (size_t)b * N1 + i, &ninf, sizeof ninf);
-                }
+                for (int b = 0; b < B; b++)
+                    be->upload(be, x->scores + (size_t)b * N1 + i, &ninf, sizeof ninf);
     }
     if (nemax) be->upload(be, x->dexcl, x->hexcl, (size_t)B * nemax * sizeof(int));
     be->topk(be, x->didx, x->dscore, x->scores, B, N1, kmax, nemax ? x->dexcl : NULL, nemax);
@@ -820,7 +731,6 @@ int infer_add_items(infer_model *im, const infer_new_item *v, int n, int32_t *ou
     }
     be->sync(be);
     checkin(im, x);
-    if (im->allT) transpose_rows(im->allT, im->all, base + 1, base + n, d);
     /* publish the rows, then point the maps at them, then retire the rows they replace */
     atomic_store_explicit(&im->n_items, base + n, memory_order_release);
     atomic_fetch_add(&im->n_added, n);

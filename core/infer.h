@@ -11,9 +11,10 @@
  * checkpoint's seq.* parameters copied into a SASRec-ID-shaped model with
  * room for max_batch users), with its own score and top-k buffers. A batch of
  * requests (infer_recommend_batch) runs the sequence encoder once for all of
- * them, scores them against the catalogue in one pass over the embedding
- * table (the table is read once per batch, not once per request) and takes
- * each one's top-k. iisan_model's workspaces are not thread-safe, so a batch
+ * them, then takes each one's top-k: on a GPU one GEMM against the whole
+ * table and the backend's top-k; on the CPU an exact top-k that scores the
+ * items in order of decreasing norm and stops when no later item can enter
+ * (core/score_cpu.h). iisan_model's workspaces are not thread-safe, so a batch
  * checks one context out of the pool (waiting when all are busy) and returns
  * it.
  *
@@ -44,6 +45,7 @@ typedef struct {
     int max_exclude; /* exclusion-list capacity of each request */
     int max_batch;   /* requests per batch (>= 1; 0 = 1) */
     int headroom;    /* rows for items added while serving (IISAN; 0 = none) */
+    int exhaustive;  /* CPU: score every item instead of pruning by norm (core/score_cpu.h) */
 } infer_options;
 
 typedef struct {

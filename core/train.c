@@ -57,8 +57,13 @@ int train_run(iisan_model *m, const iisan_dataset *ds, const iisan_states *st,
             nbatch++;
             step++;
             if (tc->max_steps && step >= tc->max_steps) break;
+            if (tc->stop && *tc->stop) break;
         }
         be->sync(be);
+        if (tc->stop && *tc->stop) { /* asked to stop: no validation, the epoch does not count */
+            sum->interrupted = 1;
+            break;
+        }
         epoch_report r = {0};
         r.epoch = ep;
         r.loss = nbatch ? loss_sum / nbatch : 0;

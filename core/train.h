@@ -25,6 +25,7 @@ typedef struct {
     double mean_epoch_seconds;
     double first_loss, last_loss; /* first and last batch losses */
     long steps;
+    int interrupted; /* tc->stop was set: the parameters are the best epoch's so far */
 } train_summary;
 
 typedef void (*epoch_hook)(void *arg, const epoch_report *r);

@@ -72,9 +72,12 @@ int serve_config_set(const serve_config *c) {
 int serve_reload_model(uint32_t version, int force) {
     pthread_mutex_lock(&g_srv.load_mu);
     const serve_config *cfg = serve_config_acquire();
-    infer_options opt = {(int)cfg->infer_threads, (int)cfg->max_k,
-                         (int)(cfg->max_history + cfg->max_exclude), (int)cfg->max_batch,
-                         (int)cfg->item_headroom};
+    infer_options opt = {(int)cfg->infer_threads,
+                         (int)cfg->max_k,
+                         (int)(cfg->max_history + cfg->max_exclude),
+                         (int)cfg->max_batch,
+                         (int)cfg->item_headroom,
+                         0};
     serve_config_release(cfg);
     if (strcmp(g_srv.be->name, "cpu")) opt.contexts = 1; /* one device stream: one context */
     infer_model *cur = serve_model_get();
@@ -398,10 +401,16 @@ int cmd_serve(int argc, char **argv) {
     d = NULL;
     if (lfd != MHD_INVALID_SOCKET) close(lfd);
     scheduler_stop(); /* starts no job from here on */
-    if (admin_wait_trainer(2.0)) {
-        /* training cannot be interrupted between epochs: leave it to the exit */
+    /* a running job stops after its current batch (or its validation pass) */
+    const serve_config *c3 = serve_config_acquire();
+    double job_wait = c3->shutdown_timeout_s > 5 ? (double)c3->shutdown_timeout_s : 5.0;
+    serve_config_release(c3);
+    if (admin_wait_trainer(job_wait)) {
+        /* still inside a long step: everything acknowledged is committed already, and the
+         * job stores nothing unless it completes; exit without running the library
+         * destructors under its feet */
         log_event("warn", "stopped", "in_flight_at_deadline=%ld job_abandoned=true", left);
-        return 0;
+        _exit(0);
     }
     log_event("info", "stopped", "in_flight_at_deadline=%ld", left);
     rc = 0;

@@ -45,6 +45,7 @@ static job jobs[MAX_JOBS];
 static int next_id = 1, running;
 static pthread_t trainer;
 static int trainer_joinable;
+static volatile int trainer_stop; /* set at the daemon's stop: the job ends after its batch */
 static atomic_long since_run;     /* interactions committed since the last job started */
 static double last_run_mono = -1; /* serve_now() of the last job's start (-1: startup) */
 
@@ -333,8 +334,14 @@ static void *trainer_main(void *arg) {
     j->base_hr10 = base.hr10;
     pthread_mutex_unlock(&jobs_mu);
     train_summary sum;
+    tc.stop = &trainer_stop;
     if (train_run(m, &ds, &st, &tc, 1, on_epoch, j, &sum)) {
         job_set(j, "failed", "out of memory training");
+        goto out;
+    }
+    if (sum.interrupted) {
+        job_set(j, "failed", "interrupted: the daemon stopped after %d epochs; nothing stored",
+                sum.epochs_run);
         goto out;
     }
     if (rd) store_reader_end(rd);
@@ -556,6 +563,7 @@ void scheduler_stop(void) {
 }
 
 int admin_wait_trainer(double seconds) {
+    trainer_stop = 1; /* a running job stops after its current batch (or validation) */
     double end = serve_now() + seconds;
     for (;;) {
         pthread_mutex_lock(&jobs_mu);

@@ -357,13 +357,23 @@ if [ "$late" = 200 ]; then
 else # the stop came before the request was accepted: nothing may be half-stored
   [ "$S" = 404 ] && ok || bad "unacknowledged request half-stored (status $late, $S)"
 fi
+# SIGTERM while a retraining job runs: the job stops at its next batch, the exit is clean
+req POST /admin/retrain '{"epochs":1000,"patience":1000,"tolerance":1}' "${AUTH[@]}"; status 202 "a job to interrupt"
+tjob=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["job_id"])' "$T/body")
+for _ in $(seq 1 100); do grep -q "event=retrain_epoch job=$tjob" "$LOG" && break; sleep 0.05; done
+stop
+[ "$STOP_RC" = 0 ] && ok || bad "SIGTERM during a job: exit status $STOP_RC"
+grep -q 'event=stopped' "$LOG" && ! grep -q 'job_abandoned' "$LOG" && ok || bad "the job did not stop with the daemon: $(grep event=stopped "$LOG")"
+start || exit 1
+req GET "/admin/jobs/$tjob" '' "${AUTH[@]}"
+jcheck "d['state'] == 'failed' and d['message'].startswith('interrupted: the daemon stopped after') and d['new_version'] is None" "the interrupted job's record"
 stop
 
 # ---- scheduled retraining: retrain_after interactions start a job, serving goes on ----
 jget() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$T/body" "$1"; }
 start --retrain-after 6 || exit 1
 req GET /admin/status '' "${AUTH[@]}"; status 200 "admin status with the scheduler"
-jcheck "d['config']['retrain_after'] == 6 and d['config']['retrain_every_min'] == 0 and d['interactions_since_last_run'] == 0 and d['last_job']['job_id'] >= $nj and d['last_job']['state'] in ('promoted', 'rejected')" "scheduler settings and counter in /admin/status (the last job is the previous run's)"
+jcheck "d['config']['retrain_after'] == 6 and d['config']['retrain_every_min'] == 0 and d['interactions_since_last_run'] == 0 and d['last_job']['job_id'] == $tjob and d['last_job']['state'] == 'failed'" "scheduler settings and counter in /admin/status (the last job is the previous run's)"
 prevjob=$(jget "d['last_job']['job_id']")
 req GET /healthz; sbase=$(jget "d['model_version']")
 req POST /interactions '[{"user_id":"sched","item_id":"I001"},{"user_id":"sched","item_id":"I002"},{"user_id":"sched","item_id":"I003"}]'

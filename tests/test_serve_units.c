@@ -13,6 +13,7 @@
 #include "core/eval.h"
 #include "core/infer.h"
 #include "core/model.h"
+#include "core/score_cpu.h"
 #include "kernels/half.h"
 #include "kernels/rng.h"
 #include "proto/request.h"
@@ -407,7 +408,7 @@ static void check_infer(iisan_store *s, const iisan_config *c, int min_len) {
     float *all = malloc((size_t)(N + 1) * d * sizeof *all);
     model_item_embeddings(m, N, ds.item_cat, &st, all);
     store_reader_end(r);
-    infer_options opt = {2, 60, 60, 4, 3};
+    infer_options opt = {2, 60, 60, 4, 3, 0};
     infer_model *im = NULL;
     int rc = infer_load(s, 0, be, &opt, &im, err, sizeof err);
     CHECKF(rc == 0, "%s", err);
@@ -518,12 +519,119 @@ static void check_infer(iisan_store *s, const iisan_config *c, int min_len) {
     /* capacity limits */
     CHECK(infer_recommend(im, pi, 1, NULL, 0, 61, pj, ps) == -1);
     check_batch(im, &ds);
+    { /* the pruned CPU top-k equals scoring every item, for real histories */
+        infer_options ox = opt;
+        ox.exhaustive = 1;
+        infer_model *full = NULL;
+        CHECK(infer_load(s, 0, be, &ox, &full, err, sizeof err) == 0);
+        int same = full != NULL;
+        for (int u = 0; full && u < ds.n_users && u < 30; u++) {
+            int32_t seq[16], tgt, oa[20], ob[20];
+            float sa[20], sb[20];
+            int nh = dataset_sequence(&ds, u, SPLIT_TEST, seq, &tgt);
+            const int32_t *h = seq + n - nh;
+            int ca = infer_recommend(im, h, nh, h, u % 2 ? nh : 0, 20, oa, sa);
+            int cb = infer_recommend(full, h, nh, h, u % 2 ? nh : 0, 20, ob, sb);
+            same &=
+                ca == cb && !memcmp(oa, ob, ca * sizeof *oa) && !memcmp(sa, sb, ca * sizeof *sa);
+        }
+        CHECKF(same, "kind %d: pruned top-k differs from the exhaustive one", c->kind);
+        infer_release(full);
+    }
     check_add_items(im, s, c, N + in.n_extra);
     infer_release(im);
     free(all);
     model_destroy(m);
     dataset_free(&ds);
     be->destroy(be);
+}
+
+/* score_topk: the pruned scan returns exactly what scoring every item returns,
+ * and both what a plain reference loop returns (ties to the lower index), on
+ * tables with unequal norms, exact ties (duplicated rows), exclusions, bans,
+ * rows added after the table was built, k beyond the catalogue; and it prunes */
+static void test_score_table(void) {
+    const int d = 24, N0 = 1201, NA = 7, N1 = N0 + NA + 1;
+    float *all = calloc((size_t)N1 * d, sizeof *all);
+    for (int i = 1; i < N1; i++) {
+        /* a few large norms and a long tail of small ones, as learned embeddings have */
+        float u = (float)iisan_rng_uniform(21, (uint64_t)i);
+        float scale = 0.05f + 3.0f * u * u * u * u;
+        for (int j = 0; j < d; j++)
+            all[(size_t)i * d + j] = scale * iisan_rng_normal(23, (uint64_t)i * d + j);
+    }
+    for (int j = 0; j < d; j++) { /* exact ties: rows 10 = 200 and 50 = 300 */
+        all[200 * d + j] = all[10 * d + j];
+        all[300 * d + j] = all[50 * d + j];
+    }
+    score_table *t = score_table_build(all, N0, d);
+    CHECK(t != NULL);
+    atomic_uchar *banned = calloc((size_t)N1, sizeof *banned);
+    banned[7] = banned[123] = 1;
+    static int32_t heap[2 * 1300], ia[1300], ib[1300], ref_i[1300];
+    static float sa[1300], sb[1300], ref_s[1300];
+    float o[24];
+    long pruned_total = 0, full_total = 0;
+    int same = 1, exact = 1;
+    for (int qi = 0; qi < 40; qi++) {
+        for (int j = 0; j < d; j++)
+            o[j] = iisan_rng_normal(24, (uint64_t)qi * d + j);
+        if (qi % 7 == 3) memcpy(o, all + 10 * d, sizeof o); /* the tied rows on top */
+        int k = qi % 5 == 4 ? 1250 : 1 + qi % 12;           /* 1250: more than the catalogue */
+        int32_t ex[3] = {(int32_t)(1 + qi % 300), 200, (int32_t)(N0 + 2)};
+        int ne = qi % 2 ? 3 : 0;
+        score_query q = {o, k, ex, ne, banned, 1};
+        long sp = 0, sf = 0;
+        int ca = score_topk(t, all, N1, &q, ia, sa, heap, &sp);
+        q.prune = 0;
+        int cb = score_topk(t, all, N1, &q, ib, sb, heap, &sf);
+        if (k <= 12) { /* a top-k of the whole catalogue cannot prune */
+            pruned_total += sp;
+            full_total += sf;
+        }
+        same &= ca == cb && !memcmp(ia, ib, ca * sizeof *ia) && !memcmp(sa, sb, ca * sizeof *sa);
+        /* reference: every eligible row, best first, ties by index (scores from the kernel) */
+        int n = 0;
+        for (int i = 1; i < N1; i++) {
+            int skip = banned[i];
+            for (int e = 0; e < ne; e++)
+                skip |= ex[e] == i;
+            if (skip) continue;
+            float sc = NAN;
+            for (int r = 0; r < cb; r++)
+                if (ib[r] == i) sc = sb[r];
+            if (isnan(sc)) { /* not returned: recompute in double to place it */
+                double acc = 0;
+                for (int j = 0; j < d; j++)
+                    acc += (double)all[(size_t)i * d + j] * o[j];
+                sc = (float)acc;
+            }
+            ref_i[n] = i;
+            ref_s[n++] = sc;
+        }
+        for (int a = 1; a < n; a++) /* insertion sort: score desc, index asc */
+            for (int b = a; b > 0 && (ref_s[b] > ref_s[b - 1] ||
+                                      (ref_s[b] == ref_s[b - 1] && ref_i[b] < ref_i[b - 1]));
+                 b--) {
+                float ts = ref_s[b];
+                ref_s[b] = ref_s[b - 1];
+                ref_s[b - 1] = ts;
+                int32_t ti = ref_i[b];
+                ref_i[b] = ref_i[b - 1];
+                ref_i[b - 1] = ti;
+            }
+        int want = n < k ? n : k;
+        exact &= cb == want;
+        for (int r = 0; r < cb && r < want; r++) /* ids where the gap exceeds the rounding */
+            if (ib[r] != ref_i[r] && (r + 1 >= n || fabsf(ref_s[r] - ref_s[r + 1]) > 1e-4f))
+                exact = 0;
+    }
+    CHECKF(same, "pruned and exhaustive top-k differ");
+    CHECKF(exact, "top-k differs from the reference ranking");
+    CHECKF(pruned_total < full_total / 2, "pruning scored %ld of %ld", pruned_total, full_total);
+    score_table_free(t);
+    free(banned);
+    free(all);
 }
 
 static void test_infer(void) {
@@ -564,7 +672,7 @@ static void test_infer(void) {
         CHECK(store_put_states(s, mod, "unit", NS, D, 60, idx, buf, err, sizeof err) == 0);
     }
     free(buf);
-    CHECK(infer_load(s, 0, NULL, &(infer_options){1, 10, 10, 1, 0}, &(infer_model *){NULL}, err,
+    CHECK(infer_load(s, 0, NULL, &(infer_options){1, 10, 10, 1, 0, 0}, &(infer_model *){NULL}, err,
                      sizeof err) == IISAN_ENOTFOUND);
     iisan_config c;
     config_default(&c);
@@ -589,6 +697,7 @@ int main(int argc, char **argv) {
     RUN(test_request_parse);
     RUN(test_config);
     RUN(test_interactions);
+    RUN(test_score_table);
     RUN(test_infer);
     TEST_MAIN_END();
 }
