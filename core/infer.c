@@ -48,6 +48,7 @@ struct infer_model {
     float *all;            /* backend (cap + 1, d): e_i of every model item */
     score_table *table;    /* CPU backend: the table sorted by norm, for pruned top-k */
     int exhaustive;        /* score every item (no pruning) */
+    atomic_long queries, scored; /* CPU top-k: queries answered and items scored for them */
     uint32_t *item_cat;    /* host (cap + 1) */
     char **ids;            /* host (cap + 1), ids[0] = NULL */
     _Atomic int32_t *slot; /* open addressing: model indexes by id, nslot entries */
@@ -144,7 +145,12 @@ const char *infer_item_id(const infer_model *im, int idx) {
     return idx >= 1 && idx <= infer_n_items(im) ? im->ids[idx] : NULL;
 }
 
-void infer_get_info(const infer_model *im, infer_info *info) { *info = im->info; }
+void infer_get_info(const infer_model *im, infer_info *info) {
+    *info = im->info;
+    long q = atomic_load(&((infer_model *)im)->queries);
+    info->queries = q;
+    info->mean_scored = q ? (double)atomic_load(&((infer_model *)im)->scored) / q : 0;
+}
 
 void infer_retain(infer_model *im) { atomic_fetch_add(&im->refs, 1); }
 
@@ -610,8 +616,11 @@ static int run_batch(infer_model *im, infer_ctx *x, infer_query *q, int nq) {
             infer_query *t = ok[b];
             score_query sq = {O + (size_t)b * n * d, t->k, t->excl, t->ne, im->banned,
                               !im->exhaustive};
-            t->cnt =
-                score_topk(im->table, im->all, N1, &sq, t->out_idx, t->out_score, x->heap, NULL);
+            long sc = 0;
+            t->cnt = score_topk(im->table, im->all, N1, &sq, t->out_idx, t->out_score, x->heap,
+                                &sc);
+            atomic_fetch_add_explicit(&im->queries, 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&im->scored, sc, memory_order_relaxed);
         }
         return 0;
     }

@@ -62,6 +62,8 @@ typedef struct {
     int max_batch;          /* requests per batch */
     int headroom;           /* rows for added items (0 for SASRec-ID) */
     double load_seconds;    /* reading, embedding the catalogue, contexts */
+    long queries;           /* CPU: requests ranked so far by this version */
+    double mean_scored;     /* CPU: items scored per request (the rest were pruned) */
     char meta[512];         /* the checkpoint's meta JSON (truncated) */
 } infer_info;
 

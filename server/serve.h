@@ -29,6 +29,7 @@ typedef struct {
     long max_batch;
     long batch_wait_us;
     long item_headroom;
+    long exhaustive_topk;
     char text_model[PATH_MAX];
     char text_backbone[128];
     long blas_threads;

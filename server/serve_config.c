@@ -28,6 +28,8 @@ const serve_option serve_options[] = {
      "how long a batch waits to fill; 0 = it takes what is queued when a thread is free"},
     {"item_headroom", CFG_INT, OPT(item_headroom), 0, "4096", 0, 10000000, "IISAN_ITEM_HEADROOM", 0,
      "items that POST /items can add to a loaded IISAN model before a reload"},
+    {"exhaustive_topk", CFG_BOOL, OPT(exhaustive_topk), 0, "false", 0, 1, "IISAN_EXHAUSTIVE_TOPK",
+     0, "CPU: score every item for every request instead of pruning by norm (same results)"},
     {"text_model", CFG_STR, OPT(text_model), SZ(text_model), "", 0, 0, "IISAN_TEXT_MODEL", 0,
      "a BERT-family checkpoint directory (docs/encoders.md): POST /items encodes titles with "
      "it; empty = none"},

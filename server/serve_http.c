@@ -220,10 +220,16 @@ static json_t *model_json(infer_model *m) {
     infer_get_info(m, &in);
     json_error_t je;
     json_t *meta = json_loads(in.meta, 0, &je);
-    return json_pack("{s:I,s:s,s:i,s:i,s:i,s:I,s:i,s:f,s:o}", "version", (json_int_t)in.version,
-                     "kind", in.kind == MODEL_IISAN ? "iisan" : "sasrec-id", "items", in.n_items,
-                     "n", in.n, "d", in.d, "params", (json_int_t)in.params, "contexts", in.contexts,
-                     "load_seconds", in.load_seconds, "meta", meta ? meta : json_string(in.meta));
+    json_t *o =
+        json_pack("{s:I,s:s,s:i,s:i,s:i,s:I,s:i,s:f,s:o}", "version", (json_int_t)in.version,
+                  "kind", in.kind == MODEL_IISAN ? "iisan" : "sasrec-id", "items", in.n_items, "n",
+                  in.n, "d", in.d, "params", (json_int_t)in.params, "contexts", in.contexts,
+                  "load_seconds", in.load_seconds, "meta", meta ? meta : json_string(in.meta));
+    json_object_set_new(o, "added_items", json_integer(infer_n_items(m) - in.n_items));
+    json_object_set_new(o, "max_batch", json_integer(in.max_batch));
+    json_object_set_new(o, "ranked_requests", json_integer(in.queries));
+    json_object_set_new(o, "mean_items_scored", json_real(in.mean_scored));
+    return o;
 }
 
 static enum MHD_Result do_admin_status(req_ctx *r, const serve_config *cfg) {
