@@ -310,6 +310,33 @@ mixed:
                     mod);
 }
 
+static int b64_value(unsigned char c) {
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '+') return 62;
+    if (c == '/') return 63;
+    return -1;
+}
+
+long req_base64_decode(const char *in, size_t len, unsigned char *out) {
+    while (len && in[len - 1] == '=') /* at most two padding characters */
+        len--;
+    if (len % 4 == 1) return -1;
+    for (size_t i = 0; i < len; i++)
+        if (b64_value((unsigned char)in[i]) < 0) return -1;
+    long n = 0;
+    for (size_t i = 0; i < len; i += 4) {
+        size_t m = len - i < 4 ? len - i : 4;
+        uint32_t acc = 0;
+        for (size_t j = 0; j < 4; j++)
+            acc = acc << 6 | (uint32_t)(j < m ? b64_value((unsigned char)in[i + j]) : 0);
+        for (size_t j = 0; j + 1 < m; j++, n++)
+            if (out) out[n] = (unsigned char)(acc >> (16 - 8 * j));
+    }
+    return n;
+}
+
 size_t req_states_flatten(json_t *v, float *out, size_t cap) {
     size_t k = 0;
     for (size_t r = 0; r < json_array_size(v); r++) {
@@ -339,6 +366,8 @@ static int item_one(json_t *o, size_t i, int arr, item_entry *x, req_error *e) {
     x->title_len = 0;
     x->has_title = 0;
     x->states[0] = x->states[1] = NULL;
+    x->image = NULL;
+    x->image_len = 0;
     const char *key;
     json_t *v;
     json_object_foreach(o, key, v) {
@@ -362,6 +391,16 @@ static int item_one(json_t *o, size_t i, int arr, item_entry *x, req_error *e) {
             x->title = t;
             x->title_len = tl;
             x->has_title = 1;
+        } else if (!strcmp(key, "image")) {
+            if (!json_is_string(v) || json_string_length(v) == 0)
+                return req_fail(e, 400, "wrong_type",
+                                "item%s 'image' must be a non-empty string (the image file in "
+                                "base64), not %s",
+                                where, type_name(v));
+            x->image = json_string_value(v);
+            x->image_len = json_string_length(v);
+            if (req_base64_decode(x->image, x->image_len, NULL) < 0)
+                return req_fail(e, 400, "invalid_value", "item%s 'image' is not base64", where);
         } else if (!strcmp(key, "states")) {
             if (!json_is_object(v))
                 return req_fail(e, 400, "wrong_type",
@@ -383,9 +422,10 @@ static int item_one(json_t *o, size_t i, int arr, item_entry *x, req_error *e) {
             }
         } else {
             char buf[64];
-            return req_fail(e, 400, "unknown_field",
-                            "item%s has an unknown field '%s' (known: item_id, title, states)",
-                            where, clip(key, buf, sizeof buf));
+            return req_fail(
+                e, 400, "unknown_field",
+                "item%s has an unknown field '%s' (known: item_id, title, states, image)", where,
+                clip(key, buf, sizeof buf));
         }
     }
     if (!x->item_id) return req_fail(e, 400, "missing_field", "item%s lacks 'item_id'", where);

@@ -51,7 +51,7 @@ typedef struct {
     size_t n;
 } ix_request;
 
-/* POST /items: one object or an array of {"item_id", "title"?, "states"?}.
+/* POST /items: one object or an array of {"item_id", "title"?, "states"?, "image"?}.
  * "states" is {"text"?: S, "image"?: S}, S the [L+1, D] hidden states as an
  * array of L+1 arrays of D numbers or one flat array of (L+1)*D numbers
  * (checked here for type; the server checks the shape against the store). */
@@ -61,7 +61,14 @@ typedef struct {
     size_t title_len;
     int has_title;
     json_t *states[2]; /* borrowed from the request; NULL when absent (IISAN_TEXT, IISAN_IMAGE) */
+    const char *image; /* "image": the JPEG / PNG file, base64 (RFC 4648); NULL when absent */
+    size_t image_len;
 } item_entry;
+
+/* decodes base64 (RFC 4648, padding optional, no whitespace) of len chars into
+ * out (room for len / 4 * 3 + 3 bytes); returns the byte count, or -1 when
+ * the text is not base64 */
+long req_base64_decode(const char *in, size_t len, unsigned char *out);
 
 /* the numbers of a states value (see item_entry), flattened into out (room
  * for cap); returns how many there are (may exceed cap: nothing beyond cap is

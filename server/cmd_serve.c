@@ -331,12 +331,15 @@ int cmd_serve(int argc, char **argv) {
         goto out;
     }
     if (serve_encoder_open(&cfg, err, sizeof err)) {
-        log_event("error", "text_model_failed", "error=%s", log_q(err, b, sizeof b));
+        log_event("error", "encoder_load_failed", "error=%s", log_q(err, b, sizeof b));
         goto out;
     }
     if (serve_encoder_backbone())
         log_event("info", "text_model_loaded", "path=%s backbone=%s",
                   log_q(cfg.text_model, b, sizeof b), serve_encoder_backbone());
+    if (serve_image_encoder_backbone())
+        log_event("info", "image_model_loaded", "path=%s backbone=%s",
+                  log_q(cfg.image_model, b, sizeof b), serve_image_encoder_backbone());
     if (serve_reload_model(0, 0) < 0 && g_srv.model == NULL) {
         /* a store without a checkpoint still serves /interactions and the rest;
          * a checkpoint that fails to load is fatal at startup */

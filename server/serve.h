@@ -32,6 +32,8 @@ typedef struct {
     long exhaustive_topk;
     char text_model[PATH_MAX];
     char text_backbone[128];
+    char image_model[PATH_MAX];
+    char image_backbone[128];
     long blas_threads;
     char device[16];
     long max_body_bytes;
@@ -155,11 +157,12 @@ void batcher_stop(rec_batcher *b);
 
 /* ---------------- POST /items (serve_items.c) ---------------- */
 
-/* loads the configured text encoder (text_model; none when empty): 0 or an
+/* loads the configured encoders (text_model, image_model; none when empty): 0 or an
  * IISAN_E* with err */
 int serve_encoder_open(const serve_config *c, char *err, size_t errlen);
 void serve_encoder_close(void);
-const char *serve_encoder_backbone(void); /* NULL without an encoder */
+const char *serve_encoder_backbone(void);       /* NULL without a text encoder */
+const char *serve_image_encoder_backbone(void); /* NULL without an image encoder */
 /* stores q's items (and states, sent or encoded), embeds them under the
  * current model; returns the HTTP status and sets *body (NULL: out of memory) */
 int items_post(const items_request *q, json_t **body);

@@ -36,6 +36,12 @@ const serve_option serve_options[] = {
     {"text_backbone", CFG_STR, OPT(text_backbone), SZ(text_backbone), "", 0, 0,
      "IISAN_TEXT_BACKBONE", 0,
      "the name its states are stored under (default: the directory's name, as iisan encode)"},
+    {"image_model", CFG_STR, OPT(image_model), SZ(image_model), "", 0, 0, "IISAN_IMAGE_MODEL", 0,
+     "a ViT checkpoint directory (docs/encoders.md): POST /items encodes images with it; "
+     "empty = none"},
+    {"image_backbone", CFG_STR, OPT(image_backbone), SZ(image_backbone), "", 0, 0,
+     "IISAN_IMAGE_BACKBONE", 0,
+     "the name its states are stored under (default: the directory's name)"},
     {"blas_threads", CFG_INT, OPT(blas_threads), 0, "1", 0, 256, "IISAN_BLAS_THREADS", 0,
      "OpenBLAS threads per call (0 = all cores)"},
     {"device", CFG_STR, OPT(device), SZ(device), "cpu", 0, 0, "IISAN_DEVICE", 0,

@@ -9,50 +9,98 @@
 #include <string.h>
 
 #include "core/encoder_bert.h"
+#include "core/encoder_vit.h"
+#include "core/image.h"
 #include "kernels/half.h"
 #include "server/serve.h"
 
 /* ---------------- the text encoder ---------------- */
 
 static struct {
-    pthread_mutex_t mu;
-    iisan_backend *be; /* its own CPU backend: never shares a device stream with serving */
+    pthread_mutex_t mu; /* one encoding at a time (the encoders' workspaces) */
+    iisan_backend *be;  /* their own CPU backend: never shares a device stream with serving */
     bert_encoder *e;
     char backbone[128];
-} g_enc = {PTHREAD_MUTEX_INITIALIZER, NULL, NULL, ""};
+    vit_encoder *v;
+    char vbackbone[128];
+} g_enc = {PTHREAD_MUTEX_INITIALIZER, NULL, NULL, "", NULL, ""};
+
+/* the directory's name, as `iisan encode` names a backbone */
+static void dir_name(const char *dir, char *out, size_t cap) {
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s", dir);
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/')
+        path[--n] = '\0';
+    const char *base = strrchr(path, '/');
+    snprintf(out, cap, "%.127s", base ? base + 1 : path);
+}
 
 int serve_encoder_open(const serve_config *c, char *err, size_t errlen) {
-    if (!c->text_model[0]) return 0;
+    if (!c->text_model[0] && !c->image_model[0]) return 0;
     g_enc.be = iisan_backend_cpu(1);
     if (!g_enc.be) return iisan_fail(err, errlen, IISAN_ENOMEM, "out of memory");
-    int rc = bert_load(&g_enc.e, g_enc.be, c->text_model, 8, 30, err, errlen);
-    if (rc) {
-        g_enc.be->destroy(g_enc.be);
-        g_enc.be = NULL;
-        return rc;
+    int rc = 0;
+    if (c->text_model[0]) {
+        rc = bert_load(&g_enc.e, g_enc.be, c->text_model, 8, 30, err, errlen);
+        if (!rc && c->text_backbone[0])
+            snprintf(g_enc.backbone, sizeof g_enc.backbone, "%s", c->text_backbone);
+        else if (!rc)
+            dir_name(c->text_model, g_enc.backbone, sizeof g_enc.backbone);
     }
-    if (c->text_backbone[0])
-        snprintf(g_enc.backbone, sizeof g_enc.backbone, "%s", c->text_backbone);
-    else { /* the directory's name, as `iisan encode` names it */
-        char path[PATH_MAX];
-        snprintf(path, sizeof path, "%s", c->text_model);
-        size_t n = strlen(path);
-        while (n > 1 && path[n - 1] == '/')
-            path[--n] = '\0';
-        const char *base = strrchr(path, '/');
-        snprintf(g_enc.backbone, sizeof g_enc.backbone, "%.127s", base ? base + 1 : path);
+    if (!rc && c->image_model[0]) {
+        rc = vit_load(&g_enc.v, g_enc.be, c->image_model, 1, err, errlen);
+        if (!rc && c->image_backbone[0])
+            snprintf(g_enc.vbackbone, sizeof g_enc.vbackbone, "%s", c->image_backbone);
+        else if (!rc)
+            dir_name(c->image_model, g_enc.vbackbone, sizeof g_enc.vbackbone);
     }
-    return 0;
+    if (rc) serve_encoder_close();
+    return rc;
 }
 
 void serve_encoder_close(void) {
     bert_free(g_enc.e);
     g_enc.e = NULL;
+    vit_free(g_enc.v);
+    g_enc.v = NULL;
     if (g_enc.be) g_enc.be->destroy(g_enc.be);
     g_enc.be = NULL;
 }
 
 const char *serve_encoder_backbone(void) { return g_enc.e ? g_enc.backbone : NULL; }
+const char *serve_image_encoder_backbone(void) { return g_enc.v ? g_enc.vbackbone : NULL; }
+
+/* the states an encoder gives, [nstates, width] */
+static void encoder_shape(int mod, int *nstates, int *width) {
+    *nstates = mod ? vit_nstates(g_enc.v) : bert_nstates(g_enc.e);
+    *width = mod ? vit_width(g_enc.v) : bert_width(g_enc.e);
+}
+
+/* encodes item x's title (mod 0) or image (mod 1) into out (floats, [nstates, width]) */
+static int encode_one(int mod, const item_entry *x, float *out, char *err, size_t errlen) {
+    if (mod == IISAN_TEXT) {
+        char *t = strndup(x->title, x->title_len);
+        if (!t) return iisan_fail(err, errlen, IISAN_ENOMEM, "out of memory");
+        const char *tt = t;
+        int rc = bert_encode_texts(g_enc.e, &tt, 1, out);
+        free(t);
+        return rc ? iisan_fail(err, errlen, rc, "encoding the title: %s", iisan_strerror(rc)) : 0;
+    }
+    unsigned char *bytes = malloc(x->image_len / 4 * 3 + 3);
+    const vit_config *vc = vit_get_config(g_enc.v);
+    float *pix = malloc((size_t)3 * vc->image_size * vc->image_size * sizeof *pix);
+    int rc = bytes && pix ? 0 : iisan_fail(err, errlen, IISAN_ENOMEM, "out of memory");
+    long nb = rc ? 0 : req_base64_decode(x->image, x->image_len, bytes);
+    if (!rc) rc = image_preprocess(bytes, (size_t)nb, vc->image_size, pix, err, errlen);
+    if (!rc) {
+        rc = vit_forward(g_enc.v, pix, 1, out);
+        if (rc) iisan_fail(err, errlen, rc, "encoding the image: %s", iisan_strerror(rc));
+    }
+    free(bytes);
+    free(pix);
+    return rc;
+}
 
 /* ---------------- POST /items ---------------- */
 
@@ -109,16 +157,21 @@ int items_post(const items_request *q, json_t **body) {
             sh[mod] = (shape){in.nstates, in.D, "api", 1};
         }
     }
-    const char *enc = serve_encoder_backbone();
-    if (enc && sh[IISAN_TEXT].known && strcmp(sh[IISAN_TEXT].backbone, enc) &&
-        strcmp(sh[IISAN_TEXT].backbone, "api")) {
-        /* titles cannot be encoded into this store: only sent states are taken */
-        enc = NULL;
-        json_array_append_new(
-            warnings, json_pack("{s:s,s:s}", "code", "encoder_mismatch", "message",
-                                "the store's text states come from another backbone than the "
-                                "configured text_model; titles are not encoded"));
-    }
+    /* the configured encoders, unless the store's states of that modality are another's */
+    const char *enc[2] = {serve_encoder_backbone(), serve_image_encoder_backbone()};
+    static const char *const what[2] = {"text", "image"};
+    for (int mod = 0; mod < 2; mod++)
+        if (enc[mod] && sh[mod].known && strcmp(sh[mod].backbone, enc[mod]) &&
+            strcmp(sh[mod].backbone, "api")) {
+            enc[mod] = NULL;
+            char msg[300];
+            snprintf(msg, sizeof msg,
+                     "the store's %s states come from backbone '%s', not the configured "
+                     "%s_model's; nothing is encoded for that modality",
+                     what[mod], sh[mod].backbone, what[mod]);
+            json_array_append_new(
+                warnings, json_pack("{s:s,s:s}", "code", "encoder_mismatch", "message", msg));
+        }
     /* shapes of the states sent; the first item fixes an unknown shape */
     for (size_t i = 0; i < n; i++)
         for (int mod = 0; mod < 2; mod++) {
@@ -132,7 +185,7 @@ int items_post(const items_request *q, json_t **body) {
                     *body = fail_json("unknown_shape",
                                       "item %zu: the store holds no %s states yet and no model "
                                       "fixes their shape: send them as [L+1][D] rows",
-                                      i, mod ? "image" : "text");
+                                      i, what[mod]);
                     status = 422;
                     goto out;
                 }
@@ -142,30 +195,43 @@ int items_post(const items_request *q, json_t **body) {
             if (cnt != want || (nested && rows != (size_t)sh[mod].nstates)) {
                 *body = fail_json("wrong_shape",
                                   "item %zu ('%s'): %s states must be %d x %d numbers, got %s%zu",
-                                  i, q->v[i].item_id, mod ? "image" : "text", sh[mod].nstates,
-                                  sh[mod].width, nested ? "rows: " : "", nested ? rows : cnt);
+                                  i, q->v[i].item_id, what[mod], sh[mod].nstates, sh[mod].width,
+                                  nested ? "rows: " : "", nested ? rows : cnt);
                 status = 422;
                 goto out;
             }
             has[mod][i] = 1;
         }
-    /* titles to encode: items with a title and no text states sent */
-    int nenc = 0;
-    if (enc)
-        for (size_t i = 0; i < n; i++)
-            if (q->v[i].has_title && q->v[i].title_len && !has[IISAN_TEXT][i]) nenc++;
-    if (enc && nenc) {
-        int ns = bert_nstates(g_enc.e), w = bert_width(g_enc.e);
-        if (sh[IISAN_TEXT].known && (ns != sh[IISAN_TEXT].nstates || w != sh[IISAN_TEXT].width)) {
+    /* what to encode: a title without text states, an image without image states */
+    int nenc[2] = {0, 0};
+    for (size_t i = 0; i < n; i++) {
+        const item_entry *x = &q->v[i];
+        if (enc[0] && x->has_title && x->title_len && !has[IISAN_TEXT][i]) nenc[0]++;
+        if (x->image && !has[IISAN_IMAGE][i]) {
+            if (!enc[1]) {
+                *body = fail_json(g_enc.v ? "encoder_mismatch" : "no_image_model",
+                                  "item %zu ('%s') has an image, but %s", i, x->item_id,
+                                  g_enc.v ? "the store's image states come from another backbone"
+                                          : "no image_model is configured to encode it");
+                status = 422;
+                goto out;
+            }
+            nenc[1]++;
+        }
+    }
+    for (int mod = 0; mod < 2; mod++) {
+        if (!nenc[mod]) continue;
+        int ns, w;
+        encoder_shape(mod, &ns, &w);
+        if (sh[mod].known && (ns != sh[mod].nstates || w != sh[mod].width)) {
             *body = fail_json("encoder_mismatch",
-                              "the text encoder gives %d x %d states; the store holds %d x %d", ns,
-                              w, sh[IISAN_TEXT].nstates, sh[IISAN_TEXT].width);
+                              "the %s encoder gives %d x %d states; the store holds %d x %d",
+                              what[mod], ns, w, sh[mod].nstates, sh[mod].width);
             status = 409;
             goto out;
         }
-        if (!sh[IISAN_TEXT].known || !strcmp(sh[IISAN_TEXT].backbone, "api"))
-            sh[IISAN_TEXT] = (shape){ns, w, "", 1};
-        snprintf(sh[IISAN_TEXT].backbone, sizeof sh[IISAN_TEXT].backbone, "%s", enc);
+        if (!sh[mod].known || !strcmp(sh[mod].backbone, "api")) sh[mod] = (shape){ns, w, "", 1};
+        snprintf(sh[mod].backbone, sizeof sh[mod].backbone, "%s", enc[mod]);
     }
     for (int mod = 0; mod < 2; mod++)
         if (sh[mod].known) {
@@ -187,25 +253,30 @@ int items_post(const items_request *q, json_t **body) {
                 req_states_flatten(q->v[i].states[mod], tmp, blk);
                 to_half(st[mod] + i * blk, tmp, blk);
             }
-    if (enc && nenc) {
-        size_t blk = (size_t)sh[IISAN_TEXT].nstates * sh[IISAN_TEXT].width;
+    if (nenc[0] || nenc[1]) {
         pthread_mutex_lock(&g_enc.mu);
         int rc = 0;
-        for (size_t i = 0; !rc && i < n; i++) {
-            if (!q->v[i].has_title || !q->v[i].title_len || has[IISAN_TEXT][i]) continue;
-            char *t = strndup(q->v[i].title, q->v[i].title_len);
-            const char *tt = t;
-            rc = t ? bert_encode_texts(g_enc.e, &tt, 1, tmp) : IISAN_ENOMEM;
-            free(t);
-            if (!rc) {
-                to_half(st[IISAN_TEXT] + i * blk, tmp, blk);
-                has[IISAN_TEXT][i] = 2; /* encoded here */
+        char eerr[300] = "";
+        size_t bad = 0;
+        for (size_t i = 0; !rc && i < n; i++)
+            for (int mod = 0; !rc && mod < 2; mod++) {
+                const item_entry *x = &q->v[i];
+                int want = mod ? x->image != NULL : x->has_title && x->title_len;
+                if (!nenc[mod] || !want || has[mod][i]) continue;
+                size_t blk = (size_t)sh[mod].nstates * sh[mod].width;
+                rc = encode_one(mod, x, tmp, eerr, sizeof eerr);
+                if (!rc) {
+                    to_half(st[mod] + i * blk, tmp, blk);
+                    has[mod][i] = 2; /* encoded here */
+                }
+                bad = i;
             }
-        }
         pthread_mutex_unlock(&g_enc.mu);
         if (rc) {
-            *body = fail_json("encode_failed", "encoding a title failed: %s", iisan_strerror(rc));
-            status = 500;
+            *body =
+                fail_json(rc == IISAN_EFORMAT ? "bad_image" : "encode_failed",
+                          "item %zu ('%s'): %s; nothing was stored", bad, q->v[bad].item_id, eerr);
+            status = rc == IISAN_EFORMAT ? 422 : 500;
             goto out;
         }
     }
@@ -346,7 +417,10 @@ int items_post(const items_request *q, json_t **body) {
         json_t *o = json_pack("{s:s,s:I,s:b,s:b,s:b,s:o}", "item_id", v[i].item_id,
                               "catalogue_index", (json_int_t)v[i].idx, "created", v[i].created,
                               "in_model", midx != 0, "embedded", embedded, "states_stored", sts);
-        if (has[IISAN_TEXT][i] == 2) json_object_set_new(o, "encoded", json_string("text"));
+        json_t *encd = json_array();
+        for (int mod = 0; mod < 2; mod++)
+            if (has[mod][i] == 2) json_array_append_new(encd, json_string(what[mod]));
+        json_object_set_new(o, "encoded", encd);
         json_array_append_new(arr, o);
     }
     int any_states = 0;

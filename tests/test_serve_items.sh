@@ -4,7 +4,9 @@
 #      spot, recommended and usable in histories, the shape checked against
 #      the store; after kill -9 and a restart the item is still served;
 #   2. a title only, with the tiny committed BERT configured as text_model:
-#      the daemon encodes the title, stores the states and embeds the item.
+#      the daemon encodes the title, stores the states and embeds the item;
+#   3. an image (base64 JPEG / PNG), with the tiny committed ViT as
+#      image_model: encoded like `iisan encode --images`, corrupt ones refused.
 # Ends with "N passed, N failed".
 set -u
 cd "$(dirname "$0")/.."
@@ -59,6 +61,9 @@ req GET /items/S2; status 404 "a refused item is not stored"
 req POST /items '{"item_id":"S3","states":{"text":[1,[2]]}}' "${AUTH[@]}"; errcode 400 wrong_type "mixed numbers and rows"
 req POST /items '{"item_id":"S3","states":{"audio":[1]}}' "${AUTH[@]}"; errcode 400 unknown_field "unknown modality"
 req POST /items '{"item_id":"S3","states":[1,2]}' "${AUTH[@]}"; errcode 400 wrong_type "states not an object"
+req POST /items "{\"item_id\":\"S5\",\"image\":\"$(base64 -w0 tests/golden_image/src/rgb.png)\"}" "${AUTH[@]}"
+errcode 422 no_image_model "an image without an image_model"
+req POST /items '{"item_id":"S5","image":"not base64!"}' "${AUTH[@]}"; errcode 400 invalid_value "an image that is not base64"
 req POST /items '{"item_id":"S4","title":"no states, no encoder"}' "${AUTH[@]}"; status 200 "a title alone without an encoder"
 jcheck "not d['items'][0]['in_model'] and not d['items'][0]['embedded']" "stored, not embedded"
 curl -s "$B/metrics" | grep -q '^iisan_recommend_batches_total [1-9]' && ok || bad "batch metrics"
@@ -75,12 +80,42 @@ start --text-model "$MODEL" || exit 1
 grep -q 'event=text_model_loaded.*backbone=tiny-bert' "$LOG" && ok || bad "text_model_loaded logged"
 req POST /items '[{"item_id":"T1","title":"large glass beaker"},{"item_id":"T2","title":"steel clamp rack"}]' "${AUTH[@]}"
 status 200 "POST /items with titles"
-jcheck "all(x['encoded'] == 'text' and x['embedded'] and x['in_model'] for x in d['items'])" "titles encoded and embedded"
+jcheck "all(x['encoded'] == ['text'] and x['embedded'] and x['in_model'] for x in d['items'])" "titles encoded and embedded"
 T1CAT=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["items"][0]["catalogue_index"])' "$T/body")
 req POST /recommend '{"history":["T1","T2"],"k":5}'; jcheck "'warnings' not in d and len(d['items']) == 5" "encoded items as history"
 req POST /recommend '{"history":["I002"],"k":40,"exclude_history":false}'
 jcheck "{'T1','T2'} <= {i['item_id'] for i in d['items']}" "encoded items recommended"
 stop
+
+# ---- 3. images encoded by the daemon ----
+VIT=tests/golden_encoder/tiny-vit
+start --image-model "$VIT" || exit 1
+grep -q 'event=image_model_loaded.*backbone=tiny-vit' "$LOG" && ok || bad "image_model_loaded logged"
+req POST /items "[{\"item_id\":\"P1\",\"title\":\"a photo\",\"image\":\"$(base64 -w0 tests/golden_image/src/photo_420.jpg)\"},{\"item_id\":\"P2\",\"image\":\"$(base64 -w0 tests/golden_image/src/palette.png)\"}]" "${AUTH[@]}"
+status 200 "POST /items with images"
+jcheck "all(x['encoded'] == ['image'] and x['embedded'] and x['states_stored'] == ['image'] for x in d['items'])" "images encoded and embedded"
+P1CAT=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["items"][0]["catalogue_index"])' "$T/body")
+req POST /recommend '{"history":["P1","P2"],"k":5}'; jcheck "'warnings' not in d and len(d['items']) == 5" "image items as history"
+head -c 300 tests/golden_image/src/photo_420.jpg >"$T/trunc.jpg"
+req POST /items "{\"item_id\":\"P3\",\"image\":\"$(base64 -w0 "$T/trunc.jpg")\"}" "${AUTH[@]}"
+errcode 422 bad_image "a truncated image"
+jcheck "'P3' in d['error']['message']" "the refusal names the item"
+req GET /items/P3; status 404 "an item with a bad image is not stored"
+stop
+# the daemon's image states equal iisan encode --images' for the same file
+mkdir -p "$T/img"; cp tests/golden_image/src/photo_420.jpg "$T/img/P1.jpg"
+"$BIN" import --data "$T/f" --items <(printf 'P1\ta photo\n') >/dev/null 2>&1
+"$BIN" encode --data "$T/f" --images "$T/img" --image-model "$VIT" --quiet >/dev/null 2>&1
+python3 - "$D" "$P1CAT" "$T/f" 1 <<'PY' && ok || bad "served image encoding differs from iisan encode --images"
+import struct, subprocess, sys
+def value(d, cat):
+    out = subprocess.run(["mdb_dump", "-s", "state_image", d], capture_output=True, text=True).stdout
+    lines = [l.strip() for l in out.split("HEADER=END", 1)[1].splitlines() if l.startswith(" ")]
+    kv = dict(zip(lines[0::2], lines[1::2]))
+    return kv.get(struct.pack("<I", int(cat)).hex())
+a, b = value(sys.argv[1], sys.argv[2]), value(sys.argv[3], sys.argv[4])
+sys.exit(0 if a and a == b else 1)
+PY
 # the daemon's states equal iisan encode's for the same title
 "$BIN" import --data "$T/e" --items <(printf 'T1\tlarge glass beaker\n') >/dev/null 2>&1
 "$BIN" encode --data "$T/e" --model "$MODEL" --quiet

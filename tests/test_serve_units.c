@@ -44,6 +44,20 @@ static const char *ix_code(const char *body) {
     return e.code;
 }
 
+static void test_base64(void) {
+    unsigned char b[16];
+    CHECK(req_base64_decode("TWFu", 4, b) == 3 && !memcmp(b, "Man", 3));
+    CHECK(req_base64_decode("TWE=", 4, b) == 2 && !memcmp(b, "Ma", 2));
+    CHECK(req_base64_decode("TQ==", 4, b) == 1 && b[0] == 'M');
+    CHECK(req_base64_decode("TQ", 2, b) == 1 && b[0] == 'M'); /* padding optional */
+    CHECK(req_base64_decode("+/+/", 4, b) == 3 && b[0] == 0xfb && b[1] == 0xff && b[2] == 0xbf);
+    CHECK(req_base64_decode("", 0, b) == 0);
+    CHECK(req_base64_decode("TWF", 3, NULL) == 2); /* counting only */
+    CHECK(req_base64_decode("T", 1, b) == -1);
+    CHECK(req_base64_decode("TW u", 4, b) == -1);
+    CHECK(req_base64_decode("TWFu=a==", 8, b) == -1);
+}
+
 static void test_request_parse(void) {
     rec_request r;
     req_error e;
@@ -694,6 +708,7 @@ static void test_infer(void) {
 
 int main(int argc, char **argv) {
     TEST_MAIN_BEGIN(argc, argv);
+    RUN(test_base64);
     RUN(test_request_parse);
     RUN(test_config);
     RUN(test_interactions);
