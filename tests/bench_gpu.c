@@ -22,8 +22,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/checkpoint.h"
 #include "core/dataset.h"
 #include "core/eval.h"
+#include "core/infer.h"
 #include "core/model.h"
 #include "core/resident.h"
 #include "core/train.h"
@@ -111,6 +113,80 @@ static void hook(void *arg, const epoch_report *r) {
     epoch_times[n_epochs++] = r->seconds;
     sample_device();
     fprintf(stderr, "epoch %d: %.2f s, loss %.4f\n", r->epoch, r->seconds, r->loss);
+}
+
+/* Serving on this backend: the trained model stored as a checkpoint and loaded as the daemon
+ * loads it (core/infer.h: item embeddings once, hidden states from the store), then the last
+ * 10 items of real users ranked for a top-10, in batches of 32 (what the daemon's batch
+ * thread computes under load) and one at a time. No HTTP: the inference core's rate. */
+typedef struct {
+    double load_s, batched_per_s, single_per_s, single_ms;
+    int requests;
+} serve_figures;
+
+static int bench_serving(iisan_backend *be, iisan_store *s, iisan_model *m, const iisan_dataset *ds,
+                         int min_len, serve_figures *f) {
+    char err[512];
+    float *host = malloc(m->pt.total * sizeof *host);
+    if (!host) return -1;
+    be->download(be, host, m->w, m->pt.total * sizeof *host);
+    iisan_ckpt ck = {0};
+    ck.c = m->c;
+    ck.min_len = min_len;
+    ck.n_cat = (uint32_t)ds->n_items + 1;
+    ck.item_cat = ds->item_cat;
+    ck.nparams = m->pt.total;
+    ck.params = host;
+    size_t len;
+    void *blob = ckpt_encode(&ck, &len);
+    uint32_t ver = 0;
+    int rc = blob ? store_ckpt_put(s, blob, len, "{\"model\":\"bench\"}", &ver) : -1;
+    free(blob);
+    free(host);
+    if (rc) return -1;
+    enum { BATCH = 32, K = 10 };
+    infer_options opt = {1, K, 20, BATCH, 0, 0};
+    infer_model *im = NULL;
+    double t0 = now();
+    if (infer_load(s, ver, be, &opt, &im, err, sizeof err)) {
+        fprintf(stderr, "bench_gpu: loading the model for serving: %s\n", err);
+        return -1;
+    }
+    f->load_s = now() - t0;
+    const int nreq = ds->n_users < 4096 ? ds->n_users : 4096, n = m->c.n;
+    int32_t *hist = malloc((size_t)nreq * n * sizeof *hist), *oi = malloc((size_t)nreq * K * 4);
+    int *nh = malloc((size_t)nreq * sizeof *nh);
+    float *os = malloc((size_t)nreq * K * sizeof *os);
+    infer_query *q = malloc((size_t)nreq * sizeof *q);
+    if (!hist || !oi || !nh || !os || !q) return -1;
+    for (int u = 0; u < nreq; u++) {
+        int32_t seq[64], tgt;
+        nh[u] = dataset_sequence(ds, u, SPLIT_TEST, seq, &tgt);
+        for (int j = 0; j < nh[u]; j++)
+            hist[(size_t)u * n + j] = seq[n - nh[u] + j];
+        q[u] = (infer_query){
+            hist + (size_t)u * n, nh[u], hist + (size_t)u * n, nh[u], K, oi + (size_t)u * K,
+            os + (size_t)u * K,   0};
+    }
+    t0 = now();
+    for (int u0 = 0; u0 < nreq; u0 += BATCH)
+        infer_recommend_batch(im, q + u0, nreq - u0 < BATCH ? nreq - u0 : BATCH);
+    f->batched_per_s = nreq / (now() - t0);
+    const int nsingle = nreq < 1024 ? nreq : 1024;
+    t0 = now();
+    for (int u = 0; u < nsingle; u++)
+        infer_recommend_batch(im, q + u, 1);
+    double single = now() - t0;
+    f->single_per_s = nsingle / single;
+    f->single_ms = single / nsingle * 1e3;
+    f->requests = nreq;
+    infer_release(im);
+    free(hist);
+    free(oi);
+    free(nh);
+    free(os);
+    free(q);
+    return 0;
 }
 
 static int skip(const char *why) {
@@ -209,6 +285,15 @@ int main(int argc, char **argv) {
         return 1;
     }
     sample_device();
+    /* training's figures end here: serving loads its own copy of the states */
+    const double train_dev_mib = dev_used_max_mib;
+    const size_t train_peak = trk.peak;
+    const double res_mib = resident_states_bytes(rs) / 1048576.0;
+    states_resident_free(rs);
+    rs = NULL;
+    serve_figures sf = {0};
+    if (bench_serving(be, s, m, &ds, tc.min_len, &sf))
+        fprintf(stderr, "bench_gpu: the serving measurement failed\n");
     int cuda_errors = 0;
 #ifdef IISAN_CUDA
     if (on_gpu) cuda_errors = iisan_cuda_errors(err, sizeof err);
@@ -217,7 +302,7 @@ int main(int argc, char **argv) {
 #endif
     const char *tf32 = getenv("IISAN_CUDA_TF32");
     int tf = on_gpu && tf32 && !strcmp(tf32, "1");
-    double peak_mib = trk.peak / 1048576.0, res_mib = resident_states_bytes(rs) / 1048576.0;
+    double peak_mib = train_peak / 1048576.0;
     printf("bench-gpu (%s%s): %d epochs, median %.3f s/epoch (min %.3f, max %.3f), %ld steps\n",
            be->name, tf ? ", TF32" : "", n_epochs, med, epoch_times[0], epoch_times[n_epochs - 1],
            sum.steps);
@@ -225,20 +310,25 @@ int main(int argc, char **argv) {
            ds.n_users / med, ev.seconds, ev.hr10, ev.users);
     printf("  %zu trainable parameters; %.1f MiB of resident states uploaded in %.2f s\n",
            model_param_count(m), res_mib, upload_s);
+    printf("  serving: model loaded in %.2f s; /recommend core %.0f requests/s in batches of 32, "
+           "%.0f/s one at a time (%.3f ms each), k = 10 over %d items\n",
+           sf.load_s, sf.batched_per_s, sf.single_per_s, sf.single_ms, ds.n_items);
     printf("  backend allocations peak %.1f MiB", peak_mib);
     if (on_gpu)
         printf("; device memory in use at most %.0f MiB of %.0f (%.0f MiB before the model)",
-               dev_used_max_mib, dev_total_mib, base_mib);
+               train_dev_mib, dev_total_mib, base_mib);
     printf("\n");
     printf("{\"bench\":\"gpu\",\"backend\":\"%s\",\"tf32\":%d,\"epochs\":%d,\"steps\":%ld,"
            "\"seconds_per_epoch\":%.4f,\"sequences_per_s\":%.1f,\"eval_seconds\":%.4f,"
            "\"valid_hr10\":%.6f,\"params\":%zu,\"resident_mib\":%.1f,"
            "\"resident_upload_seconds\":%.3f,\"backend_peak_mib\":%.1f,"
            "\"device_used_max_mib\":%.1f,\"device_used_base_mib\":%.1f,"
-           "\"device_total_mib\":%.1f,\"cuda_errors\":%d}\n",
+           "\"device_total_mib\":%.1f,\"serve_load_seconds\":%.3f,"
+           "\"recommend_batched_per_s\":%.1f,\"recommend_single_per_s\":%.1f,"
+           "\"recommend_single_ms\":%.4f,\"cuda_errors\":%d}\n",
            be->name, tf, n_epochs, sum.steps, med, ds.n_users / med, ev.seconds, ev.hr10,
-           model_param_count(m), res_mib, upload_s, peak_mib, dev_used_max_mib, base_mib,
-           dev_total_mib, cuda_errors);
+           model_param_count(m), res_mib, upload_s, peak_mib, train_dev_mib, base_mib,
+           dev_total_mib, sf.load_s, sf.batched_per_s, sf.single_per_s, sf.single_ms, cuda_errors);
     states_resident_free(rs);
     model_destroy(m);
     be->alloc = trk.alloc;

@@ -4,6 +4,7 @@
 #define IISAN_KERNELS_CUDA_COMMON_CUH
 
 #include <cublas_v2.h>
+#include <pthread.h>
 #include <cuda_runtime.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -18,6 +19,7 @@ struct cuda_ctx {
     size_t red_bytes;
     void *ptrs; /* gather_half's device copy of the row-pointer table, ptrs_bytes */
     size_t ptrs_bytes;
+    pthread_mutex_t op_mu; /* recursive: one op at a time (see CUDA_OP) */
 };
 
 /* Report (stderr) and record a failed call; true when the call succeeded. */
@@ -38,6 +40,22 @@ bool iisan_cuda_check(cublasStatus_t e, const char *stmt, const char *file, int 
 
 /* The backend's state, with its device made current on the calling thread. */
 cuda_ctx *cuda_enter(iisan_backend *be);
+
+/* Every op holds the backend's op mutex for its duration (CUDA_OP at its start; released when
+ * the op returns). Threads may then share one backend, as the daemon's batch, retraining and
+ * loading threads do: ops are issued whole, in some order, onto the one (legacy default)
+ * stream, which runs them in that order, so the shared cuBLAS handle and scratch buffers are
+ * never used by two ops at once. Each thread's own sequence of ops keeps its order. */
+struct cuda_op_guard {
+    pthread_mutex_t *mu;
+    explicit cuda_op_guard(iisan_backend *be) : mu(&((cuda_ctx *)be->ctx)->op_mu) {
+        pthread_mutex_lock(mu);
+    }
+    ~cuda_op_guard() { pthread_mutex_unlock(mu); }
+    cuda_op_guard(const cuda_op_guard &) = delete;
+    cuda_op_guard &operator=(const cuda_op_guard &) = delete;
+};
+#define CUDA_OP(be) cuda_op_guard cuda_op_guard_(be)
 
 /* A device buffer of at least `bytes` in *buf (grown as needed); NULL on failure. Buffers are
  * reused by the next op: everything runs in order on one stream. */

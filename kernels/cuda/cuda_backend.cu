@@ -67,6 +67,7 @@ void *cuda_scratch(void **buf, size_t *have, size_t bytes) {
 /* ---- memory ---- */
 
 static void *cuda_alloc(iisan_backend *be, size_t bytes) {
+    CUDA_OP(be);
     cuda_enter(be);
     void *p = NULL;
     if (!CK(cudaMalloc(&p, bytes ? bytes : 1))) return NULL;
@@ -79,6 +80,7 @@ static void *cuda_alloc(iisan_backend *be, size_t bytes) {
 
 static void cuda_free(iisan_backend *be, void *p) {
     if (!p) return;
+    CUDA_OP(be);
     cuda_enter(be);
     CK(cudaFree(p));
 }
@@ -86,6 +88,7 @@ static void cuda_free(iisan_backend *be, void *p) {
 /* pinned host memory mapped into the device's address space: with unified addressing the
  * host pointer is the device pointer, and kernels read it over the bus */
 static void *cuda_alloc_host(iisan_backend *be, size_t bytes) {
+    CUDA_OP(be);
     cuda_enter(be);
     void *p = NULL;
     if (!CK(cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocMapped | cudaHostAllocPortable)))
@@ -101,35 +104,41 @@ static void *cuda_alloc_host(iisan_backend *be, size_t bytes) {
 
 static void cuda_free_host(iisan_backend *be, void *p) {
     if (!p) return;
+    CUDA_OP(be);
     cuda_enter(be);
     CK(cudaFreeHost(p));
 }
 
 static void cuda_upload(iisan_backend *be, void *dst, const void *src_host, size_t bytes) {
     if (!bytes) return;
+    CUDA_OP(be);
     cuda_enter(be);
     CK(cudaMemcpy(dst, src_host, bytes, cudaMemcpyDefault)); /* device or mapped host memory */
 }
 
 static void cuda_download(iisan_backend *be, void *dst_host, const void *src, size_t bytes) {
     if (!bytes) return;
+    CUDA_OP(be);
     cuda_enter(be);
     CK(cudaMemcpy(dst_host, src, bytes, cudaMemcpyDefault));
 }
 
 static void cuda_copy(iisan_backend *be, void *dst, const void *src, size_t bytes) {
     if (!bytes || dst == src) return;
+    CUDA_OP(be);
     cuda_enter(be);
     CK(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault));
 }
 
 static void cuda_zero(iisan_backend *be, void *p, size_t bytes) {
     if (!bytes) return;
+    CUDA_OP(be);
     cuda_enter(be);
     CK(cudaMemset(p, 0, bytes));
 }
 
 static void cuda_sync(iisan_backend *be) {
+    CUDA_OP(be);
     cuda_enter(be);
     CK(cudaDeviceSynchronize());
 }
@@ -143,6 +152,7 @@ static void cuda_destroy(iisan_backend *be) {
         if (cx->blas) CK(cublasDestroy(cx->blas));
         if (cx->red) CK(cudaFree(cx->red));
         if (cx->ptrs) CK(cudaFree(cx->ptrs));
+        pthread_mutex_destroy(&cx->op_mu);
         free(cx);
     }
     free(be);
@@ -197,6 +207,11 @@ extern "C" iisan_backend *iisan_backend_cuda(int device, char *err, size_t errle
     be->ctx = cx;
     cx->device = device;
     cx->sync_each = env_flag("IISAN_CUDA_SYNC");
+    pthread_mutexattr_t ma;
+    pthread_mutexattr_init(&ma);
+    pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
+    pthread_mutex_init(&cx->op_mu, &ma);
+    pthread_mutexattr_destroy(&ma);
 
     bool ok =
         CK(cudaSetDevice(device)) && CK(cublasCreate(&cx->blas)) &&

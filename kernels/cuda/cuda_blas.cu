@@ -22,6 +22,7 @@ static cublasOperation_t op(int t) { return t ? CUBLAS_OP_T : CUBLAS_OP_N; }
 void cuda_gemm(iisan_backend *be, int ta, int tb, int M, int N, int K, float alpha, const float *A,
                int lda, const float *B, int ldb, float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
+    CUDA_OP(be);
     cuda_ctx *cx = cuda_enter(be);
     if (K <= 0) {
         LAUNCH(cx, k_scale2d, ew_grid((size_t)M * N), EW_THREADS, 0, C, ldc, M, N, beta);
@@ -34,6 +35,7 @@ void cuda_gemm_batched(iisan_backend *be, int ta, int tb, int M, int N, int K, f
                        const float *A, int lda, long sa, const float *B, int ldb, long sb,
                        float beta, float *C, int ldc, long sc, int batch) {
     if (M <= 0 || N <= 0 || batch <= 0) return;
+    CUDA_OP(be);
     cuda_ctx *cx = cuda_enter(be);
     if (K <= 0) {
         for (int i = 0; i < batch; i++)

@@ -16,6 +16,7 @@ static __global__ void k_axpby(size_t n, float a, const float *x, float b, float
 
 void cuda_axpby(iisan_backend *be, size_t n, float a, const float *x, float b, float *y) {
     if (!n) return;
+    CUDA_OP(be);
     cuda_ctx *cx = cuda_enter(be);
     LAUNCH(cx, k_axpby, ew_grid(n), EW_THREADS, 0, n, a, x, b, y);
 }
@@ -30,6 +31,7 @@ static __global__ void k_add_bias(float *x, int ldx, const float *bias, int rows
 
 void cuda_add_bias(iisan_backend *be, float *x, int ldx, const float *bias, int rows, int cols) {
     if (rows <= 0 || cols <= 0) return;
+    CUDA_OP(be);
     cuda_ctx *cx = cuda_enter(be);
     size_t n = (size_t)rows * cols;
     LAUNCH(cx, k_add_bias, ew_grid(n), EW_THREADS, 0, x, ldx, bias, rows, cols);
@@ -59,6 +61,7 @@ static __global__ void k_bias_grad(float *dbias, const float *dy, int ldy, int r
 
 void cuda_bias_grad(iisan_backend *be, float *dbias, const float *dy, int ldy, int rows, int cols) {
     if (rows <= 0 || cols <= 0) return;
+    CUDA_OP(be);
     cuda_ctx *cx = cuda_enter(be);
     dim3 block(COLS_X, COLS_Y);
     LAUNCH(cx, k_bias_grad, (cols + COLS_X - 1) / COLS_X, block, 0, dbias, dy, ldy, rows, cols);
@@ -75,6 +78,7 @@ static __global__ void k_ger(int M, int N, float alpha, const float *x, const fl
 void cuda_ger(iisan_backend *be, int M, int N, float alpha, const float *x, const float *y,
               float *A) {
     if (M <= 0 || N <= 0) return;
+    CUDA_OP(be);
     cuda_ctx *cx = cuda_enter(be);
     size_t n = (size_t)M * N;
     LAUNCH(cx, k_ger, ew_grid(n), EW_THREADS, 0, M, N, alpha, x, y, A);
@@ -92,6 +96,7 @@ static __global__ void k_act_fwd(int act, float *y, const float *x, size_t n) {
 
 void cuda_act_fwd(iisan_backend *be, int act, float *y, const float *x, size_t n) {
     if (!n) return;
+    CUDA_OP(be);
     cuda_ctx *cx = cuda_enter(be);
     LAUNCH(cx, k_act_fwd, ew_grid(n), EW_THREADS, 0, act, y, x, n);
 }
@@ -107,6 +112,7 @@ static __global__ void k_act_bwd(int act, float *dx, const float *dy, const floa
 void cuda_act_bwd(iisan_backend *be, int act, float *dx, const float *dy, const float *x,
                   size_t n) {
     if (!n) return;
+    CUDA_OP(be);
     cuda_ctx *cx = cuda_enter(be);
     LAUNCH(cx, k_act_bwd, ew_grid(n), EW_THREADS, 0, act, dx, dy, x, n);
 }
@@ -125,6 +131,7 @@ static __global__ void k_dropout(float *y, const float *x, size_t n, float p, fl
 static void dropout_apply(iisan_backend *be, float *y, const float *x, size_t n, float p,
                           uint64_t seed) {
     if (!n) return;
+    CUDA_OP(be);
     cuda_ctx *cx = cuda_enter(be);
     if (p <= 0.0f) {
         if (y != x) CK(cudaMemcpy(y, x, n * sizeof(float), cudaMemcpyDeviceToDevice));
@@ -182,6 +189,7 @@ static __global__ void k_gate_fwd(float *out, const float *c, const float *a, co
 void cuda_gate_fwd(iisan_backend *be, float *out, const float *c, const float *a, const float *b,
                    const float *p, float temp, size_t n) {
     if (!n) return;
+    CUDA_OP(be);
     cuda_ctx *cx = cuda_enter(be);
     LAUNCH(cx, k_gate_fwd, ew_grid(n), EW_THREADS, 0, out, c, a, b, p, temp, n);
 }
@@ -227,6 +235,7 @@ static __global__ void k_gate_dp(float *dp, const double *part, int nb, const fl
 void cuda_gate_bwd(iisan_backend *be, float *da, float *db, float *dp, const float *dout,
                    const float *a, const float *b, const float *p, float temp, size_t n) {
     if (!n) return;
+    CUDA_OP(be);
     cuda_ctx *cx = cuda_enter(be);
     unsigned nb = ew_grid(n);
     if (nb > GATE_MAX_BLOCKS) nb = GATE_MAX_BLOCKS;
@@ -253,6 +262,7 @@ static __global__ void k_adam(float *w, const float *g, float *m, float *v, size
 void cuda_adam(iisan_backend *be, float *w, const float *g, float *m, float *v, size_t n, float lr,
                float b1, float b2, float eps, int t) {
     if (!n) return;
+    CUDA_OP(be);
     cuda_ctx *cx = cuda_enter(be);
     const float step = (float)((double)lr / (1.0 - pow((double)b1, t)));
     const float bc2_sqrt = (float)sqrt(1.0 - pow((double)b2, t));
@@ -272,6 +282,7 @@ static __global__ void k_gather_half(float *dst, const uint16_t *const *rows, in
 
 void cuda_gather_half(iisan_backend *be, float *dst, const uint16_t *const *rows, int n, int cols) {
     if (n <= 0 || cols <= 0) return;
+    CUDA_OP(be);
     cuda_ctx *cx = cuda_enter(be);
     size_t bytes = (size_t)n * sizeof(*rows);
     void *dev_rows = cuda_scratch(&cx->ptrs, &cx->ptrs_bytes, bytes);
@@ -296,6 +307,7 @@ static __global__ void k_gather_rows(float *dst, const float *src, const int *id
 void cuda_gather_rows(iisan_backend *be, float *dst, const float *src, const int *idx, int n,
                       int cols) {
     if (n <= 0 || cols <= 0) return;
+    CUDA_OP(be);
     cuda_ctx *cx = cuda_enter(be);
     size_t total = (size_t)n * cols;
     LAUNCH(cx, k_gather_rows, ew_grid(total), EW_THREADS, 0, dst, src, idx, n, cols);
@@ -313,6 +325,7 @@ static __global__ void k_scatter_add_rows(float *dst, const float *src, const in
 void cuda_scatter_add_rows(iisan_backend *be, float *dst, const float *src, const int *idx, int n,
                            int cols) {
     if (n <= 0 || cols <= 0) return;
+    CUDA_OP(be);
     cuda_ctx *cx = cuda_enter(be);
     size_t total = (size_t)n * cols;
     LAUNCH(cx, k_scatter_add_rows, ew_grid(total), EW_THREADS, 0, dst, src, idx, n, cols);

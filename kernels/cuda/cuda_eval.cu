@@ -57,6 +57,7 @@ static __global__ void k_rank(int *rank, const float *scores, int N, const int *
 void cuda_rank_targets(iisan_backend *be, int *rank, const float *scores, int R, int N,
                        const int *target, const int *excl, int ne) {
     if (R <= 0 || N <= 0) return;
+    CUDA_OP(be);
     cuda_ctx *cx = cuda_enter(be);
     size_t shm = bitmap_bytes(N);
     if (!allow_shared(k_rank, shm)) return;
@@ -137,6 +138,7 @@ static __global__ void k_topk(int *out_idx, float *out_score, const float *score
 void cuda_topk(iisan_backend *be, int *out_idx, float *out_score, const float *scores, int R, int N,
                int k, const int *excl, int ne) {
     if (R <= 0 || k <= 0) return;
+    CUDA_OP(be);
     cuda_ctx *cx = cuda_enter(be);
     if (N < 0) N = 0;
     size_t shm = bitmap_bytes(N);

@@ -40,6 +40,7 @@ static __global__ void k_ln_fwd(float *y, float *mean, float *rstd, const float 
 void cuda_layernorm_fwd(iisan_backend *be, float *y, float *mean, float *rstd, const float *x,
                         const float *g, const float *b, int rows, int cols, float eps) {
     if (rows <= 0 || cols <= 0) return;
+    CUDA_OP(be);
     cuda_ctx *cx = cuda_enter(be);
     LAUNCH(cx, k_ln_fwd, rows, row_threads(cols), 0, y, mean, rstd, x, g, b, cols, eps);
 }
@@ -100,6 +101,7 @@ void cuda_layernorm_bwd(iisan_backend *be, float *dx, float *dg, float *db, cons
                         const float *x, const float *mean, const float *rstd, const float *g,
                         int rows, int cols) {
     if (rows <= 0 || cols <= 0) return;
+    CUDA_OP(be);
     cuda_ctx *cx = cuda_enter(be);
     /* the parameter gradients first: dx may overwrite dy */
     dim3 block(COLS_X, COLS_Y);
@@ -206,6 +208,7 @@ static bool attn_check(int n) {
 void cuda_attention_fwd(iisan_backend *be, float *out, float *probs, const float *qkv,
                         const float *mask, int B, int n, int H, int dh, float p, uint64_t seed) {
     if (B <= 0 || n <= 0 || H <= 0 || dh <= 0 || !attn_check(n)) return;
+    CUDA_OP(be);
     cuda_ctx *cx = cuda_enter(be);
     const float inv_keep = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
     size_t shm = (size_t)2 * n * n * sizeof(float);
@@ -283,6 +286,7 @@ static __global__ void k_attn_bwd(float *dqkv, const float *dout, const float *q
 void cuda_attention_bwd(iisan_backend *be, float *dqkv, const float *dout, const float *qkv,
                         const float *probs, int B, int n, int H, int dh, float p, uint64_t seed) {
     if (B <= 0 || n <= 0 || H <= 0 || dh <= 0 || !attn_check(n)) return;
+    CUDA_OP(be);
     cuda_ctx *cx = cuda_enter(be);
     const float inv_keep = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
     size_t shm = (size_t)2 * n * n * sizeof(float);
@@ -340,6 +344,7 @@ static __global__ void k_ce_mean(float *loss, const double *lossq, int Q) {
 void cuda_inbatch_ce(iisan_backend *be, float *logits, float *loss, const float *logpop,
                      const int *cand_item, const unsigned char *umask, const int *quser,
                      const int *qtarget, int Q, int C) {
+    CUDA_OP(be);
     cuda_ctx *cx = cuda_enter(be);
     if (Q <= 0) {
         CK(cudaMemset(loss, 0, sizeof(float)));
