@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/topk_heap.h"
+
 typedef float v8f __attribute__((vector_size(32), aligned(32)));
 
 enum { LANES = 8, GROUP = 6 }; /* blocks scored per step: 6 independent accumulators */
@@ -70,41 +72,8 @@ void score_table_free(score_table *t) {
     free(t);
 }
 
-/* ---- a min-heap of the k best so far; its root is the worst of them ---- */
 typedef struct {
-    float s;
-    int32_t i;
-} scored;
-
-/* a ranks below b: lower score, or the same score at a higher index */
-static int below(scored a, scored b) { return a.s < b.s || (a.s == b.s && a.i > b.i); }
-
-static void sift_down(scored *h, int n, int at) {
-    for (;;) {
-        int l = 2 * at + 1, r = l + 1, m = at;
-        if (l < n && below(h[l], h[m])) m = l;
-        if (r < n && below(h[r], h[m])) m = r;
-        if (m == at) return;
-        scored tmp = h[at];
-        h[at] = h[m];
-        h[m] = tmp;
-        at = m;
-    }
-}
-
-static void sift_up(scored *h, int at) {
-    while (at > 0) {
-        int parent = (at - 1) / 2;
-        if (!below(h[at], h[parent])) return;
-        scored tmp = h[at];
-        h[at] = h[parent];
-        h[parent] = tmp;
-        at = parent;
-    }
-}
-
-typedef struct {
-    scored *h;
+    topk_item *h;
     int n, k;
     const score_query *q;
 } kbest;
@@ -117,16 +86,16 @@ static int listed(const int32_t *ex, int ne, int32_t i) {
 
 static void offer(kbest *b, float s, int32_t i) {
     if (isnan(s) || i <= 0) return;
-    scored e = {s, i};
-    if (b->n == b->k && !below(b->h[0], e)) return;
+    topk_item e = {s, i};
+    if (b->n == b->k && !topk_below(b->h[0], e)) return;
     if (b->q->banned && atomic_load_explicit(&b->q->banned[i], memory_order_relaxed)) return;
     if (b->q->ne && listed(b->q->excl, b->q->ne, i)) return;
     if (b->n < b->k) {
         b->h[b->n] = e;
-        sift_up(b->h, b->n++);
+        topk_sift_up(b->h, b->n++);
     } else {
         b->h[0] = e;
-        sift_down(b->h, b->k, 0);
+        topk_sift_down(b->h, b->k, 0);
     }
 }
 
@@ -185,13 +154,6 @@ int score_topk(const score_table *t, const float *all, int N1, const score_query
         nscored++;
     }
     if (scored_out) *scored_out = nscored;
-    /* pop the worst into the last free place: best first */
-    int cnt = b.n;
-    for (int j = cnt - 1; j >= 0; j--) {
-        out_idx[j] = b.h[0].i;
-        out_score[j] = b.h[0].s;
-        b.h[0] = b.h[j];
-        sift_down(b.h, j, 0);
-    }
-    return cnt;
+    topk_drain(b.h, b.n, out_idx, out_score); /* best first */
+    return b.n;
 }

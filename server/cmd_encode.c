@@ -59,20 +59,6 @@ static int fail(const char *msg) {
 }
 
 /* the model directory's last component; "" when it has none worth a name */
-static void dir_name(const char *path, char *out, size_t cap) {
-    char buf[4096];
-    snprintf(buf, sizeof buf, "%s", path);
-    size_t n = strlen(buf);
-    while (n > 1 && buf[n - 1] == '/')
-        buf[--n] = 0;
-    const char *b = strrchr(buf, '/');
-    b = b ? b + 1 : buf;
-    size_t k = strlen(b);
-    if (!strcmp(b, ".") || !strcmp(b, "..") || k >= cap) k = 0; /* no usable name */
-    memcpy(out, b, k);
-    out[k] = 0;
-}
-
 typedef struct {
     double t0, last;
     int tty, quiet;
@@ -143,7 +129,7 @@ static void pick_name(const char *given, const char *model, char *name, size_t c
     if (given)
         snprintf(name, cap, "%s", given);
     else
-        dir_name(model, name, cap);
+        backbone_dir_name(model, name, cap);
 }
 
 /* a store of another backbone, before loading anything: 0 or 1 (printed) */

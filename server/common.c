@@ -233,3 +233,17 @@ int load_checkpoint_model(const char *cmd, iisan_store *s, uint32_t version, iis
     be->upload(be, (*m)->w, ck->params, ck->nparams * sizeof(float));
     return 0;
 }
+
+void backbone_dir_name(const char *path, char *out, size_t cap) {
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", path);
+    size_t n = strlen(buf);
+    while (n > 1 && buf[n - 1] == '/')
+        buf[--n] = 0;
+    const char *b = strrchr(buf, '/');
+    b = b ? b + 1 : buf;
+    size_t k = strlen(b);
+    if (!strcmp(b, ".") || !strcmp(b, "..") || k >= cap) k = 0; /* no usable name */
+    memcpy(out, b, k);
+    out[k] = 0;
+}

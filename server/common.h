@@ -21,6 +21,9 @@ typedef struct {
 const uint16_t *store_states_get(void *ctx, int modality, uint32_t cat);
 
 double now_seconds(void);
+/* the name states are stored under by default: a model directory's last component ("" when
+ * it has none that can serve: ".", "..", or longer than cap - 1) */
+void backbone_dir_name(const char *path, char *out, size_t cap);
 long peak_rss_kib(void);
 
 /* --device: 0 when s is cpu, cuda or auto, else -1 (message printed for cmd) */

@@ -12,6 +12,7 @@
 #include "core/encoder_vit.h"
 #include "core/image.h"
 #include "kernels/half.h"
+#include "server/common.h"
 #include "server/serve.h"
 
 /* ---------------- the text encoder ---------------- */
@@ -25,17 +26,6 @@ static struct {
     char vbackbone[128];
 } g_enc = {PTHREAD_MUTEX_INITIALIZER, NULL, NULL, "", NULL, ""};
 
-/* the directory's name, as `iisan encode` names a backbone */
-static void dir_name(const char *dir, char *out, size_t cap) {
-    char path[PATH_MAX];
-    snprintf(path, sizeof path, "%s", dir);
-    size_t n = strlen(path);
-    while (n > 1 && path[n - 1] == '/')
-        path[--n] = '\0';
-    const char *base = strrchr(path, '/');
-    snprintf(out, cap, "%.127s", base ? base + 1 : path);
-}
-
 int serve_encoder_open(const serve_config *c, char *err, size_t errlen) {
     if (!c->text_model[0] && !c->image_model[0]) return 0;
     g_enc.be = iisan_backend_cpu(1);
@@ -46,14 +36,20 @@ int serve_encoder_open(const serve_config *c, char *err, size_t errlen) {
         if (!rc && c->text_backbone[0])
             snprintf(g_enc.backbone, sizeof g_enc.backbone, "%s", c->text_backbone);
         else if (!rc)
-            dir_name(c->text_model, g_enc.backbone, sizeof g_enc.backbone);
+            backbone_dir_name(c->text_model, g_enc.backbone, sizeof g_enc.backbone);
+        if (!rc && !g_enc.backbone[0]) /* as iisan encode: the config's name, or "bert" */
+            snprintf(g_enc.backbone, sizeof g_enc.backbone, "%.127s",
+                     bert_get_config(g_enc.e)->name_or_path[0]
+                         ? bert_get_config(g_enc.e)->name_or_path
+                         : "bert");
     }
     if (!rc && c->image_model[0]) {
         rc = vit_load(&g_enc.v, g_enc.be, c->image_model, 1, err, errlen);
         if (!rc && c->image_backbone[0])
             snprintf(g_enc.vbackbone, sizeof g_enc.vbackbone, "%s", c->image_backbone);
         else if (!rc)
-            dir_name(c->image_model, g_enc.vbackbone, sizeof g_enc.vbackbone);
+            backbone_dir_name(c->image_model, g_enc.vbackbone, sizeof g_enc.vbackbone);
+        if (!rc && !g_enc.vbackbone[0]) snprintf(g_enc.vbackbone, sizeof g_enc.vbackbone, "vit");
     }
     if (rc) serve_encoder_close();
     return rc;

@@ -8,19 +8,7 @@ cd "$(dirname "$0")/.."
 BIN=${IISAN_BIN:-build/iisan}
 T=$(mktemp -d /tmp/iisan-cli-XXXXXX)
 trap 'rm -rf "$T"' EXIT
-pass=0; fail=0
-ok()   { pass=$((pass+1)); }
-bad()  { fail=$((fail+1)); echo "FAIL: $*" >&2; }
-# expect CODE DESCRIPTION -- command...
-expect() {
-  local code=$1 what=$2; shift 3
-  "$@" >"$T/out" 2>"$T/err"; local rc=$?
-  if [ "$rc" -eq "$code" ]; then ok; else bad "$what: exit $rc, wanted $code"; sed 's/^/    /' "$T/err" >&2; fi
-}
-has() { # has FILE PATTERN DESCRIPTION
-  if grep -q -- "$2" "$1"; then ok; else bad "$3: '$2' not in output"; sed 's/^/    /' "$1" >&2; fi
-}
-json_field() { python3 -c 'import json,sys; d=json.loads(sys.stdin.read().strip().splitlines()[-1]); print(d[sys.argv[1]])' "$1" <"$T/out"; }
+source tests/cli_lib.sh
 
 # a small catalogue: 40 items, 60 users of 5..9 items each
 python3 - "$T" <<'PY'

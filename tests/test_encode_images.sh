@@ -14,20 +14,7 @@ BERT=tests/golden_encoder/tiny-bert
 SRC=tests/golden_image/src
 T=$(mktemp -d /tmp/iisan-encode-img-XXXXXX)
 trap 'rm -rf "$T"' EXIT
-pass=0; fail=0
-ok()   { pass=$((pass+1)); }
-bad()  { fail=$((fail+1)); echo "FAIL: $*" >&2; }
-expect() { # expect CODE DESCRIPTION -- command...
-  local code=$1 what=$2; shift 3
-  "$@" >"$T/out" 2>"$T/err"; local rc=$?
-  if [ "$rc" -eq "$code" ]; then ok; else bad "$what: exit $rc, wanted $code"; sed 's/^/    /' "$T/err" >&2; fi
-}
-has() { # has FILE PATTERN DESCRIPTION
-  if grep -q -- "$2" "$1"; then ok; else bad "$3: '$2' not in output"; sed 's/^/    /' "$1" >&2; fi
-}
-hasnt() { if grep -q -- "$2" "$1"; then bad "$3: '$2' in output"; else ok; fi; }
-json_field() { python3 -c 'import json,sys; d=json.loads(sys.stdin.read().strip().splitlines()[-1]); print(d[sys.argv[1]])' "$1" <"$T/out"; }
-eq() { if [ "$1" = "$2" ]; then ok; else bad "$3: '$1', wanted '$2'"; fi; }
+source tests/cli_lib.sh
 
 # 12 items (I07 without a title), 40 users; images for I00..I06
 python3 - "$T" <<'PY'

@@ -9,6 +9,14 @@
 set -u
 cd "$(dirname "$0")/.."
 source tests/serve_lib.sh
+# wait_job ID: polls GET /admin/jobs/ID until the job ends (its record in $T/body)
+wait_job() {
+  for _ in $(seq 1 600); do
+    req GET "/admin/jobs/$1" '' "${AUTH[@]}"
+    python3 -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))["state"] in ("promoted","rejected","failed") else 1)' "$T/body" && return
+    sleep 0.1
+  done
+}
 
 # ---- a small store: 40 items with 16-wide random "hidden states", 60 users ----
 python3 - "$T" <<'PY'
@@ -247,22 +255,14 @@ req POST /admin/retrain '{"epochs":400,"patience":400,"tolerance":1}' "${AUTH[@]
 jcheck "d['state'] == 'queued' and d['job_id'] >= 1" "job queued"
 job=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["job_id"])' "$T/body")
 req POST /admin/retrain '{}' "${AUTH[@]}"; errcode 409 job_running "a second job while one runs"
-for _ in $(seq 1 600); do
-  req GET "/admin/jobs/$job" '' "${AUTH[@]}"
-  python3 -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))["state"] in ("promoted","rejected","failed") else 1)' "$T/body" && break
-  sleep 0.1
-done
+wait_job "$job"
 jcheck "d['state'] == 'promoted' and d['base_version'] == 2 and d['new_version'] == 3 and d['epochs_run'] >= 1 and d['users'] > 60" "job promoted as version 3 (warm start from 2, logged users included)"
 req GET /healthz; jcheck "d['model_version'] == 3" "version 3 served after the job"
 req GET /admin/jobs/999 '' "${AUTH[@]}"; errcode 404 unknown_job "unknown job"
 req GET /admin/jobs/1 ''; errcode 401 unauthorized "job without token"
 req POST /admin/retrain '{"epochs":1,"max_steps":1,"tolerance":0}' "${AUTH[@]}"; status 202 "a second job"
 job2=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["job_id"])' "$T/body")
-for _ in $(seq 1 600); do
-  req GET "/admin/jobs/$job2" '' "${AUTH[@]}"
-  python3 -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))["state"] in ("promoted","rejected","failed") else 1)' "$T/body" && break
-  sleep 0.1
-done
+wait_job "$job2"
 jcheck "d['state'] in ('promoted','rejected') and (d['state'] == 'promoted') == (d['best_valid_hr10'] >= d['base_valid_hr10'])" "promotion follows HR@10 with tolerance 0"
 served=$(curl -s "$B/healthz" | python3 -c 'import json,sys; print(json.load(sys.stdin)["model_version"])')
 req POST /admin/rollback '' "${AUTH[@]}"; status 200 "rollback"
@@ -295,11 +295,7 @@ jcheck "d['state'] == 'failed' and 'interrupted' in d['message'] and d['started'
 req POST /admin/retrain '{"epochs":1,"max_steps":1,"tolerance":1}' "${AUTH[@]}"; status 202 "a job after the restart"
 jcheck "d['job_id'] == $ljob + 1" "job ids continue after a restart"
 nj=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["job_id"])' "$T/body")
-for _ in $(seq 1 600); do
-  req GET "/admin/jobs/$nj" '' "${AUTH[@]}"
-  python3 -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))["state"] in ("promoted","rejected","failed") else 1)' "$T/body" && break
-  sleep 0.1
-done
+wait_job "$nj"
 
 # ---- docs/api.md: every sh block runs, its answer has the documented fields ----
 # under an IISAN version (its POST /items example embeds an item on the spot): a new one, pinned

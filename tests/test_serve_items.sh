@@ -44,6 +44,19 @@ PY
 TOKEN=items-token
 printf 'port = 0\nthreads = 2\nadmin_token = "%s"\n' "$TOKEN" >"$T/serve.conf"
 AUTH=(-H "Authorization: Bearer $TOKEN")
+# same_states MODALITY DIR1 CAT1 DIR2 CAT2: one item's stored states, byte for byte (mdb_dump)
+same_states() {
+  python3 - "$@" <<'PY'
+import struct, subprocess, sys
+mod, d1, c1, d2, c2 = sys.argv[1:6]
+def value(d, cat):
+    out = subprocess.run(["mdb_dump", "-s", "state_" + mod, d], capture_output=True, text=True).stdout
+    lines = [l.strip() for l in out.split("HEADER=END", 1)[1].splitlines() if l.startswith(" ")]
+    return dict(zip(lines[0::2], lines[1::2])).get(struct.pack("<I", int(cat)).hex())
+a, b = value(d1, c1), value(d2, c2)
+sys.exit(0 if a and a == b else 1)
+PY
+}
 
 # ---- 1. states sent with the item ----
 start || exit 1
@@ -106,29 +119,11 @@ stop
 mkdir -p "$T/img"; cp tests/golden_image/src/photo_420.jpg "$T/img/P1.jpg"
 "$BIN" import --data "$T/f" --items <(printf 'P1\ta photo\n') >/dev/null 2>&1
 "$BIN" encode --data "$T/f" --images "$T/img" --image-model "$VIT" --quiet >/dev/null 2>&1
-python3 - "$D" "$P1CAT" "$T/f" 1 <<'PY' && ok || bad "served image encoding differs from iisan encode --images"
-import struct, subprocess, sys
-def value(d, cat):
-    out = subprocess.run(["mdb_dump", "-s", "state_image", d], capture_output=True, text=True).stdout
-    lines = [l.strip() for l in out.split("HEADER=END", 1)[1].splitlines() if l.startswith(" ")]
-    kv = dict(zip(lines[0::2], lines[1::2]))
-    return kv.get(struct.pack("<I", int(cat)).hex())
-a, b = value(sys.argv[1], sys.argv[2]), value(sys.argv[3], sys.argv[4])
-sys.exit(0 if a and a == b else 1)
-PY
+same_states image "$D" "$P1CAT" "$T/f" 1 && ok || bad "served image encoding differs from iisan encode --images"
 # the daemon's states equal iisan encode's for the same title
 "$BIN" import --data "$T/e" --items <(printf 'T1\tlarge glass beaker\n') >/dev/null 2>&1
 "$BIN" encode --data "$T/e" --model "$MODEL" --quiet
-python3 - "$D" "$T1CAT" "$T/e" 1 <<'PY' && ok || bad "served encoding differs from iisan encode"
-import struct, subprocess, sys
-def value(d, cat):
-    out = subprocess.run(["mdb_dump", "-s", "state_text", d], capture_output=True, text=True).stdout
-    lines = [l.strip() for l in out.split("HEADER=END", 1)[1].splitlines() if l.startswith(" ")]
-    kv = dict(zip(lines[0::2], lines[1::2]))
-    return kv.get(struct.pack("<I", int(cat)).hex())
-a, b = value(sys.argv[1], sys.argv[2]), value(sys.argv[3], sys.argv[4])
-sys.exit(0 if a and a == b else 1)
-PY
+same_states text "$D" "$T1CAT" "$T/e" 1 && ok || bad "served encoding differs from iisan encode"
 openapi_check
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "kernels/cpu/cpu.h"
+#include "kernels/topk_heap.h"
 
 void cpu_gather_half(iisan_backend *be, float *dst, const uint16_t *const *rows, int n, int cols) {
     for (int i = 0; i < n; i++) {
@@ -67,38 +68,7 @@ void cpu_rank_targets(iisan_backend *be, int *rank, const float *scores, int R, 
     }
 }
 
-/* ---- top-k: a min-heap of the k best so far, its root the worst of them ---- */
-typedef struct {
-    float s;
-    int i;
-} scored;
-
-/* a ranks below b: lower score, or the same score at a higher index */
-static int below(scored a, scored b) { return a.s < b.s || (a.s == b.s && a.i > b.i); }
-
-static void sift_down(scored *h, int n, int at) {
-    for (;;) {
-        int l = 2 * at + 1, r = l + 1, m = at;
-        if (l < n && below(h[l], h[m])) m = l;
-        if (r < n && below(h[r], h[m])) m = r;
-        if (m == at) return;
-        scored tmp = h[at];
-        h[at] = h[m];
-        h[m] = tmp;
-        at = m;
-    }
-}
-
-static void sift_up(scored *h, int at) {
-    while (at > 0) {
-        int parent = (at - 1) / 2;
-        if (!below(h[at], h[parent])) return;
-        scored tmp = h[at];
-        h[at] = h[parent];
-        h[parent] = tmp;
-        at = parent;
-    }
-}
+/* ---- top-k: kernels/topk_heap.h ---- */
 
 /* whether any of x[0..8) > t */
 static int any_above(const float *x, float t) {
@@ -115,8 +85,8 @@ static int any_above(const float *x, float t) {
 void cpu_topk(iisan_backend *be, int *out_idx, float *out_score, const float *scores, int R, int N,
               int k, const int *excl, int ne) {
     if (k <= 0) return;
-    scored stack_heap[256];
-    scored *heap = k <= 256 ? stack_heap : malloc((size_t)k * sizeof *heap);
+    topk_item stack_heap[256];
+    topk_item *heap = k <= 256 ? stack_heap : malloc((size_t)k * sizeof *heap);
     for (int r = 0; r < R; r++) {
         int *oi = out_idx + (size_t)r * k;
         float *os = out_score + (size_t)r * k;
@@ -131,8 +101,8 @@ void cpu_topk(iisan_backend *be, int *out_idx, float *out_score, const float *sc
         for (; c < N && cnt < k; c++) { /* filling the heap */
             float s = row[c];
             if (isnan(s) || (ex && listed(ex, ne, c))) continue;
-            heap[cnt] = (scored){s, c};
-            sift_up(heap, cnt++);
+            heap[cnt] = (topk_item){s, c};
+            topk_sift_up(heap, cnt++);
         }
         /* full: only a score above the worst kept enters; eight at a time, most
          * columns are passed over by one comparison of eight (NaN compares false) */
@@ -144,18 +114,12 @@ void cpu_topk(iisan_backend *be, int *out_idx, float *out_score, const float *sc
             float s = row[c];
             if (!(s > heap[0].s)) continue;
             if (ex && listed(ex, ne, c)) continue;
-            heap[0] = (scored){s, c};
-            sift_down(heap, k, 0);
+            heap[0] = (topk_item){s, c};
+            topk_sift_down(heap, k, 0);
         }
         for (int j = cnt; j < k; j++)
             oi[j] = -1, os[j] = -INFINITY;
-        /* pop the worst into the last free place: best first */
-        for (int j = cnt - 1; j >= 0; j--) {
-            oi[j] = heap[0].i;
-            os[j] = heap[0].s;
-            heap[0] = heap[j];
-            sift_down(heap, j, 0);
-        }
+        topk_drain(heap, cnt, oi, os); /* best first */
     }
     if (heap != stack_heap) free(heap);
 }
