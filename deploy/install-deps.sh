@@ -7,7 +7,7 @@ pkgs=(build-essential pkg-config libopenblas-dev liblmdb-dev lmdb-utils libjanss
 pkgs+=(libjpeg-dev libpng-dev)
 # the HTTP daemon (iisan serve): libmicrohttpd; its tests: curl; make bench-serve: wrk;
 # make fuzz (libFuzzer, also run briefly by tests/test_serve.sh): clang
-pkgs+=(libmicrohttpd-dev curl wrk clang)
+pkgs+=(libmicrohttpd-dev libuv1-dev curl wrk clang)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -267,6 +267,8 @@ static void reload(const args *a) {
     serve_reload_model(0, 0);
 }
 
+static void on_hup(void *arg) { reload(arg); }
+
 /* ---------------- main ---------------- */
 
 int cmd_serve(int argc, char **argv) {
@@ -292,15 +294,15 @@ int cmd_serve(int argc, char **argv) {
         free(a.values);
         return 2;
     }
-    /* signals are taken by sigwait in this thread; every thread created
-     * from here on inherits the mask */
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGTERM);
-    sigaddset(&sigs, SIGINT);
-    sigaddset(&sigs, SIGHUP);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    /* signals go to the main thread's libuv loop (serve_loop.c) from here on: one that
+     * comes during the start-up is handled when the loop runs */
     signal(SIGPIPE, SIG_IGN);
+    if (serve_loop_init()) {
+        fprintf(stderr, "iisan serve: cannot set up the event loop\n");
+        free(a.names);
+        free(a.values);
+        return 1;
+    }
 
     int rc = 1;
     iisan_store *s = NULL;
@@ -372,17 +374,7 @@ int cmd_serve(int argc, char **argv) {
     }
     log_event("info", "listening", "bind=%s port=%d threads=%ld", cfg.bind, http_port(d),
               cfg.threads);
-    for (;;) {
-        int sig = 0;
-        if (sigwait(&sigs, &sig)) continue;
-        if (sig == SIGHUP) {
-            log_event("info", "signal", "signal=HUP action=reload");
-            reload(&a);
-            continue;
-        }
-        log_event("info", "signal", "signal=%s action=stop", sig == SIGTERM ? "TERM" : "INT");
-        break;
-    }
+    serve_loop_run(on_hup, &a); /* until SIGTERM or SIGINT */
     /* graceful stop: no new connections, finish what is in flight */
     atomic_store(&g_srv.stopping, 1);
     MHD_socket lfd = MHD_quiesce_daemon(d);
@@ -436,6 +428,7 @@ out:
     g_srv.cfg = NULL;
     pthread_mutex_unlock(&g_srv.mu);
     if (cr) serve_config_release(&cr->c);
+    serve_loop_close();
     free(a.names);
     free(a.values);
     return rc;

@@ -218,16 +218,30 @@ int admin_last_job(void);
 int admin_jobs_restore(void);
 long admin_interactions_since_run(void);
 
-/* the retraining scheduler: one thread that starts a job (trigger "schedule"
- * or "interactions") when retrain_every_min minutes passed since the last
- * job started, or retrain_after interactions were committed since then, and
- * no job is running. scheduler_notify is called by the writer after a
- * commit; scheduler_wake after a configuration reload; scheduler_stop joins
- * the thread (safe when it never started). */
+/* the retraining scheduler (serve_admin.c), driven by the main thread's loop
+ * (serve_loop.c): a check starts a job (trigger "schedule" or "interactions")
+ * when retrain_every_min minutes passed since the last job started, or
+ * retrain_after interactions were committed since then, and no job is
+ * running. scheduler_notify is called by the writer after a commit;
+ * scheduler_wake (any thread) asks the loop for a check; scheduler_stop makes
+ * later checks start nothing. */
 int scheduler_start(void);
 void scheduler_notify(size_t committed);
 void scheduler_wake(void);
 void scheduler_stop(void);
+/* one check, on the loop's thread: seconds until the next one is due, or -1
+ * when only a wake-up can make one useful */
+double scheduler_tick(void);
+
+/* the main thread's libuv loop (serve_loop.c): SIGHUP calls on_hup(arg),
+ * SIGTERM / SIGINT end serve_loop_run (returning the signal), wake-ups and
+ * the scheduler's timer run scheduler_tick. serve_loop_init before anything
+ * can send a signal; serve_loop_close at the end (scheduler_wake is a no-op
+ * from then on). */
+int serve_loop_init(void);
+int serve_loop_run(void (*on_hup)(void *), void *arg);
+void serve_loop_close(void);
+
 /* the job's JSON (new reference), NULL for an unknown id */
 json_t *admin_job_json(int id);
 /* serves version (0: the highest stored version below the current one) and

@@ -473,93 +473,59 @@ long admin_interactions_since_run(void) { return atomic_load(&since_run); }
 
 /* ---------------- the retraining scheduler ---------------- */
 
-static pthread_mutex_t sched_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t sched_cv = PTHREAD_COND_INITIALIZER;
-static pthread_t sched_thread;
-static int sched_started, sched_stop, sched_kick;
+static double sched_started_at = -1; /* serve_now() at scheduler_start */
+static atomic_int sched_off;         /* scheduler_stop: no job from here on */
 
 void scheduler_notify(size_t committed) {
     atomic_fetch_add(&since_run, (long)committed);
     scheduler_wake();
 }
 
-void scheduler_wake(void) {
-    pthread_mutex_lock(&sched_mu);
-    sched_kick = 1;
-    pthread_cond_signal(&sched_cv);
-    pthread_mutex_unlock(&sched_mu);
-}
-
-static void *scheduler_main(void *arg) {
-    (void)arg;
-    pthread_mutex_lock(&sched_mu);
-    double started = serve_now();
-    while (!sched_stop) {
-        sched_kick = 0;
-        const serve_config *c = serve_config_acquire();
-        long every = c->retrain_every_min, after = c->retrain_after;
-        serve_config_release(c);
-        pthread_mutex_lock(&jobs_mu);
-        int busy = running;
-        double last = last_run_mono >= 0 ? last_run_mono : started;
-        pthread_mutex_unlock(&jobs_mu);
-        double now = serve_now(), wait_s = 60.0;
-        const char *trigger = NULL;
-        long since = atomic_load(&since_run);
-        if (after > 0 && since >= after)
-            trigger = "interactions";
-        else if (every > 0 && now - last >= (double)every * 60.0)
-            trigger = "schedule";
-        else if (every > 0 && last + (double)every * 60.0 - now < wait_s)
-            wait_s = last + (double)every * 60.0 - now;
-        if (trigger && busy) {
-            wait_s = 1.0; /* a job runs: look again when it may have ended */
-        } else if (trigger && !atomic_load(&g_srv.stopping)) {
-            pthread_mutex_unlock(&sched_mu);
-            retrain_request p;
-            req_error e;
-            int id = 0;
-            char err[200];
-            retrain_request_parse("", 0, &p, &e); /* the defaults */
-            if (admin_retrain_start(&p, trigger, &id, err, sizeof err))
-                log_event("warn", "retrain_not_started", "trigger=%s error=%s", trigger,
-                          log_q(err, (char[300]){0}, 300));
-            else
-                log_event("info", "retrain_scheduled",
-                          "job=%d trigger=%s interactions_since_last_run=%ld", id, trigger, since);
-            pthread_mutex_lock(&sched_mu);
-            continue;
-        }
-        if (sched_stop || sched_kick) continue;
-        if (wait_s < 0.05) wait_s = 0.05;
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        double frac = ts.tv_nsec * 1e-9 + wait_s;
-        ts.tv_sec += (time_t)frac;
-        ts.tv_nsec = (long)((frac - (double)(time_t)frac) * 1e9);
-        pthread_cond_timedwait(&sched_cv, &sched_mu, &ts);
-    }
-    pthread_mutex_unlock(&sched_mu);
-    return NULL;
-}
-
 int scheduler_start(void) {
-    pthread_mutex_lock(&sched_mu);
-    sched_stop = 0;
-    int rc = pthread_create(&sched_thread, NULL, scheduler_main, NULL) ? -1 : 0;
-    sched_started = rc == 0;
-    pthread_mutex_unlock(&sched_mu);
-    return rc;
+    sched_started_at = serve_now();
+    atomic_store(&sched_off, 0);
+    return 0;
 }
 
-void scheduler_stop(void) {
-    pthread_mutex_lock(&sched_mu);
-    int was = sched_started;
-    sched_started = 0;
-    sched_stop = 1;
-    pthread_cond_signal(&sched_cv);
-    pthread_mutex_unlock(&sched_mu);
-    if (was) pthread_join(sched_thread, NULL);
+void scheduler_stop(void) { atomic_store(&sched_off, 1); }
+
+double scheduler_tick(void) {
+    if (atomic_load(&sched_off) || atomic_load(&g_srv.stopping) || sched_started_at < 0) return -1;
+    const serve_config *c = serve_config_acquire();
+    long every = c->retrain_every_min, after = c->retrain_after;
+    serve_config_release(c);
+    pthread_mutex_lock(&jobs_mu);
+    int busy = running;
+    double last = last_run_mono >= 0 ? last_run_mono : sched_started_at;
+    pthread_mutex_unlock(&jobs_mu);
+    const double now = serve_now(), period = (double)every * 60.0;
+    long since = atomic_load(&since_run);
+    const char *trigger = NULL;
+    if (after > 0 && since >= after)
+        trigger = "interactions";
+    else if (every > 0 && now - last >= period)
+        trigger = "schedule";
+    if (trigger && busy) return 1.0; /* a job runs: look again when it may have ended */
+    if (trigger) {
+        retrain_request p;
+        req_error e;
+        int id = 0;
+        char err[200];
+        retrain_request_parse("", 0, &p, &e); /* the defaults */
+        if (admin_retrain_start(&p, trigger, &id, err, sizeof err)) {
+            log_event("warn", "retrain_not_started", "trigger=%s error=%s", trigger,
+                      log_q(err, (char[300]){0}, 300));
+            return 1.0;
+        }
+        log_event("info", "retrain_scheduled", "job=%d trigger=%s interactions_since_last_run=%ld",
+                  id, trigger, since);
+        return every > 0 ? period : -1;
+    }
+    if (every > 0) {
+        double wait = last + period - now;
+        return wait < 0.05 ? 0.05 : wait;
+    }
+    return -1;
 }
 
 int admin_wait_trainer(double seconds) {
