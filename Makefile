@@ -62,8 +62,14 @@ $(BUILD)/test/%: tests/%.c $(TOBJ)
 $(BUILD)/bench_%: tests/bench_%.c $(BUILD)/libiisan.a
 	$(CC) $(CPPFLAGS) $(BASEFLAGS) $(CFLAGS) -o $@ $< $(BUILD)/libiisan.a $(LDLIBS)
 
-test: $(TESTS) $(BUILD)/iisan
-	@tests/run_tests.sh $(TESTS) $(SCRIPTS)
+# the scripts drive a sanitized build of the binary (daemon included): ASan + UBSan reports
+# in its output or the daemon's log fail them
+SAN_BIN := $(BUILD)/asan/iisan
+$(SAN_BIN): $(LIB_SRC) $(CLI_SRC) $(wildcard */*.h kernels/*/*.h)
+	$(MAKE) BUILD=$(BUILD)/asan CFLAGS='-O1 -g $(SAN)' $@
+
+test: $(TESTS) $(BUILD)/iisan $(SAN_BIN)
+	@IISAN_BIN=$(SAN_BIN) tests/run_tests.sh $(TESTS) $(SCRIPTS)
 
 # the unit, gradient, golden and store tests once more without sanitizers,
 # under valgrind (memcheck, leaks fatal)
