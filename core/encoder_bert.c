@@ -51,9 +51,9 @@ struct bert_encoder {
     float *mean, *rstd;       /* [R] */
     float *states;            /* [L+1, B, D] */
     int *ids, *pos, *cls;     /* [R], [R], [B] */
+    int *keymask;             /* [R]: the attention mask of the batch (1 real, 0 padding) */
 
     /* host scratch */
-    float *scores_host; /* [B, H, len, len] */
     float *states_host; /* [L+1, B, D] */
     int *idx_host;      /* [R] */
 };
@@ -309,12 +309,11 @@ static int alloc_activations(bert_encoder *e) {
     size_t B = e->max_batch, R = B * e->max_len, D = c->hidden, I = c->intermediate;
     size_t S = B * c->heads * e->max_len * e->max_len, ST = (size_t)(c->layers + 1) * B * D;
     size_t floats = 4 * R * D + 3 * R * D + R * I + S + 2 * R + ST;
-    size_t ints = 2 * R + B;
+    size_t ints = 3 * R + B;
     e->act = be->alloc(be, floats * sizeof(float) + ints * sizeof(int));
-    e->scores_host = malloc(S * sizeof(float));
     e->states_host = malloc(ST * sizeof(float));
     e->idx_host = malloc(R * sizeof(int));
-    if (!e->act || !e->scores_host || !e->states_host || !e->idx_host) return IISAN_ENOMEM;
+    if (!e->act || !e->states_host || !e->idx_host) return IISAN_ENOMEM;
     float *p = e->act;
     e->x = p, p += R * D;
     e->h = p, p += R * D;
@@ -329,6 +328,7 @@ static int alloc_activations(bert_encoder *e) {
     int *q = (int *)p;
     e->ids = q, q += R;
     e->pos = q, q += R;
+    e->keymask = q, q += R;
     e->cls = q;
     return 0;
 }
@@ -412,7 +412,6 @@ void bert_free(bert_encoder *e) {
     if (e->act) e->be->free(e->be, e->act);
     wp_free(e->vocab);
     free(e->layer);
-    free(e->scores_host);
     free(e->states_host);
     free(e->idx_host);
     free(e);
@@ -428,33 +427,9 @@ size_t bert_param_count(const bert_encoder *e) { return e->n_params; }
 
 /* ---- forward ---- */
 
-/* softmax over the keys of each score row, padding keys get probability 0:
- * rows [n, H, M, len] on the host */
-static void masked_softmax(float *s, const int32_t *mask, int n, int H, int M, int len) {
-    for (int b = 0; b < n; b++) {
-        const int32_t *mk = mask + (size_t)b * len;
-        for (int r = 0; r < H * M; r++) {
-            float *row = s + ((size_t)b * H * M + r) * len;
-            float mx = -INFINITY;
-            for (int j = 0; j < len; j++)
-                if (mk[j] && row[j] > mx) mx = row[j];
-            float sum = 0.0f;
-            for (int j = 0; j < len; j++) {
-                float p = mk[j] ? expf(row[j] - mx) : 0.0f;
-                row[j] = p;
-                sum += p;
-            }
-            float inv = 1.0f / sum;
-            for (int j = 0; j < len; j++)
-                row[j] *= inv;
-        }
-    }
-}
-
 /* one encoder layer on x [n*len, D]; with cls_only only the [CLS] rows are
  * computed and x becomes [n, D] */
-static void layer_fwd(bert_encoder *e, const bert_layer *y, const int32_t *mask, int n, int len,
-                      int cls_only) {
+static void layer_fwd(bert_encoder *e, const bert_layer *y, int n, int len, int cls_only) {
     iisan_backend *be = e->be;
     const bert_config *c = &e->cfg;
     int D = c->hidden, I = c->intermediate, H = c->heads, dh = D / H;
@@ -469,10 +444,8 @@ static void layer_fwd(bert_encoder *e, const bert_layer *y, const int32_t *mask,
         be->gemm_batched(be, 0, 1, M, len, dh, scale, q, 3 * D, dh, q + D, 3 * D, dh, 0.0f,
                          e->scores + (size_t)b * H * M * len, len, (long)M * len, H);
     }
-    size_t ns = (size_t)n * H * M * len;
-    be->download(be, e->scores_host, e->scores, ns * sizeof(float));
-    masked_softmax(e->scores_host, mask, n, H, M, len);
-    be->upload(be, e->scores, e->scores_host, ns * sizeof(float));
+    /* over the keys of each row, padding keys at probability 0 */
+    be->softmax_rows(be, e->scores, n * H * M, len, e->keymask, H * M);
     for (int b = 0; b < n; b++) { /* ctx[b, :, h] = P_bh V_bh */
         const float *v = e->qkv + (size_t)b * len * D3 + 2 * D;
         be->gemm_batched(be, 0, 0, M, dh, len, 1.0f, e->scores + (size_t)b * H * M * len, len,
@@ -517,6 +490,9 @@ int bert_forward(bert_encoder *e, const int32_t *ids, const int32_t *mask, int n
     for (int b = 0; b < n; b++)
         e->idx_host[b] = b * len;
     be->upload(be, e->cls, e->idx_host, (size_t)n * sizeof(int));
+    for (int i = 0; i < R; i++)
+        e->idx_host[i] = mask[i] != 0;
+    be->upload(be, e->keymask, e->idx_host, (size_t)R * sizeof(int));
 
     /* embeddings: word + (position + type 0), LayerNorm */
     be->gather_rows(be, e->tmp, e->word, e->ids, R, D);
@@ -527,7 +503,7 @@ int bert_forward(bert_encoder *e, const int32_t *ids, const int32_t *mask, int n
 
     for (int l = 0; l < L; l++) {
         int last = l == L - 1;
-        layer_fwd(e, &e->layer[l], mask, n, len, last);
+        layer_fwd(e, &e->layer[l], n, len, last);
         float *dst = e->states + (size_t)(l + 1) * n * D;
         if (last)
             be->copy(be, dst, e->x, (size_t)n * D * sizeof(float));

@@ -17,13 +17,11 @@
  *
  * The forward pass is BertModel's in eval mode: word + absolute position +
  * token-type-0 embeddings, LayerNorm, then L post-LN layers of bidirectional
- * self-attention (padding keys masked out) and a GELU feed-forward. Every op
- * goes through the backend except the attention softmax, which is a plain
- * loop over host memory (scores are downloaded and uploaded: nothing is copied
- * on the CPU backend; the interface has no bidirectional masked softmax). The
- * last layer is computed for the [CLS] rows only (its other rows feed
- * nothing). Batches are padded to their longest text only: the [CLS] vectors
- * do not depend on padding. */
+ * self-attention (padding keys masked out: the backend's softmax_rows) and a
+ * GELU feed-forward. Every op goes through the backend, so nothing leaves the
+ * device until the states are done. The last layer is computed for the [CLS] rows only (its other
+ * rows feed nothing). Batches are padded to their longest text only: the [CLS] vectors do not
+ * depend on padding. */
 #ifndef IISAN_CORE_ENCODER_BERT_H
 #define IISAN_CORE_ENCODER_BERT_H
 

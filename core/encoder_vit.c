@@ -39,7 +39,7 @@ struct vit_encoder {
     void *act;
     float *x, *h, *tmp, *ctx, *qkv, *inter, *scores, *mean, *rstd, *states, *cols; /* see alloc */
     int *tok_idx, *pos_idx, *cls_idx;
-    float *scores_host, *states_host, *cols_host;
+    float *states_host, *cols_host;
     int *idx_host;
 };
 
@@ -239,12 +239,10 @@ static int alloc_activations(vit_encoder *e) {
     size_t S = B * c->heads * T * T, ST = (size_t)(c->layers + 1) * B * D;
     size_t floats = 4 * R * D + 3 * R * D + R * I + S + 2 * R + ST + NP * K;
     e->act = be->alloc(be, floats * sizeof(float) + (2 * R + B) * sizeof(int));
-    e->scores_host = malloc(S * sizeof(float));
     e->states_host = malloc(ST * sizeof(float));
     e->cols_host = malloc(NP * K * sizeof(float));
     e->idx_host = malloc(R * sizeof(int));
-    if (!e->act || !e->scores_host || !e->states_host || !e->cols_host || !e->idx_host)
-        return IISAN_ENOMEM;
+    if (!e->act || !e->states_host || !e->cols_host || !e->idx_host) return IISAN_ENOMEM;
     float *p = e->act;
     e->x = p, p += R * D;
     e->h = p, p += R * D;
@@ -312,7 +310,6 @@ void vit_free(vit_encoder *e) {
     if (e->params) e->be->free(e->be, e->params);
     if (e->act) e->be->free(e->be, e->act);
     free(e->layer);
-    free(e->scores_host);
     free(e->states_host);
     free(e->cols_host);
     free(e->idx_host);
@@ -323,20 +320,6 @@ const vit_config *vit_get_config(const vit_encoder *e) { return &e->cfg; }
 int vit_nstates(const vit_encoder *e) { return e->cfg.layers + 1; }
 int vit_width(const vit_encoder *e) { return e->cfg.hidden; }
 int vit_max_batch(const vit_encoder *e) { return e->max_batch; }
-
-/* softmax of every row of s [rows, len] (no padding in images) */
-static void softmax_rows(float *s, size_t rows, int len) {
-    for (size_t r = 0; r < rows; r++) {
-        float *row = s + r * len, mx = -INFINITY, sum = 0.0f;
-        for (int j = 0; j < len; j++)
-            if (row[j] > mx) mx = row[j];
-        for (int j = 0; j < len; j++)
-            sum += row[j] = expf(row[j] - mx);
-        float inv = 1.0f / sum;
-        for (int j = 0; j < len; j++)
-            row[j] *= inv;
-    }
-}
 
 /* one pre-LN layer on x [n*T, D]; with cls_only, x becomes [n, D] */
 static void layer_fwd(vit_encoder *e, const vit_layer *y, int n, int cls_only) {
@@ -355,10 +338,7 @@ static void layer_fwd(vit_encoder *e, const vit_layer *y, int n, int cls_only) {
         be->gemm_batched(be, 0, 1, M, T, dh, scale, q, 3 * D, dh, q + D, 3 * D, dh, 0.0f,
                          e->scores + (size_t)b * H * M * T, T, (long)M * T, H);
     }
-    size_t ns = (size_t)n * H * M * T;
-    be->download(be, e->scores_host, e->scores, ns * sizeof(float));
-    softmax_rows(e->scores_host, (size_t)n * H * M, T);
-    be->upload(be, e->scores, e->scores_host, ns * sizeof(float));
+    be->softmax_rows(be, e->scores, n * H * M, T, NULL, 1); /* no padding: every key */
     for (int b = 0; b < n; b++) {
         const float *v = e->qkv + (size_t)b * T * D3 + 2 * D;
         be->gemm_batched(be, 0, 0, M, dh, T, 1.0f, e->scores + (size_t)b * H * M * T, T,

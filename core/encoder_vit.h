@@ -22,7 +22,8 @@
  * then one GEMM), [CLS] prepended, position embeddings added, L pre-LayerNorm
  * layers. State l is layer l's output before the model's final LayerNorm, as
  * in Hugging Face's hidden_states. As in core/encoder_bert.c, the attention
- * softmax is a host loop and the last layer runs for the [CLS] rows only. */
+ * softmax is the backend's softmax_rows and the last layer runs for the
+ * [CLS] rows only. */
 #ifndef IISAN_CORE_ENCODER_VIT_H
 #define IISAN_CORE_ENCODER_VIT_H
 

@@ -106,6 +106,12 @@ struct iisan_backend {
      * out [B*n, d] = dropout(P; p, seed) . V */
     void (*attention_fwd)(iisan_backend *be, float *out, float *probs, const float *qkv,
                           const float *mask, int B, int n, int H, int dh, float p, uint64_t seed);
+    /* In place, each row of s [R, len] becomes the softmax of its entries. With keymask
+     * (int [R / rows_per_mask, len], row r using mask row r / rows_per_mask), entries whose
+     * mask is 0 get probability 0 and take no part; a row with no unmasked entry becomes
+     * zeros. The encoders' attention (core/encoder_bert.c, encoder_vit.c). */
+    void (*softmax_rows)(iisan_backend *be, float *s, int R, int len, const int *keymask,
+                         int rows_per_mask);
     /* dqkv [B*n, 3d] OVERWRITTEN */
     void (*attention_bwd)(iisan_backend *be, float *dqkv, const float *dout, const float *qkv,
                           const float *probs, int B, int n, int H, int dh, float p, uint64_t seed);

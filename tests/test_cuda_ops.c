@@ -503,6 +503,42 @@ static void test_layernorm(void) {
     layernorm_case(700, 13, 420);
 }
 
+/* ---- softmax rows (the encoders' attention) ---- */
+
+static void softmax_case(int R, int len, int per, uint64_t seed) {
+    char what[96];
+    dbuf s = drandn((size_t)R * len, seed, 3.0f);
+    int nm = (R + per - 1) / per;
+    int *hm = xmalloc((size_t)nm * len * sizeof *hm);
+    for (int m = 0; m < nm; m++) /* every key; a padded tail; none; random */
+        for (int j = 0; j < len; j++)
+            hm[(size_t)m * len + j] =
+                m % 4 == 0   ? 1
+                : m % 4 == 1 ? j < len - len / 3
+                : m % 4 == 2 ? 0
+                             : (int)(iisan_rng_u64(seed + 1, (uint64_t)m * len + j) & 1);
+    dbuf mk = dput(hm, (size_t)nm * len * sizeof *hm);
+    free(hm);
+    cpu->softmax_rows(cpu, FC(s), R, len, IC(mk), per);
+    gpu->softmax_rows(gpu, FG(s), R, len, IG(mk), per);
+    snprintf(what, sizeof what, "softmax_rows R=%d len=%d masked", R, len);
+    cmp_f(what, s, ROW_ATOL, ROW_RTOL);
+    dbuf t = drandn((size_t)R * len, seed + 2, 3.0f);
+    cpu->softmax_rows(cpu, FC(t), R, len, NULL, 1);
+    gpu->softmax_rows(gpu, FG(t), R, len, NULL, 1);
+    snprintf(what, sizeof what, "softmax_rows R=%d len=%d", R, len);
+    cmp_f(what, t, ROW_ATOL, ROW_RTOL);
+    dfree(&s);
+    dfree(&mk);
+    dfree(&t);
+}
+
+static void test_softmax_rows(void) {
+    softmax_case(24, 30, 6, 560);   /* BERT: n * heads * rows, 30 tokens */
+    softmax_case(12, 197, 12, 570); /* ViT-B/16: 197 tokens */
+    softmax_case(3, 1, 1, 580);
+}
+
 /* ---- attention ---- */
 
 static void attention_case(int B, int n, int H, int dh, float p, uint64_t seed) {
@@ -780,6 +816,7 @@ int main(int argc, char **argv) {
     RUN(test_dropout);
     RUN(test_gate);
     RUN(test_layernorm);
+    RUN(test_softmax_rows);
     RUN(test_attention);
     RUN(test_inbatch_ce);
     RUN(test_adam);

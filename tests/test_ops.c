@@ -768,6 +768,44 @@ static double att_obj(void *q) {
     return dot_d(c->out, c->R, (size_t)c->B * c->n * c->H * c->dh);
 }
 
+/* softmax_rows against a float64 softmax: with and without a key mask, a row
+ * with one real key, a fully masked row (zeros), rows sharing a mask */
+static void test_softmax_rows(void) {
+    const int R = 6, len = 7, per = 2; /* mask rows: R / per = 3 */
+    float *s = falloc((size_t)R * len);
+    int *mk = be->alloc(be, (size_t)(R / per) * len * sizeof(int));
+    fill(s, (size_t)R * len, 150, -4.0f, 4.0f);
+    const int hm[21] = {1, 1, 1, 1, 1, 1, 1, /* every key */
+                        0, 0, 1, 0, 1, 1, 0, /* some */
+                        0, 0, 0, 0, 0, 0, 0 /* none: rows 4, 5 become zeros */};
+    memcpy(mk, hm, sizeof hm);
+    s[2 * len + 3] = 50.0f; /* a large masked score must not count */
+    float *orig = falloc((size_t)R * len);
+    memcpy(orig, s, (size_t)R * len * sizeof *s);
+    double *want = dalloc((size_t)R * len);
+    for (int masked = 0; masked < 2; masked++) {
+        memcpy(s, orig, (size_t)R * len * sizeof *s);
+        for (int r = 0; r < R; r++) {
+            const int *m = masked ? hm + (r / per) * len : NULL;
+            double mx = -INFINITY, sum = 0;
+            for (int j = 0; j < len; j++)
+                if (!m || m[j]) mx = fmax(mx, orig[r * len + j]);
+            for (int j = 0; j < len; j++)
+                sum += !m || m[j] ? exp(orig[r * len + j] - mx) : 0.0;
+            for (int j = 0; j < len; j++)
+                want[r * len + j] =
+                    (!m || m[j]) && sum > 0 ? exp(orig[r * len + j] - mx) / sum : 0.0;
+        }
+        be->softmax_rows(be, s, R, len, masked ? mk : NULL, per);
+        check_array(masked ? "softmax_rows masked" : "softmax_rows", s, want, (size_t)R * len, 1e-7,
+                    1e-6);
+    }
+    bfree(s);
+    bfree(mk);
+    bfree(orig);
+    free(want);
+}
+
 static void test_attention(void) {
     const int B = 3, n = 5, H = 2, dh = 4, d = H * dh;
     const float mask[15] = {0, 0, 1, 1, 1, /* left-padded */
@@ -1131,6 +1169,7 @@ int main(int argc, char **argv) {
     RUN(test_dropout);
     RUN(test_gate);
     RUN(test_layernorm);
+    RUN(test_softmax_rows);
     RUN(test_attention);
     RUN(test_inbatch_ce);
     RUN(test_adam);

@@ -53,6 +53,8 @@ void cpu_layernorm_bwd(iisan_backend *be, float *dx, float *dg, float *db, const
                        int rows, int cols);
 
 /* ---- cpu_attention.c ---- */
+void cpu_softmax_rows(iisan_backend *be, float *s, int R, int len, const int *keymask,
+                      int rows_per_mask);
 void cpu_attention_fwd(iisan_backend *be, float *out, float *probs, const float *qkv,
                        const float *mask, int B, int n, int H, int dh, float p, uint64_t seed);
 void cpu_attention_bwd(iisan_backend *be, float *dqkv, const float *dout, const float *qkv,

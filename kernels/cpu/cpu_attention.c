@@ -133,3 +133,24 @@ void cpu_attention_bwd(iisan_backend *be, float *dqkv, const float *dout, const 
         }
     }
 }
+
+void cpu_softmax_rows(iisan_backend *be, float *s, int R, int len, const int *keymask,
+                      int rows_per_mask) {
+    (void)be;
+    for (int r = 0; r < R; r++) {
+        float *row = s + (size_t)r * len;
+        const int *mk = keymask ? keymask + (size_t)(r / rows_per_mask) * len : NULL;
+        float mx = -INFINITY;
+        for (int j = 0; j < len; j++)
+            if ((!mk || mk[j]) && row[j] > mx) mx = row[j];
+        float sum = 0.0f;
+        for (int j = 0; j < len; j++) {
+            float p = !mk || mk[j] ? expf(row[j] - mx) : 0.0f;
+            row[j] = p;
+            sum += p;
+        }
+        float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+        for (int j = 0; j < len; j++)
+            row[j] *= inv;
+    }
+}

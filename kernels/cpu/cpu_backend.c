@@ -72,6 +72,7 @@ static const iisan_backend cpu_table = {
     .layernorm_fwd = cpu_layernorm_fwd,
     .layernorm_bwd = cpu_layernorm_bwd,
     .attention_fwd = cpu_attention_fwd,
+    .softmax_rows = cpu_softmax_rows,
     .attention_bwd = cpu_attention_bwd,
     .inbatch_ce = cpu_inbatch_ce,
     .adam = cpu_adam,

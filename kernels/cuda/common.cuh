@@ -191,6 +191,8 @@ void cuda_layernorm_fwd(iisan_backend *be, float *y, float *mean, float *rstd, c
 void cuda_layernorm_bwd(iisan_backend *be, float *dx, float *dg, float *db, const float *dy,
                         const float *x, const float *mean, const float *rstd, const float *g,
                         int rows, int cols);
+void cuda_softmax_rows(iisan_backend *be, float *s, int R, int len, const int *keymask,
+                       int rows_per_mask);
 void cuda_attention_fwd(iisan_backend *be, float *out, float *probs, const float *qkv,
                         const float *mask, int B, int n, int H, int dh, float p, uint64_t seed);
 void cuda_attention_bwd(iisan_backend *be, float *dqkv, const float *dout, const float *qkv,

@@ -250,6 +250,7 @@ extern "C" iisan_backend *iisan_backend_cuda(int device, char *err, size_t errle
     be->layernorm_fwd = cuda_layernorm_fwd;
     be->layernorm_bwd = cuda_layernorm_bwd;
     be->attention_fwd = cuda_attention_fwd;
+    be->softmax_rows = cuda_softmax_rows;
     be->attention_bwd = cuda_attention_bwd;
     be->inbatch_ce = cuda_inbatch_ce;
     be->adam = cuda_adam;

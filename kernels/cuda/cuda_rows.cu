@@ -357,3 +357,47 @@ void cuda_inbatch_ce(iisan_backend *be, float *logits, float *loss, const float 
            C, invq);
     LAUNCH(cx, k_ce_mean, 1, 256, 0, loss, lossq, Q);
 }
+
+/* one block of SM_THREADS per row: the maximum, the sum of exponentials (each thread over a
+ * stride of the row, then a tree in shared memory), then the scaling. Masked entries are 0. */
+#define SM_THREADS 64
+static __global__ void k_softmax_rows(float *s, int len, const int *keymask, int rows_per_mask) {
+    __shared__ float red[SM_THREADS];
+    const int r = blockIdx.x, t = threadIdx.x;
+    float *row = s + (size_t)r * len;
+    const int *mk = keymask ? keymask + (size_t)(r / rows_per_mask) * len : NULL;
+    float mx = -INFINITY;
+    for (int j = t; j < len; j += SM_THREADS)
+        if ((!mk || mk[j]) && row[j] > mx) mx = row[j];
+    red[t] = mx;
+    __syncthreads();
+    for (int w = SM_THREADS / 2; w > 0; w /= 2) {
+        if (t < w && red[t + w] > red[t]) red[t] = red[t + w];
+        __syncthreads();
+    }
+    mx = red[0];
+    __syncthreads();
+    float sum = 0.0f;
+    for (int j = t; j < len; j += SM_THREADS) {
+        float p = !mk || mk[j] ? expf(row[j] - mx) : 0.0f;
+        row[j] = p;
+        sum += p;
+    }
+    red[t] = sum;
+    __syncthreads();
+    for (int w = SM_THREADS / 2; w > 0; w /= 2) {
+        if (t < w) red[t] += red[t + w];
+        __syncthreads();
+    }
+    const float inv = red[0] > 0.0f ? 1.0f / red[0] : 0.0f;
+    for (int j = t; j < len; j += SM_THREADS)
+        row[j] *= inv;
+}
+
+void cuda_softmax_rows(iisan_backend *be, float *s, int R, int len, const int *keymask,
+                       int rows_per_mask) {
+    if (R <= 0 || len <= 0) return;
+    CUDA_OP(be);
+    cuda_ctx *cx = cuda_enter(be);
+    LAUNCH(cx, k_softmax_rows, R, SM_THREADS, 0, s, len, keymask, rows_per_mask > 0 ? rows_per_mask : 1);
+}
