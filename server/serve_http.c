@@ -1,14 +1,13 @@
 /* The HTTP API (proto/openapi.yaml, docs/api.md) on libmicrohttpd.
  *
  * Threading: MHD's thread-pool mode (MHD_OPTION_THREAD_POOL_SIZE), each
- * thread running its own epoll loop over its share of the connections. The
- * number of threads is fixed and small, so the number of inference contexts
- * (one per thread, core/infer.h) and their memory are bounded, no thread is
- * created per connection, and a slow client costs a socket, not a thread.
- * The one blocking wait, a POST /interactions waiting for its group commit's
- * fsync, does not hold its thread: the connection is suspended
- * (MHD_suspend_connection) and the writer thread resumes it after the
- * commit, so the thread keeps serving other connections meanwhile. */
+ * thread running its own epoll loop over its share of the connections: no
+ * thread is created per connection, and a slow client costs a socket, not a
+ * thread. The two waits do not hold a thread: a POST /interactions waiting
+ * for its group commit's fsync (serve_writer.c) and a POST /recommend
+ * waiting for its batch (serve_batch.c) suspend their connection
+ * (MHD_suspend_connection); the writer or batch thread resumes it when its
+ * work is done, and the HTTP thread serves other connections meanwhile. */
 #include <arpa/inet.h>
 #include <jansson.h>
 #include <microhttpd.h>
