@@ -20,7 +20,7 @@
 
 typedef struct {
     iisan_model *m; /* sequence encoder only (SASRec-ID shape, n_items 1, max_batch users) */
-    float *scores;  /* backend (max_batch, cap + 1) */
+    float *scores;  /* backend (max_batch, cap + 1); GPU only */
     int *didx;      /* backend (max_batch, max_k) */
     float *dscore;  /* backend (max_batch, max_k) */
     int *dexcl;     /* backend (max_batch, max_exclude) */
@@ -292,7 +292,9 @@ static int make_ctx(infer_model *im, const iisan_ckpt *ck, infer_ctx *x, char *e
     if (rc) return -1;
     const size_t n = (size_t)ck->c.n, B = (size_t)im->max_batch,
                  ne = im->max_excl ? im->max_excl : 1;
-    x->scores = be->alloc(be, B * ((size_t)im->cap + 1) * sizeof(float));
+    /* the backend top-k's buffers: the CPU ranks with score_topk into the requests' own */
+    const size_t dev = strcmp(be->name, "cpu") != 0;
+    x->scores = be->alloc(be, (dev ? B * ((size_t)im->cap + 1) : 1) * sizeof(float));
     x->didx = be->alloc(be, B * im->max_k * sizeof(int));
     x->dscore = be->alloc(be, B * im->max_k * sizeof(float));
     x->dexcl = be->alloc(be, B * ne * sizeof(int));
