@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/encoder_layer.h"
 #include "core/hf_config.h"
 #include "kernels/half.h"
 #include "store/safetensors.h"
@@ -432,25 +433,12 @@ size_t bert_param_count(const bert_encoder *e) { return e->n_params; }
 static void layer_fwd(bert_encoder *e, const bert_layer *y, int n, int len, int cls_only) {
     iisan_backend *be = e->be;
     const bert_config *c = &e->cfg;
-    int D = c->hidden, I = c->intermediate, H = c->heads, dh = D / H;
-    int R = n * len, M = cls_only ? 1 : len, Q = n * M;
-    long D3 = 3L * D;
+    int D = c->hidden, I = c->intermediate, H = c->heads;
+    int R = n * len, Q = cls_only ? n : R;
 
     be->gemm(be, 0, 1, R, 3 * D, D, 1.0f, e->x, D, y->wqkv, D, 0.0f, e->qkv, 3 * D);
     be->add_bias(be, e->qkv, 3 * D, y->bqkv, R, 3 * D);
-    float scale = 1.0f / sqrtf((float)dh);
-    for (int b = 0; b < n; b++) { /* scores[b, h] = Q_bh K_bh^T / sqrt(dh) */
-        const float *q = e->qkv + (size_t)b * len * D3;
-        be->gemm_batched(be, 0, 1, M, len, dh, scale, q, 3 * D, dh, q + D, 3 * D, dh, 0.0f,
-                         e->scores + (size_t)b * H * M * len, len, (long)M * len, H);
-    }
-    /* over the keys of each row, padding keys at probability 0 */
-    be->softmax_rows(be, e->scores, n * H * M, len, e->keymask, H * M);
-    for (int b = 0; b < n; b++) { /* ctx[b, :, h] = P_bh V_bh */
-        const float *v = e->qkv + (size_t)b * len * D3 + 2 * D;
-        be->gemm_batched(be, 0, 0, M, dh, len, 1.0f, e->scores + (size_t)b * H * M * len, len,
-                         (long)M * len, v, 3 * D, dh, 0.0f, e->ctx + (size_t)b * M * D, D, dh, H);
-    }
+    encoder_attention(be, e->qkv, e->scores, e->ctx, e->keymask, n, len, D, H, cls_only);
     be->gemm(be, 0, 1, Q, D, D, 1.0f, e->ctx, D, y->wo, D, 0.0f, e->tmp, D);
     be->add_bias(be, e->tmp, D, y->bo, Q, D);
     const float *res = e->x;
@@ -460,11 +448,7 @@ static void layer_fwd(bert_encoder *e, const bert_layer *y, int n, int len, int 
     }
     be->axpby(be, (size_t)Q * D, 1.0f, res, 1.0f, e->tmp);
     be->layernorm_fwd(be, e->h, e->mean, e->rstd, e->tmp, y->ln1g, y->ln1b, Q, D, c->ln_eps);
-    be->gemm(be, 0, 1, Q, I, D, 1.0f, e->h, D, y->wi, D, 0.0f, e->inter, I);
-    be->add_bias(be, e->inter, I, y->bi, Q, I);
-    be->act_fwd(be, c->act, e->inter, e->inter, (size_t)Q * I);
-    be->gemm(be, 0, 1, Q, D, I, 1.0f, e->inter, I, y->wo2, I, 0.0f, e->tmp, D);
-    be->add_bias(be, e->tmp, D, y->bo2, Q, D);
+    encoder_ffn(be, e->h, e->inter, e->tmp, y->wi, y->bi, y->wo2, y->bo2, Q, D, I, c->act);
     be->axpby(be, (size_t)Q * D, 1.0f, e->h, 1.0f, e->tmp);
     be->layernorm_fwd(be, e->x, e->mean, e->rstd, e->tmp, y->ln2g, y->ln2b, Q, D, c->ln_eps);
 }

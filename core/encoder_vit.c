@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/encoder_layer.h"
 #include "core/hf_config.h"
 #include "kernels/half.h"
 #include "store/safetensors.h"
@@ -325,25 +326,13 @@ int vit_max_batch(const vit_encoder *e) { return e->max_batch; }
 static void layer_fwd(vit_encoder *e, const vit_layer *y, int n, int cls_only) {
     iisan_backend *be = e->be;
     const vit_config *c = &e->cfg;
-    int D = c->hidden, I = c->intermediate, H = c->heads, dh = D / H, T = e->T;
-    int R = n * T, M = cls_only ? 1 : T, Q = n * M;
-    long D3 = 3L * D;
+    int D = c->hidden, I = c->intermediate, H = c->heads, T = e->T;
+    int R = n * T, Q = cls_only ? n : R;
 
     be->layernorm_fwd(be, e->h, e->mean, e->rstd, e->x, y->ln1g, y->ln1b, R, D, c->ln_eps);
     be->gemm(be, 0, 1, R, 3 * D, D, 1.0f, e->h, D, y->wqkv, D, 0.0f, e->qkv, 3 * D);
     be->add_bias(be, e->qkv, 3 * D, y->bqkv, R, 3 * D);
-    float scale = 1.0f / sqrtf((float)dh);
-    for (int b = 0; b < n; b++) {
-        const float *q = e->qkv + (size_t)b * T * D3;
-        be->gemm_batched(be, 0, 1, M, T, dh, scale, q, 3 * D, dh, q + D, 3 * D, dh, 0.0f,
-                         e->scores + (size_t)b * H * M * T, T, (long)M * T, H);
-    }
-    be->softmax_rows(be, e->scores, n * H * M, T, NULL, 1); /* no padding: every key */
-    for (int b = 0; b < n; b++) {
-        const float *v = e->qkv + (size_t)b * T * D3 + 2 * D;
-        be->gemm_batched(be, 0, 0, M, dh, T, 1.0f, e->scores + (size_t)b * H * M * T, T,
-                         (long)M * T, v, 3 * D, dh, 0.0f, e->ctx + (size_t)b * M * D, D, dh, H);
-    }
+    encoder_attention(be, e->qkv, e->scores, e->ctx, NULL, n, T, D, H, cls_only);
     be->gemm(be, 0, 1, Q, D, D, 1.0f, e->ctx, D, y->wo, D, 0.0f, e->tmp, D);
     be->add_bias(be, e->tmp, D, y->bo, Q, D);
     if (cls_only) { /* the residual: the [CLS] rows of x */
@@ -354,11 +343,7 @@ static void layer_fwd(vit_encoder *e, const vit_layer *y, int n, int cls_only) {
     }
     /* tmp = hidden after attention; x <- tmp + MLP(LN(tmp)) */
     be->layernorm_fwd(be, e->h, e->mean, e->rstd, e->tmp, y->ln2g, y->ln2b, Q, D, c->ln_eps);
-    be->gemm(be, 0, 1, Q, I, D, 1.0f, e->h, D, y->wi, D, 0.0f, e->inter, I);
-    be->add_bias(be, e->inter, I, y->bi, Q, I);
-    be->act_fwd(be, c->act, e->inter, e->inter, (size_t)Q * I);
-    be->gemm(be, 0, 1, Q, D, I, 1.0f, e->inter, I, y->wo2, I, 0.0f, e->x, D);
-    be->add_bias(be, e->x, D, y->bo2, Q, D);
+    encoder_ffn(be, e->h, e->inter, e->x, y->wi, y->bi, y->wo2, y->bo2, Q, D, I, c->act);
     be->axpby(be, (size_t)Q * D, 1.0f, e->tmp, 1.0f, e->x);
 }
 
