@@ -230,41 +230,50 @@ static int ix_one(json_t *o, size_t i, int arr, ix_entry *x, req_error *e) {
     return 0;
 }
 
+/* A body of one object or an array of them (at most max), each parsed by one() into the
+ * next elem_size bytes of a malloc'd array: *root, *v and *n are set as far as it got (the
+ * caller frees them). "what" names an element in messages, too_many is the code over max. */
+typedef int (*one_fn)(json_t *o, size_t i, int arr, void *x, req_error *e);
+static int one_or_many(const char *body, size_t len, const char *what, const char *what_plural,
+                       const char *too_many, long max, size_t elem_size, one_fn one,
+                       json_t **root_out, void **v_out, size_t *n_out, req_error *e) {
+    json_t *root = load(body, len, e);
+    if (!root) return -1;
+    *root_out = root;
+    int arr = json_is_array(root);
+    if (!arr && !json_is_object(root))
+        return req_fail(e, 400, "wrong_type",
+                        "the body must be an %s object or an array of them, "
+                        "not %s",
+                        what, type_name(root));
+    size_t n = arr ? json_array_size(root) : 1;
+    if (n == 0) return req_fail(e, 400, "invalid_value", "the array of %s is empty", what_plural);
+    if ((long)n > max)
+        return req_fail(e, 400, too_many, "%zu %s in one request; the limit is %ld", n, what_plural,
+                        max);
+    char *v = malloc(n * elem_size);
+    if (!v) return req_fail(e, 500, "internal", "out of memory");
+    *v_out = v;
+    for (size_t i = 0; i < n; i++)
+        if (one(arr ? json_array_get(root, i) : root, i, arr, v + i * elem_size, e)) return -1;
+    *n_out = n;
+    return 0;
+}
+
+static int ix_one_fn(json_t *o, size_t i, int arr, void *x, req_error *e) {
+    return ix_one(o, i, arr, x, e);
+}
+
 int ix_request_parse(const char *body, size_t len, const req_limits *lim, ix_request *out,
                      req_error *e) {
     memset(out, 0, sizeof *out);
-    json_t *root = load(body, len, e);
-    if (!root) return -1;
-    out->root = root;
-    int arr = json_is_array(root);
-    if (!arr && !json_is_object(root)) {
-        req_fail(e, 400, "wrong_type",
-                 "the body must be an interaction object or an array of them, not %s",
-                 type_name(root));
-        goto bad;
-    }
-    size_t n = arr ? json_array_size(root) : 1;
-    if (n == 0) {
-        req_fail(e, 400, "invalid_value", "the array of interactions is empty");
-        goto bad;
-    }
-    if ((long)n > lim->max_interactions) {
-        req_fail(e, 400, "too_many_interactions",
-                 "%zu interactions in one request; the limit is %ld", n, lim->max_interactions);
-        goto bad;
-    }
-    out->v = malloc(n * sizeof *out->v);
-    if (!out->v) {
-        req_fail(e, 500, "internal", "out of memory");
-        goto bad;
-    }
-    for (size_t i = 0; i < n; i++)
-        if (ix_one(arr ? json_array_get(root, i) : root, i, arr, &out->v[i], e)) goto bad;
-    out->n = n;
-    return 0;
-bad:
-    ix_request_free(out);
-    return -1;
+    void *v = NULL;
+    int rc =
+        one_or_many(body, len, "interaction", "interactions", "too_many_interactions",
+                    lim->max_interactions, sizeof *out->v, ix_one_fn, &out->root, &v, &out->n, e);
+    out->v = v;
+    if (rc) ix_request_free(out);
+    return rc;
 }
 
 /* ---------------- POST /items ---------------- */
@@ -432,40 +441,19 @@ static int item_one(json_t *o, size_t i, int arr, item_entry *x, req_error *e) {
     return 0;
 }
 
+static int item_one_fn(json_t *o, size_t i, int arr, void *x, req_error *e) {
+    return item_one(o, i, arr, x, e);
+}
+
 int items_request_parse(const char *body, size_t len, const req_limits *lim, items_request *out,
                         req_error *e) {
     memset(out, 0, sizeof *out);
-    json_t *root = load(body, len, e);
-    if (!root) return -1;
-    out->root = root;
-    int arr = json_is_array(root);
-    if (!arr && !json_is_object(root)) {
-        req_fail(e, 400, "wrong_type",
-                 "the body must be an item object or an array of them, not %s", type_name(root));
-        goto bad;
-    }
-    size_t n = arr ? json_array_size(root) : 1;
-    if (n == 0) {
-        req_fail(e, 400, "invalid_value", "the array of items is empty");
-        goto bad;
-    }
-    if ((long)n > lim->max_interactions) {
-        req_fail(e, 400, "too_many_items", "%zu items in one request; the limit is %ld", n,
-                 lim->max_interactions);
-        goto bad;
-    }
-    out->v = malloc(n * sizeof *out->v);
-    if (!out->v) {
-        req_fail(e, 500, "internal", "out of memory");
-        goto bad;
-    }
-    for (size_t i = 0; i < n; i++)
-        if (item_one(arr ? json_array_get(root, i) : root, i, arr, &out->v[i], e)) goto bad;
-    out->n = n;
-    return 0;
-bad:
-    items_request_free(out);
-    return -1;
+    void *v = NULL;
+    int rc = one_or_many(body, len, "item", "items", "too_many_items", lim->max_interactions,
+                         sizeof *out->v, item_one_fn, &out->root, &v, &out->n, e);
+    out->v = v;
+    if (rc) items_request_free(out);
+    return rc;
 }
 
 /* ---------------- admin bodies ---------------- */
