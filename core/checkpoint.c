@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/model.h"
 #include "core/params.h"
 #include "kernels/backend.h"
 
@@ -205,4 +206,20 @@ void ckpt_free(iisan_ckpt *ck) {
     free(ck->params);
     ck->item_cat = NULL;
     ck->params = NULL;
+}
+
+void *ckpt_encode_model(const iisan_model *m, const uint32_t *item_cat, int n_items, int min_len,
+                        size_t *len) {
+    iisan_ckpt ck = {0};
+    ck.c = m->c;
+    ck.min_len = min_len;
+    ck.n_cat = (uint32_t)n_items + 1;
+    ck.item_cat = (uint32_t *)item_cat;
+    ck.nparams = m->pt.total;
+    ck.params = malloc(m->pt.total * sizeof(float));
+    if (!ck.params) return NULL;
+    m->be->download(m->be, ck.params, m->w, m->pt.total * sizeof(float));
+    void *blob = ckpt_encode(&ck, len);
+    free(ck.params);
+    return blob;
 }

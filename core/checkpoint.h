@@ -40,6 +40,11 @@ int config_from_json(const char *json, size_t len, iisan_config *c, int *min_len
 
 /* blob = malloc'd encoding of the checkpoint; returns NULL when out of memory */
 void *ckpt_encode(const iisan_ckpt *ck, size_t *len);
+/* a trained model's checkpoint: its config, the dataset's item mapping (item_cat
+ * [n_items + 1]) and its parameters fetched from the backend; NULL when out of memory */
+struct iisan_model;
+void *ckpt_encode_model(const struct iisan_model *m, const uint32_t *item_cat, int n_items,
+                        int min_len, size_t *len);
 /* fills ck (caller frees with ckpt_free); 0 or -1 with a message */
 int ckpt_decode(const void *blob, size_t len, iisan_ckpt *ck, char *err, int errlen);
 void ckpt_free(iisan_ckpt *ck);

@@ -316,18 +316,8 @@ int cmd_train(int argc, char **argv) {
     ss.r = NULL;
     uint32_t version = 0;
     if (save) {
-        iisan_ckpt ck = {0};
-        ck.c = c;
-        ck.min_len = tc.min_len;
-        ck.n_cat = (uint32_t)ds.n_items + 1;
-        ck.item_cat = ds.item_cat;
-        ck.nparams = m->pt.total;
-        ck.params = malloc(m->pt.total * sizeof(float));
-        if (!ck.params) goto out;
-        be->download(be, ck.params, m->w, m->pt.total * sizeof(float));
         size_t len;
-        void *blob = ckpt_encode(&ck, &len);
-        free(ck.params);
+        void *blob = ckpt_encode_model(m, ds.item_cat, ds.n_items, tc.min_len, &len);
         char meta[512];
         snprintf(meta, sizeof meta,
                  "{\"model\":\"%s\",\"best_epoch\":%d,\"epochs_run\":%d,\"valid_hr10\":%.6f,"

@@ -355,15 +355,7 @@ static void *trainer_main(void *arg) {
                   sum.best_valid.hr10);
         goto out;
     }
-    be->download(be, host, m->w, m->pt.total * sizeof *host);
-    iisan_ckpt nk = {0};
-    nk.c = c;
-    nk.min_len = ck.min_len;
-    nk.n_cat = (uint32_t)ds.n_items + 1;
-    nk.item_cat = ds.item_cat;
-    nk.nparams = m->pt.total;
-    nk.params = host;
-    blob = ckpt_encode(&nk, &len);
+    blob = ckpt_encode_model(m, ds.item_cat, ds.n_items, ck.min_len, &len);
     char mj[600];
     snprintf(mj, sizeof mj,
              "{\"model\":\"%s\",\"best_epoch\":%d,\"epochs_run\":%d,\"valid_hr10\":%.6f,"

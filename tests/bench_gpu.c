@@ -129,22 +129,11 @@ typedef struct {
 static int bench_serving(iisan_backend *be, iisan_store *s, iisan_model *m, const iisan_dataset *ds,
                          int min_len, serve_figures *f) {
     char err[512];
-    float *host = malloc(m->pt.total * sizeof *host);
-    if (!host) return -1;
-    be->download(be, host, m->w, m->pt.total * sizeof *host);
-    iisan_ckpt ck = {0};
-    ck.c = m->c;
-    ck.min_len = min_len;
-    ck.n_cat = (uint32_t)ds->n_items + 1;
-    ck.item_cat = ds->item_cat;
-    ck.nparams = m->pt.total;
-    ck.params = host;
     size_t len;
-    void *blob = ckpt_encode(&ck, &len);
+    void *blob = ckpt_encode_model(m, ds->item_cat, ds->n_items, min_len, &len);
     uint32_t ver = 0;
     int rc = blob ? store_ckpt_put(s, blob, len, "{\"model\":\"bench\"}", &ver) : -1;
     free(blob);
-    free(host);
     if (rc) return -1;
     enum { BATCH = 32, K = 10 };
     infer_options opt = {1, K, 20, BATCH, 0, 0};
