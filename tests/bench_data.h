@@ -1,18 +1,38 @@
-/* The benchmarks' shared work: the users of a users.tsv imported into a new
- * temporary store, and random fp16 hidden states (nstates x D, both
- * modalities) stored for every item of the spec's dataset. Timing does not
- * depend on the states' values. Returns 0, or -1 with a message printed. */
+/* The benchmarks' shared pieces: a monotonic clock, a comparison for
+ * medians, a states source reading a store_reader, and bench_make_store. */
 #ifndef IISAN_TESTS_BENCH_DATA_H
 #define IISAN_TESTS_BENCH_DATA_H
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "core/dataset.h"
 #include "kernels/half.h"
 #include "kernels/rng.h"
 #include "store/store.h"
 
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* qsort order of doubles, ascending */
+static int cmp_d(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* hidden states straight from a store_reader (ctx) */
+static const uint16_t *store_get(void *ctx, int mod, uint32_t cat) {
+    return store_reader_states(ctx, mod, cat);
+}
+
+/* The users of a users.tsv imported into a new temporary store, and random
+ * fp16 hidden states (nstates x D, both modalities) stored for every item of
+ * the spec's dataset. Timing does not depend on the states' values. Returns 0,
+ * or -1 with a message printed. */
 static int bench_make_store(const char *who, const char *users, char *dir, int NS, int D,
                             iisan_store **s, iisan_dataset *ds) {
     char err[512];

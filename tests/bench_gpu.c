@@ -43,21 +43,6 @@
 int cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes);
 #endif
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static const uint16_t *store_get(void *ctx, int mod, uint32_t cat) {
-    return store_reader_states(ctx, mod, cat);
-}
-
 /* ---- the backend's allocations, tracked by wrapping its alloc / free ---- */
 
 #define MAX_LIVE 1024

@@ -25,21 +25,6 @@
 #include "store/store.h"
 #include "tests/bench_data.h"
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static const uint16_t *get(void *ctx, int mod, uint32_t cat) {
-    return store_reader_states(ctx, mod, cat);
-}
-
 static double epoch_times[64];
 static int n_epochs;
 static void hook(void *arg, const epoch_report *r) {
@@ -97,7 +82,7 @@ int main(int argc, char **argv) {
     }
     store_reader *r;
     store_reader_begin(s, &r);
-    iisan_states st = {get, r};
+    iisan_states st = {store_get, r};
     train_summary sum;
     if (train_run(m, &ds, &st, &tc, 0, hook, NULL, &sum)) return 1;
     store_reader_end(r);
