@@ -182,7 +182,7 @@ typedef struct {
     atomic_long in_flight;
     atomic_int stopping;
     double started;
-    pthread_mutex_t load_mu; /* one model load at a time */
+    pthread_mutex_t load_mu; /* one model load at a time; POST /items holds it too */
     atomic_uint pinned;      /* version chosen by a rollback (0: follow the latest) */
 } serve_state;
 

@@ -122,7 +122,7 @@ static void to_half(uint16_t *dst, const float *src, size_t n) {
         dst[i] = iisan_float_to_half(src[i]);
 }
 
-int items_post(const items_request *q, json_t **body) {
+static int items_post_locked(const items_request *q, json_t **body) {
     const size_t n = q->n;
     iisan_store *s = store_ix_store(g_srv.ix);
     infer_model *m = serve_model_get();
@@ -388,24 +388,6 @@ int items_post(const items_request *q, json_t **body) {
     }
     int32_t *got = calloc((size_t)(nadd ? nadd : 1), sizeof *got);
     int arc = nadd && got ? infer_add_items(m, add, nadd, got, err, sizeof err) : 0;
-    if (!arc && nadd) { /* a version swapped in meanwhile may have read the store before these
-                         * states were committed: it gets the new items too */
-        infer_model *cur = serve_model_get();
-        if (cur && cur != m) {
-            infer_new_item *miss = calloc((size_t)nadd, sizeof *miss);
-            int nm = 0;
-            for (int a = 0; miss && a < nadd; a++)
-                if (!infer_lookup_cat(cur, add[a].cat)) miss[nm++] = add[a];
-            char e2[300];
-            infer_info ci;
-            infer_get_info(cur, &ci);
-            if (nm && infer_add_items(cur, miss, nm, NULL, e2, sizeof e2))
-                log_event("warn", "items_not_embedded", "version=%u message=%s", ci.version,
-                          log_q(e2, (char[400]){0}, 400));
-            free(miss);
-        }
-        if (cur) infer_release(cur);
-    }
     if (arc)
         json_array_append_new(warnings,
                               json_pack("{s:s,s:s}", "code",
@@ -467,5 +449,15 @@ out:
     free(tmp);
     free(v);
     if (m) infer_release(m);
+    return status;
+}
+
+/* Under the model-load lock: a version loaded after this returns reads these items' states
+ * from the store, and none is loaded while they are stored and embedded into the current one,
+ * so no version misses them. */
+int items_post(const items_request *q, json_t **body) {
+    pthread_mutex_lock(&g_srv.load_mu);
+    int status = items_post_locked(q, body);
+    pthread_mutex_unlock(&g_srv.load_mu);
     return status;
 }
