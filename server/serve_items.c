@@ -352,42 +352,31 @@ static int items_post_locked(const items_request *q, json_t **body) {
         for (size_t j = i + 1; j < n; j++)
             dup |= !strcmp(v[j].item_id, v[i].item_id);
         if (!with || dup || !fits) continue;
-        int shape_ok = 1;
+        int shape_ok = 1; /* the store's states of either modality must fit the model */
         for (int mod = 0; mod < 2; mod++)
-            if (has[mod][i]) shape_ok &= sh[mod].nstates == in.nstates && sh[mod].width == in.D;
+            if (sh[mod].known) shape_ok &= sh[mod].nstates == in.nstates && sh[mod].width == in.D;
         if (!shape_ok) continue;
-        /* states the request did not send come from the store (an update of one modality) */
-        add[nadd] = (infer_new_item){v[i].item_id, v[i].idx, {NULL, NULL}};
-        for (int mod = 0; mod < 2; mod++)
-            if (has[mod][i])
-                add[nadd].states[mod] = st[mod] + i * (size_t)sh[mod].nstates * sh[mod].width;
+        add[nadd++] = (infer_new_item){v[i].item_id, v[i].idx, {NULL, NULL}};
         rows[i] = -1; /* to be filled */
-        nadd++;
     }
-    /* the other modality's stored states for partial updates, read under one reader */
-    store_reader *rd = NULL;
-    uint16_t *copies = NULL;
-    if (nadd && in.nstates > 0) {
-        size_t blk = (size_t)in.nstates * in.D;
-        copies = calloc((size_t)nadd * 2 * blk, sizeof *copies);
+    /* both modalities' states from the store, where they now are (a request may update one
+     * modality of an item that has both): the reader's pointers stay valid during the call */
+    int32_t *got = calloc((size_t)(nadd ? nadd : 1), sizeof *got);
+    int arc = 0;
+    if (nadd && got) {
+        store_reader *rd = NULL;
         store_ix_rdlock(g_srv.ix);
-        if (copies && store_reader_begin(s, &rd) == 0) {
+        if (store_reader_begin(s, &rd) == 0) {
             for (int a = 0; a < nadd; a++)
                 for (int mod = 0; mod < 2; mod++)
-                    if (!add[a].states[mod]) {
-                        const uint16_t *p = store_reader_states(rd, mod, add[a].cat);
-                        if (p) {
-                            uint16_t *dst = copies + ((size_t)a * 2 + mod) * blk;
-                            memcpy(dst, p, blk * sizeof *dst);
-                            add[a].states[mod] = dst;
-                        }
-                    }
+                    add[a].states[mod] = store_reader_states(rd, mod, add[a].cat);
+            arc = infer_add_items(m, add, nadd, got, err, sizeof err);
             store_reader_end(rd);
+        } else {
+            arc = iisan_fail(err, sizeof err, IISAN_EIO, "cannot read the hidden states back");
         }
         store_ix_unlock(g_srv.ix);
     }
-    int32_t *got = calloc((size_t)(nadd ? nadd : 1), sizeof *got);
-    int arc = nadd && got ? infer_add_items(m, add, nadd, got, err, sizeof err) : 0;
     if (arc)
         json_array_append_new(warnings,
                               json_pack("{s:s,s:s}", "code",
@@ -427,7 +416,6 @@ static int items_post_locked(const items_request *q, json_t **body) {
             warnings, json_pack("{s:s,s:s}", "code", "not_embedded", "message",
                                 "the model is SASRec-ID: new items are recommended after the "
                                 "next retrain"));
-    free(copies);
     free(got);
     free(rows);
     free(add);
