@@ -45,15 +45,7 @@
 #ifdef IISAN_CUDA
 #include "kernels/cuda/cuda_backend.h"
 
-/* As in test_cuda_ops.c: ASan's shadow-gap protection breaks CUDA's initialisation, and the
- * driver keeps allocations until exit. */
-const char *__asan_default_options(void);
-const char *__asan_default_options(void) { return "protect_shadow_gap=0"; }
-const char *__lsan_default_suppressions(void);
-const char *__lsan_default_suppressions(void) {
-    return "leak:libcuda.so\nleak:libcudart.so\nleak:libcublas.so\nleak:libcublasLt.so\n"
-           "leak:libnvidia-\n";
-}
+#include "tests/cuda_asan.h"
 #endif
 
 #define NCAT 40   /* catalogue items 1..40; 37..40 belong to no user */

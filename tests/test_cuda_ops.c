@@ -31,16 +31,7 @@
 #include "kernels/half.h"
 #include "kernels/rng.h"
 
-/* The test programs run under ASan, whose default shadow-gap protection makes CUDA's
- * initialisation fail; and the driver keeps allocations until exit. These hooks are read by
- * the sanitiser runtime at start-up (ASAN_OPTIONS from the environment still applies). */
-const char *__asan_default_options(void);
-const char *__asan_default_options(void) { return "protect_shadow_gap=0"; }
-const char *__lsan_default_suppressions(void);
-const char *__lsan_default_suppressions(void) {
-    return "leak:libcuda.so\nleak:libcudart.so\nleak:libcublas.so\nleak:libcublasLt.so\n"
-           "leak:libnvidia-\n";
-}
+#include "tests/cuda_asan.h"
 
 static iisan_backend *cpu, *gpu;
 static double gemm_atol = 1e-4, gemm_rtol = 1e-4;
