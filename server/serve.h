@@ -150,7 +150,6 @@ typedef struct rec_batcher rec_batcher;
 int batcher_start(rec_batcher **out, int threads, int max_batch, long wait_us);
 /* queues t (0), or -1 when the batcher is stopping */
 int batcher_submit(rec_batcher *b, rec_ticket *t);
-long batcher_queued(rec_batcher *b);
 void batcher_set(rec_batcher *b, int max_batch, long wait_us);
 /* runs what is queued, then stops the threads */
 void batcher_stop(rec_batcher *b);

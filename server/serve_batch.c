@@ -150,13 +150,6 @@ int batcher_submit(rec_batcher *b, rec_ticket *t) {
     return 0;
 }
 
-long batcher_queued(rec_batcher *b) {
-    pthread_mutex_lock(&b->mu);
-    long n = b->queued;
-    pthread_mutex_unlock(&b->mu);
-    return n;
-}
-
 void batcher_set(rec_batcher *b, int max_batch, long wait_us) {
     pthread_mutex_lock(&b->mu);
     b->max_batch = max_batch > 0 ? max_batch : 1;
