@@ -7,7 +7,7 @@ CFLAGS  ?= -O2 -g
 WARN    := -Wall -Wextra -Werror -Wno-unused-parameter
 CPPFLAGS+= -I. -I/usr/include/x86_64-linux-gnu/openblas-pthread -D_GNU_SOURCE
 BASEFLAGS = -std=c11 -march=$(ARCH) -fno-math-errno $(WARN)
-LDLIBS  := -lopenblas -llmdb -ljansson -lmicrohttpd -luv -ljpeg -lpng -lm -lpthread
+LDLIBS  := -lopenblas -llmdb -ljansson -lmicrohttpd -luv -ljpeg -lpng -lhiredis -lcrypto -lm -lpthread
 
 # CPU and CUDA builds live apart, since -DIISAN_CUDA changes every object
 ifeq ($(CUDA),1)
@@ -17,7 +17,7 @@ BUILD   ?= build
 endif
 
 LIB_SRC := $(wildcard kernels/*.c kernels/cpu/*.c core/*.c store/*.c proto/*.c)
-CLI_SRC := $(wildcard server/*.c)
+CLI_SRC := $(wildcard server/*.c cluster/*.c)
 TEST_SRC:= $(wildcard tests/test_*.c)
 BENCH_SRC:= $(wildcard tests/bench_*.c)
 

@@ -8,6 +8,9 @@ pkgs+=(libjpeg-dev libpng-dev)
 # the HTTP daemon (iisan serve): libmicrohttpd; its tests: curl; make bench-serve: wrk;
 # make fuzz (libFuzzer, also run briefly by tests/test_serve.sh): clang
 pkgs+=(libmicrohttpd-dev libuv1-dev curl wrk clang)
+# cluster mode (docs/scaling.md): the Redis bus (hiredis client; redis-server for the tests and
+# the compose file) and SHA-256 of the model repository's files (OpenSSL's libcrypto)
+pkgs+=(libhiredis-dev redis-server libssl-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
