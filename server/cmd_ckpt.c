@@ -175,6 +175,7 @@ int cmd_import_ckpt(int argc, char **argv) {
         fprintf(stderr, "iisan import-ckpt: %s: the config names no trainable model\n", in);
         goto out;
     }
+    if (cli_lock_store("import-ckpt", dir, 0)) goto out;
     if (store_open(&s, dir, 0, err, sizeof err)) {
         fprintf(stderr, "iisan import-ckpt: %s\n", err);
         goto out;

@@ -432,6 +432,7 @@ int cmd_encode(int argc, char **argv) {
                  c.dir);
         return fail(err);
     }
+    if (cli_lock_store("encode", c.dir, 0)) return 1;
     if (store_open(&c.s, c.dir, 0, err, sizeof err)) return fail(err);
     if (model && run_text(&c, model, backbone, &ft)) goto out;
     if (images && run_images(&c, images, image_model, image_backbone, &fi)) goto out;

@@ -114,6 +114,7 @@ int cmd_import(int argc, char **argv) {
 
     char err[1024];
     iisan_store *s;
+    if (cli_lock_store("import", dir, 1)) return 1;
     if (store_open(&s, dir, 1, err, sizeof err)) return fail(err);
     progress_state ps = {0};
     if (!quiet) store_set_progress(s, on_progress, &ps);

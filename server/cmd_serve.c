@@ -15,6 +15,7 @@
 #include "server/cli.h"
 #include "server/common.h"
 #include "server/serve.h"
+#include "store/lock.h"
 
 serve_state g_srv = {.mu = PTHREAD_MUTEX_INITIALIZER, .load_mu = PTHREAD_MUTEX_INITIALIZER};
 
@@ -269,6 +270,36 @@ static void reload(const args *a) {
 
 static void on_hup(void *arg) { reload(arg); }
 
+/* ---------------- the stop ---------------- */
+
+/* The HTTP side stops in an order in which no thread can reach freed state:
+ * new requests are refused (503, Connection: close) while the admitted ones
+ * finish; then the writer and the batch threads drain (every queued ticket is
+ * committed or computed, and its connection resumed) but stay allocated, so
+ * a request thread still calling writer_submit / writer_pending gets a clean
+ * refusal; then MHD_stop_daemon joins every HTTP thread. The writer and the
+ * batcher are freed only after that (cmd_serve's exit path). The listening
+ * socket is never quiesced: MHD_quiesce_daemon races with the thread-pool
+ * workers' epoll sets, and closing the socket with the daemon is enough.
+ * Returns the requests still admitted at the deadline. */
+static long serve_stop_http(struct MHD_Daemon **d) {
+    atomic_store(&g_srv.stopping, 1);
+    const serve_config *c2 = serve_config_acquire();
+    double deadline = serve_now() + (double)c2->shutdown_timeout_s;
+    serve_config_release(c2);
+    while (http_busy() > 0 && serve_now() < deadline)
+        usleep(2000);
+    long left = http_busy();
+    writer_drain(g_srv.writer);
+    batcher_drain(g_srv.batcher);
+    deadline = serve_now() + 2.0;
+    while (http_busy() > 0 && serve_now() < deadline)
+        usleep(2000);
+    MHD_stop_daemon(*d);
+    *d = NULL;
+    return left;
+}
+
 /* ---------------- main ---------------- */
 
 int cmd_serve(int argc, char **argv) {
@@ -304,13 +335,19 @@ int cmd_serve(int argc, char **argv) {
         return 1;
     }
 
-    int rc = 1;
+    int rc = 1, lockfd = -1;
     iisan_store *s = NULL;
     struct MHD_Daemon *d = NULL;
     g_srv.started = serve_now();
     serve_config_set(&cfg);
     log_event("info", "starting", "data=%s pid=%d threads=%ld device=%s",
               log_q(cfg.data, b, sizeof b), (int)getpid(), cfg.threads, cfg.device);
+    /* one daemon per store: the lock first, before anything of the store is opened */
+    lockfd = store_lock(cfg.data, 0, "serve", err, sizeof err);
+    if (lockfd == -1) {
+        log_event("error", "store_locked", "error=%s", log_q(err, b, sizeof b));
+        goto out;
+    }
     if (store_open(&s, cfg.data, 0, err, sizeof err)) {
         log_event("error", "store_open_failed", "error=%s", log_q(err, b, sizeof b));
         goto out;
@@ -375,26 +412,7 @@ int cmd_serve(int argc, char **argv) {
     log_event("info", "listening", "bind=%s port=%d threads=%ld", cfg.bind, http_port(d),
               cfg.threads);
     serve_loop_run(on_hup, &a); /* until SIGTERM or SIGINT */
-    /* graceful stop: no new connections, finish what is in flight */
-    atomic_store(&g_srv.stopping, 1);
-    MHD_socket lfd = MHD_quiesce_daemon(d);
-    const serve_config *c2 = serve_config_acquire();
-    double deadline = serve_now() + (double)c2->shutdown_timeout_s;
-    serve_config_release(c2);
-    while (atomic_load(&g_srv.in_flight) > 0 && serve_now() < deadline)
-        usleep(2000);
-    long left = atomic_load(&g_srv.in_flight);
-    /* commit what is queued, compute what is batched; resumes every waiting request */
-    writer_stop(g_srv.writer);
-    g_srv.writer = NULL;
-    batcher_stop(g_srv.batcher);
-    g_srv.batcher = NULL;
-    deadline = serve_now() + 2.0;
-    while (atomic_load(&g_srv.in_flight) > 0 && serve_now() < deadline)
-        usleep(2000);
-    MHD_stop_daemon(d);
-    d = NULL;
-    if (lfd != MHD_INVALID_SOCKET) close(lfd);
+    long left = serve_stop_http(&d);
     scheduler_stop(); /* starts no job from here on */
     /* a running job stops after its current batch (or its validation pass) */
     const serve_config *c3 = serve_config_acquire();
@@ -429,6 +447,7 @@ out:
     pthread_mutex_unlock(&g_srv.mu);
     if (cr) serve_config_release(&cr->c);
     serve_loop_close();
+    if (lockfd >= 0) close(lockfd);
     free(a.names);
     free(a.values);
     return rc;

@@ -212,6 +212,7 @@ int cmd_train(int argc, char **argv) {
 
     char err[512];
     iisan_store *s = NULL;
+    if (cli_lock_store("train", dir, 0)) return 1;
     if (store_open(&s, dir, 0, err, sizeof err)) {
         fprintf(stderr, "iisan train: %s\n", err);
         return 1;

@@ -1,6 +1,7 @@
 #include "server/common.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,7 @@
 #ifdef IISAN_CUDA
 #include "kernels/cuda/cuda_backend.h"
 #endif
+#include "store/lock.h"
 
 int opt_int(const char *cmd, const char *opt, const char *s, long lo, long hi, long *out) {
     char *end;
@@ -246,4 +248,15 @@ void backbone_dir_name(const char *path, char *out, size_t cap) {
     if (!strcmp(b, ".") || !strcmp(b, "..") || k >= cap) k = 0; /* no usable name */
     memcpy(out, b, k);
     out[k] = 0;
+}
+
+int cli_lock_store(const char *cmd, const char *dir, int create) {
+    char err[PATH_MAX + 200];
+    if (!dir || !*dir) return 0; /* the command reports the missing --data */
+    int fd = store_lock(dir, create, cmd, err, sizeof err);
+    if (fd == -1) {
+        fprintf(stderr, "iisan %s: %s\n", cmd, err);
+        return -1;
+    }
+    return 0; /* fd (or -2: no such directory, which opening the store reports) stays open */
 }

@@ -26,6 +26,10 @@ double now_seconds(void);
 void backbone_dir_name(const char *path, char *out, size_t cap);
 long peak_rss_kib(void);
 
+/* the data directory's lock for a command that writes the store (store/lock.h), held
+ * until the process exits: 0, or -1 with the holder printed for cmd ("iisan cmd: ...") */
+int cli_lock_store(const char *cmd, const char *dir, int create);
+
 /* --device: 0 when s is cpu, cuda or auto, else -1 (message printed for cmd) */
 int opt_device(const char *cmd, const char *s);
 

@@ -43,6 +43,7 @@ typedef struct {
     long max_interactions;
     long commit_batch;
     long connection_limit;
+    long reuse_port;
     long connection_timeout_s;
     long shutdown_timeout_s;
     long log_requests;
@@ -132,7 +133,11 @@ int writer_start(ix_writer **out, store_ix *x, long batch_max);
 int writer_submit(ix_writer *w, ix_ticket *t);
 long writer_pending(ix_writer *w);
 void writer_set_batch(ix_writer *w, long batch_max);
-/* commits what is queued, then stops the thread */
+/* commits what is queued (notifying every ticket) and joins the thread; w stays
+ * valid: later submits answer -1, pending reads 0. The stop sequence drains while
+ * the HTTP threads still run and frees (writer_stop) once they are gone. */
+void writer_drain(ix_writer *w);
+/* drains (when not yet done) and frees w */
 void writer_stop(ix_writer *w);
 
 /* ---------------- /recommend batching ---------------- */
@@ -151,7 +156,10 @@ int batcher_start(rec_batcher **out, int threads, int max_batch, long wait_us);
 /* queues t (0), or -1 when the batcher is stopping */
 int batcher_submit(rec_batcher *b, rec_ticket *t);
 void batcher_set(rec_batcher *b, int max_batch, long wait_us);
-/* runs what is queued, then stops the threads */
+/* runs what is queued (notifying every ticket) and joins the threads; b stays
+ * valid and refuses later submits (as writer_drain) */
+void batcher_drain(rec_batcher *b);
+/* drains (when not yet done) and frees b */
 void batcher_stop(rec_batcher *b);
 
 /* ---------------- POST /items (serve_items.c) ---------------- */
@@ -253,6 +261,8 @@ int admin_wait_trainer(double seconds);
 struct MHD_Daemon;
 struct MHD_Daemon *http_start(const serve_config *c, char *err, size_t errlen);
 int http_port(struct MHD_Daemon *d);
+/* requests admitted (not refused for the stop) and not yet completed */
+long http_busy(void);
 double serve_now(void); /* monotonic seconds */
 
 #endif

@@ -22,6 +22,7 @@ struct rec_batcher {
     int max_batch;
     long wait_us;
     int stop;
+    int joined; /* batcher_drain joined the threads */
 };
 
 static void deadline_after(struct timespec *ts, long us) {
@@ -157,14 +158,22 @@ void batcher_set(rec_batcher *b, int max_batch, long wait_us) {
     pthread_mutex_unlock(&b->mu);
 }
 
-void batcher_stop(rec_batcher *b) {
+void batcher_drain(rec_batcher *b) {
     if (!b) return;
     pthread_mutex_lock(&b->mu);
+    int joined = b->joined;
     b->stop = 1;
+    b->joined = 1;
     pthread_cond_broadcast(&b->cv);
     pthread_mutex_unlock(&b->mu);
+    if (joined) return;
     for (int i = 0; i < b->nthreads; i++)
         pthread_join(b->threads[i], NULL);
+}
+
+void batcher_stop(rec_batcher *b) {
+    if (!b) return;
+    batcher_drain(b);
     free(b->threads);
     pthread_mutex_destroy(&b->mu);
     pthread_cond_destroy(&b->cv);

@@ -60,6 +60,9 @@ const serve_option serve_options[] = {
      "most interactions in one group-commit transaction"},
     {"connection_limit", CFG_INT, OPT(connection_limit), 0, "1024", 1, 1000000,
      "IISAN_CONNECTION_LIMIT", 0, "most open connections"},
+    {"reuse_port", CFG_BOOL, OPT(reuse_port), 0, "false", 0, 1, "IISAN_REUSE_PORT", 0,
+     "SO_REUSEPORT on the listening socket (several processes on one port; off: a second "
+     "daemon on the port fails to start)"},
     {"connection_timeout_s", CFG_INT, OPT(connection_timeout_s), 0, "30", 0, 86400,
      "IISAN_CONNECTION_TIMEOUT_S", 0, "idle connection timeout (0 = none)"},
     {"shutdown_timeout_s", CFG_INT, OPT(shutdown_timeout_s), 0, "10", 0, 3600,

@@ -43,7 +43,12 @@ typedef struct {
     ix_ticket ticket;
     /* POST /recommend while its batch is pending */
     struct rec_state *rec;
+    int admitted; /* counted in http_busy */
 } req_ctx;
+
+static atomic_long busy; /* admitted requests not yet completed */
+
+long http_busy(void) { return atomic_load(&busy); }
 
 typedef struct rec_state {
     rec_request q;
@@ -89,7 +94,10 @@ static enum MHD_Result send_body(req_ctx *r, int status, char *body, const char 
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
     if (allow) MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
     if (status == 401) MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
-    if (atomic_load(&g_srv.stopping)) MHD_add_response_header(resp, "Connection", "close");
+    if (atomic_load(&g_srv.stopping)) {
+        MHD_add_response_header(resp, "Connection", "close");
+        if (status == 503) MHD_add_response_header(resp, "Retry-After", "1");
+    }
     enum MHD_Result ok = MHD_queue_response(r->conn, (unsigned)status, resp);
     MHD_destroy_response(resp);
     r->status = status;
@@ -685,6 +693,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         snprintf(r->path, sizeof r->path, "%s", url);
         const route_def *rd = find_route(url);
         r->route = rd ? rd->route : ROUTE_OTHER;
+        /* admitted first, then the stop checked: the stop sets stopping, then waits for
+         * busy to fall to 0, so no admitted request is missed */
+        atomic_fetch_add(&busy, 1);
+        r->admitted = 1;
+        if (atomic_load(&g_srv.stopping) && r->route != ROUTE_HEALTHZ &&
+            r->route != ROUTE_METRICS) {
+            atomic_fetch_sub(&busy, 1);
+            r->admitted = 0;
+            return send_error(r, 503, "shutting_down", NULL, "the server is stopping; retry");
+        }
         if (!rd) {
             char b[200];
             return send_error(r, 404, "not_found", NULL,
@@ -773,6 +791,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     free(r->ixv);
     ix_request_free(&r->ixr);
     rec_free(r->rec);
+    if (r->admitted) atomic_fetch_sub(&busy, 1);
     free(r);
     *con_cls = NULL;
     atomic_fetch_sub(&g_srv.in_flight, 1);
@@ -816,8 +835,9 @@ struct MHD_Daemon *http_start(const serve_config *c, char *err, size_t errlen) {
         on_mhd_log, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_THREAD_POOL_SIZE,
         (unsigned)c->threads, MHD_OPTION_CONNECTION_LIMIT, (unsigned)c->connection_limit,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)c->connection_timeout_s,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1u,
-        MHD_OPTION_END);
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+        /* SO_REUSEPORT only when asked: otherwise a second daemon on the port fails */
+        c->reuse_port ? MHD_OPTION_LISTENING_ADDRESS_REUSE : MHD_OPTION_END, 1u, MHD_OPTION_END);
     if (!d) snprintf(err, errlen, "cannot listen on %s port %ld", c->bind, c->port);
     return d;
 }

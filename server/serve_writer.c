@@ -20,6 +20,7 @@ struct ix_writer {
     long pending; /* interactions queued or being committed */
     long batch_max;
     int stop;
+    int joined; /* writer_drain joined the thread */
 };
 
 static double mono(void) {
@@ -151,13 +152,20 @@ void writer_set_batch(ix_writer *w, long batch_max) {
     pthread_mutex_unlock(&w->mu);
 }
 
-void writer_stop(ix_writer *w) {
+void writer_drain(ix_writer *w) {
     if (!w) return;
     pthread_mutex_lock(&w->mu);
+    int joined = w->joined;
     w->stop = 1;
+    w->joined = 1;
     pthread_cond_signal(&w->cv);
     pthread_mutex_unlock(&w->mu);
-    pthread_join(w->thread, NULL);
+    if (!joined) pthread_join(w->thread, NULL);
+}
+
+void writer_stop(ix_writer *w) {
+    if (!w) return;
+    writer_drain(w);
     pthread_mutex_destroy(&w->mu);
     pthread_cond_destroy(&w->cv);
     free(w);

@@ -177,7 +177,7 @@ static int mkdir_p(const char *dir) {
         if (tmp[i] != '/' && tmp[i] != '\0') continue;
         char c = tmp[i];
         tmp[i] = '\0';
-        if (mkdir(tmp, 0775) && errno != EEXIST) return errno;
+        if (mkdir(tmp, 0700) && errno != EEXIST) return errno;
         tmp[i] = c;
     }
     struct stat st;
@@ -322,7 +322,7 @@ int store_open(iisan_store **out, const char *dir, int create, char *err, size_t
     int rc = mdb_env_create(&s->env);
     if (!rc) rc = mdb_env_set_maxdbs(s->env, 16);
     if (!rc && !existed) rc = mdb_env_set_mapsize(s->env, g_map_initial);
-    if (!rc) rc = mdb_env_open(s->env, dir, MDB_NOTLS, 0664);
+    if (!rc) rc = mdb_env_open(s->env, dir, MDB_NOTLS, 0600);
     if (rc) {
         store_err(err, errlen, "%s: cannot open the store: %s", dir, mdb_strerror(rc));
         store_close(s);

@@ -47,6 +47,7 @@ req() {
   local m=$1 p=$2; shift 2
   local data=()
   if [ $# -gt 0 ]; then data=(--data-binary "$1"); shift; fi
+  [ "$m" = POST ] && data+=(-H 'Content-Type: application/json')
   S=$(curl -s -o "$T/body" -w '%{http_code}' -X "$m" "${data[@]}" "$@" "$B$p")
   # kept for openapi_check (every response is checked against proto/openapi.yaml at the end)
   RESP_N=$((RESP_N + 1)); mkdir -p "$T/responses"; cp "$T/body" "$T/responses/$RESP_N"
