@@ -37,7 +37,7 @@ endif
 include kernels/cuda/cuda.mk
 endif
 
-.PHONY: all test bench-train bench-encode bench-gpu bench-serve fuzz run clean format
+.PHONY: all test test-coretype bench-train bench-encode bench-gpu bench-serve fuzz run clean format
 .SECONDARY:
 all: $(BUILD)/iisan
 
@@ -70,6 +70,11 @@ $(SAN_BIN): $(LIB_SRC) $(CLI_SRC) $(wildcard */*.h kernels/*/*.h)
 
 test: $(TESTS) $(BUILD)/iisan $(SAN_BIN)
 	@IISAN_BIN=$(SAN_BIN) tests/run_tests.sh $(TESTS) $(SCRIPTS)
+
+# the C test programs once more with OpenBLAS forced to another core type (other GEMM
+# kernels): a test that holds only on the host's kernels fails here (docs/gpu.md)
+test-coretype: $(TESTS)
+	@tests/run_coretype.sh $(TESTS)
 
 # the unit, gradient, golden and store tests once more without sanitizers,
 # under valgrind (memcheck, leaks fatal)

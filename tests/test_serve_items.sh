@@ -44,7 +44,9 @@ PY
 TOKEN=items-token
 printf 'port = 0\nthreads = 2\nadmin_token = "%s"\n' "$TOKEN" >"$T/serve.conf"
 AUTH=(-H "Authorization: Bearer $TOKEN")
-# same_states MODALITY DIR1 CAT1 DIR2 CAT2: one item's stored states, byte for byte (mdb_dump)
+# same_states MODALITY DIR1 CAT1 DIR2 CAT2: one item's stored states (mdb_dump) agree to one
+# fp16 rounding step: the daemon encodes a request's items as one batch, iisan encode the
+# catalogue's, and BLAS may round GEMMs of other shapes differently (docs/gpu.md)
 same_states() {
   python3 - "$@" <<'PY'
 import struct, subprocess, sys
@@ -54,7 +56,11 @@ def value(d, cat):
     lines = [l.strip() for l in out.split("HEADER=END", 1)[1].splitlines() if l.startswith(" ")]
     return dict(zip(lines[0::2], lines[1::2])).get(struct.pack("<I", int(cat)).hex())
 a, b = value(d1, c1), value(d2, c2)
-sys.exit(0 if a and a == b else 1)
+if not a or not b or len(a) != len(b):
+    sys.exit(1)
+ha, hb = (struct.unpack("<%de" % (len(v) // 4), bytes.fromhex(v)) for v in (a, b))
+bad = [(x, y) for x, y in zip(ha, hb) if not abs(x - y) <= 1e-3 + 2e-3 * abs(x)]
+sys.exit(0 if not bad else 1)
 PY
 }
 
@@ -115,12 +121,12 @@ errcode 422 bad_image "a truncated image"
 jcheck "'P3' in d['error']['message']" "the refusal names the item"
 req GET /items/P3; status 404 "an item with a bad image is not stored"
 stop
-# the daemon's image states equal iisan encode --images' for the same file
+# the daemon's image states equal iisan encode --images' for the same file (to fp16 rounding)
 mkdir -p "$T/img"; cp tests/golden_image/src/photo_420.jpg "$T/img/P1.jpg"
 "$BIN" import --data "$T/f" --items <(printf 'P1\ta photo\n') >/dev/null 2>&1
 "$BIN" encode --data "$T/f" --images "$T/img" --image-model "$VIT" --quiet >/dev/null 2>&1
 same_states image "$D" "$P1CAT" "$T/f" 1 && ok || bad "served image encoding differs from iisan encode --images"
-# the daemon's states equal iisan encode's for the same title
+# the daemon's states equal iisan encode's for the same title (to fp16 rounding)
 "$BIN" import --data "$T/e" --items <(printf 'T1\tlarge glass beaker\n') >/dev/null 2>&1
 "$BIN" encode --data "$T/e" --model "$MODEL" --quiet
 same_states text "$D" "$T1CAT" "$T/e" 1 && ok || bad "served encoding differs from iisan encode"

@@ -321,8 +321,8 @@ static void check_batch(infer_model *im, const iisan_dataset *ds) {
 }
 
 /* Items added while serving (IISAN): e_i from their states on the spot. A copy
- * of an item's states under a new id and catalogue index scores exactly as
- * that item does; an update moves the id to a new row and retires the old;
+ * of an item's states under a new id and catalogue index scores as that
+ * item does (to the GEMM tolerance); an update moves the id to a new row and retires the old;
  * SASRec-ID refuses; the headroom is a hard limit. */
 static void check_add_items(infer_model *im, iisan_store *s, const iisan_config *c, int N) {
     char err[300];
@@ -355,8 +355,11 @@ static void check_add_items(infer_model *im, iisan_store *s, const iisan_config 
         if (oi[t] == N + 1) s_new = os[t];
         if (oi[t] == src) s_src = os[t];
     }
-    CHECKF(cnt == (N + 1 < 60 ? N + 1 : 60) && !isnan(s_new) && s_new == s_src,
-           "cnt %d new %g source %g", cnt, s_new, s_src);
+    /* embedded alone (a one-row GEMM) against in the load's batch: BLAS may pick other
+     * kernels for other shapes, so equal to the GEMM tolerance (docs/gpu.md), not bit for bit */
+    CHECKF(cnt == (N + 1 < 60 ? N + 1 : 60) && !isnan(s_new) &&
+               fabsf(s_new - s_src) <= 1e-5f + 1e-5f * fabsf(s_src),
+           "cnt %d new %.9g source %.9g", cnt, s_new, s_src);
     /* it can be a history item, like any other */
     int32_t h2[2] = {1, N + 1};
     CHECK(infer_recommend(im, h2, 2, NULL, 0, 5, oi, os) == 5);
