@@ -11,15 +11,71 @@
 
 static const char *kind_name[] = {"iisan", "sasrec-id", "popularity"};
 static const char *tower_names[N_TOWERS] = {"image", "text", "inter"};
+static const char *mod_names[N_MODS] = {"text", "image"};
+
+static json_t *sched_json(int K, const int *sched) {
+    json_t *a = json_array();
+    for (int k = 0; k < K; k++)
+        json_array_append_new(a, json_integer(sched[k]));
+    return a;
+}
+
+/* Versa: {"text": {"D", "nstates", "schedule", "remove_first"}, "image": {...}} */
+static json_t *modalities_json(const iisan_config *c) {
+    json_t *o = json_object();
+    for (int mod = 0; mod < N_MODS; mod++) {
+        const iisan_modality *v = &c->mods[mod];
+        json_t *x = json_object();
+        json_object_set_new(x, "D", json_integer(v->D));
+        json_object_set_new(x, "nstates", json_integer(v->nstates));
+        json_object_set_new(x, "schedule", sched_json(v->K, v->sched));
+        json_object_set_new(x, "remove_first", json_boolean(v->remove_first));
+        json_object_set_new(o, mod_names[mod], x);
+    }
+    return o;
+}
+
+static int get_int(json_t *o, const char *k, int *v, char *err, int errlen);
+
+static int read_sched(json_t *sched, int *K, int *out, char *err, int errlen) {
+    if (!json_is_array(sched) || json_array_size(sched) > IISAN_MAX_SCHED) {
+        snprintf(err, errlen, "model config: bad 'schedule'");
+        return -1;
+    }
+    *K = (int)json_array_size(sched);
+    for (int k = 0; k < *K; k++)
+        out[k] = (int)json_integer_value(json_array_get(sched, k));
+    return 0;
+}
+
+static int modalities_from_json(json_t *o, iisan_config *c, char *err, int errlen) {
+    for (int mod = 0; mod < N_MODS; mod++) {
+        json_t *x = json_object_get(json_object_get(o, "modalities"), mod_names[mod]);
+        iisan_modality *v = &c->mods[mod];
+        if (!json_is_object(x)) {
+            snprintf(err, errlen, "model config: IISAN-Versa without the %s modality's shape",
+                     mod_names[mod]);
+            return -1;
+        }
+        if (get_int(x, "D", &v->D, err, errlen) ||
+            get_int(x, "nstates", &v->nstates, err, errlen) ||
+            read_sched(json_object_get(x, "schedule"), &v->K, v->sched, err, errlen))
+            return -1;
+        v->remove_first = json_is_true(json_object_get(x, "remove_first"));
+    }
+    return 0;
+}
 
 char *config_to_json(const iisan_config *c, int min_len) {
     json_t *o = json_object();
     json_t *sched = json_array(), *towers = json_array();
-    for (int k = 0; k < c->K; k++)
+    for (int k = 0; k < c->K && c->arch != ARCH_VERSA; k++)
         json_array_append_new(sched, json_integer(c->sched[k]));
     for (int t = 0; t < N_TOWERS; t++)
         if ((c->towers >> t) & 1) json_array_append_new(towers, json_string(tower_names[t]));
     json_object_set_new(o, "model", json_string(kind_name[c->kind]));
+    json_object_set_new(o, "arch", json_string(c->arch == ARCH_VERSA ? "versa" : "iisan"));
+    if (c->arch == ARCH_VERSA) json_object_set_new(o, "modalities", modalities_json(c));
     json_object_set_new(o, "D", json_integer(c->D));
     json_object_set_new(o, "nstates", json_integer(c->nstates));
     json_object_set_new(o, "r", json_integer(c->r));
@@ -91,14 +147,14 @@ int config_from_json(const char *json, size_t len, iisan_config *c, int *min_len
     c->remove_first = json_is_true(json_object_get(o, "remove_first"));
     const char *act = json_string_value(json_object_get(o, "act"));
     c->act = act && !strcmp(act, "gelu") ? IISAN_ACT_GELU : IISAN_ACT_RELU;
-    json_t *sched = json_object_get(o, "schedule");
-    if (!json_is_array(sched) || json_array_size(sched) > IISAN_MAX_SCHED) {
-        snprintf(err, errlen, "model config: bad 'schedule'");
+    if (read_sched(json_object_get(o, "schedule"), &c->K, c->sched, err, errlen)) goto out;
+    const char *arch = json_string_value(json_object_get(o, "arch"));
+    if (arch && strcmp(arch, "iisan") && strcmp(arch, "versa")) {
+        snprintf(err, errlen, "model config: unknown arch '%s' (iisan or versa)", arch);
         goto out;
     }
-    c->K = (int)json_array_size(sched);
-    for (int k = 0; k < c->K; k++)
-        c->sched[k] = (int)json_integer_value(json_array_get(sched, k));
+    c->arch = arch && !strcmp(arch, "versa") ? ARCH_VERSA : ARCH_IISAN;
+    if (c->arch == ARCH_VERSA && modalities_from_json(o, c, err, errlen)) goto out;
     json_t *towers = json_object_get(o, "towers");
     c->towers = 0;
     for (size_t i = 0; i < json_array_size(towers); i++) {

@@ -11,7 +11,9 @@
  *   ..      8           P: number of float parameters (u64)
  *   ..      4*P         parameters, params.h's layout, float32 LE
  *
- * The config JSON carries everything needed to rebuild the parameter table;
+ * The config JSON carries everything needed to rebuild the parameter table ("arch":
+ * "iisan" or "versa"; a Versa config adds "modalities": each one's D, nstates, schedule
+ * and remove_first; a config without "arch" is symmetric IISAN);
  * a blob whose P does not match that table is refused. */
 #ifndef IISAN_CORE_CHECKPOINT_H
 #define IISAN_CORE_CHECKPOINT_H

@@ -6,9 +6,26 @@
 #include <stdint.h>
 
 #define IISAN_MAX_SCHED 64
+#define IISAN_MAX_SCHED_STR "64"
 #define IISAN_SEQ_LAYERS 2
 
 enum iisan_model_kind { MODEL_IISAN = 0, MODEL_SASREC_ID = 1, MODEL_POPULARITY = 2 };
+
+/* item-side architecture of MODEL_IISAN: symmetric IISAN (Dt = Dv, one schedule) or
+ * IISAN-Versa (each modality its own width, depth and schedule; spec, last section) */
+enum iisan_arch { ARCH_IISAN = 0, ARCH_VERSA = 1 };
+
+/* the hidden-state modalities, as the store numbers them */
+enum { MOD_TEXT = 0, MOD_IMAGE = 1, N_MODS = 2 };
+
+/* one modality's states and schedule (Versa) */
+typedef struct {
+    int D;                      /* width */
+    int nstates;                /* L + 1 */
+    int K;                      /* schedule length */
+    int sched[IISAN_MAX_SCHED]; /* hidden-state indexes feeding the intra blocks */
+    int remove_first;           /* the intra running state starts from state 0 */
+} iisan_modality;
 
 /* towers of the item encoder, in fusion order [z_img ; z_text ; z_mm] */
 enum { TOWER_IMAGE = 0, TOWER_TEXT = 1, TOWER_INTER = 2, N_TOWERS = 3 };
@@ -16,15 +33,17 @@ enum { TOWER_IMAGE = 0, TOWER_TEXT = 1, TOWER_INTER = 2, N_TOWERS = 3 };
 typedef struct {
     int kind; /* iisan_model_kind */
     /* item side (IISAN) */
-    int D;                      /* backbone width (Dt = Dv) */
-    int nstates;                /* L + 1 hidden states per item and modality */
-    int r;                      /* SAN bottleneck, 64 */
-    int K;                      /* schedule length */
-    int sched[IISAN_MAX_SCHED]; /* hidden-state indexes feeding the blocks */
-    int remove_first;           /* running state starts from state 0 */
-    int act;                    /* IISAN_ACT_RELU / GELU for SAN blocks */
-    float gate_temp;            /* 0.1 */
-    int towers;                 /* bit mask of enabled towers (1 << TOWER_*) */
+    int D;                       /* backbone width (Dt = Dv) */
+    int nstates;                 /* L + 1 hidden states per item and modality */
+    int r;                       /* SAN bottleneck, 64 */
+    int K;                       /* schedule length */
+    int sched[IISAN_MAX_SCHED];  /* hidden-state indexes feeding the blocks */
+    int remove_first;            /* running state starts from state 0 */
+    int act;                     /* IISAN_ACT_RELU / GELU for SAN blocks */
+    float gate_temp;             /* 0.1 */
+    int towers;                  /* bit mask of enabled towers (1 << TOWER_*) */
+    int arch;                    /* iisan_arch */
+    iisan_modality mods[N_MODS]; /* Versa: text, image (D, nstates, K, sched unused) */
     /* SASRec-ID item side */
     int n_items; /* N (item embedding table has N+1 rows) */
     /* sequence encoder */
@@ -58,5 +77,20 @@ int config_set_schedule(iisan_config *c, const char *spec, char *err, int errlen
 /* validates sizes; 0 or -1 with message */
 int config_check(const iisan_config *c, char *err, int errlen);
 int config_ntowers(const iisan_config *c);
+
+/* Versa: parses a schedule (the names and lists above) for modality mod into c->mods[mod];
+ * needs c->mods[mod].nstates set. 0 or -1 with message. */
+int config_set_schedule_mod(iisan_config *c, int mod, const char *spec, char *err, int errlen);
+/* the hidden-state shape the model reads for modality mod: per modality for Versa, the
+ * shared nstates x D otherwise */
+int config_nstates(const iisan_config *c, int mod);
+int config_width(const iisan_config *c, int mod);
+/* a tower's width and schedule length: Versa's inter tower is min(Dt, Dv) wide and
+ * min(Kt, Kv) deep; symmetric towers are D wide and K deep */
+int config_tower_width(const iisan_config *c, int t);
+int config_tower_depth(const iisan_config *c, int t);
+/* Versa: the modality projected into the inter tower by Q_k (the wider one), or -1 when
+ * Dt = Dv */
+int config_versa_wide(const iisan_config *c);
 
 #endif

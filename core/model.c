@@ -30,34 +30,49 @@ static void layout(iisan_model *m, carver *cv) {
     m->v = F(P);
     const int U = m->cap_items, d = c->d, n = c->n;
     if (c->kind == MODEL_IISAN) {
-        const size_t D = c->D, r = c->r;
-        for (int mod = 0; mod < 2; mod++) {
-            for (int k = 0; k < c->K; k++)
+        const size_t r = c->r;
+        const int versa = c->arch == ARCH_VERSA;
+        size_t Dmax = 0;
+        for (int mod = 0; mod < N_MODS; mod++) {
+            const size_t D = config_width(c, mod);
+            const int K = versa ? c->mods[mod].K : c->K;
+            const int rf = versa ? c->mods[mod].remove_first : c->remove_first;
+            for (int k = 0; k < K; k++)
                 m->xs[mod][k] = F(U * D);
-            m->x0[mod] = c->remove_first ? F(U * D) : NULL;
+            m->x0[mod] = rf ? F(U * D) : NULL;
+            Dmax = D > Dmax ? D : Dmax;
         }
         for (int t = 0; t < N_TOWERS; t++) {
             tower_ws *ws = &m->tw[t];
             memset(ws, 0, sizeof *ws);
             if (!((c->towers >> t) & 1)) continue;
-            for (int k = 0; k < c->K; k++) {
+            const size_t D = config_tower_width(c, t);
+            int fo, di;
+            params_head_dims(c, t, &fo, &di);
+            for (int k = 0; k < config_tower_depth(c, t); k++) {
                 ws->in[k] = F(U * D);
                 ws->a[k] = F(U * r);
                 ws->act[k] = F(U * r);
                 ws->h[k] = F(U * D);
             }
-            ws->h0 = t == TOWER_INTER && c->remove_first ? F(U * D) : NULL;
-            ws->M = F(d * D);
+            ws->h0 = !versa && t == TOWER_INTER && c->remove_first ? F(U * D) : NULL;
+            ws->M = F(d * di);
             ws->c = F(d);
-            ws->dM = F(d * D);
+            ws->dM = F(d * di);
             ws->dc = F(d);
+        }
+        const size_t ch = m->chunk_rows;
+        if (versa && ((c->towers >> TOWER_INTER) & 1) && config_versa_wide(c) >= 0) {
+            const size_t Dx = config_tower_width(c, TOWER_INTER);
+            for (int k = 0; k < config_tower_depth(c, TOWER_INTER); k++)
+                m->xp[k] = F(U * Dx);
+            m->dq = F(ch * Dx);
         }
         const int ntd = config_ntowers(c) * d;
         m->zcat = F(U * ntd);
         m->dzcat = F(U * ntd);
-        const size_t ch = m->chunk_rows;
-        m->dh[0] = F(ch * D);
-        m->dh[1] = F(ch * D);
+        m->dh[0] = F(ch * Dmax);
+        m->dh[1] = F(ch * Dmax);
         m->dact = F(ch * r);
         m->dpre = F(ch * r);
     }

@@ -61,14 +61,16 @@ typedef struct iisan_model {
     float *xs[2][IISAN_MAX_SCHED]; /* (U, D) gathered states [modality][k] */
     float *x0[2];                  /* (U, D) state 0 (remove-first) */
     tower_ws tw[N_TOWERS];
-    float *zcat;           /* (U, nt*d) */
-    float *emb;            /* (U, d) item embeddings of the batch's distinct items */
-    float *dh[2];          /* (chunk, D) */
-    float *dact, *dpre;    /* (U, r) */
-    float *dzcat;          /* (U, nt*d) */
-    float *demb;           /* (U, d) */
-    int *items_dev;        /* (U) model item indexes (SASRec-ID gather) */
-    const uint16_t **rows; /* host (U) row pointers for gather_half */
+    float *zcat;                /* (U, nt*d) */
+    float *emb;                 /* (U, d) item embeddings of the batch's distinct items */
+    float *xp[IISAN_MAX_SCHED]; /* Versa: (U, Dx) the wider modality projected, per step */
+    float *dq;                  /* Versa: (chunk, Dx) gradient of a projected state */
+    float *dh[2];               /* (chunk, D) */
+    float *dact, *dpre;         /* (U, r) */
+    float *dzcat;               /* (U, nt*d) */
+    float *demb;                /* (U, d) */
+    int *items_dev;             /* (U) model item indexes (SASRec-ID gather) */
+    const uint16_t **rows;      /* host (U) row pointers for gather_half */
 
     /* sequence encoder workspace, capacity cap_users sequences of n */
     int cap_users;
@@ -111,6 +113,25 @@ void tower_forward(iisan_model *m, const int32_t *items, const uint32_t *cat, in
                    const iisan_states *st);
 /* from m->demb (U, d) accumulate every item-side parameter gradient */
 void tower_backward(iisan_model *m, int U);
+
+/* pieces tower.c shares with IISAN-Versa's towers (tower_versa.c), on rows r0..r0+R-1 of
+ * a D-wide tower: one SAN block forward (ws->in[k] -> ws->h[k]); one block backward, from
+ * cur = dL/dh[k] to cur = dL/din[k] (overwritten in place) with its parameter gradients */
+void tower_block_forward(iisan_model *m, const san_block_v *w, tower_ws *ws, int k, int r0, int R,
+                         int D);
+void tower_block_backward(iisan_model *m, const san_block_v *w, const san_block_v *g,
+                          const tower_ws *ws, int k, int r0, int R, int D, float *cur);
+/* the batch's heads: M = P_w F_w and c = P_w F_b + P_b per tower (forward); the heads'
+ * parameter gradients from dM and dc (backward) */
+void tower_heads_forward(iisan_model *m);
+void tower_heads_backward(iisan_model *m);
+/* e = W_fuse zcat + b_fuse into m->emb; its backward from m->demb into the fusion's
+ * gradients and m->dzcat, clearing every tower's dM and dc */
+void tower_fuse_forward(iisan_model *m, int U);
+void tower_fuse_backward(iisan_model *m, int U);
+/* IISAN-Versa (tower_versa.c): tower_forward and tower_backward dispatch here */
+void versa_forward(iisan_model *m, const uint32_t *cat, int U, const iisan_states *st);
+void versa_backward(iisan_model *m, int U);
 
 /* ---- sequence encoder (seqenc.c) ----
  * B sequences of n input positions; in_idx (host, B*n) selects rows of m->emb

@@ -37,11 +37,62 @@ static int add(param_table *pt, int *cap, int group, int init, float a, int d0, 
     return 0;
 }
 
+void params_head_dims(const iisan_config *c, int t, int *fo, int *di) {
+    *di = config_tower_width(c, t);
+    *fo = c->arch == ARCH_VERSA && t != TOWER_INTER ? c->d : *di;
+}
+
+/* IISAN-Versa's item side: each tower in its own width and depth, the projections Q_k of
+ * the wider modality into the inter tower, heads F: width -> fo, P: fo -> d */
+static int versa_build(param_table *pt, int *cap, const iisan_config *c) {
+    const int r = c->r, d = c->d;
+    int rc = 0;
+    for (int t = 0; t < N_TOWERS; t++) {
+        if (!((c->towers >> t) & 1)) continue;
+        const int D = config_tower_width(c, t), K = config_tower_depth(c, t);
+        for (int k = 0; k < K; k++) {
+            rc |= add(pt, cap, 0, INIT_NORMAL, 0.01f, r, D, "%s.block.%d.down.weight",
+                      tower_name[t], k);
+            rc |= add(pt, cap, 0, INIT_ZERO, 0, r, 0, "%s.block.%d.down.bias", tower_name[t], k);
+            rc |= add(pt, cap, 0, INIT_NORMAL, 0.01f, D, r, "%s.block.%d.up.weight", tower_name[t],
+                      k);
+            rc |= add(pt, cap, 0, INIT_ZERO, 0, D, 0, "%s.block.%d.up.bias", tower_name[t], k);
+        }
+        rc |= add(pt, cap, 0, INIT_ZERO, 0, K, 0, "%s.gate", tower_name[t]);
+    }
+    const int wide = config_versa_wide(c);
+    if (((c->towers >> TOWER_INTER) & 1) && wide >= 0) {
+        const int Dw = c->mods[wide].D, Dx = config_tower_width(c, TOWER_INTER);
+        const float b = 1.0f / sqrtf((float)Dw);
+        for (int k = 0; k < config_tower_depth(c, TOWER_INTER); k++) {
+            rc |= add(pt, cap, 1, INIT_UNIFORM, b, Dx, Dw, "inter.q.%d.weight", k);
+            rc |= add(pt, cap, 1, INIT_UNIFORM, b, Dx, 0, "inter.q.%d.bias", k);
+        }
+    }
+    for (int t = 0; t < N_TOWERS; t++) {
+        if (!((c->towers >> t) & 1)) continue;
+        int fo, di;
+        params_head_dims(c, t, &fo, &di);
+        float bf = 1.0f / sqrtf((float)di), bp = 1.0f / sqrtf((float)fo);
+        rc |= add(pt, cap, 1, INIT_UNIFORM, bf, fo, di, "%s.fc.weight", tower_name[t]);
+        rc |= add(pt, cap, 1, INIT_UNIFORM, bf, fo, 0, "%s.fc.bias", tower_name[t]);
+        rc |= add(pt, cap, 1, INIT_UNIFORM, bp, d, fo, "%s.proj.weight", tower_name[t]);
+        rc |= add(pt, cap, 1, INIT_UNIFORM, bp, d, 0, "%s.proj.bias", tower_name[t]);
+    }
+    return rc;
+}
+
 int params_build(param_table *pt, const iisan_config *c) {
     memset(pt, 0, sizeof *pt);
     int cap = 0, rc = 0;
     const int D = c->D, r = c->r, d = c->d;
-    if (c->kind == MODEL_IISAN) {
+    if (c->kind == MODEL_IISAN && c->arch == ARCH_VERSA) {
+        rc |= versa_build(pt, &cap, c);
+        int fin = config_ntowers(c) * d;
+        float bf = 1.0f / sqrtf((float)fin);
+        rc |= add(pt, &cap, 1, INIT_UNIFORM, bf, d, fin, "fuse.weight");
+        rc |= add(pt, &cap, 1, INIT_UNIFORM, bf, d, 0, "fuse.bias");
+    } else if (c->kind == MODEL_IISAN) {
         /* group 0: SAN blocks and gates, every tower */
         for (int t = 0; t < N_TOWERS; t++) {
             if (!((c->towers >> t) & 1)) continue;
@@ -125,7 +176,9 @@ void params_views(const param_table *pt, const iisan_config *c, float *base, mod
         if (c->kind != MODEL_IISAN || !((c->towers >> t) & 1)) continue;
         tower_v *tv = &v->tower[t];
         const char *tn = tower_name[t];
-        for (int k = 0; k < c->K; k++) {
+        for (int k = 0; k < config_tower_depth(c, t); k++) {
+            tv->q_w[k] = at(pt, base, "%s.q.%d.weight", tn, k);
+            tv->q_b[k] = at(pt, base, "%s.q.%d.bias", tn, k);
             tv->blk[k].down_w = at(pt, base, "%s.block.%d.down.weight", tn, k);
             tv->blk[k].down_b = at(pt, base, "%s.block.%d.down.bias", tn, k);
             tv->blk[k].up_w = at(pt, base, "%s.block.%d.up.weight", tn, k);

@@ -41,6 +41,10 @@ typedef struct {
     float *up_b;   /* (D) */
 } san_block_v;
 
+/* A tower's head F (fo x di) then P (d x fo): symmetric IISAN has fo = di = D; Versa's
+ * intra heads map di = Dt or Dv to fo = d, its inter head keeps fo = di = Dx. */
+void params_head_dims(const iisan_config *c, int t, int *fo, int *di);
+
 typedef struct {
     san_block_v blk[IISAN_MAX_SCHED];
     float *gate;   /* (K) gate parameters p_k; g = sigmoid(p / temp) */
@@ -48,6 +52,9 @@ typedef struct {
     float *fc_b;   /* (D) */
     float *proj_w; /* (d, D) P */
     float *proj_b; /* (d) */
+    /* Versa's inter tower: Q_k projecting the wider modality's state at step k to Dx */
+    float *q_w[IISAN_MAX_SCHED]; /* (Dx, Dwide) */
+    float *q_b[IISAN_MAX_SCHED]; /* (Dx) */
 } tower_v;
 
 typedef struct {

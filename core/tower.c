@@ -6,9 +6,6 @@
 
 #include "core/model.h"
 
-#define MOD_TEXT 0
-#define MOD_IMAGE 1
-
 static int tower_mod(int t) { return t == TOWER_TEXT ? MOD_TEXT : MOD_IMAGE; }
 
 static int need_mod(const iisan_config *c, int mod) {
@@ -36,10 +33,10 @@ static void gather_states(iisan_model *m, const uint32_t *cat, int U, const iisa
 }
 
 /* one SAN block on rows r0 .. r0+R-1: h = in + W_up act(W_down in + b_down) + b_up */
-static void block_forward(iisan_model *m, const san_block_v *w, tower_ws *ws, int k, int r0,
-                          int R) {
+void tower_block_forward(iisan_model *m, const san_block_v *w, tower_ws *ws, int k, int r0, int R,
+                         int D) {
     iisan_backend *be = m->be;
-    const int D = m->c.D, r = m->c.r;
+    const int r = m->c.r;
     const size_t o = (size_t)r0 * D, orr = (size_t)r0 * r;
     be->gemm(be, 0, 1, R, r, D, 1, ws->in[k] + o, D, w->down_w, D, 0, ws->a[k] + orr, r);
     be->add_bias(be, ws->a[k] + orr, r, w->down_b, R, r);
@@ -67,7 +64,7 @@ static void rows_forward(iisan_model *m, int t, int r0, int R, int off) {
         for (int k = 0; k < c->K; k++) {
             be->gate_fwd(be, ws->in[k] + o, prev, m->xs[MOD_IMAGE][k] + o, m->xs[MOD_TEXT][k] + o,
                          w->gate + k, c->gate_temp, RD);
-            block_forward(m, &w->blk[k], ws, k, r0, R);
+            tower_block_forward(m, &w->blk[k], ws, k, r0, R, D);
             prev = ws->h[k] + o;
         }
     } else {
@@ -76,7 +73,7 @@ static void rows_forward(iisan_model *m, int t, int r0, int R, int off) {
         for (int k = 0; k < c->K; k++) {
             be->gate_fwd(be, ws->in[k] + o, NULL, m->xs[mod][k] + o, prev, w->gate + k,
                          c->gate_temp, RD);
-            block_forward(m, &w->blk[k], ws, k, r0, R);
+            tower_block_forward(m, &w->blk[k], ws, k, r0, R, D);
             prev = ws->h[k] + o;
         }
     }
@@ -86,27 +83,39 @@ static void rows_forward(iisan_model *m, int t, int r0, int R, int off) {
     be->add_bias(be, z, ntd, ws->c, R, d);
 }
 
+/* the heads' products, once per batch: M = P_w F_w, c = P_w F_b + P_b */
+void tower_heads_forward(iisan_model *m) {
+    const iisan_config *c = &m->c;
+    iisan_backend *be = m->be;
+    const int d = c->d;
+    for (int t = 0; t < N_TOWERS; t++) {
+        if (!((c->towers >> t) & 1)) continue;
+        const tower_v *w = &m->pw.tower[t];
+        tower_ws *ws = &m->tw[t];
+        int fo, di;
+        params_head_dims(c, t, &fo, &di);
+        be->gemm(be, 0, 0, d, di, fo, 1, w->proj_w, fo, w->fc_w, di, 0, ws->M, di);
+        be->gemm(be, 0, 0, d, 1, fo, 1, w->proj_w, fo, w->fc_b, 1, 0, ws->c, 1);
+        be->axpby(be, d, 1, w->proj_b, 1, ws->c);
+    }
+}
+
 void tower_forward(iisan_model *m, const int32_t *items, const uint32_t *cat, int U,
                    const iisan_states *st) {
     const iisan_config *c = &m->c;
     iisan_backend *be = m->be;
-    const int D = c->D, d = c->d;
+    const int d = c->d;
     if (c->kind == MODEL_SASREC_ID) {
         be->upload(be, m->items_dev, items, (size_t)U * sizeof(int));
         be->gather_rows(be, m->emb, m->pw.item_emb, m->items_dev, U, d);
         return;
     }
-    gather_states(m, cat, U, st);
-    const int ntd = config_ntowers(c) * d;
-    /* the heads' products, once per batch: M = P_w F_w, c = P_w F_b + P_b */
-    for (int t = 0; t < N_TOWERS; t++) {
-        if (!((c->towers >> t) & 1)) continue;
-        const tower_v *w = &m->pw.tower[t];
-        tower_ws *ws = &m->tw[t];
-        be->gemm(be, 0, 0, d, D, D, 1, w->proj_w, D, w->fc_w, D, 0, ws->M, D);
-        be->gemm(be, 0, 0, d, 1, D, 1, w->proj_w, D, w->fc_b, 1, 0, ws->c, 1);
-        be->axpby(be, d, 1, w->proj_b, 1, ws->c);
+    if (c->arch == ARCH_VERSA) {
+        versa_forward(m, cat, U, st);
+        return;
     }
+    gather_states(m, cat, U, st);
+    tower_heads_forward(m);
     for (int r0 = 0; r0 < U; r0 += m->chunk_rows) {
         int R = U - r0 < m->chunk_rows ? U - r0 : m->chunk_rows, off = 0;
         for (int t = 0; t < N_TOWERS; t++) {
@@ -115,8 +124,29 @@ void tower_forward(iisan_model *m, const int32_t *items, const uint32_t *cat, in
             off += d;
         }
     }
+    tower_fuse_forward(m, U);
+}
+
+void tower_fuse_forward(iisan_model *m, int U) {
+    iisan_backend *be = m->be;
+    const int d = m->c.d, ntd = config_ntowers(&m->c) * d;
     be->gemm(be, 0, 1, U, d, ntd, 1, m->zcat, ntd, m->pw.fuse_w, ntd, 0, m->emb, d);
     be->add_bias(be, m->emb, d, m->pw.fuse_b, U, d);
+}
+
+void tower_block_backward(iisan_model *m, const san_block_v *bw, const san_block_v *bg,
+                          const tower_ws *ws, int k, int r0, int R, int D, float *cur) {
+    iisan_backend *be = m->be;
+    const int r = m->c.r;
+    const size_t o = (size_t)r0 * D, orr = (size_t)r0 * r;
+    /* h = in + up(act(down(in))) */
+    be->bias_grad(be, bg->up_b, cur, D, R, D);
+    be->gemm(be, 1, 0, D, r, R, 1, cur, D, ws->act[k] + orr, r, 1, bg->up_w, r);
+    be->gemm(be, 0, 0, R, r, D, 1, cur, D, bw->up_w, r, 0, m->dact, r);
+    be->act_bwd(be, m->c.act, m->dpre, m->dact, ws->a[k] + orr, (size_t)R * r);
+    be->bias_grad(be, bg->down_b, m->dpre, r, R, r);
+    be->gemm(be, 1, 0, r, D, R, 1, m->dpre, r, ws->in[k] + o, D, 1, bg->down_w, D);
+    be->gemm(be, 0, 0, R, D, r, 1, m->dpre, r, bw->down_w, D, 1, cur, D); /* d in */
 }
 
 /* tower t's backward on rows r0 .. r0+R-1 from dz (columns off.. of dzcat):
@@ -124,8 +154,8 @@ void tower_forward(iisan_model *m, const int32_t *items, const uint32_t *cat, in
 static void rows_backward(iisan_model *m, int t, int r0, int R, int off) {
     const iisan_config *c = &m->c;
     iisan_backend *be = m->be;
-    const int D = c->D, d = c->d, r = c->r, ntd = config_ntowers(c) * d;
-    const size_t o = (size_t)r0 * D, orr = (size_t)r0 * r, RD = (size_t)R * D;
+    const int D = c->D, d = c->d, ntd = config_ntowers(c) * d;
+    const size_t o = (size_t)r0 * D, RD = (size_t)R * D;
     const tower_v *w = &m->pw.tower[t];
     const tower_v *g = &m->pg.tower[t];
     tower_ws *ws = &m->tw[t];
@@ -137,15 +167,7 @@ static void rows_backward(iisan_model *m, int t, int r0, int R, int off) {
     be->gemm(be, 0, 0, R, D, d, 1, dz, ntd, ws->M, D, 0, cur, D);
     int mod = tower_mod(t);
     for (int k = c->K - 1; k >= 0; k--) {
-        const san_block_v *bw = &w->blk[k], *bg = &g->blk[k];
-        /* h = in + up(act(down(in))) */
-        be->bias_grad(be, bg->up_b, cur, D, R, D);
-        be->gemm(be, 1, 0, D, r, R, 1, cur, D, ws->act[k] + orr, r, 1, bg->up_w, r);
-        be->gemm(be, 0, 0, R, r, D, 1, cur, D, bw->up_w, r, 0, m->dact, r);
-        be->act_bwd(be, c->act, m->dpre, m->dact, ws->a[k] + orr, (size_t)R * r);
-        be->bias_grad(be, bg->down_b, m->dpre, r, R, r);
-        be->gemm(be, 1, 0, r, D, R, 1, m->dpre, r, ws->in[k] + o, D, 1, bg->down_w, D);
-        be->gemm(be, 0, 0, R, D, r, 1, m->dpre, r, bw->down_w, D, 1, cur, D); /* d in */
+        tower_block_backward(m, &w->blk[k], &g->blk[k], ws, k, r0, R, D, cur);
         if (t == TOWER_INTER) {
             /* in = u_{k-1} + s V + (1-s) T: d u_{k-1} = d in */
             be->gate_bwd(be, NULL, NULL, g->gate + k, cur, m->xs[MOD_IMAGE][k] + o,
@@ -162,23 +184,35 @@ static void rows_backward(iisan_model *m, int t, int r0, int R, int off) {
     }
 }
 
-void tower_backward(iisan_model *m, int U) {
+void tower_fuse_backward(iisan_model *m, int U) {
     const iisan_config *c = &m->c;
     iisan_backend *be = m->be;
-    const int D = c->D, d = c->d;
-    if (c->kind == MODEL_SASREC_ID) {
-        be->scatter_add_rows(be, m->pg.item_emb, m->demb, m->items_dev, U, d);
-        return;
-    }
-    const int ntd = config_ntowers(c) * d;
+    const int d = c->d, ntd = config_ntowers(c) * d;
     be->bias_grad(be, m->pg.fuse_b, m->demb, d, U, d);
     be->gemm(be, 1, 0, d, ntd, U, 1, m->demb, d, m->zcat, ntd, 1, m->pg.fuse_w, ntd);
     be->gemm(be, 0, 0, U, ntd, d, 1, m->demb, d, m->pw.fuse_w, ntd, 0, m->dzcat, ntd);
     for (int t = 0; t < N_TOWERS; t++) {
         if (!((c->towers >> t) & 1)) continue;
-        be->zero(be, m->tw[t].dM, (size_t)d * D * sizeof(float));
+        int fo, di;
+        params_head_dims(c, t, &fo, &di);
+        be->zero(be, m->tw[t].dM, (size_t)d * di * sizeof(float));
         be->zero(be, m->tw[t].dc, (size_t)d * sizeof(float));
     }
+}
+
+void tower_backward(iisan_model *m, int U) {
+    const iisan_config *c = &m->c;
+    iisan_backend *be = m->be;
+    const int d = c->d;
+    if (c->kind == MODEL_SASREC_ID) {
+        be->scatter_add_rows(be, m->pg.item_emb, m->demb, m->items_dev, U, d);
+        return;
+    }
+    if (c->arch == ARCH_VERSA) {
+        versa_backward(m, U);
+        return;
+    }
+    tower_fuse_backward(m, U);
     for (int r0 = 0; r0 < U; r0 += m->chunk_rows) {
         int R = U - r0 < m->chunk_rows ? U - r0 : m->chunk_rows, off = 0;
         for (int t = 0; t < N_TOWERS; t++) {
@@ -187,17 +221,26 @@ void tower_backward(iisan_model *m, int U) {
             off += d;
         }
     }
-    /* the heads' parameters from dM and dc:
-     * dP_w += dM F_w^T + dc F_b^T; dF_w += P_w^T dM; dF_b += P_w^T dc; dP_b += dc */
+    tower_heads_backward(m);
+}
+
+/* the heads' parameters from dM and dc:
+ * dP_w += dM F_w^T + dc F_b^T; dF_w += P_w^T dM; dF_b += P_w^T dc; dP_b += dc */
+void tower_heads_backward(iisan_model *m) {
+    const iisan_config *c = &m->c;
+    iisan_backend *be = m->be;
+    const int d = c->d;
     for (int t = 0; t < N_TOWERS; t++) {
         if (!((c->towers >> t) & 1)) continue;
         const tower_v *w = &m->pw.tower[t];
         const tower_v *g = &m->pg.tower[t];
         const tower_ws *ws = &m->tw[t];
-        be->gemm(be, 0, 1, d, D, D, 1, ws->dM, D, w->fc_w, D, 1, g->proj_w, D);
-        be->ger(be, d, D, 1, ws->dc, w->fc_b, g->proj_w);
-        be->gemm(be, 1, 0, D, D, d, 1, w->proj_w, D, ws->dM, D, 1, g->fc_w, D);
-        be->gemm(be, 1, 0, D, 1, d, 1, w->proj_w, D, ws->dc, 1, 1, g->fc_b, 1);
+        int fo, di;
+        params_head_dims(c, t, &fo, &di);
+        be->gemm(be, 0, 1, d, fo, di, 1, ws->dM, di, w->fc_w, di, 1, g->proj_w, fo);
+        be->ger(be, d, fo, 1, ws->dc, w->fc_b, g->proj_w);
+        be->gemm(be, 1, 0, fo, di, d, 1, w->proj_w, fo, ws->dM, di, 1, g->fc_w, di);
+        be->gemm(be, 1, 0, fo, 1, d, 1, w->proj_w, fo, ws->dc, 1, 1, g->fc_b, 1);
         be->axpby(be, d, 1, ws->dc, 1, g->proj_b);
     }
 }

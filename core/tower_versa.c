@@ -1,0 +1,168 @@
+/* IISAN-Versa's item encoder (spec, last section): text and image intra towers each in
+ * their own width Dt, Dv and schedule St, Sv; the inter tower Dx = min(Dt, Dv) wide and
+ * K = min(Kt, Kv) deep, reading at step k the states of the last K schedule entries of each
+ * modality, the wider one projected to Dx by its own Q_k; heads F: width -> d (intra) or
+ * Dx -> Dx (inter), then P -> d. The SAN blocks, heads and fusion are tower.c's. */
+#include "core/model.h"
+
+static int versa_need_mod(const iisan_config *c, int mod) {
+    if ((c->towers >> TOWER_INTER) & 1) return 1;
+    return (c->towers >> (mod == MOD_TEXT ? TOWER_TEXT : TOWER_IMAGE)) & 1;
+}
+
+/* every scheduled state of each modality (and state 0 for remove-first) as floats */
+static void versa_gather(iisan_model *m, const uint32_t *cat, int U, const iisan_states *st) {
+    const iisan_config *c = &m->c;
+    iisan_backend *be = m->be;
+    for (int mod = 0; mod < N_MODS; mod++) {
+        if (!versa_need_mod(c, mod)) continue;
+        const iisan_modality *v = &c->mods[mod];
+        for (int u = 0; u < U; u++)
+            m->rows[u] = st->get(st->ctx, mod, cat[u]);
+        for (int k = -1; k < v->K; k++) {
+            if (k < 0 && !v->remove_first) continue;
+            int s = k < 0 ? 0 : v->sched[k];
+            const uint16_t **rows = m->rows + U;
+            for (int u = 0; u < U; u++)
+                rows[u] = m->rows[u] ? m->rows[u] + (size_t)s * v->D : NULL;
+            be->gather_half(be, k < 0 ? m->x0[mod] : m->xs[mod][k], rows, U, v->D);
+        }
+    }
+}
+
+/* the inter tower's inputs at step k on rows from r0: t_k and v_k, the wider one projected
+ * (forward: computed into xp[k]) */
+static void inter_inputs(iisan_model *m, int k, int r0, int R, int project, const float **tk,
+                         const float **vk) {
+    const iisan_config *c = &m->c;
+    const int Kx = config_tower_depth(c, TOWER_INTER), Dx = config_tower_width(c, TOWER_INTER);
+    const int wide = config_versa_wide(c);
+    const float *x[N_MODS];
+    for (int mod = 0; mod < N_MODS; mod++) {
+        const iisan_modality *v = &c->mods[mod];
+        x[mod] = m->xs[mod][v->K - Kx + k] + (size_t)r0 * v->D;
+    }
+    if (wide >= 0) {
+        const int Dw = c->mods[wide].D;
+        float *p = m->xp[k] + (size_t)r0 * Dx;
+        if (project) {
+            const tower_v *w = &m->pw.tower[TOWER_INTER];
+            m->be->gemm(m->be, 0, 1, R, Dx, Dw, 1, x[wide], Dw, w->q_w[k], Dw, 0, p, Dx);
+            m->be->add_bias(m->be, p, Dx, w->q_b[k], R, Dx);
+        }
+        x[wide] = p;
+    }
+    *tk = x[MOD_TEXT];
+    *vk = x[MOD_IMAGE];
+}
+
+/* tower t on rows r0 .. r0+R-1, its z into columns off .. off+d-1 of zcat */
+static void versa_rows_forward(iisan_model *m, int t, int r0, int R, int off) {
+    const iisan_config *c = &m->c;
+    iisan_backend *be = m->be;
+    const int D = config_tower_width(c, t), K = config_tower_depth(c, t), d = c->d;
+    const int ntd = config_ntowers(c) * d;
+    const size_t o = (size_t)r0 * D, RD = (size_t)R * D;
+    const tower_v *w = &m->pw.tower[t];
+    tower_ws *ws = &m->tw[t];
+    const float *prev = NULL; /* u_0 = 0 */
+    const int mod = t == TOWER_TEXT ? MOD_TEXT : MOD_IMAGE;
+    if (t != TOWER_INTER && c->mods[mod].remove_first) prev = m->x0[mod] + o;
+    for (int k = 0; k < K; k++) {
+        if (t == TOWER_INTER) { /* in = u_{k-1} + g v_k + (1 - g) t_k */
+            const float *tk, *vk;
+            inter_inputs(m, k, r0, R, 1, &tk, &vk);
+            be->gate_fwd(be, ws->in[k] + o, prev, vk, tk, w->gate + k, c->gate_temp, RD);
+        } else { /* in = g X[s_k] + (1 - g) h_{k-1} */
+            be->gate_fwd(be, ws->in[k] + o, NULL, m->xs[mod][k] + o, prev, w->gate + k,
+                         c->gate_temp, RD);
+        }
+        tower_block_forward(m, &w->blk[k], ws, k, r0, R, D);
+        prev = ws->h[k] + o;
+    }
+    /* z = P(F h_K) = h_K M^T + c */
+    float *z = m->zcat + (size_t)r0 * ntd + off;
+    be->gemm(be, 0, 1, R, d, D, 1, ws->h[K - 1] + o, D, ws->M, D, 0, z, ntd);
+    be->add_bias(be, z, ntd, ws->c, R, d);
+}
+
+void versa_forward(iisan_model *m, const uint32_t *cat, int U, const iisan_states *st) {
+    const iisan_config *c = &m->c;
+    versa_gather(m, cat, U, st);
+    tower_heads_forward(m);
+    for (int r0 = 0; r0 < U; r0 += m->chunk_rows) {
+        int R = U - r0 < m->chunk_rows ? U - r0 : m->chunk_rows, off = 0;
+        for (int t = 0; t < N_TOWERS; t++) {
+            if (!((c->towers >> t) & 1)) continue;
+            versa_rows_forward(m, t, r0, R, off);
+            off += c->d;
+        }
+    }
+    tower_fuse_forward(m, U);
+}
+
+/* the inter tower's gate at step k: d u_{k-1} = d in (cur, unchanged); the projected
+ * modality's gradient flows on into Q_k */
+static void inter_gate_backward(iisan_model *m, int k, int r0, int R, const float *cur) {
+    const iisan_config *c = &m->c;
+    iisan_backend *be = m->be;
+    const int Dx = config_tower_width(c, TOWER_INTER), wide = config_versa_wide(c);
+    const tower_v *w = &m->pw.tower[TOWER_INTER], *g = &m->pg.tower[TOWER_INTER];
+    const float *tk, *vk;
+    inter_inputs(m, k, r0, R, 0, &tk, &vk);
+    float *dv = wide == MOD_IMAGE ? m->dq : NULL, *dt = wide == MOD_TEXT ? m->dq : NULL;
+    be->gate_bwd(be, dv, dt, g->gate + k, cur, vk, tk, w->gate + k, c->gate_temp, (size_t)R * Dx);
+    if (wide < 0) return;
+    /* p = x_w Q_k^T + b_k: dQ_k += dp^T x_w, db_k += colsum dp */
+    const iisan_modality *v = &c->mods[wide];
+    const int Kx = config_tower_depth(c, TOWER_INTER), Dw = v->D;
+    const float *xw = m->xs[wide][v->K - Kx + k] + (size_t)r0 * Dw;
+    be->gemm(be, 1, 0, Dx, Dw, R, 1, m->dq, Dx, xw, Dw, 1, g->q_w[k], Dw);
+    be->bias_grad(be, g->q_b[k], m->dq, Dx, R, Dx);
+}
+
+/* tower t's backward on rows r0 .. r0+R-1 from dz (columns off.. of dzcat) */
+static void versa_rows_backward(iisan_model *m, int t, int r0, int R, int off) {
+    const iisan_config *c = &m->c;
+    iisan_backend *be = m->be;
+    const int D = config_tower_width(c, t), K = config_tower_depth(c, t), d = c->d;
+    const int ntd = config_ntowers(c) * d;
+    const size_t o = (size_t)r0 * D, RD = (size_t)R * D;
+    const tower_v *w = &m->pw.tower[t], *g = &m->pg.tower[t];
+    tower_ws *ws = &m->tw[t];
+    const float *dz = m->dzcat + (size_t)r0 * ntd + off;
+    /* heads: dM += dz^T h_K, dc += colsum dz, dh_K = dz M */
+    be->gemm(be, 1, 0, d, D, R, 1, dz, ntd, ws->h[K - 1] + o, D, 1, ws->dM, D);
+    be->bias_grad(be, ws->dc, dz, ntd, R, d);
+    float *cur = m->dh[0], *other = m->dh[1];
+    be->gemm(be, 0, 0, R, D, d, 1, dz, ntd, ws->M, D, 0, cur, D);
+    const int mod = t == TOWER_TEXT ? MOD_TEXT : MOD_IMAGE;
+    for (int k = K - 1; k >= 0; k--) {
+        tower_block_backward(m, &w->blk[k], &g->blk[k], ws, k, r0, R, D, cur);
+        if (t == TOWER_INTER) {
+            inter_gate_backward(m, k, r0, R, cur);
+            continue;
+        }
+        const float *prev =
+            k > 0 ? ws->h[k - 1] + o : (c->mods[mod].remove_first ? m->x0[mod] + o : NULL);
+        be->gate_bwd(be, NULL, k > 0 ? other : NULL, g->gate + k, cur, m->xs[mod][k] + o, prev,
+                     w->gate + k, c->gate_temp, RD);
+        float *tmp = cur;
+        cur = other;
+        other = tmp;
+    }
+}
+
+void versa_backward(iisan_model *m, int U) {
+    const iisan_config *c = &m->c;
+    tower_fuse_backward(m, U);
+    for (int r0 = 0; r0 < U; r0 += m->chunk_rows) {
+        int R = U - r0 < m->chunk_rows ? U - r0 : m->chunk_rows, off = 0;
+        for (int t = 0; t < N_TOWERS; t++) {
+            if (!((c->towers >> t) & 1)) continue;
+            versa_rows_backward(m, t, r0, R, off);
+            off += c->d;
+        }
+    }
+    tower_heads_backward(m);
+}

@@ -1,0 +1,321 @@
+/* IISAN-Versa (spec, last section): finite-difference checks of the whole in-batch loss
+ * with respect to every parameter tensor (the projections Q_k and the asymmetric heads
+ * included) in three shape pairs (wider text, wider image, equal widths with unequal
+ * depths), dropout off and on; row chunks; the configuration's checks and its checkpoint
+ * round trip. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/checkpoint.h"
+#include "core/model.h"
+#include "kernels/half.h"
+#include "kernels/rng.h"
+#include "tests/test.h"
+
+#define NCAT 9 /* catalogue items 1..9 */
+
+typedef struct {
+    int nstates[N_MODS], D[N_MODS];
+    uint16_t *data[N_MODS]; /* [NCAT+1][nstates*D] per modality */
+    int missing[NCAT + 1][N_MODS];
+} versa_states;
+
+static const uint16_t *vs_get(void *ctx, int mod, uint32_t cat) {
+    versa_states *s = ctx;
+    if (cat == 0 || cat > NCAT || s->missing[cat][mod]) return NULL;
+    return s->data[mod] + (size_t)cat * s->nstates[mod] * s->D[mod];
+}
+
+static void vs_init(versa_states *s, const iisan_config *c, uint64_t seed) {
+    memset(s, 0, sizeof *s);
+    for (int mod = 0; mod < N_MODS; mod++) {
+        s->nstates[mod] = c->mods[mod].nstates;
+        s->D[mod] = c->mods[mod].D;
+        size_t n = (size_t)(NCAT + 1) * s->nstates[mod] * s->D[mod];
+        s->data[mod] = malloc(n * sizeof(uint16_t));
+        for (size_t i = 0; i < n; i++)
+            s->data[mod][i] = iisan_float_to_half(iisan_rng_normal(seed + mod, i));
+    }
+    s->missing[3][MOD_IMAGE] = 1; /* item 3: no image */
+    s->missing[5][MOD_TEXT] = 1;  /* item 5: no text */
+}
+
+static void vs_free(versa_states *s) {
+    for (int mod = 0; mod < N_MODS; mod++)
+        free(s->data[mod]);
+}
+
+/* a small Versa config: text Dt x (Lt + 1) with schedule st, image likewise */
+static void versa_config(iisan_config *c, int Dt, int nt, const char *st, int Dv, int nv,
+                         const char *sv) {
+    config_default(c);
+    c->arch = ARCH_VERSA;
+    c->r = 4;
+    c->d = 8;
+    c->n = 4;
+    c->heads = 2;
+    c->mods[MOD_TEXT].D = Dt;
+    c->mods[MOD_TEXT].nstates = nt;
+    c->mods[MOD_IMAGE].D = Dv;
+    c->mods[MOD_IMAGE].nstates = nv;
+    char err[256];
+    CHECKF(config_set_schedule_mod(c, MOD_TEXT, st, err, sizeof err) == 0, "%s", err);
+    CHECKF(config_set_schedule_mod(c, MOD_IMAGE, sv, err, sizeof err) == 0, "%s", err);
+}
+
+/* model items 1..7 map to catalogue 2..8 (a non-trivial mapping) */
+static const uint32_t item_cat[8] = {0, 2, 3, 4, 5, 6, 7, 8};
+static const int32_t seqs[3 * 5] = {0, 0, 1, 2, 3, 4, 5, 6, 7, 2, 0, 3, 3, 6, 1};
+static float logpop[8];
+
+static void make_logpop(void) {
+    double cnt[8] = {0}, tot = 0;
+    for (int i = 0; i < 15; i++)
+        if (seqs[i]) cnt[seqs[i]]++, tot++;
+    for (int i = 0; i < 8; i++)
+        logpop[i] = cnt[i] ? (float)log(cnt[i] / tot) : 0.0f;
+    logpop[0] = 0;
+}
+
+/* random parameters far from the near-identity init, so every path matters */
+static void randomise(iisan_model *m, uint64_t seed) {
+    size_t P = m->pt.total;
+    float *h = malloc(P * sizeof *h);
+    for (int i = 0; i < m->pt.n; i++) {
+        const param_info *p = &m->pt.t[i];
+        float sd = strstr(p->name, "gate") ? 0.05f : 0.3f;
+        if (p->ndim == 2 && !strstr(p->name, "block") && !strstr(p->name, "seq"))
+            sd = 1.0f / sqrtf((float)p->shape[1]);
+        for (size_t j = 0; j < p->size; j++) {
+            float z = sd * iisan_rng_normal(seed + i, j);
+            h[p->offset + j] =
+                strstr(p->name, "ln") && strstr(p->name, "weight") ? 1.0f + 0.3f * z : z;
+        }
+    }
+    m->be->upload(m->be, m->w, h, P * sizeof *h);
+    free(h);
+}
+
+static float loss_at(iisan_model *m, const iisan_states *st, int train) {
+    return model_loss_grad(m, seqs, 3, logpop, item_cat, st, train, 1234);
+}
+
+/* one tensor: the directional derivative along a random unit direction, then its largest
+ * gradient entry and one random entry */
+static int check_tensor(iisan_model *m, const iisan_states *st, int train, const float *g, int i,
+                        const char *what) {
+    const param_info *p = &m->pt.t[i];
+    float *w = m->w + p->offset;
+    /* the gates' sigmoid(p / 0.1) is sharply curved: a smaller step than test_model's */
+    const float eps = 3e-4f;
+    double gmax = 0, an = 0, nrm = 0;
+    float *dir = malloc(p->size * sizeof *dir);
+    for (size_t j = 0; j < p->size; j++) {
+        gmax = fmax(gmax, fabs(g[p->offset + j]));
+        dir[j] = iisan_rng_normal(77 + i, j);
+        nrm += (double)dir[j] * dir[j];
+    }
+    for (size_t j = 0; j < p->size; j++) {
+        dir[j] /= (float)sqrt(nrm);
+        an += dir[j] * g[p->offset + j];
+    }
+    for (size_t j = 0; j < p->size; j++)
+        w[j] += eps * dir[j];
+    double lp = loss_at(m, st, train);
+    for (size_t j = 0; j < p->size; j++)
+        w[j] -= 2 * eps * dir[j];
+    double lm = loss_at(m, st, train);
+    for (size_t j = 0; j < p->size; j++)
+        w[j] += eps * dir[j];
+    free(dir);
+    double fd = (lp - lm) / (2 * eps);
+    int bad = fabs(fd - an) > 2e-3 + 3e-2 * fabs(an) + 1e-3 * gmax;
+    CHECKF(!bad, "%s %s: directional fd %.6g analytic %.6g", what, p->name, fd, an);
+    size_t jmax = 0;
+    for (size_t j = 0; j < p->size; j++)
+        if (fabs(g[p->offset + j]) > fabs(g[p->offset + jmax])) jmax = j;
+    size_t picks[2] = {jmax, iisan_rng_u64(5, i) % p->size};
+    for (int q = 0; q < 2; q++) {
+        size_t j = picks[q];
+        float w0 = w[j];
+        w[j] = w0 + eps;
+        double a = loss_at(m, st, train);
+        w[j] = w0 - eps;
+        double b = loss_at(m, st, train);
+        w[j] = w0;
+        double fe = (a - b) / (2 * eps), ae = g[p->offset + j];
+        int off = fabs(fe - ae) > 2e-3 + 5e-2 * fabs(ae) + 2e-2 * gmax;
+        CHECKF(!off, "%s %s[%zu]: fd %.6g analytic %.6g", what, p->name, j, fe, ae);
+        bad |= off;
+    }
+    return bad;
+}
+
+/* every tensor (with item_only, the item side: the sequence encoder, which Versa leaves as
+ * it is, has its own checks in test_model); returns how many Versa-only tensors (Q_k,
+ * heads) were checked */
+static int check_grads(iisan_model *m, const iisan_states *st, int train, int item_only,
+                       const char *what) {
+    size_t P = m->pt.total;
+    float *g = malloc(P * sizeof *g);
+    loss_at(m, st, train);
+    memcpy(g, m->g, P * sizeof *g);
+    int bad = 0, versa_only = 0;
+    for (int i = 0; i < m->pt.n; i++) {
+        const char *nm = m->pt.t[i].name;
+        if (item_only && !strncmp(nm, "seq.", 4)) continue;
+        bad += check_tensor(m, st, train, g, i, what);
+        versa_only += !strncmp(nm, "inter.q.", 8) || strstr(nm, ".fc.") || strstr(nm, ".proj.");
+    }
+    if (bad) fprintf(stderr, "  %s: %d tensors off\n", what, bad);
+    free(g);
+    return versa_only;
+}
+
+static void run_pair(const iisan_config *c, const char *what, int want_q) {
+    versa_states vs;
+    vs_init(&vs, c, 99);
+    iisan_states st = {vs_get, &vs};
+    iisan_backend *be = iisan_backend_cpu(1);
+    char err[256];
+    iisan_model *m = model_create(c, be, 3, 7, err, sizeof err);
+    CHECKF(m != NULL, "%s: %s", what, err);
+    if (m) {
+        int nq = 0;
+        for (int i = 0; i < m->pt.n; i++)
+            nq += strstr(m->pt.t[i].name, "inter.q.") != NULL;
+        CHECKF(nq == want_q, "%s: %d projection tensors, want %d", what, nq, want_q);
+        randomise(m, 11);
+        float l = loss_at(m, &st, 0);
+        CHECKF(isfinite(l) && l > 0, "%s: loss %g", what, l);
+        int nv = check_grads(m, &st, 0, 0, what);
+        CHECK(nv == want_q + 12); /* Q_k weights and biases, 3 towers x F, P weights, biases */
+        char w2[128];
+        snprintf(w2, sizeof w2, "%s+dropout", what);
+        CHECK(check_grads(m, &st, 1, 1, w2) == nv);
+        model_destroy(m);
+    }
+    be->destroy(be);
+    vs_free(&vs);
+}
+
+/* text 24 wide, 7 states, 4 blocks; image 16 wide, 5 states, 3 blocks: Q_k project text */
+static void test_wider_text(void) {
+    iisan_config c;
+    versa_config(&c, 24, 7, "every2", 16, 5, "every2");
+    CHECK(config_versa_wide(&c) == MOD_TEXT && config_tower_width(&c, TOWER_INTER) == 16 &&
+          config_tower_depth(&c, TOWER_INTER) == 3);
+    run_pair(&c, "wider text", 2 * 3);
+}
+
+/* text 12 wide, 2 blocks (remove-first); image 20 wide, 3 blocks, GELU: Q_k project image */
+static void test_wider_image(void) {
+    iisan_config c;
+    versa_config(&c, 12, 5, "rf:2,4", 20, 4, "all");
+    c.mods[MOD_IMAGE].K = 3; /* states 0, 1, 2 of 0..3 */
+    c.act = IISAN_ACT_GELU;
+    CHECK(config_versa_wide(&c) == MOD_IMAGE && config_tower_depth(&c, TOWER_INTER) == 2);
+    run_pair(&c, "wider image", 2 * 2);
+}
+
+/* equal widths, text 4 blocks and image 2: no projection, the text tower runs 2 blocks
+ * alone first */
+static void test_equal_width_unequal_depth(void) {
+    iisan_config c;
+    versa_config(&c, 16, 5, "1,2,3,4", 16, 5, "top");
+    c.mods[MOD_IMAGE].K = 2;
+    c.mods[MOD_IMAGE].sched[0] = 3;
+    c.mods[MOD_IMAGE].sched[1] = 4;
+    CHECK(config_versa_wide(&c) == -1 && config_tower_depth(&c, TOWER_INTER) == 2);
+    run_pair(&c, "equal widths", 0);
+}
+
+/* processing the item towers in row chunks gives the gradients of one pass */
+static void test_row_chunks(void) {
+    iisan_config c;
+    versa_config(&c, 12, 5, "every2", 20, 4, "rf:1,3");
+    versa_states vs;
+    vs_init(&vs, &c, 99);
+    iisan_states st = {vs_get, &vs};
+    iisan_backend *be = iisan_backend_cpu(1);
+    char err[256];
+    iisan_model *a = model_create(&c, be, 3, 7, err, sizeof err);
+    iisan_model *b = model_create(&c, be, 3, 7, err, sizeof err);
+    randomise(a, 11);
+    randomise(b, 11);
+    b->chunk_rows = 3; /* 8 distinct items: chunks of 3, 3, 2 */
+    float la = loss_at(a, &st, 1), lb = loss_at(b, &st, 1);
+    CHECK_CLOSE(lb, la, 1e-6, 1e-5);
+    double num = 0, den = 0;
+    for (size_t i = 0; i < a->pt.total; i++) {
+        num = fmax(num, fabs(a->g[i] - b->g[i]));
+        den = fmax(den, fabs(a->g[i]));
+    }
+    CHECKF(num / den < 1e-5, "chunked gradients differ: %.3g", num / den);
+    model_destroy(a);
+    model_destroy(b);
+    be->destroy(be);
+    vs_free(&vs);
+}
+
+/* parameter counts and the learning-rate groups: Q_k and heads outside the SAN group */
+static void test_params(void) {
+    iisan_config c;
+    versa_config(&c, 24, 7, "every2", 16, 5, "every2");
+    param_table pt;
+    CHECK(params_build(&pt, &c) == 0);
+    const param_info *q = params_find(&pt, "inter.q.2.weight");
+    CHECK(q && q->shape[0] == 16 && q->shape[1] == 24 && q->group == 1);
+    CHECK(!params_find(&pt, "inter.q.3.weight"));
+    const param_info *f = params_find(&pt, "text.fc.weight");
+    CHECK(f && f->shape[0] == 8 && f->shape[1] == 24);
+    const param_info *p = params_find(&pt, "text.proj.weight");
+    CHECK(p && p->shape[0] == 8 && p->shape[1] == 8);
+    const param_info *fx = params_find(&pt, "inter.fc.weight");
+    CHECK(fx && fx->shape[0] == 16 && fx->shape[1] == 16);
+    const param_info *px = params_find(&pt, "inter.proj.weight");
+    CHECK(px && px->shape[0] == 8 && px->shape[1] == 16);
+    const param_info *b = params_find(&pt, "text.block.3.down.weight");
+    CHECK(b && b->shape[1] == 24 && b->group == 0);
+    CHECK(!params_find(&pt, "image.block.3.down.weight"));
+    const param_info *gx = params_find(&pt, "inter.gate");
+    CHECK(gx && gx->size == 3 && gx->group == 0);
+    params_free(&pt);
+}
+
+/* bad shapes are refused with a message; the checkpoint's JSON carries both shapes */
+static void test_config_and_json(void) {
+    iisan_config c;
+    char err[256] = "";
+    versa_config(&c, 24, 7, "1,3,5", 16, 5, "rf:2,4");
+    c.act = IISAN_ACT_GELU;
+    CHECK(config_check(&c, err, sizeof err) == 0);
+    char *js = config_to_json(&c, 5);
+    iisan_config b;
+    int min_len = 0;
+    CHECKF(config_from_json(js, strlen(js), &b, &min_len, err, sizeof err) == 0, "%s", err);
+    CHECK(b.arch == ARCH_VERSA && min_len == 5 && b.act == IISAN_ACT_GELU);
+    CHECK(!memcmp(b.mods, c.mods, sizeof c.mods));
+    free(js);
+    iisan_config e = c;
+    e.mods[MOD_IMAGE].D = 0;
+    CHECK(config_check(&e, err, sizeof err) == -1 && strstr(err, "image"));
+    e = c;
+    e.mods[MOD_TEXT].sched[1] = 9;
+    CHECK(config_check(&e, err, sizeof err) == -1 && strstr(err, "text schedule"));
+    CHECK(config_set_schedule_mod(&e, MOD_IMAGE, "0,7", err, sizeof err) == -1 &&
+          strstr(err, "0..4"));
+}
+
+int main(int argc, char **argv) {
+    TEST_MAIN_BEGIN(argc, argv);
+    make_logpop();
+    RUN(test_params);
+    RUN(test_config_and_json);
+    RUN(test_wider_text);
+    RUN(test_wider_image);
+    RUN(test_equal_width_unequal_depth);
+    RUN(test_row_chunks);
+    TEST_MAIN_END();
+}
