@@ -41,17 +41,17 @@ struct infer_model {
     iisan_backend *be;
     iisan_config c;
     infer_info info;
-    int N0;                /* rows filled at load */
-    int cap;               /* rows 1..cap exist */
-    atomic_int n_items;    /* rows 1..n_items are served */
-    atomic_int n_added;    /* infer_add_items rows */
-    float *all;            /* backend (cap + 1, d): e_i of every model item */
-    score_table *table;    /* CPU backend: the table sorted by norm, for pruned top-k */
-    int exhaustive;        /* score every item (no pruning) */
+    int N0;                      /* rows filled at load */
+    int cap;                     /* rows 1..cap exist */
+    atomic_int n_items;          /* rows 1..n_items are served */
+    atomic_int n_added;          /* infer_add_items rows */
+    float *all;                  /* backend (cap + 1, d): e_i of every model item */
+    score_table *table;          /* CPU backend: the table sorted by norm, for pruned top-k */
+    int exhaustive;              /* score every item (no pruning) */
     atomic_long queries, scored; /* CPU top-k: queries answered and items scored for them */
-    uint32_t *item_cat;    /* host (cap + 1) */
-    char **ids;            /* host (cap + 1), ids[0] = NULL */
-    _Atomic int32_t *slot; /* open addressing: model indexes by id, nslot entries */
+    uint32_t *item_cat;          /* host (cap + 1) */
+    char **ids;                  /* host (cap + 1), ids[0] = NULL */
+    _Atomic int32_t *slot;       /* open addressing: model indexes by id, nslot entries */
     size_t nslot;
     int32_t *of_cat; /* catalogue index -> model index at load, max_cat + 1 entries */
     uint32_t max_cat;
@@ -241,7 +241,7 @@ static int embed_items(infer_model *im, iisan_store *s, const iisan_ckpt *ck, ch
             iisan_dataset fake = {0};
             fake.n_items = im->N0;
             fake.item_cat = im->item_cat;
-            if (states_resident_create(be, &fake, &st, ck->c.nstates, ck->c.D, &rs, err, errlen)) {
+            if (states_resident_create(be, &fake, &st, &ck->c, &rs, err, errlen)) {
                 rc = IISAN_ENOMEM;
                 goto out;
             }
@@ -474,8 +474,10 @@ int infer_load(iisan_store *s, uint32_t version, iisan_backend *be, const infer_
     im->info.kind = ck.c.kind;
     im->info.n = ck.c.n;
     im->info.d = ck.c.d;
-    im->info.nstates = ck.c.nstates;
-    im->info.D = ck.c.D;
+    for (int mod = 0; mod < N_MODS; mod++) {
+        im->info.nstates[mod] = ck.c.kind == MODEL_IISAN ? config_nstates(&ck.c, mod) : 0;
+        im->info.D[mod] = ck.c.kind == MODEL_IISAN ? config_width(&ck.c, mod) : 0;
+    }
     im->info.params = ck.nparams;
     im->info.headroom = ck.c.kind == MODEL_IISAN && opt->headroom > 0 ? opt->headroom : 0;
     snprintf(im->info.meta, sizeof im->info.meta, "%s", meta ? meta : "{}");
@@ -513,7 +515,9 @@ int infer_load(iisan_store *s, uint32_t version, iisan_backend *be, const infer_
         goto fail;
     }
     if (im->tower) {
-        im->stage = be->alloc(be, (size_t)ADD_CHUNK * 2 * ck.c.nstates * ck.c.D * sizeof(uint16_t));
+        const size_t slot = (size_t)im->info.nstates[0] * im->info.D[0] +
+                            (size_t)im->info.nstates[1] * im->info.D[1];
+        im->stage = be->alloc(be, (size_t)ADD_CHUNK * slot * sizeof(uint16_t));
         if (!im->stage) {
             snprintf(err, errlen, "out of memory");
             rc = IISAN_ENOMEM;
@@ -619,8 +623,8 @@ static int run_batch(infer_model *im, infer_ctx *x, infer_query *q, int nq) {
             score_query sq = {O + (size_t)b * n * d, t->k, t->excl, t->ne, im->banned,
                               !im->exhaustive};
             long sc = 0;
-            t->cnt = score_topk(im->table, im->all, N1, &sq, t->out_idx, t->out_score, x->heap,
-                                &sc);
+            t->cnt =
+                score_topk(im->table, im->all, N1, &sq, t->out_idx, t->out_score, x->heap, &sc);
             atomic_fetch_add_explicit(&im->queries, 1, memory_order_relaxed);
             atomic_fetch_add_explicit(&im->scored, sc, memory_order_relaxed);
         }
@@ -695,7 +699,8 @@ int infer_add_items(infer_model *im, const infer_new_item *v, int n, int32_t *ou
     if (n < 1) return 0;
     iisan_backend *be = im->be;
     const int d = im->c.d;
-    const size_t blk = (size_t)im->c.nstates * im->c.D;
+    const size_t blk[2] = {(size_t)im->info.nstates[0] * im->info.D[0],
+                           (size_t)im->info.nstates[1] * im->info.D[1]};
     pthread_mutex_lock(&im->add_mu);
     const int base = atomic_load(&im->n_items);
     if (base + n > im->cap) {
@@ -731,8 +736,8 @@ int infer_add_items(infer_model *im, const infer_new_item *v, int n, int32_t *ou
             im->item_cat[rows[u]] = it->cat;
             for (int mod = 0; mod < 2; mod++)
                 if (it->states[mod]) {
-                    uint16_t *dst = im->stage + ((size_t)u * 2 + mod) * blk;
-                    be->upload(be, dst, it->states[mod], blk * sizeof(uint16_t));
+                    uint16_t *dst = im->stage + (size_t)u * (blk[0] + blk[1]) + (mod ? blk[0] : 0);
+                    be->upload(be, dst, it->states[mod], blk[mod] * sizeof(uint16_t));
                     src.mod[mod][u] = dst;
                 }
         }

@@ -55,7 +55,7 @@ typedef struct {
     int n_extra;    /* catalogue items with states it did not know, embedded at load (IISAN) */
     int n;          /* sequence length */
     int d;          /* embedding size */
-    int nstates, D; /* hidden states per item and modality, and their width (IISAN) */
+    int nstates[2], D[2]; /* hidden states per item and their width, per modality (IISAN) */
     size_t params;  /* parameters of the checkpoint */
     int contexts;
     int max_k, max_exclude; /* capacities of each request */
@@ -115,7 +115,7 @@ int infer_recommend(infer_model *im, const int32_t *hist, int nh, const int32_t 
                     int k, int32_t *out_idx, float *out_score);
 
 /* An item to embed while serving: its catalogue index and id, and its hidden
- * states (host fp16 [nstates, D] per modality, NULL when the item has none of
+ * states (host fp16 [nstates[mod], D[mod]] per modality, NULL when the item has none of
  * that modality: the model uses zeros, as in training). */
 typedef struct {
     const char *item_id;

@@ -13,7 +13,8 @@ struct resident_states {
     size_t bytes;
     int in_host;            /* base came from alloc_host (pinned host memory on a GPU) */
     int nslots;             /* N + 1 */
-    size_t per;             /* nstates * D */
+    size_t per[MODS];       /* nstates * D of each modality */
+    size_t slot;            /* per[0] + per[1] halves: one item's states */
     unsigned char *present; /* host [nslots * MODS] */
     long npresent;
     int32_t *slot_of; /* host [maxcat + 1]: catalogue index -> slot, -1 when none */
@@ -25,29 +26,35 @@ static const uint16_t *resident_get(void *ctx, int mod, uint32_t cat) {
     if (mod < 0 || mod >= MODS || cat > rs->maxcat) return NULL;
     int32_t s = rs->slot_of[cat];
     if (s < 0 || !rs->present[(size_t)s * MODS + mod]) return NULL;
-    return rs->base + ((size_t)s * MODS + mod) * rs->per;
+    return rs->base + (size_t)s * rs->slot + (mod ? rs->per[0] : 0);
 }
 
 int states_resident_create(iisan_backend *be, const iisan_dataset *ds, const iisan_states *src,
-                           int nstates, int D, resident_states **out, char *err, int errlen) {
+                           const iisan_config *c, resident_states **out, char *err, int errlen) {
     *out = NULL;
-    if (!be || !ds || !ds->item_cat || !src || !src->get || nstates < 1 || D < 1 ||
-        ds->n_items < 0) {
+    if (!be || !ds || !ds->item_cat || !src || !src->get || !c || ds->n_items < 0) {
         snprintf(err, errlen, "resident states: bad arguments");
         return -1;
     }
     const int nslots = ds->n_items + 1;
-    const size_t per = (size_t)nstates * D, slot_halves = MODS * per;
-    if (per > SIZE_MAX / 2 / MODS / (size_t)nslots) {
-        snprintf(err, errlen, "resident states: %d items x %d x %d states is too large", nslots,
-                 nstates, D);
-        return -1;
+    size_t per[MODS];
+    for (int mod = 0; mod < MODS; mod++) {
+        int ns = config_nstates(c, mod), D = config_width(c, mod);
+        per[mod] = ns > 0 && D > 0 ? (size_t)ns * D : 0;
+        if (!per[mod] || per[mod] > SIZE_MAX / 4 / MODS / (size_t)nslots) {
+            snprintf(err, errlen, "resident states: %d items x %d x %d states is %s", nslots, ns, D,
+                     per[mod] ? "too large" : "empty");
+            return -1;
+        }
     }
+    const size_t slot_halves = per[0] + per[1];
     resident_states *rs = calloc(1, sizeof *rs);
     if (!rs) goto oom;
     rs->be = be;
     rs->nslots = nslots;
-    rs->per = per;
+    rs->per[0] = per[0];
+    rs->per[1] = per[1];
+    rs->slot = slot_halves;
     rs->bytes = (size_t)nslots * slot_halves * sizeof(uint16_t);
     for (int i = 0; i < nslots; i++)
         if (ds->item_cat[i] > rs->maxcat) rs->maxcat = ds->item_cat[i];
@@ -84,14 +91,14 @@ int states_resident_create(iisan_backend *be, const iisan_dataset *ds, const iis
         size_t nb = (size_t)nslots - s0 < chunk ? (size_t)nslots - s0 : chunk;
         for (size_t j = 0; j < nb; j++)
             for (int mod = 0; mod < MODS; mod++) {
-                uint16_t *dst = stage + (j * MODS + mod) * per;
+                uint16_t *dst = stage + j * slot_halves + (mod ? per[0] : 0);
                 const uint16_t *p = src->get(src->ctx, mod, ds->item_cat[s0 + j]);
                 if (p) {
-                    memcpy(dst, p, per * sizeof *dst);
+                    memcpy(dst, p, per[mod] * sizeof *dst);
                     rs->present[(s0 + j) * MODS + mod] = 1;
                     rs->npresent++;
                 } else {
-                    memset(dst, 0, per * sizeof *dst);
+                    memset(dst, 0, per[mod] * sizeof *dst);
                 }
             }
         be->upload(be, rs->base + s0 * slot_halves, stage, nb * slot_halves * sizeof *stage);

@@ -7,8 +7,9 @@
  * Placement: one allocation of the backend's memory; when that fails, one of pinned host
  * memory mapped into the device (be->alloc_host), which the same kernels read over the bus.
  *
- * Layout: slot s (model item index 0..N of the dataset) and modality mod hold
- * fp16 [nstates * D] at base + ((s * 2) + mod) * nstates * D. An item without states of a
+ * Layout: slot s (model item index 0..N of the dataset) holds the text states, fp16
+ * [nstates_t * Dt], then the image states [nstates_v * Dv] (the config's shapes: one shared
+ * shape for symmetric IISAN, one per modality for Versa). An item without states of a
  * modality keeps a zero block and a cleared presence flag, and get() returns NULL for it (the
  * model uses zeros, as with the direct source). */
 #ifndef IISAN_CORE_RESIDENT_H
@@ -24,10 +25,10 @@
 typedef struct resident_states resident_states;
 
 /* Reads every item of ds (catalogue index ds->item_cat[i], i = 0..N) from src for both
- * modalities, nstates x D halves each, and uploads them in chunks into one allocation on be.
+ * modalities, in the shapes config c reads (config_nstates x config_width), and uploads them in chunks into one allocation on be.
  * Returns 0 with *out set, or -1 with a message in err (errlen bytes). */
 int states_resident_create(iisan_backend *be, const iisan_dataset *ds, const iisan_states *src,
-                           int nstates, int D, resident_states **out, char *err, int errlen);
+                           const iisan_config *c, resident_states **out, char *err, int errlen);
 
 /* The source to hand to train_run / model_evaluate: get(ctx, mod, cat) takes a CATALOGUE
  * index (as core/tower.c passes) and returns the backend address of that item's block, or

@@ -113,7 +113,9 @@ int cmd_eval(int argc, char **argv) {
         be = backend_choose("eval", device, (int)threads);
         if (!be) goto out;
         if (load_checkpoint_model("eval", s, (uint32_t)version, be, &ck, &ds, &m, &ver)) goto out;
-        name = ck.c.kind == MODEL_IISAN ? "iisan" : "sasrec-id";
+        name = ck.c.kind != MODEL_IISAN    ? "sasrec-id"
+               : ck.c.arch == ARCH_VERSA ? "iisan-versa"
+                                         : "iisan";
         if (store_reader_begin(s, &ss.r)) {
             fprintf(stderr, "iisan eval: cannot read the store\n");
             goto out;
@@ -121,7 +123,7 @@ int cmd_eval(int argc, char **argv) {
         iisan_states st = {store_states_get, &ss};
         if (ck.c.kind == MODEL_IISAN && strcmp(be->name, "cpu")) {
             /* the GPU reads states from its own memory: every item's, uploaded once */
-            if (states_resident_create(be, &ds, &st, ck.c.nstates, ck.c.D, &rs, err, sizeof err)) {
+            if (states_resident_create(be, &ds, &st, &ck.c, &rs, err, sizeof err)) {
                 fprintf(stderr, "iisan eval: %s\n", err);
                 goto out;
             }

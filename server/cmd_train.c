@@ -34,6 +34,10 @@ static void help(FILE *f) {
                "  --d N              embedding size (64)\n"
                "  --r N              SAN bottleneck (64)\n"
                "  --schedule S       every2 (default), all, top, remove-first, or a list 0,4,8\n"
+               "  --arch A           iisan (symmetric, default) or versa (IISAN-Versa: text and\n"
+               "                     image states of different widths or depths)\n"
+               "  --schedule-text S  versa: the text tower's schedule (default: --schedule)\n"
+               "  --schedule-image S versa: the image tower's schedule (default: --schedule)\n"
                "  --act A            SAN activation: relu (default) or gelu\n"
                "  --towers LIST      item towers, from image,text,inter (all three)\n"
                "  --max-steps N      stop after N optimiser steps (0 = no limit)\n"
@@ -73,6 +77,72 @@ static int parse_towers(const char *s, int *mask) {
     return *mask ? 0 : -1;
 }
 
+/* the item side's shapes from the store's states and the schedules: symmetric IISAN needs
+ * both modalities alike, Versa takes each as it is (a modality the store lacks gets the
+ * other's shape: zeros). 0, or the exit code after a message. */
+static int item_shapes(iisan_store *s, const char *dir, iisan_config *c, const char *schedule,
+                       const char *const *sched_mod) {
+    store_states_info si[N_MODS];
+    int has[N_MODS];
+    for (int mod = 0; mod < N_MODS; mod++)
+        has[mod] =
+            store_states_info_get(s, mod == MOD_TEXT ? IISAN_TEXT : IISAN_IMAGE, &si[mod]) == 0;
+    if (!has[MOD_TEXT] && !has[MOD_IMAGE]) {
+        fprintf(stderr,
+                "iisan train: %s holds no hidden states; import them with `iisan import "
+                "--states FILE` (docs/formats.md) or train --model sasrec-id\n",
+                dir);
+        return 1;
+    }
+    for (int mod = 0; mod < N_MODS; mod++)
+        if (!has[mod]) si[mod] = si[!mod];
+    const store_states_info *ti = &si[MOD_TEXT], *vi = &si[MOD_IMAGE];
+    char err[512];
+    if (c->arch == ARCH_IISAN) {
+        if (sched_mod[MOD_TEXT] || sched_mod[MOD_IMAGE]) {
+            fprintf(stderr, "iisan train: --schedule-text and --schedule-image need --arch versa "
+                            "(symmetric IISAN has one --schedule)\n");
+            return 2;
+        }
+        if (ti->nstates != vi->nstates || ti->width != vi->width) {
+            fprintf(stderr,
+                    "iisan train: text states are %d x %d but image states %d x %d; symmetric "
+                    "IISAN needs both the same: train IISAN-Versa (--arch versa)\n",
+                    ti->nstates, ti->width, vi->nstates, vi->width);
+            return 1;
+        }
+        c->nstates = ti->nstates;
+        c->D = ti->width;
+        if (config_set_schedule(c, schedule, err, sizeof err)) {
+            fprintf(stderr, "iisan train: %s\n", err);
+            return 2;
+        }
+        fprintf(stderr, "hidden states: text %s, image %s; %d states x %d\n",
+                has[MOD_TEXT] ? ti->backbone : "(none: zeros)",
+                has[MOD_IMAGE] ? vi->backbone : "(none: zeros)", c->nstates, c->D);
+        return 0;
+    }
+    static const char *const what[N_MODS] = {"text", "image"};
+    c->nstates = c->D = c->K = 0; /* Versa's shapes are per modality */
+    for (int mod = 0; mod < N_MODS; mod++) {
+        c->mods[mod].nstates = si[mod].nstates;
+        c->mods[mod].D = si[mod].width;
+        const char *sp = sched_mod[mod] ? sched_mod[mod] : schedule;
+        if (config_set_schedule_mod(c, mod, sp, err, sizeof err)) {
+            fprintf(stderr, "iisan train: %s schedule: %s\n", what[mod], err);
+            return 2;
+        }
+    }
+    fprintf(stderr,
+            "IISAN-Versa: text %s %d states x %d (%d blocks), image %s %d states x %d (%d "
+            "blocks); inter tower %d wide, %d blocks\n",
+            has[MOD_TEXT] ? ti->backbone : "(none: zeros)", ti->nstates, ti->width,
+            c->mods[MOD_TEXT].K, has[MOD_IMAGE] ? vi->backbone : "(none: zeros)", vi->nstates,
+            vi->width, c->mods[MOD_IMAGE].K, config_tower_width(c, TOWER_INTER),
+            config_tower_depth(c, TOWER_INTER));
+    return 0;
+}
+
 int cmd_train(int argc, char **argv) {
     static const struct option opts[] = {{"data", 1, 0, 'D'},
                                          {"model", 1, 0, 'm'},
@@ -88,6 +158,9 @@ int cmd_train(int argc, char **argv) {
                                          {"d", 1, 0, 'd'},
                                          {"r", 1, 0, 'r'},
                                          {"schedule", 1, 0, 'S'},
+                                         {"arch", 1, 0, 'A'},
+                                         {"schedule-text", 1, 0, 'X'},
+                                         {"schedule-image", 1, 0, 'Y'},
                                          {"act", 1, 0, 'a'},
                                          {"towers", 1, 0, 't'},
                                          {"max-steps", 1, 0, 'x'},
@@ -98,6 +171,7 @@ int cmd_train(int argc, char **argv) {
                                          {"device", 1, 0, 'G'},
                                          {0, 0, 0, 0}};
     const char *dir = NULL, *model = "iisan", *schedule = "every2", *device = NULL;
+    const char *sched_mod[N_MODS] = {NULL, NULL};
     iisan_config c;
     iisan_train_config tc;
     config_default(&c);
@@ -156,6 +230,18 @@ int cmd_train(int argc, char **argv) {
             c.r = (int)v;
             break;
         case 'S': schedule = optarg; break;
+        case 'X': sched_mod[MOD_TEXT] = optarg; break;
+        case 'Y': sched_mod[MOD_IMAGE] = optarg; break;
+        case 'A':
+            if (!strcmp(optarg, "iisan"))
+                c.arch = ARCH_IISAN;
+            else if (!strcmp(optarg, "versa"))
+                c.arch = ARCH_VERSA;
+            else {
+                fprintf(stderr, "iisan train: --arch wants iisan or versa, got '%s'\n", optarg);
+                return 2;
+            }
+            break;
         case 'a':
             if (!strcmp(optarg, "relu"))
                 c.act = IISAN_ACT_RELU;
@@ -249,33 +335,12 @@ int cmd_train(int argc, char **argv) {
         goto out;
     }
     if (c.kind == MODEL_IISAN) {
-        store_states_info ti, vi;
-        int ht = store_states_info_get(s, IISAN_TEXT, &ti) == 0;
-        int hv = store_states_info_get(s, IISAN_IMAGE, &vi) == 0;
-        if (!ht && !hv) {
-            fprintf(stderr,
-                    "iisan train: %s holds no hidden states; import them with `iisan import "
-                    "--states FILE` (docs/formats.md) or train --model sasrec-id\n",
-                    dir);
+        int src = item_shapes(s, dir, &c, schedule, sched_mod);
+        if (src) {
+            rc = src;
             goto out;
         }
-        if (ht && hv && (ti.nstates != vi.nstates || ti.width != vi.width)) {
-            fprintf(stderr,
-                    "iisan train: text states are %d x %d but image states %d x %d; the inter "
-                    "SAN needs both the same\n",
-                    ti.nstates, ti.width, vi.nstates, vi.width);
-            goto out;
-        }
-        c.nstates = ht ? ti.nstates : vi.nstates;
-        c.D = ht ? ti.width : vi.width;
-        if (config_set_schedule(&c, schedule, err, sizeof err)) {
-            fprintf(stderr, "iisan train: %s\n", err);
-            rc = 2;
-            goto out;
-        }
-        fprintf(stderr, "hidden states: text %s, image %s; %d states x %d\n",
-                ht ? ti.backbone : "(none: zeros)", hv ? vi.backbone : "(none: zeros)", c.nstates,
-                c.D);
+        if (c.arch == ARCH_VERSA) model = "iisan-versa";
     } else {
         c.n_items = ds.n_items;
     }
@@ -296,7 +361,7 @@ int cmd_train(int argc, char **argv) {
     if (c.kind == MODEL_IISAN && strcmp(be->name, "cpu")) {
         /* the GPU reads states from its own memory: every item's, uploaded once */
         double tr = now_seconds();
-        if (states_resident_create(be, &ds, &st, c.nstates, c.D, &rs, err, sizeof err)) {
+        if (states_resident_create(be, &ds, &st, &c, &rs, err, sizeof err)) {
             fprintf(stderr, "iisan train: %s\n", err);
             goto out;
         }

@@ -318,7 +318,7 @@ static void *trainer_main(void *arg) {
         }
         st.ctx = rd;
         if (strcmp(be->name, "cpu")) {
-            if (states_resident_create(be, &ds, &st, c.nstates, c.D, &rs, err, sizeof err)) {
+            if (states_resident_create(be, &ds, &st, &c, &rs, err, sizeof err)) {
                 job_set(j, "failed", "%s", err);
                 goto out;
             }

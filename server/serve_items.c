@@ -150,7 +150,7 @@ static int items_post_locked(const items_request *q, json_t **body) {
             sh[mod] = (shape){si.nstates, si.width, "", 1};
             snprintf(sh[mod].backbone, sizeof sh[mod].backbone, "%s", si.backbone);
         } else if (m && in.kind == MODEL_IISAN) {
-            sh[mod] = (shape){in.nstates, in.D, "api", 1};
+            sh[mod] = (shape){in.nstates[mod], in.D[mod], "api", 1};
         }
     }
     /* the configured encoders, unless the store's states of that modality are another's */
@@ -354,7 +354,8 @@ static int items_post_locked(const items_request *q, json_t **body) {
         if (!with || dup || !fits) continue;
         int shape_ok = 1; /* the store's states of either modality must fit the model */
         for (int mod = 0; mod < 2; mod++)
-            if (sh[mod].known) shape_ok &= sh[mod].nstates == in.nstates && sh[mod].width == in.D;
+            if (sh[mod].known)
+                shape_ok &= sh[mod].nstates == in.nstates[mod] && sh[mod].width == in.D[mod];
         if (!shape_ok) continue;
         add[nadd++] = (infer_new_item){v[i].item_id, v[i].idx, {NULL, NULL}};
         rows[i] = -1; /* to be filled */

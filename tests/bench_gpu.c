@@ -387,7 +387,7 @@ int main(int argc, char **argv) {
     iisan_states direct = {store_get, r};
     resident_states *rs;
     t0 = now();
-    if (states_resident_create(be, &ds, &direct, NS, D, &rs, err, sizeof err)) {
+    if (states_resident_create(be, &ds, &direct, &c, &rs, err, sizeof err)) {
         fprintf(stderr, "bench_gpu: %s\n", err);
         return 1;
     }

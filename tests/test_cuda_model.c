@@ -189,7 +189,7 @@ static void test_resident_rows(void) {
         /* both placements: the backend's memory, and pinned host memory (forced here; on a GPU
          * it is the fallback for catalogues larger than the device) */
         setenv("IISAN_STATES_IN_HOST", in_host ? "1" : "0", 1);
-        int rc = states_resident_create(cpu, &ds, &direct, c.nstates, c.D, &rs, err, sizeof err);
+        int rc = states_resident_create(cpu, &ds, &direct, &c, &rs, err, sizeof err);
         unsetenv("IISAN_STATES_IN_HOST");
         CHECKF(rc == 0 && rs, "%s", err);
         CHECK(resident_states_in_host(rs) == in_host);
@@ -223,7 +223,9 @@ static void test_resident_rows(void) {
     /* bad arguments fail with a message */
     rs = NULL;
     err[0] = 0;
-    CHECK(states_resident_create(cpu, &ds, &direct, 0, c.D, &rs, err, sizeof err) == -1);
+    iisan_config bad = c;
+    bad.nstates = 0;
+    CHECK(states_resident_create(cpu, &ds, &direct, &bad, &rs, err, sizeof err) == -1);
     CHECK(rs == NULL && err[0]);
     dataset_free(&ds);
     free(hs.data);
@@ -240,8 +242,7 @@ static void resident_exact(int which) {
     iisan_states direct = {host_get, &hs};
     resident_states *rs = NULL;
     char err[256] = "";
-    CHECKF(states_resident_create(cpu, &ds, &direct, c.nstates, c.D, &rs, err, sizeof err) == 0,
-           "%s", err);
+    CHECKF(states_resident_create(cpu, &ds, &direct, &c, &rs, err, sizeof err) == 0, "%s", err);
     iisan_model *m[2];
     m[0] = model_create(&c, cpu, CAP, 7, err, sizeof err);
     m[1] = model_create(&c, cpu, CAP, 7, err, sizeof err);
@@ -394,8 +395,7 @@ static void cuda_vs_cpu_at(int which, int in_host) {
     for (int k = 0; k < 2; k++) {
         if (c.kind == MODEL_IISAN) {
             setenv("IISAN_STATES_IN_HOST", in_host ? "1" : "0", 1);
-            int rc = states_resident_create(be[k], &ds, &direct, c.nstates, c.D, &rs[k], err,
-                                            sizeof err);
+            int rc = states_resident_create(be[k], &ds, &direct, &c, &rs[k], err, sizeof err);
             unsetenv("IISAN_STATES_IN_HOST");
             CHECK(rc || resident_states_in_host(rs[k]) == in_host);
             CHECKF(rc == 0, "%s on %s: %s", what, be[k]->name, err);
