@@ -89,7 +89,8 @@ else
 fi
 pycheck "Kubernetes manifests" k8s "$T/k8s.yaml"
 if have kubernetes-validate; then
-  check "kubernetes-validate --strict" -- kubernetes-validate --strict --quiet "$T/k8s.yaml"
+  check "kubernetes-validate --strict" -- \
+    kubernetes-validate --strict --quiet "$T/k8s.yaml" deploy/k8s/seed-pod.yaml
 else skip "kubernetes-validate is not installed (pip): no schema validation"; fi
 
 # ---- Grafana dashboard: its generator's output, its layout ----
