@@ -237,7 +237,7 @@ static int embed_items(infer_model *im, iisan_store *s, const iisan_ckpt *ck, ch
             return IISAN_EIO;
         }
         st.ctx = r;
-        if (strcmp(be->name, "cpu")) { /* the GPU gathers states from its own memory */
+        if (!be->caps.host_memory) { /* the GPU gathers states from its own memory */
             iisan_dataset fake = {0};
             fake.n_items = im->N0;
             fake.item_cat = im->item_cat;
@@ -293,7 +293,7 @@ static int make_ctx(infer_model *im, const iisan_ckpt *ck, infer_ctx *x, char *e
     const size_t n = (size_t)ck->c.n, B = (size_t)im->max_batch,
                  ne = im->max_excl ? im->max_excl : 1;
     /* the backend top-k's buffers: the CPU ranks with score_topk into the requests' own */
-    const size_t dev = strcmp(be->name, "cpu") != 0;
+    const size_t dev = !be->caps.host_memory;
     x->scores = be->alloc(be, (dev ? B * ((size_t)im->cap + 1) : 1) * sizeof(float));
     x->didx = be->alloc(be, B * im->max_k * sizeof(int));
     x->dscore = be->alloc(be, B * im->max_k * sizeof(float));
@@ -509,7 +509,7 @@ int infer_load(iisan_store *s, uint32_t version, iisan_backend *be, const infer_
         goto fail;
     }
     if ((rc = embed_items(im, s, &ck, err, errlen))) goto fail;
-    if (!strcmp(be->name, "cpu") && !(im->table = score_table_build(im->all, im->N0, ck.c.d))) {
+    if (be->caps.host_memory && !(im->table = score_table_build(im->all, im->N0, ck.c.d))) {
         snprintf(err, errlen, "out of memory for the scoring table");
         rc = IISAN_ENOMEM;
         goto fail;
@@ -543,6 +543,13 @@ int infer_load(iisan_store *s, uint32_t version, iisan_backend *be, const infer_
         im->free_list[im->nfree++] = i;
     }
     be->sync(be);
+    char bm[300];
+    if (be->status(be, bm, sizeof bm)) {
+        snprintf(err, errlen, "the %s backend failed while loading version %u: %s", be->name, ver,
+                 bm);
+        rc = IISAN_EBACKEND;
+        goto fail;
+    }
     im->info.contexts = im->nctx;
     im->info.max_k = im->max_k;
     im->info.max_exclude = im->max_excl;
@@ -588,7 +595,7 @@ static void checkin(infer_model *im, infer_ctx *x) {
 static int run_batch(infer_model *im, infer_ctx *x, infer_query *q, int nq) {
     iisan_backend *be = im->be;
     const int n = im->c.n, d = im->c.d, N1 = infer_n_items(im) + 1;
-    const int cpu = !strcmp(be->name, "cpu"), nb = infer_banned_count(im);
+    const int cpu = be->caps.host_memory, nb = infer_banned_count(im);
     int kmax = 0, nemax = 0, B = 0;
     infer_query *ok[nq > 0 ? nq : 1];
     for (int r = 0; r < nq; r++) {
@@ -663,6 +670,11 @@ int infer_recommend_batch(infer_model *im, infer_query *q, int nq) {
     for (int r0 = 0; r0 < nq; r0 += im->max_batch)
         run_batch(im, x, q + r0, nq - r0 < im->max_batch ? nq - r0 : im->max_batch);
     checkin(im, x);
+    if (im->be->status(im->be, NULL, 0)) { /* the results are garbage: none is returned */
+        for (int r = 0; r < nq; r++)
+            q[r].cnt = -1;
+        return IISAN_EBACKEND;
+    }
     return 0;
 }
 
@@ -747,6 +759,16 @@ int infer_add_items(infer_model *im, const infer_new_item *v, int n, int32_t *ou
     }
     be->sync(be);
     checkin(im, x);
+    char bm[300];
+    if (be->status(be, bm, sizeof bm)) { /* garbage rows: none is published */
+        for (int i = 0; i < n; i++) {
+            free(im->ids[base + 1 + i]);
+            im->ids[base + 1 + i] = NULL;
+        }
+        pthread_mutex_unlock(&im->add_mu);
+        snprintf(err, errlen, "the %s backend failed embedding the items: %s", be->name, bm);
+        return IISAN_EBACKEND;
+    }
     /* publish the rows, then point the maps at them, then retire the rows they replace */
     atomic_store_explicit(&im->n_items, base + n, memory_order_release);
     atomic_fetch_add(&im->n_added, n);

@@ -68,8 +68,9 @@ typedef struct {
 } infer_info;
 
 /* version 0 = the latest. be must outlive the model. Returns 0, or
- * IISAN_ENOTFOUND when the store holds no such checkpoint, or another
- * negative code; err names the problem. The caller serialises store access
+ * IISAN_ENOTFOUND when the store holds no such checkpoint, IISAN_EBACKEND
+ * when the backend failed while loading, or another negative code; err names
+ * the problem. The caller serialises store access
  * (store/interactions.h's lock) around this call. */
 int infer_load(iisan_store *s, uint32_t version, iisan_backend *be, const infer_options *opt,
                infer_model **out, char *err, int errlen);
@@ -107,7 +108,8 @@ typedef struct {
 } infer_query;
 
 /* Runs q[0..nq) as one batch (nq <= max_batch; more are run in several).
- * Thread-safe. Returns 0, or -1 when nq < 1. */
+ * Thread-safe. Returns 0, -1 when nq < 1, or IISAN_EBACKEND when the backend
+ * has failed (its status, kernels/backend.h): then every cnt is -1. */
 int infer_recommend_batch(infer_model *im, infer_query *q, int nq);
 
 /* Top-k for one user: a batch of one. Returns cnt. Thread-safe. */
@@ -130,7 +132,8 @@ typedef struct {
  * IISAN_EINVAL for a SASRec-ID version (an ID embedding needs training) or
  * states of another shape; IISAN_EFULL when the headroom is used up (a
  * reload makes room: the next version load embeds every catalogue item with
- * states); err says which. Thread-safe; additions are serialised. */
+ * states); IISAN_EBACKEND when the backend failed (nothing published); err
+ * says which. Thread-safe; additions are serialised. */
 int infer_add_items(infer_model *im, const infer_new_item *v, int n, int32_t *out_idx, char *err,
                     int errlen);
 

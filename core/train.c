@@ -26,7 +26,7 @@ int train_run(iisan_model *m, const iisan_dataset *ds, const iisan_states *st,
         free(order);
         free(seqs);
         free(best);
-        return -1;
+        return TRAIN_ENOMEM;
     }
     double best_hr = -1, total_sec = 0;
     int since_best = 0;
@@ -50,6 +50,15 @@ int train_run(iisan_model *m, const iisan_dataset *ds, const iisan_states *st,
                 dataset_sequence(ds, order[u0 + b], SPLIT_TRAIN, seqs + (size_t)b * L, NULL);
             float loss = model_loss_grad(m, seqs, nb, ds->logpop, ds->item_cat, st, 1,
                                          iisan_rng_u64(tc->seed, (uint64_t)step));
+            /* a step that failed has no gradient (an Adam step would apply the previous one's
+             * again), and a failed backend's parameters are garbage from then on */
+            int err = loss < 0 ? TRAIN_ENOMEM : be->status(be, NULL, 0) ? TRAIN_EBACKEND : 0;
+            if (err) {
+                free(order);
+                free(seqs);
+                free(best);
+                return err;
+            }
             model_adam(m, tc->lr_san, tc->lr, tc->beta1, tc->beta2, tc->eps);
             if (step == 0) sum->first_loss = loss;
             sum->last_loss = loss;
@@ -71,11 +80,14 @@ int train_run(iisan_model *m, const iisan_dataset *ds, const iisan_states *st,
         r.steps = step;
         total_sec += r.seconds;
         if (validate) {
-            if (model_evaluate(m, ds, SPLIT_VALID, st, &r.valid)) {
+            int err = model_evaluate(m, ds, SPLIT_VALID, st, &r.valid) ? TRAIN_ENOMEM
+                      : be->status(be, NULL, 0)                        ? TRAIN_EBACKEND
+                                                                       : 0;
+            if (err) {
                 free(order);
                 free(seqs);
                 free(best);
-                return -1;
+                return err;
             }
             r.eval_seconds = r.valid.seconds;
         }

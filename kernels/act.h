@@ -11,9 +11,6 @@
 
 static inline IISAN_HD float iisan_relu(float x) { return x > 0.0f ? x : 0.0f; }
 
-/* d relu / dx */
-static inline IISAN_HD float iisan_relu_grad(float x) { return x > 0.0f ? 1.0f : 0.0f; }
-
 /* erf by Abramowitz & Stegun 7.1.28: 1 - 1 / (1 + a1 z + ... + a6 z^6)^16 for z = |x|,
  * absolute error below 3e-7 (float rounding adds about as much). Polynomial, powers and one
  * division, no branch: it vectorises on the CPU (libm's erff does not, and was 11% of an

@@ -1,7 +1,7 @@
 /* The compute interface: every numeric operation core/ performs goes through
  * one table of function pointers. The CPU backend (kernels/cpu/) is the
- * readable reference; a CUDA backend fills the same table later without any
- * change to core/.
+ * readable reference; the CUDA backend (kernels/cuda/) fills the same table.
+ * core/ asks a backend what it can do (caps), never its name.
  *
  * Conventions
  * - Every matrix is row-major. A matrix "X [R, C] with leading dimension ldx"
@@ -24,9 +24,28 @@ enum iisan_act { IISAN_ACT_RELU = 0, IISAN_ACT_GELU = 1 };
 
 typedef struct iisan_backend iisan_backend;
 
+/* What a backend can do: callers ask these, never the name. */
+typedef struct {
+    /* backend memory is host memory: ops read plain host pointers (hidden states in place in
+     * the LMDB map, a table scanned by host code such as core/score_cpu.h) */
+    int host_memory;
+    /* ops called from several threads run at once; 0: they queue on one device stream, so a
+     * second thread (an inference context, a batch thread) adds nothing */
+    int parallel_ops;
+} iisan_backend_caps;
+
 struct iisan_backend {
-    const char *name; /* "cpu", "cuda" */
+    const char *name; /* "cpu", "cuda": for messages and logs */
     void *ctx;        /* backend-private state */
+    iisan_backend_caps caps;
+
+    /* ---- status ----
+     * 0 while every op has succeeded; else how many failures were recorded, the first one's
+     * message copied into msg (len bytes; msg may be NULL). Sticky: a failed op leaves garbage
+     * in its results and in everything computed from them, so the status never returns to 0;
+     * callers ask after a unit of work (a batch of requests, a model load, a training run)
+     * and throw the work away when it is not 0. The ops themselves return nothing. */
+    int (*status)(iisan_backend *be, char *msg, size_t len);
 
     /* ---- memory ---- */
     void *(*alloc)(iisan_backend *be, size_t bytes); /* zero-filled; NULL on failure */
@@ -160,10 +179,9 @@ struct iisan_backend {
     void (*destroy)(iisan_backend *be);
 };
 
-/* Backends. iisan_backend_cpu never fails (returns NULL only on OOM). */
+/* The CPU backend (NULL only when out of memory). Its ops never fail, except by the test hook
+ * IISAN_CPU_FAULT_FILE=PATH in the environment: once PATH exists, every GEMM leaves NaN in its
+ * output and counts a failure, which is how the tests drive the status checks. */
 iisan_backend *iisan_backend_cpu(int nthreads);
-
-/* Convenience wrappers so call sites read like maths. */
-#define BE_GEMM(be, ...) (be)->gemm((be), __VA_ARGS__)
 
 #endif

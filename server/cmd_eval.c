@@ -121,7 +121,7 @@ int cmd_eval(int argc, char **argv) {
             goto out;
         }
         iisan_states st = {store_states_get, &ss};
-        if (ck.c.kind == MODEL_IISAN && strcmp(be->name, "cpu")) {
+        if (ck.c.kind == MODEL_IISAN && !be->caps.host_memory) {
             /* the GPU reads states from its own memory: every item's, uploaded once */
             if (states_resident_create(be, &ds, &st, &ck.c, &rs, err, sizeof err)) {
                 fprintf(stderr, "iisan eval: %s\n", err);

@@ -80,7 +80,7 @@ int serve_reload_model(uint32_t version, int force) {
                          (int)cfg->item_headroom,
                          0};
     serve_config_release(cfg);
-    if (strcmp(g_srv.be->name, "cpu")) opt.contexts = 1; /* one device stream: one context */
+    if (!g_srv.be->caps.parallel_ops) opt.contexts = 1; /* one device stream: one context */
     infer_model *cur = serve_model_get();
     infer_info ci = {0};
     if (cur) infer_get_info(cur, &ci);
@@ -392,7 +392,7 @@ int cmd_serve(int argc, char **argv) {
         goto out;
     }
     {
-        int nthreads = strcmp(g_srv.be->name, "cpu") ? 1 : (int)cfg.infer_threads;
+        int nthreads = g_srv.be->caps.parallel_ops ? (int)cfg.infer_threads : 1;
         if (batcher_start(&g_srv.batcher, nthreads, (int)cfg.max_batch, cfg.batch_wait_us)) {
             log_event("error", "batcher_failed", "message=\"cannot start the batch threads\"");
             goto out;

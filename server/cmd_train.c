@@ -358,7 +358,7 @@ int cmd_train(int argc, char **argv) {
         goto out;
     }
     iisan_states st = {store_states_get, &ss};
-    if (c.kind == MODEL_IISAN && strcmp(be->name, "cpu")) {
+    if (c.kind == MODEL_IISAN && !be->caps.host_memory) {
         /* the GPU reads states from its own memory: every item's, uploaded once */
         double tr = now_seconds();
         if (states_resident_create(be, &ds, &st, &c, &rs, err, sizeof err)) {
@@ -373,11 +373,9 @@ int cmd_train(int argc, char **argv) {
                 resident_states_bytes(rs) / 1048576.0, now_seconds() - tr);
     }
     train_summary sum;
-    if (train_run(m, &ds, &st, &tc, 1, on_epoch, NULL, &sum)) {
-        fprintf(stderr, "iisan train: out of memory\n");
-        goto out;
-    }
-    if (backend_check("train", be)) goto out;
+    int trc = train_run(m, &ds, &st, &tc, 1, on_epoch, NULL, &sum);
+    if (trc == TRAIN_ENOMEM) fprintf(stderr, "iisan train: out of memory; nothing stored\n");
+    if (backend_check("train", be) || trc) goto out;
     store_reader_end(ss.r);
     ss.r = NULL;
     uint32_t version = 0;

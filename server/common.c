@@ -108,21 +108,12 @@ iisan_backend *backend_choose(const char *cmd, const char *device, int threads) 
 }
 
 int backend_check(const char *cmd, iisan_backend *be) {
-#ifdef IISAN_CUDA
-    if (be && !strcmp(be->name, "cuda")) {
-        char msg[512];
-        int n = iisan_cuda_errors(msg, sizeof msg);
-        if (n) {
-            fprintf(stderr, "iisan %s: %d CUDA failure%s, the first: %s\n", cmd, n,
-                    n == 1 ? "" : "s", msg);
-            return -1;
-        }
-    }
-#else
-    (void)cmd;
-    (void)be;
-#endif
-    return 0;
+    char msg[512];
+    int n = be ? be->status(be, msg, sizeof msg) : 0;
+    if (!n) return 0;
+    fprintf(stderr, "iisan %s: %d %s backend failure%s, the first: %s\n", cmd, n, be->name,
+            n == 1 ? "" : "s", msg);
+    return -1;
 }
 
 /* SASRec-ID rows are model item indexes of the dataset the checkpoint was

@@ -39,8 +39,8 @@ int opt_device(const char *cmd, const char *s);
  * NULL with a message printed for cmd when the asked-for backend cannot be had. */
 iisan_backend *backend_choose(const char *cmd, const char *device, int threads);
 
-/* 0 when the backend recorded no failure (always for cpu); else -1 with the first failure
- * printed for cmd (CUDA ops return nothing, so callers ask after a run). */
+/* 0 when the backend recorded no failure (be->status); else -1 with the first failure
+ * printed for cmd (ops return nothing, so callers ask after a run). */
 int backend_check(const char *cmd, iisan_backend *be);
 
 #endif

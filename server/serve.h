@@ -109,6 +109,8 @@ extern const char *const route_name[N_ROUTES];
 void metrics_request(int route, int status, double seconds);
 void metrics_fallback(void);
 void metrics_batch(int requests); /* one /recommend batch of that many requests */
+/* a batch of that many requests refused because the backend reports failures (its status) */
+void metrics_backend_failed(int requests, int failures);
 void metrics_commit(size_t interactions, double seconds, int ok);
 /* Prometheus text exposition (malloc'd) */
 char *metrics_render(uint32_t model_version, long in_flight, long pending);
@@ -141,6 +143,13 @@ void writer_drain(ix_writer *w);
 void writer_stop(ix_writer *w);
 
 /* ---------------- /recommend batching ---------------- */
+
+/* q.cnt of a ticket that got no results: */
+enum {
+    REC_REFUSED = -1,        /* inference refused the request */
+    REC_STOPPING = -2,       /* the batcher is stopping */
+    REC_BACKEND_FAILED = -3, /* the backend has failed: the results were garbage */
+};
 
 typedef struct rec_ticket {
     struct rec_ticket *next;

@@ -317,7 +317,7 @@ static void *trainer_main(void *arg) {
             goto out;
         }
         st.ctx = rd;
-        if (strcmp(be->name, "cpu")) {
+        if (!be->caps.host_memory) {
             if (states_resident_create(be, &ds, &st, &c, &rs, err, sizeof err)) {
                 job_set(j, "failed", "%s", err);
                 goto out;
@@ -335,8 +335,15 @@ static void *trainer_main(void *arg) {
     pthread_mutex_unlock(&jobs_mu);
     train_summary sum;
     tc.stop = &trainer_stop;
-    if (train_run(m, &ds, &st, &tc, 1, on_epoch, j, &sum)) {
-        job_set(j, "failed", "out of memory training");
+    int trc = train_run(m, &ds, &st, &tc, 1, on_epoch, j, &sum);
+    char bm[300];
+    if (trc == TRAIN_ENOMEM) {
+        job_set(j, "failed", "out of memory training; nothing stored");
+        goto out;
+    }
+    if (be->status(be, bm, sizeof bm)) { /* TRAIN_EBACKEND: what was trained is garbage */
+        job_set(j, "failed", "the %s backend failed while training: %s; nothing stored", be->name,
+                bm);
         goto out;
     }
     if (sum.interrupted) {

@@ -32,6 +32,23 @@ static void deadline_after(struct timespec *ts, long us) {
     ts->tv_nsec %= 1000000000;
 }
 
+/* one batch through the model; a failed backend's results are refused (REC_BACKEND_FAILED) */
+static void run_batch(infer_model *m, infer_query *qs, int n) {
+    if (infer_recommend_batch(m, qs, n) != IISAN_EBACKEND) return;
+    iisan_backend *be = g_srv.be;
+    char msg[400], q[500];
+    int failures = be->status(be, msg, sizeof msg);
+    static atomic_int logged;
+    if (!atomic_exchange(&logged, 1))
+        log_event("error", "backend_failed",
+                  "backend=%s failures=%d first=%s message=\"/recommend answers 503 until the "
+                  "daemon is restarted\"",
+                  be->name, failures, log_q(msg, q, sizeof q));
+    metrics_backend_failed(n, failures);
+    for (int i = 0; i < n; i++)
+        qs[i].cnt = REC_BACKEND_FAILED;
+}
+
 static void *batch_main(void *arg) {
     rec_batcher *b = arg;
     int cap = 0;
@@ -84,14 +101,14 @@ static void *batch_main(void *arg) {
         b->queued -= n;
         pthread_mutex_unlock(&b->mu);
         if (one) {
-            infer_recommend_batch(m, &one->q, 1);
+            run_batch(m, &one->q, 1);
             atomic_store(&one->done, 1);
             one->notify(one);
             continue;
         }
         for (int i = 0; i < n; i++)
             qs[i] = ts[i]->q;
-        infer_recommend_batch(m, qs, n);
+        run_batch(m, qs, n);
         metrics_batch(n);
         for (int i = 0; i < n; i++) {
             ts[i]->q.cnt = qs[i].cnt;

@@ -454,7 +454,7 @@ static enum MHD_Result do_recommend(req_ctx *r, const serve_config *cfg) {
     r->state = ST_WAIT;
     MHD_suspend_connection(r->conn); /* first: the batch may finish as soon as it is queued */
     if (batcher_submit(g_srv.batcher, &st->t)) {
-        st->t.q.cnt = -2;
+        st->t.q.cnt = REC_STOPPING;
         atomic_store(&st->t.done, 1);
         MHD_resume_connection(r->conn);
     }
@@ -463,8 +463,11 @@ static enum MHD_Result do_recommend(req_ctx *r, const serve_config *cfg) {
 
 static enum MHD_Result finish_recommend(req_ctx *r) {
     rec_state *st = r->rec;
-    if (st->t.q.cnt == -2)
+    if (st->t.q.cnt == REC_STOPPING)
         return send_error(r, 503, "shutting_down", NULL, "the server is stopping; retry");
+    if (st->t.q.cnt == REC_BACKEND_FAILED)
+        return send_error(r, 503, "backend_failed", NULL,
+                          "the compute backend has failed; the daemon needs a restart");
     if (st->t.q.cnt < 0)
         return send_error(r, 500, "internal", NULL, "inference refused the request");
     return rec_respond(r, st->t.q.cnt, 0);

@@ -81,7 +81,12 @@ static int encode_one(int mod, const item_entry *x, float *out, char *err, size_
         const char *tt = t;
         int rc = bert_encode_texts(g_enc.e, &tt, 1, out);
         free(t);
-        return rc ? iisan_fail(err, errlen, rc, "encoding the title: %s", iisan_strerror(rc)) : 0;
+        if (rc) return iisan_fail(err, errlen, rc, "encoding the title: %s", iisan_strerror(rc));
+        char bm[300];
+        if (g_enc.be->status(g_enc.be, bm, sizeof bm))
+            return iisan_fail(err, errlen, IISAN_EBACKEND, "the %s backend failed: %s",
+                              g_enc.be->name, bm);
+        return 0;
     }
     unsigned char *bytes = malloc(x->image_len / 4 * 3 + 3);
     const vit_config *vc = vit_get_config(g_enc.v);
@@ -95,6 +100,10 @@ static int encode_one(int mod, const item_entry *x, float *out, char *err, size_
     }
     free(bytes);
     free(pix);
+    char bm[300];
+    if (!rc && g_enc.be->status(g_enc.be, bm, sizeof bm))
+        rc = iisan_fail(err, errlen, IISAN_EBACKEND, "the %s backend failed: %s", g_enc.be->name,
+                        bm);
     return rc;
 }
 
@@ -270,9 +279,11 @@ static int items_post_locked(const items_request *q, json_t **body) {
         pthread_mutex_unlock(&g_enc.mu);
         if (rc) {
             *body =
-                fail_json(rc == IISAN_EFORMAT ? "bad_image" : "encode_failed",
+                fail_json(rc == IISAN_EFORMAT    ? "bad_image"
+                          : rc == IISAN_EBACKEND ? "backend_failed"
+                                                 : "encode_failed",
                           "item %zu ('%s'): %s; nothing was stored", bad, q->v[bad].item_id, eerr);
-            status = rc == IISAN_EFORMAT ? 422 : 500;
+            status = rc == IISAN_EFORMAT ? 422 : rc == IISAN_EBACKEND ? 503 : 500;
             goto out;
         }
     }

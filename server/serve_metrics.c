@@ -22,7 +22,7 @@ static atomic_ulong req_count[N_ROUTES][NCODES + 1]; /* last: any other code */
 static atomic_ulong lat_bucket[N_ROUTES][NB + 1];    /* last: +Inf */
 static atomic_ulong lat_sum_us[N_ROUTES];
 static atomic_ulong err_count[N_ROUTES][2]; /* 4xx, 5xx */
-static atomic_ulong fallback_count;
+static atomic_ulong fallback_count, backend_refused, backend_failures;
 static atomic_ulong batch_count, batched_requests, batch_max_seen;
 static atomic_ulong commit_batches, commit_failures, committed;
 static atomic_ulong commit_bucket[NB + 1], commit_sum_us;
@@ -50,6 +50,11 @@ void metrics_request(int route, int status, double seconds) {
 }
 
 void metrics_fallback(void) { atomic_fetch_add_explicit(&fallback_count, 1, memory_order_relaxed); }
+
+void metrics_backend_failed(int requests, int failures) {
+    atomic_fetch_add_explicit(&backend_refused, (unsigned long)requests, memory_order_relaxed);
+    atomic_store_explicit(&backend_failures, (unsigned long)failures, memory_order_relaxed);
+}
 
 void metrics_batch(int requests) {
     atomic_fetch_add_explicit(&batch_count, 1, memory_order_relaxed);
@@ -147,6 +152,14 @@ char *metrics_render(uint32_t model_version, long in_flight, long pending) {
         "history).\n# TYPE iisan_recommend_fallback_total counter\n"
         "iisan_recommend_fallback_total %lu\n",
         atomic_load(&fallback_count));
+    put(&b,
+        "# HELP iisan_backend_failures Failures the compute backend recorded (sticky: once not "
+        "0, /recommend answers 503 until a restart).\n# TYPE iisan_backend_failures gauge\n"
+        "iisan_backend_failures %lu\n"
+        "# HELP iisan_backend_failed_requests_total /recommend requests refused (503) because "
+        "the backend had failed.\n# TYPE iisan_backend_failed_requests_total counter\n"
+        "iisan_backend_failed_requests_total %lu\n",
+        atomic_load(&backend_failures), atomic_load(&backend_refused));
     put(&b,
         "# HELP iisan_recommend_batches_total Batches of /recommend requests computed.\n"
         "# TYPE iisan_recommend_batches_total counter\n"

@@ -32,6 +32,7 @@ const char *iisan_strerror(int code) {
     case IISAN_ENOMEM: return "IISAN_ENOMEM: out of memory";
     case IISAN_EINVAL: return "IISAN_EINVAL: bad argument";
     case IISAN_EFULL: return "IISAN_EFULL: LMDB map full";
+    case IISAN_EBACKEND: return "IISAN_EBACKEND: the compute backend failed";
     default: return "IISAN_E?: unknown error code";
     }
 }

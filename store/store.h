@@ -28,8 +28,9 @@ enum {
     IISAN_ENOTFOUND = -3, /* key not present */
     IISAN_EMISMATCH = -4, /* e.g. hidden states from another backbone/shape */
     IISAN_ENOMEM = -5,
-    IISAN_EINVAL = -6, /* bad argument */
-    IISAN_EFULL = -7,  /* LMDB map full even after growing */
+    IISAN_EINVAL = -6,   /* bad argument */
+    IISAN_EFULL = -7,    /* LMDB map full even after growing */
+    IISAN_EBACKEND = -8, /* the compute backend recorded a failure (kernels/backend.h status) */
 };
 const char *iisan_strerror(int code); /* "IISAN_EFORMAT: malformed input" */
 /* formats the message into err[errlen] (when err is not NULL) and returns code */

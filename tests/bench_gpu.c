@@ -400,7 +400,7 @@ int main(int argc, char **argv) {
 
     train_summary sum;
     if (train_run(m, &ds, &st, &tc, 0, hook, NULL, &sum)) {
-        fprintf(stderr, "bench_gpu: training ran out of memory\n");
+        fprintf(stderr, "bench_gpu: training failed (out of memory or a backend failure)\n");
         return 1;
     }
     qsort(epoch_times, n_epochs, sizeof(double), cmp_d);

@@ -4,8 +4,10 @@
  * Run: build/test/test_ops [name-filter]. */
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "kernels/act.h"
 #include "kernels/backend.h"
@@ -129,6 +131,7 @@ static void test_memory(void) {
     bfree(q);
     bfree(r);
     CHECK(strcmp(be->name, "cpu") == 0);
+    CHECK(be->caps.host_memory && be->caps.parallel_ops && be->status(be, NULL, 0) == 0);
 }
 
 /* -------------------------------------------------------------------- half */
@@ -1149,6 +1152,33 @@ static void test_rank_topk(void) {
     bfree(s), bfree(os), bfree(t), bfree(ex), bfree(rank), bfree(oi), bfree(big);
 }
 
+/* the status and its fault hook: nothing before the trigger file exists, then NaN out of
+ * every GEMM and a failure count that stays after the file is gone (sticky) */
+static void test_status_fault(void) {
+    char path[] = "/tmp/iisan-fault-XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    close(fd);
+    unlink(path);
+    setenv("IISAN_CPU_FAULT_FILE", path, 1);
+    iisan_backend *fb = iisan_backend_cpu(0);
+    unsetenv("IISAN_CPU_FAULT_FILE");
+    float a[4] = {1, 2, 3, 4}, c[4];
+    fb->gemm(fb, 0, 0, 2, 2, 2, 1, a, 2, a, 2, 0, c, 2);
+    char msg[200] = "";
+    CHECK(c[0] == 7 && fb->status(fb, msg, sizeof msg) == 0);
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL);
+    fclose(f);
+    fb->gemm(fb, 0, 0, 2, 2, 2, 1, a, 2, a, 2, 0, c, 2);
+    CHECK(isnan(c[0]) && isnan(c[3]));
+    CHECK(fb->status(fb, msg, sizeof msg) == 1 && strstr(msg, path) != NULL);
+    unlink(path);
+    fb->gemm(fb, 0, 0, 2, 2, 2, 1, a, 2, a, 2, 0, c, 2);
+    CHECK(isnan(c[0]) && fb->status(fb, NULL, 0) == 2);
+    fb->destroy(fb);
+}
+
 int main(int argc, char **argv) {
     TEST_MAIN_BEGIN(argc, argv);
     be = iisan_backend_cpu(0);
@@ -1175,6 +1205,7 @@ int main(int argc, char **argv) {
     RUN(test_adam);
     RUN(test_gather_scatter);
     RUN(test_rank_topk);
+    RUN(test_status_fault);
     be->destroy(be);
     TEST_MAIN_END();
 }

@@ -22,6 +22,11 @@
 void iisan_cpu_half_to_float(float *restrict dst, const uint16_t *restrict src, size_t n);
 void iisan_cpu_float_to_half(uint16_t *restrict dst, const float *restrict src, size_t n);
 
+/* ---- cpu_backend.c ---- */
+/* 1 when the fault hook (IISAN_CPU_FAULT_FILE) has fired: the op must leave garbage (NaN)
+ * instead of its result; counts one failure */
+int cpu_fault(iisan_backend *be);
+
 /* ---- cpu_blas.c ---- */
 void cpu_gemm(iisan_backend *be, int ta, int tb, int M, int N, int K, float alpha, const float *A,
               int lda, const float *B, int ldb, float beta, float *C, int ldc);

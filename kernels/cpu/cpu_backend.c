@@ -1,7 +1,11 @@
 /* The CPU backend's table and its memory: backend memory is host memory, so
- * upload / download / copy are memcpy and sync has nothing to wait for. */
+ * upload / download / copy are memcpy and sync has nothing to wait for. Its
+ * status is 0 unless the fault hook fired (kernels/backend.h). */
+#include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cblas.h>
 
@@ -43,11 +47,40 @@ static void cpu_zero(iisan_backend *be, void *p, size_t bytes) {
 
 static void cpu_sync(iisan_backend *be) {}
 
-static void cpu_destroy(iisan_backend *be) { free(be); }
+/* the fault hook: a trigger file (NULL: none) and the failures counted since it fired */
+typedef struct {
+    char *fault_file;
+    atomic_int failures;
+} cpu_ctx;
+
+int cpu_fault(iisan_backend *be) {
+    cpu_ctx *cx = be->ctx;
+    if (!cx->fault_file) return 0;
+    if (!atomic_load(&cx->failures) && access(cx->fault_file, F_OK)) return 0;
+    atomic_fetch_add(&cx->failures, 1);
+    return 1;
+}
+
+static int cpu_status(iisan_backend *be, char *msg, size_t len) {
+    cpu_ctx *cx = be->ctx;
+    int n = atomic_load(&cx->failures);
+    if (n && msg && len)
+        snprintf(msg, len, "injected fault: %s exists (IISAN_CPU_FAULT_FILE)", cx->fault_file);
+    return n;
+}
+
+static void cpu_destroy(iisan_backend *be) {
+    cpu_ctx *cx = be->ctx;
+    free(cx->fault_file);
+    free(cx);
+    free(be);
+}
 
 static const iisan_backend cpu_table = {
     .name = "cpu",
     .ctx = NULL,
+    .caps = {.host_memory = 1, .parallel_ops = 1},
+    .status = cpu_status,
     .alloc = cpu_alloc,
     .alloc_host = cpu_alloc,
     .free = cpu_free,
@@ -86,8 +119,15 @@ static const iisan_backend cpu_table = {
 
 iisan_backend *iisan_backend_cpu(int nthreads) {
     iisan_backend *be = malloc(sizeof *be);
-    if (!be) return NULL;
+    cpu_ctx *cx = calloc(1, sizeof *cx);
+    const char *ff = getenv("IISAN_CPU_FAULT_FILE");
+    if (!be || !cx || (ff && *ff && !(cx->fault_file = strdup(ff)))) {
+        free(be);
+        free(cx);
+        return NULL;
+    }
     *be = cpu_table;
+    be->ctx = cx;
     if (nthreads > 0) openblas_set_num_threads(nthreads);
     return be;
 }

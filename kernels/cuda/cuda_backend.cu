@@ -43,6 +43,12 @@ extern "C" int iisan_cuda_errors(char *msg, size_t len) {
     return n;
 }
 
+/* the CUDA context is the process's: its failures are every backend's */
+static int cuda_status(iisan_backend *be, char *msg, size_t len) {
+    (void)be;
+    return iisan_cuda_errors(msg, len);
+}
+
 /* ---- shared helpers ---- */
 
 cuda_ctx *cuda_enter(iisan_backend *be) {
@@ -205,6 +211,9 @@ extern "C" iisan_backend *iisan_backend_cuda(int device, char *err, size_t errle
     }
     be->name = "cuda";
     be->ctx = cx;
+    be->caps.host_memory = 0;
+    be->caps.parallel_ops = 0; /* one stream: ops queue, whatever thread calls them */
+    be->status = cuda_status;
     cx->device = device;
     cx->sync_each = env_flag("IISAN_CUDA_SYNC");
     pthread_mutexattr_t ma;

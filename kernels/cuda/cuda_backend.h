@@ -3,8 +3,8 @@
  * - GEMMs go through cuBLAS in full fp32; IISAN_CUDA_TF32=1 in the environment lets cuBLAS use
  *   TF32 tensor cores instead (faster, ~1e-3 relative error).
  * - Every CUDA / cuBLAS call is checked: a failure is printed to stderr with the statement,
- *   file and line, and recorded (iisan_cuda_errors). The ops themselves return nothing, so a
- *   caller that cares checks iisan_cuda_errors() after a step.
+ *   file and line, and recorded: be->status (kernels/backend.h) counts them, and callers ask
+ *   it after a batch, a load or a training run.
  * - IISAN_CUDA_SYNC=1 synchronises after every kernel launch so that a failing kernel is
  *   reported at its own launch (debugging).
  * - Ops run on the legacy default stream, in call order. Memory from be->alloc is device
@@ -17,8 +17,8 @@
  * - scatter_add_rows adds with atomics: with repeated indexes the order of the additions,
  *   hence the last bits of the result, may vary between runs. Every other reduction
  *   (bias_grad, layernorm dg/db, gate dp, the loss) is deterministic.
- * - The backend is meant for one thread at a time (one cuBLAS handle); each op makes the
- *   backend's device current on the calling thread first.
+ * - Ops from several threads are serialised (one cuBLAS handle, one stream: caps.parallel_ops
+ *   is 0); each op makes the backend's device current on the calling thread first.
  */
 #ifndef IISAN_KERNELS_CUDA_BACKEND_H
 #define IISAN_KERNELS_CUDA_BACKEND_H

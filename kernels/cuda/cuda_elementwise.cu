@@ -105,7 +105,7 @@ static __global__ void k_act_bwd(int act, float *dx, const float *dy, const floa
     if (act == IISAN_ACT_GELU) {
         FOR_EACH(i, n) dx[i] = dy[i] * iisan_gelu_grad(x[i]);
     } else {
-        FOR_EACH(i, n) dx[i] = x[i] > 0.0f ? dy[i] : 0.0f; /* relu' as iisan_relu_grad */
+        FOR_EACH(i, n) dx[i] = x[i] > 0.0f ? dy[i] : 0.0f; /* relu'(0) = 0, as PyTorch */
     }
 }
 

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# A failed compute backend never answers a wrong 200 and never has a model promoted. The CPU
+# backend's test hook (IISAN_CPU_FAULT_FILE=PATH: once PATH exists, every GEMM leaves NaN and
+# counts a failure, kernels/backend.h) drives the real checks of its status:
+#   1. iisan eval / train end with exit 1 naming the failure, nothing stored;
+#   2. a daemon whose backend fails while loading refuses the version (at startup: exit 1);
+#   3. a daemon whose backend fails while serving: the running retraining job fails (the
+#      served version stays, nothing stored), /recommend answers 503 backend_failed, and the
+#      metrics and the log say so.
+# Ends with "N passed, N failed".
+set -u
+cd "$(dirname "$0")/.."
+source tests/serve_lib.sh
+source tests/cli_lib.sh
+
+# ---- a small store: 40 items with 16-wide random hidden states, 60 users; one IISAN version ----
+python3 - "$T" <<'PY'
+import json, random, struct, sys
+d = sys.argv[1]; random.seed(3)
+with open(f"{d}/items.tsv", "w") as f:
+    for i in range(40): f.write(f"I{i:03d}\tItem number {i}\n")
+with open(f"{d}/users.tsv", "w") as f:
+    for u in range(60):
+        f.write(f"U{u:03d}\t" + " ".join(f"I{random.randrange(40):03d}" for _ in range(random.randint(5, 9))) + "\n")
+N, S, D = 40, 5, 16
+ids = "\n".join(f"I{i:03d}" for i in range(N)).encode()
+text = b"".join(struct.pack("<e", random.gauss(0, 1)) for _ in range(N * S * D))
+hdr = {"text": {"dtype": "F16", "shape": [N, S, D], "data_offsets": [0, len(text)]},
+       "item_ids": {"dtype": "U8", "shape": [len(ids)], "data_offsets": [len(text), len(text) + len(ids)]},
+       "__metadata__": {"text_backbone": "test-random-16"}}
+h = json.dumps(hdr).encode(); h += b" " * (-len(h) % 8)
+open(f"{d}/states.safetensors", "wb").write(struct.pack("<Q", len(h)) + h + text + ids)
+PY
+D="$T/d"
+TRAIN=(train --data "$D" --model iisan --r 4 --d 8 --schedule 0,2,4)
+check "import" -- "$BIN" import --data "$D" --items "$T/items.tsv" --users "$T/users.tsv" \
+  --states "$T/states.safetensors" 2>/dev/null
+check "train version 1" -- "$BIN" "${TRAIN[@]}" --epochs 1 >/dev/null 2>&1
+FAULT="$T/fault"
+
+# ---- 1. the commands: a failed backend is an error, nothing is stored ----
+: >"$FAULT"
+expect 1 "eval with a failed backend" -- env IISAN_CPU_FAULT_FILE="$FAULT" "$BIN" eval --data "$D"
+has "$T/err" "cpu backend failure" "eval names the failure"
+expect 1 "train with a failed backend" -- env IISAN_CPU_FAULT_FILE="$FAULT" "$BIN" "${TRAIN[@]}" --epochs 1
+has "$T/err" "cpu backend failure" "train names the failure"
+expect 1 "no version 2 stored" -- "$BIN" eval --data "$D" --version 2
+rm -f "$FAULT"
+expect 0 "the hook armed, no trigger: eval runs" -- env IISAN_CPU_FAULT_FILE="$FAULT" "$BIN" eval --data "$D"
+
+# ---- 2. a load through a failed backend is refused ----
+TOKEN=fault-token
+printf 'port = 0\nthreads = 2\nadmin_token = "%s"\n' "$TOKEN" >"$T/serve.conf"
+AUTH=(-H "Authorization: Bearer $TOKEN")
+: >"$FAULT"
+IISAN_CPU_FAULT_FILE="$FAULT" "$BIN" serve --data "$D" --config "$T/serve.conf" 2>"$LOG"; rc=$?
+[ "$rc" = 1 ] && ok || bad "a startup load through a failed backend: exit $rc, wanted 1"
+grep -q 'event=model_load_failed.*the cpu backend failed while loading' "$LOG" && ok ||
+  bad "load refused: $(grep model_load "$LOG")"
+grep -q 'event=listening' "$LOG" && bad "listened with no model" || ok
+sanitizer_check
+rm -f "$FAULT"
+
+# ---- 3. the backend fails while serving and training ----
+IISAN_CPU_FAULT_FILE="$FAULT" start || exit 1
+req POST /recommend '{"history":["I001","I002"],"k":3}'; status 200 "served before the fault"
+req POST /admin/retrain '{"epochs":1000,"patience":1000,"tolerance":1}' "${AUTH[@]}"; status 202 "a long job"
+job=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["job_id"])' "$T/body")
+for _ in $(seq 1 200); do grep -q "event=retrain_epoch job=$job" "$LOG" && break; sleep 0.05; done
+grep -q "event=retrain_epoch job=$job" "$LOG" && ok || bad "the job trained an epoch"
+: >"$FAULT"
+for _ in $(seq 1 300); do
+  req GET "/admin/jobs/$job" '' "${AUTH[@]}"
+  python3 -c 'import json,sys; sys.exit(json.load(open(sys.argv[1]))["state"] == "running")' "$T/body" && break
+  sleep 0.1
+done
+jcheck "d['state'] == 'failed' and 'backend failed' in d['message'] and not d.get('new_version')" \
+  "the job failed on the backend, nothing promoted"
+req GET /healthz; jcheck "d['model_version'] == 1" "version 1 still served"
+req POST /recommend '{"history":["I001","I002"],"k":3}'; errcode 503 backend_failed "recommend after the fault"
+req POST /recommend '{"history":["I003"],"k":3}'; errcode 503 backend_failed "and again (sticky)"
+req POST /recommend '{"history":[],"k":3}'; status 200 "popularity needs no backend"
+grep -q 'event=backend_failed backend=cpu' "$LOG" && ok || bad "backend_failed logged"
+req GET /metrics
+grep -qE '^iisan_backend_failures [1-9]' "$T/body" && ok || bad "iisan_backend_failures gauge"
+grep -qE '^iisan_backend_failed_requests_total [2-9]' "$T/body" && ok || bad "failed requests counted"
+stop
+[ "$STOP_RC" = 0 ] && ok || bad "stop after the fault: exit $STOP_RC"
+expect 1 "the failed job stored nothing" -- "$BIN" eval --data "$D" --version 2
+openapi_check
+echo "$pass passed, $fail failed"
