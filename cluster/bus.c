@@ -99,12 +99,12 @@ static redisReply *cmd(bus *b, int argc, const char **argv, const size_t *lens, 
     return NULL;
 }
 
-int bus_append(bus *b, const char *type, const char *payload, size_t len, long wait_replicas,
-               int wait_ms, char id[64], char *err, size_t errlen) {
-    const char *argv[] = {"XADD", b->key_log, "*", "t", type, "p", payload};
-    size_t lens[] = {4, strlen(b->key_log), 1, 1, strlen(type), 1, len};
+int bus_append(bus *b, const char *type, const char *origin, const char *payload, size_t len,
+               long wait_replicas, int wait_ms, char id[64], char *err, size_t errlen) {
+    const char *argv[] = {"XADD", b->key_log, "*", "t", type, "o", origin, "p", payload};
+    size_t lens[] = {4, strlen(b->key_log), 1, 1, strlen(type), 1, strlen(origin), 1, len};
     /* not retried once sent: a retry could append the entry twice */
-    redisReply *r = cmd(b, 7, argv, lens, 0, 0, err, errlen);
+    redisReply *r = cmd(b, 9, argv, lens, 0, 0, err, errlen);
     if (!r) return -1;
     int ok = r->type == REDIS_REPLY_STRING && r->len < 64;
     if (ok) {
@@ -138,18 +138,19 @@ static int entry(redisReply *e, bus_entry_fn fn, void *arg) {
         e->element[0]->type != REDIS_REPLY_STRING || e->element[1]->type != REDIS_REPLY_ARRAY)
         return -1;
     redisReply *kv = e->element[1];
-    const char *type = "", *p = "";
+    const char *type = "", *p = "", *origin = "";
     size_t plen = 0;
     for (size_t i = 0; i + 1 < kv->elements; i += 2) {
         redisReply *k = kv->element[i], *v = kv->element[i + 1];
         if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING) continue;
         if (!strcmp(k->str, "t")) type = v->str;
+        if (!strcmp(k->str, "o")) origin = v->str;
         if (!strcmp(k->str, "p")) {
             p = v->str;
             plen = v->len;
         }
     }
-    return fn(arg, e->element[0]->str, type, p, plen) ? 1 : 0;
+    return fn(arg, e->element[0]->str, type, origin, p, plen) ? 1 : 0;
 }
 
 int bus_read(bus *b, const char *after, int block_ms, int count, bus_entry_fn fn, void *arg,

@@ -21,18 +21,20 @@ bus *bus_new(const char *addr, const char *prefix, int timeout_ms);
 void bus_free(bus *b);
 const char *bus_prefix(const bus *b);
 
-/* Appends one entry (type, payload) to the log stream. Returns 0 once Redis
+/* Appends one entry (type, origin, payload) to the log stream; origin tags
+ * the entry for the node that appended it (its consumer answers the waiting
+ * request). Returns 0 once Redis
  * acknowledged it, with its stream id in id (64 bytes); when wait_replicas > 0,
  * only after WAIT saw that many Redis replicas take it within wait_ms. -1
  * (err) when the bus is unreachable, refused it, or too few replicas
  * acknowledged: the caller answers 503 (the entry may still have been
  * appended; nothing was acknowledged to anyone). */
-int bus_append(bus *b, const char *type, const char *payload, size_t len, long wait_replicas,
-               int wait_ms, char id[64], char *err, size_t errlen);
+int bus_append(bus *b, const char *type, const char *origin, const char *payload, size_t len,
+               long wait_replicas, int wait_ms, char id[64], char *err, size_t errlen);
 
 /* called for each entry read, in order; nonzero stops the read early */
-typedef int (*bus_entry_fn)(void *arg, const char *id, const char *type, const char *payload,
-                            size_t len);
+typedef int (*bus_entry_fn)(void *arg, const char *id, const char *type, const char *origin,
+                            const char *payload, size_t len);
 
 /* Reads entries after id `after` ("0" = from the start), waiting up to
  * block_ms for the first; at most count. Returns how many were handed to fn,

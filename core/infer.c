@@ -811,3 +811,10 @@ int infer_popular(const infer_model *im, const int32_t *excl, int ne, int k, int
     free(ex);
     return cnt;
 }
+
+int infer_embeddings(const infer_model *im, float *out, int rows) {
+    int n = infer_n_items(im);
+    if (rows < n) return -1;
+    im->be->download(im->be, out, im->all + im->c.d, (size_t)n * im->c.d * sizeof(float));
+    return n;
+}

@@ -143,6 +143,11 @@ int infer_add_items(infer_model *im, const infer_new_item *v, int n, int32_t *ou
 void infer_ban(infer_model *im, int idx, int on);
 int infer_banned_count(const infer_model *im);
 
+/* The e_i of the served rows 1..infer_n_items into out (row-major [n, d],
+ * room for rows rows): the item embedding table a model repository publishes
+ * (cluster/repo.h). Returns n, or -1 when rows is too small. */
+int infer_embeddings(const infer_model *im, float *out, int rows);
+
 /* The popularity ranking (count in the training parts of the store's
  * dataset at load time, ties by lower index), skipping excl. Returns the
  * count written. Thread-safe. */

@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cluster/cluster.h"
 #include "server/cli.h"
 #include "server/common.h"
 #include "server/serve.h"
@@ -290,6 +291,7 @@ static long serve_stop_http(struct MHD_Daemon **d) {
     while (http_busy() > 0 && serve_now() < deadline)
         usleep(2000);
     long left = http_busy();
+    cluster_stop(); /* answers writes waiting on the bus; a trainer gives its lease up */
     writer_drain(g_srv.writer);
     batcher_drain(g_srv.batcher);
     deadline = serve_now() + 2.0;
@@ -404,6 +406,10 @@ int cmd_serve(int argc, char **argv) {
         log_event("error", "scheduler_failed", "message=\"cannot start the scheduler thread\"");
         goto out;
     }
+    if (cluster_start(err, sizeof err)) { /* cluster mode: bus, repository, lease */
+        log_event("error", "cluster_failed", "error=%s", log_q(err, b, sizeof b));
+        goto out;
+    }
     d = http_start(&cfg, err, sizeof err);
     if (!d) {
         log_event("error", "listen_failed", "error=%s", log_q(err, b, sizeof b));
@@ -430,6 +436,7 @@ int cmd_serve(int argc, char **argv) {
 out:
     if (d) MHD_stop_daemon(d);
     scheduler_stop();
+    cluster_stop();
     if (g_srv.writer) writer_stop(g_srv.writer);
     g_srv.writer = NULL;
     batcher_stop(g_srv.batcher);

@@ -50,6 +50,17 @@ typedef struct {
     char admin_token[256];
     long retrain_every_min; /* 0 = no scheduled retraining */
     long retrain_after;     /* 0 = no retraining by logged interactions */
+    /* cluster mode (cluster/cluster.h, docs/scaling.md) */
+    char role[16];
+    char redis[256];
+    char bus_prefix[64];
+    char repo[PATH_MAX];
+    char node_id[128];
+    long lease_ms;
+    long repo_poll_ms;
+    long bus_timeout_ms;
+    long bus_wait_replicas;
+    long bus_wait_ms;
 } serve_config;
 
 enum { CFG_INT, CFG_STR, CFG_BOOL };

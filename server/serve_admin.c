@@ -17,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cluster/cluster.h"
 #include "core/checkpoint.h"
 #include "core/dataset.h"
 #include "core/eval.h"
@@ -404,6 +405,7 @@ static void *trainer_main(void *arg) {
               "job=%d version=%u base_version=%u hr10=%.4f "
               "base_hr10=%.4f seconds=%.1f",
               id, ver, in.version, sum.best_valid.hr10, base.hr10, serve_now() - t0);
+    cluster_promoted(ver); /* cluster mode: to the model repository */
 out:
     if (rd) store_reader_end(rd);
     states_resident_free(rs);
@@ -425,6 +427,7 @@ out:
 
 int admin_retrain_start(const retrain_request *p, const char *trigger, int *job_id, char *err,
                         size_t errlen) {
+    if (cluster_may_train(err, errlen)) return -1; /* a replica, or a standby trainer */
     pthread_mutex_lock(&jobs_mu);
     if (running) {
         int rid = next_id - 1;
@@ -587,5 +590,6 @@ int admin_rollback(uint32_t version, uint32_t *from, uint32_t *to, char *err, si
     if (store_ix_state_put(g_srv.ix, "pinned", want, e2, sizeof e2))
         log_event("error", "pin_failed", "error=%s", log_q(e2, (char[400]){0}, 400));
     log_event("info", "rollback", "from=%u to=%u pinned=true", in.version, want);
+    cluster_rolled_back(want); /* cluster mode: CURRENT points at it */
     return 0;
 }

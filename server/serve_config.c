@@ -76,6 +76,29 @@ const serve_option serve_options[] = {
      "minutes between scheduled retraining jobs, counted from the last job's start (0 = off)"},
     {"retrain_after", CFG_INT, OPT(retrain_after), 0, "0", 0, 1000000000, "IISAN_RETRAIN_AFTER", 1,
      "start a retraining job once this many interactions were logged since the last (0 = off)"},
+    /* cluster mode (docs/scaling.md) */
+    {"role", CFG_STR, OPT(role), SZ(role), "standalone", 0, 0, "IISAN_ROLE", 0,
+     "standalone (one daemon), trainer or replica (cluster mode over Redis and a model "
+     "repository)"},
+    {"redis", CFG_STR, OPT(redis), SZ(redis), "127.0.0.1:6379", 0, 0, "IISAN_REDIS", 0,
+     "cluster mode: the Redis bus, host:port"},
+    {"bus_prefix", CFG_STR, OPT(bus_prefix), SZ(bus_prefix), "iisan", 0, 0, "IISAN_BUS_PREFIX", 0,
+     "cluster mode: prefix of the Redis keys (<prefix>:log, :lease, :versions)"},
+    {"repo", CFG_STR, OPT(repo), SZ(repo), "", 0, 0, "IISAN_REPO", 0,
+     "cluster mode: the model repository directory (shared by the trainer and the replicas)"},
+    {"node_id", CFG_STR, OPT(node_id), SZ(node_id), "", 0, 0, "IISAN_NODE_ID", 0,
+     "cluster mode: this node's name (lease owner, log); empty = hostname-pid"},
+    {"lease_ms", CFG_INT, OPT(lease_ms), 0, "10000", 300, 600000, "IISAN_LEASE_MS", 0,
+     "cluster mode: the trainer lease's time to live, renewed every third of it"},
+    {"repo_poll_ms", CFG_INT, OPT(repo_poll_ms), 0, "2000", 50, 600000, "IISAN_REPO_POLL_MS", 0,
+     "cluster mode: how often the repository is checked when no announcement came"},
+    {"bus_timeout_ms", CFG_INT, OPT(bus_timeout_ms), 0, "2000", 50, 60000, "IISAN_BUS_TIMEOUT_MS",
+     0, "cluster mode: connect and command timeout of the Redis connections"},
+    {"bus_wait_replicas", CFG_INT, OPT(bus_wait_replicas), 0, "0", 0, 100,
+     "IISAN_BUS_WAIT_REPLICAS", 0,
+     "cluster mode: Redis replicas that must have a write (WAIT) before it is acknowledged"},
+    {"bus_wait_ms", CFG_INT, OPT(bus_wait_ms), 0, "1000", 1, 60000, "IISAN_BUS_WAIT_MS", 0,
+     "cluster mode: how long WAIT waits for them (then the write answers 503)"},
 };
 const int serve_noptions = (int)(sizeof serve_options / sizeof serve_options[0]);
 

@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cluster/cluster.h"
 #include "server/serve.h"
 #include "store/store_ext.h"
 
@@ -94,10 +95,9 @@ static enum MHD_Result send_body(req_ctx *r, int status, char *body, const char 
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
     if (allow) MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
     if (status == 401) MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
-    if (atomic_load(&g_srv.stopping)) {
-        MHD_add_response_header(resp, "Connection", "close");
-        if (status == 503) MHD_add_response_header(resp, "Retry-After", "1");
-    }
+    /* a 503 is temporary: stopping, the store full, cluster mode's bus unavailable */
+    if (status == 503) MHD_add_response_header(resp, "Retry-After", "1");
+    if (atomic_load(&g_srv.stopping)) MHD_add_response_header(resp, "Connection", "close");
     enum MHD_Result ok = MHD_queue_response(r->conn, (unsigned)status, resp);
     MHD_destroy_response(resp);
     r->status = status;
@@ -145,6 +145,16 @@ static enum MHD_Result send_error(req_ctx *r, int status, const char *code, cons
 
 static enum MHD_Result send_req_error(req_ctx *r, const req_error *e) {
     return send_error(r, e->status, e->code, NULL, "%s", e->message);
+}
+
+/* a status and body from cluster mode's write path (cluster/cluster.h) */
+static enum MHD_Result send_status_body(req_ctx *r, int status, json_t *body) {
+    if (!body) return send_error(r, 500, "internal", NULL, "out of memory");
+    if (status >= 400) {
+        json_t *code = json_object_get(json_object_get(body, "error"), "code");
+        snprintf(r->code, sizeof r->code, "%s", code ? json_string_value(code) : "error");
+    }
+    return send_json(r, status, body);
 }
 
 /* ---------------- routing ---------------- */
@@ -272,6 +282,7 @@ static enum MHD_Result do_admin_status(req_ctx *r, const serve_config *cfg) {
     int last = admin_last_job();
     json_t *lj = last ? admin_job_json(last) : NULL;
     json_object_set_new(j, "last_job", lj ? lj : json_null());
+    json_object_set_new(j, "cluster", cluster_status_json());
     if (m) infer_release(m);
     return send_json(r, 200, j);
 }
@@ -501,6 +512,11 @@ static enum MHD_Result do_interactions(req_ctx *r, const serve_config *cfg) {
         r->ixv[i].item = cat;
         r->ixv[i].timestamp = x->timestamp >= 0 ? x->timestamp : now;
     }
+    if (cluster_role() != ROLE_STANDALONE) { /* to the bus, answered once durable there */
+        json_t *body = NULL;
+        int status = cluster_post_interactions(&r->ixr, r->ixv, &body);
+        return send_status_body(r, status, body);
+    }
     memset(&r->ticket, 0, sizeof r->ticket);
     r->ticket.v = r->ixv;
     r->ticket.n = r->ixr.n;
@@ -539,14 +555,15 @@ static enum MHD_Result do_items_post(req_ctx *r, const serve_config *cfg) {
     req_error e;
     if (items_request_parse(r->body, r->len, &lim, &q, &e)) return send_req_error(r, &e);
     json_t *body = NULL;
-    int status = items_post(&q, &body);
-    items_request_free(&q);
-    if (!body) return send_error(r, 500, "internal", NULL, "out of memory");
-    if (status >= 400) {
-        json_t *code = json_object_get(json_object_get(body, "error"), "code");
-        snprintf(r->code, sizeof r->code, "%s", code ? json_string_value(code) : "error");
+    int status;
+    if (cluster_role() != ROLE_STANDALONE) { /* every node applies it from the bus */
+        items_request_free(&q);
+        status = cluster_post_items(r->body, r->len, &body);
+    } else {
+        status = items_post(&q, &body);
+        items_request_free(&q);
     }
-    return send_json(r, status, body);
+    return send_status_body(r, status, body);
 }
 
 static enum MHD_Result do_item(req_ctx *r, const char *id) {
@@ -555,6 +572,11 @@ static enum MHD_Result do_item(req_ctx *r, const char *id) {
                           "not a valid item id: ids are 1..%d bytes without spaces or control "
                           "characters",
                           REQ_ID_MAX);
+    if (!strcmp(r->method, "DELETE") && cluster_role() != ROLE_STANDALONE) {
+        json_t *body = NULL;
+        int status = cluster_delete_item(id, &body);
+        return send_status_body(r, status, body);
+    }
     if (!strcmp(r->method, "DELETE")) {
         char err[300];
         uint32_t cat;
@@ -602,6 +624,8 @@ static enum MHD_Result do_retrain(req_ctx *r) {
     if (retrain_request_parse(r->body ? r->body : "", r->len, &p, &e)) return send_req_error(r, &e);
     int id;
     char err[200];
+    if (cluster_may_train(err, sizeof err))
+        return send_error(r, 409, "not_trainer", NULL, "%s", err);
     if (admin_retrain_start(&p, "admin", &id, err, sizeof err))
         return send_error(r, 409, "job_running", NULL, "%s", err);
     return send_json(r, 202, json_pack("{s:i,s:s}", "job_id", id, "state", "queued"));
@@ -623,6 +647,8 @@ static enum MHD_Result do_rollback(req_ctx *r) {
         return send_req_error(r, &e);
     uint32_t from = 0, to = 0;
     char err[300];
+    if (cluster_may_train(err, sizeof err))
+        return send_error(r, 409, "not_trainer", NULL, "%s", err);
     int rc = admin_rollback((uint32_t)p.version, &from, &to, err, sizeof err);
     if (rc == IISAN_ENOTFOUND) return send_error(r, 404, "unknown_version", NULL, "%s", err);
     if (rc) return send_error(r, 500, "model_load_failed", NULL, "%s", err);

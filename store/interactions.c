@@ -576,3 +576,48 @@ int store_ix_job_get(store_ix *x, uint32_t id, char **json) {
     pthread_rwlock_unlock(&x->lock);
     return rc;
 }
+
+/* ---- a consumer's read position (cluster mode) ---- */
+
+typedef struct {
+    const store_interaction *v;
+    size_t n;
+    uint64_t first;
+    const char *key, *pos;
+} append_at_ctx;
+
+static int append_at_fn(store_ix *x, MDB_txn *txn, void *arg, char *err, size_t errlen) {
+    append_at_ctx *c = arg;
+    int rc = c->n ? append_txn(x, txn, c->v, c->n, &c->first, err, errlen) : 0;
+    if (rc) return rc;
+    MDB_val k = {strlen(c->key), (void *)c->key}, d = {strlen(c->pos), (void *)c->pos};
+    rc = mdb_put(txn, x->state, &k, &d, 0);
+    return rc ? store_lmdb(rc, "writing the read position", err, errlen) : 0;
+}
+
+int store_ix_append_at(store_ix *x, const store_interaction *v, size_t n, const char *key,
+                       const char *pos, uint64_t *first_seq, char *err, size_t errlen) {
+    if ((n && !v) || !key || !pos || !*key || !*pos) return IISAN_EINVAL;
+    append_at_ctx c = {v, n, 0, key, pos};
+    int rc = ix_write(x, append_at_fn, &c, err, errlen);
+    if (rc == 0 && first_seq) *first_seq = c.first;
+    return rc;
+}
+
+int store_ix_pos_get(store_ix *x, const char *key, char *buf, size_t cap) {
+    if (!cap) return IISAN_EINVAL;
+    buf[0] = 0;
+    MDB_txn *txn;
+    if (begin(x, MDB_RDONLY, &txn)) return IISAN_EIO;
+    MDB_val k = {strlen(key), (void *)key}, d;
+    int rc = mdb_get(txn, x->state, &k, &d);
+    if (rc == 0 && d.mv_size < cap) {
+        memcpy(buf, d.mv_data, d.mv_size);
+        buf[d.mv_size] = 0;
+    } else {
+        rc = rc == MDB_NOTFOUND ? IISAN_ENOTFOUND : IISAN_EIO;
+    }
+    mdb_txn_abort(txn);
+    pthread_rwlock_unlock(&x->lock);
+    return rc;
+}

@@ -8,7 +8,8 @@
  *
  *   item_deleted  u32 catalogue index (MDB_INTEGERKEY) -> i64 time of the deletion
  *   serve         ASCII name -> u32 (the daemon's persistent state: "pinned",
- *                 the checkpoint version a rollback chose, 0 or absent = latest)
+ *                 the checkpoint version a rollback chose, 0 or absent = latest);
+ *                 "bus_pos" -> the Redis stream id applied last (text, cluster mode)
  *   jobs          u32 job id (MDB_INTEGERKEY) -> the job's record, JSON text
  *                 (GET /admin/jobs/{id}), rewritten at each change of state
  *
@@ -50,6 +51,15 @@ iisan_store *store_ix_store(store_ix *x);
  * *first_seq (may be NULL) gets the ilog number of the first one. */
 int store_ix_append(store_ix *x, const store_interaction *v, size_t n, uint64_t *first_seq,
                     char *err, size_t errlen);
+
+/* Cluster mode: store_ix_append (n may be 0) and, in the SAME transaction, a
+ * consumer's read position pos (a string, e.g. a Redis stream id) under key
+ * in the serve database: rows and position are durable together, so a
+ * consumer that resumes from the stored position applies nothing twice. */
+int store_ix_append_at(store_ix *x, const store_interaction *v, size_t n, const char *key,
+                       const char *pos, uint64_t *first_seq, char *err, size_t errlen);
+/* the position stored under key into buf: 0, IISAN_ENOTFOUND, IISAN_EIO */
+int store_ix_pos_get(store_ix *x, const char *key, char *buf, size_t cap);
 
 /* A user's stored sequence (catalogue indexes, oldest first) as a malloc'd
  * copy; IISAN_ENOTFOUND for an unknown user. */

@@ -666,6 +666,7 @@ typedef struct {
     size_t len;
     const char *meta;
     uint32_t version;
+    uint32_t at; /* 0: the next version */
 } ckpt_put_ctx;
 
 static int ckpt_put_txn(iisan_store *s, MDB_txn *txn, void *arg, int attempt, char *err,
@@ -674,9 +675,13 @@ static int ckpt_put_txn(iisan_store *s, MDB_txn *txn, void *arg, int attempt, ch
     int64_t last = store_last_key(txn, s->ckpt);
     if (last < 0) return IISAN_EIO;
     if (last >= UINT32_MAX) return IISAN_EFULL;
-    uint32_t ver = (uint32_t)last + 1;
+    uint32_t ver = c->at ? c->at : (uint32_t)last + 1;
     MDB_val k = {4, &ver}, v = {c->len, (void *)c->blob};
-    int rc = mdb_put(txn, s->ckpt, &k, &v, MDB_APPEND);
+    int rc = mdb_put(txn, s->ckpt, &k, &v, c->at ? MDB_NOOVERWRITE : MDB_APPEND);
+    if (rc == MDB_KEYEXIST) {
+        store_err(err, errlen, "%s: checkpoint version %u exists already", s->dir, ver);
+        return IISAN_EINVAL;
+    }
     if (!rc) {
         v.mv_size = strlen(c->meta);
         v.mv_data = (void *)c->meta;
@@ -690,10 +695,17 @@ static int ckpt_put_txn(iisan_store *s, MDB_txn *txn, void *arg, int attempt, ch
 int store_ckpt_put(iisan_store *s, const void *blob, size_t len, const char *meta_json,
                    uint32_t *version) {
     if (!blob && len) return IISAN_EINVAL;
-    ckpt_put_ctx c = {blob ? blob : "", len, meta_json ? meta_json : "{}", 0};
+    ckpt_put_ctx c = {blob ? blob : "", len, meta_json ? meta_json : "{}", 0, 0};
     int rc = store_write(s, ckpt_put_txn, &c, NULL, 0);
     if (!rc && version) *version = c.version;
     return rc;
+}
+
+int store_ckpt_put_at(iisan_store *s, const void *blob, size_t len, const char *meta_json,
+                      uint32_t version, char *err, size_t errlen) {
+    if ((!blob && len) || !version) return IISAN_EINVAL;
+    ckpt_put_ctx c = {blob ? blob : "", len, meta_json ? meta_json : "{}", 0, version};
+    return store_write(s, ckpt_put_txn, &c, err, errlen);
 }
 
 /* blob or meta may be NULL to skip that copy (listing metadata only) */

@@ -117,6 +117,10 @@ int store_users_foreach(iisan_store *s,
  * (last version + 1), returned in *version. */
 int store_ckpt_put(iisan_store *s, const void *blob, size_t len, const char *meta_json,
                    uint32_t *version);
+/* put as a given version (cluster mode: a version from the model repository
+ * keeps its number); IISAN_EINVAL when that version exists */
+int store_ckpt_put_at(iisan_store *s, const void *blob, size_t len, const char *meta_json,
+                      uint32_t version, char *err, size_t errlen);
 /* get: version 0 means the latest. *blob / *meta are malloc'd copies. */
 int store_ckpt_get(iisan_store *s, uint32_t version, void **blob, size_t *len, char **meta,
                    uint32_t *version_out);
