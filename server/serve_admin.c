@@ -508,6 +508,8 @@ double scheduler_tick(void) {
     else if (every > 0 && now - last >= period)
         trigger = "schedule";
     if (trigger && busy) return 1.0; /* a job runs: look again when it may have ended */
+    char why[200];
+    if (trigger && cluster_may_train(why, sizeof why)) return 5.0; /* a replica or a standby */
     if (trigger) {
         retrain_request p;
         req_error e;
