@@ -78,7 +78,7 @@ test-coretype: $(TESTS)
 
 # the unit, gradient, golden and store tests once more without sanitizers,
 # under valgrind (memcheck, leaks fatal)
-VG_TESTS := test_ops test_golden test_model test_safetensors test_store test_dataset test_image test_serve_units test_repo
+VG_TESTS := test_ops test_golden test_golden_versa test_model test_safetensors test_store test_dataset test_image test_serve_units test_repo
 valgrind:
 	$(MAKE) BUILD=build/vg SAN= $(VG_TESTS:%=build/vg/test/%)
 	OPENBLAS_NUM_THREADS=1 TEST_WRAPPER="valgrind -q --error-exitcode=3 --leak-check=full --errors-for-leak-kinds=definite" \
@@ -86,6 +86,7 @@ valgrind:
 
 bench-train: $(BUILD)/bench_train
 	$(BUILD)/bench_train
+	$(BUILD)/bench_train versa
 
 # all-MiniLM-L6-v2: iisan encode vs Hugging Face on Scientific titles (developers: needs torch)
 bench-encode: $(BUILD)/iisan

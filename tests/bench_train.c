@@ -5,6 +5,13 @@
  * (timing does not depend on their values), and trained through the same
  * zero-copy store reader as `iisan train`.
  *
+ * `bench_train versa` runs IISAN-Versa instead, on a wide, deep text side and a
+ * small image side: text 33 states x 2,048 (an LLM's layer states) with the
+ * 8-entry schedule 4,8,..,32, image 13 x 384 (a ViT-S) every second state (7
+ * blocks); the inter tower is 384 wide, 7 blocks, each projecting the text
+ * state 2,048 -> 384. make bench-train runs both, as separate processes, so
+ * that each peak RSS is its own.
+ *
  * Prints seconds per epoch (median), sequences and item encodings per
  * second, peak RSS against the hidden-state store's size, trainable
  * parameters, and the GEMM floor: the epoch's multiply-add work divided by
@@ -33,22 +40,108 @@ static void hook(void *arg, const epoch_report *r) {
     fprintf(stderr, "epoch %d: %.2f s, loss %.4f\n", r->epoch, r->seconds, r->loss);
 }
 
+/* sgemm GFLOP/s on a SAN block's shapes (640 rows, width D, r = 64), best of 5 */
+static double sgemm_rate(iisan_backend *be, int D) {
+    int U = 640;
+    float *a = be->alloc(be, (size_t)U * D * 4), *w = be->alloc(be, (size_t)64 * D * 4),
+          *o = be->alloc(be, (size_t)U * 64 * 4), *h = be->alloc(be, (size_t)U * D * 4);
+    double best = 1e9;
+    for (int rep = 0; rep < 5; rep++) {
+        double t = now();
+        for (int it = 0; it < 20; it++) {
+            be->gemm(be, 0, 1, U, 64, D, 1, a, D, w, D, 0, o, 64);
+            be->gemm(be, 0, 1, U, D, 64, 1, o, 64, w, 64, 1, h, D);
+        }
+        t = now() - t;
+        if (t < best) best = t;
+    }
+    be->free(be, a);
+    be->free(be, w);
+    be->free(be, o);
+    be->free(be, h);
+    return 20 * 2 * 2.0 * U * 64 * D / best / 1e9;
+}
+
+/* distinct items per batch, counted once over an epoch's batches; *slots gets all slots */
+static long distinct_items(const iisan_dataset *ds, long *slots) {
+    const int L = 11;
+    long distinct = 0;
+    *slots = 0;
+    int32_t *seq = malloc((size_t)64 * L * sizeof *seq);
+    char *seen = calloc(ds->n_items + 1, 1);
+    for (int u0 = 0; u0 < ds->n_users; u0 += 64) {
+        int nb = ds->n_users - u0 < 64 ? ds->n_users - u0 : 64;
+        for (int b = 0; b < nb; b++)
+            dataset_sequence(ds, u0 + b, SPLIT_TRAIN, seq + b * L, NULL);
+        for (int e = 0; e < nb * L; e++)
+            if (!seen[seq[e]]) seen[seq[e]] = 1, distinct++;
+        for (int e = 0; e < nb * L; e++)
+            seen[seq[e]] = 0;
+        *slots += nb * L;
+    }
+    free(seq);
+    free(seen);
+    return distinct;
+}
+
+/* the epoch's multiply-adds: per distinct item, every tower's K blocks x (2 forward + 4
+ * backward GEMMs) x 2*D*r, Versa's projections (forward and dQ: 2 x 2*Dw*Dx per step);
+ * per batch, the heads' M = P.F and its two gradients (3 x 2*d*fo*di per tower) */
+static double epoch_flop(const iisan_config *c, long distinct, int batches) {
+    double san = 0, head = 0, proj = 0;
+    for (int t = 0; t < N_TOWERS; t++) {
+        int fo, di;
+        params_head_dims(c, t, &fo, &di);
+        san += (double)config_tower_depth(c, t) * config_tower_width(c, t);
+        head += 3 * 2.0 * c->d * fo * di;
+    }
+    if (c->arch == ARCH_VERSA && config_versa_wide(c) >= 0)
+        proj = 2 * 2.0 * config_tower_depth(c, TOWER_INTER) * c->mods[config_versa_wide(c)].D *
+               config_tower_width(c, TOWER_INTER);
+    return (double)distinct * (san * 6 * 2.0 * c->r + proj) + batches * head;
+}
+
+/* the model measured: symmetric IISAN at the published shapes, or the Versa case above */
+static void bench_config(iisan_config *c, int versa, int *NS, int *D) {
+    config_default(c);
+    NS[0] = NS[1] = 13;
+    D[0] = D[1] = 768;
+    if (!versa) return;
+    char err[256];
+    c->arch = ARCH_VERSA;
+    c->nstates = c->D = c->K = 0;
+    NS[MOD_TEXT] = 33, D[MOD_TEXT] = 2048;
+    NS[MOD_IMAGE] = 13, D[MOD_IMAGE] = 384;
+    for (int mod = 0; mod < N_MODS; mod++) {
+        c->mods[mod].nstates = NS[mod];
+        c->mods[mod].D = D[mod];
+    }
+    if (config_set_schedule_mod(c, MOD_TEXT, "4,8,12,16,20,24,28,32", err, sizeof err) ||
+        config_set_schedule_mod(c, MOD_IMAGE, "every2", err, sizeof err)) {
+        fprintf(stderr, "bench: %s\n", err);
+        exit(1);
+    }
+}
+
 int main(int argc, char **argv) {
+    int versa = argc > 1 && !strcmp(argv[1], "versa");
+    if (versa) argc--, argv++;
     const char *users = argc > 1 ? argv[1] : "../shared/data/amazon/scientific/users.tsv";
     int epochs = argc > 2 ? atoi(argv[2]) : 3;
     if (epochs < 1 || epochs > 64) epochs = 3;
-    const int D = 768, NS = 13;
+    iisan_config c;
+    int NS[2], D[2];
+    bench_config(&c, versa, NS, D);
+    const char *name = versa ? "IISAN-Versa" : "IISAN";
     char dir[] = "/tmp/iisan-bench-XXXXXX", err[512];
     iisan_store *s;
     iisan_dataset ds;
     double t0 = now();
-    if (bench_make_store("bench", users, dir, NS, D, &s, &ds)) return 1;
-    double store_mib = 2.0 * ds.n_items * NS * D * 2 / 1048576.0;
-    fprintf(stderr, "bench: %d users, %d items, %.0f MiB of fp16 states written in %.1f s\n",
-            ds.n_users, ds.n_items, store_mib, now() - t0);
+    if (bench_make_store_shapes("bench", users, dir, NS, D, &s, &ds)) return 1;
+    double store_mib = (double)ds.n_items * (NS[0] * D[0] + NS[1] * D[1]) * 2 / 1048576.0;
+    fprintf(stderr, "bench %s: %d users, %d items, %.0f MiB of fp16 states written in %.1f s\n",
+            name, ds.n_users, ds.n_items, store_mib, now() - t0);
 
-    iisan_config c;
-    config_default(&c);
     iisan_train_config tc;
     train_config_default(&tc);
     tc.epochs = epochs;
@@ -58,28 +151,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench: %s\n", err);
         return 1;
     }
-    /* the GEMM floor: sgemm rate on the SAN down/up shapes */
-    double gflops;
-    {
-        int U = 640;
-        float *a = be->alloc(be, (size_t)U * D * 4), *w = be->alloc(be, (size_t)64 * D * 4),
-              *o = be->alloc(be, (size_t)U * 64 * 4), *h = be->alloc(be, (size_t)U * D * 4);
-        double best = 1e9;
-        for (int rep = 0; rep < 5; rep++) {
-            double t = now();
-            for (int it = 0; it < 20; it++) {
-                be->gemm(be, 0, 1, U, 64, D, 1, a, D, w, D, 0, o, 64);
-                be->gemm(be, 0, 1, U, D, 64, 1, o, 64, w, 64, 1, h, D);
-            }
-            t = now() - t;
-            if (t < best) best = t;
-        }
-        gflops = 20 * 2 * 2.0 * U * 64 * D / best / 1e9;
-        be->free(be, a);
-        be->free(be, w);
-        be->free(be, o);
-        be->free(be, h);
-    }
+    double gflops = sgemm_rate(be, D[0]);
     store_reader *r;
     store_reader_begin(s, &r);
     iisan_states st = {store_get, r};
@@ -88,35 +160,15 @@ int main(int argc, char **argv) {
     store_reader_end(r);
     qsort(epoch_times, n_epochs, sizeof(double), cmp_d);
     double med = epoch_times[n_epochs / 2];
-    /* distinct items per batch, counted once over an epoch's batches */
-    long slots = 0, distinct = 0;
-    {
-        int L = 11;
-        int32_t *seq = malloc((size_t)64 * L * sizeof *seq);
-        char *seen = calloc(ds.n_items + 1, 1);
-        for (int u0 = 0; u0 < ds.n_users; u0 += 64) {
-            int nb = ds.n_users - u0 < 64 ? ds.n_users - u0 : 64;
-            for (int b = 0; b < nb; b++)
-                dataset_sequence(&ds, u0 + b, SPLIT_TRAIN, seq + b * L, NULL);
-            for (int e = 0; e < nb * L; e++)
-                if (!seen[seq[e]]) seen[seq[e]] = 1, distinct++;
-            for (int e = 0; e < nb * L; e++)
-                seen[seq[e]] = 0;
-            slots += nb * L;
-        }
-        free(seq);
-        free(seen);
-    }
-    /* FLOPs per distinct item: 3 towers x K blocks x (2 forward + 4 backward
-     * GEMMs) x 2*D*r multiply-adds */
-    double san_flop = (double)distinct * 3 * c.K * 6 * 2.0 * D * c.r;
-    double head_flop = 189.0 * 3 * 4 * 2.0 * 64 * D * D; /* M = P.F and its two grads */
-    double floor_s = (san_flop + head_flop) / (gflops * 1e9);
+    long slots, distinct = distinct_items(&ds, &slots);
+    double floor_s = epoch_flop(&c, distinct, (ds.n_users + 63) / 64) / (gflops * 1e9);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     double rss_mib = ru.ru_maxrss / 1024.0;
-    printf("bench-train: %d epochs, median %.2f s/epoch (min %.2f, max %.2f)\n", n_epochs, med,
-           epoch_times[0], epoch_times[n_epochs - 1]);
+    printf("bench-train %s (text %d x %d, image %d x %d): %d epochs, median %.2f s/epoch (min "
+           "%.2f, max %.2f)\n",
+           name, NS[0], D[0], NS[1], D[1], n_epochs, med, epoch_times[0],
+           epoch_times[n_epochs - 1]);
     printf("  %.0f sequences/s, %.0f item encodings/s (%ld distinct item-batches of %ld slots)\n",
            ds.n_users / med, distinct / med, distinct, slots);
     printf("  peak RSS %.0f MiB for a %.0f MiB hidden-state store (%.2fx)\n", rss_mib, store_mib,
@@ -124,11 +176,12 @@ int main(int argc, char **argv) {
     printf("  %zu trainable parameters\n", model_param_count(m));
     printf("  sgemm %.1f GFLOP/s on the SAN shapes: GEMM floor %.2f s/epoch, epoch/floor %.2fx\n",
            gflops, floor_s, med / floor_s);
-    printf("{\"bench\":\"train\",\"epochs\":%d,\"seconds_per_epoch\":%.3f,\"sequences_per_s\":%.1f,"
+    printf("{\"bench\":\"train\",\"arch\":\"%s\",\"text\":[%d,%d],\"image\":[%d,%d],"
+           "\"epochs\":%d,\"seconds_per_epoch\":%.3f,\"sequences_per_s\":%.1f,"
            "\"items_per_s\":%.1f,\"peak_rss_mib\":%.1f,\"state_store_mib\":%.1f,"
            "\"params\":%zu,\"sgemm_gflops\":%.2f,\"floor_seconds\":%.3f}\n",
-           n_epochs, med, ds.n_users / med, distinct / med, rss_mib, store_mib,
-           model_param_count(m), gflops, floor_s);
+           versa ? "versa" : "iisan", NS[0], D[0], NS[1], D[1], n_epochs, med, ds.n_users / med,
+           distinct / med, rss_mib, store_mib, model_param_count(m), gflops, floor_s);
     model_destroy(m);
     be->destroy(be);
     dataset_free(&ds);

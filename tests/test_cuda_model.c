@@ -3,12 +3,13 @@
  * n = 4) and a small dataset of 50 users over 36 catalogue items, some without text or image
  * states, so that model and catalogue indexes differ and missing modalities are exercised.
  *
- * Always (no GPU needed): resident states on the CPU backend give exactly what the direct
- * source gives: the same rows, bit for bit the same loss, gradients, parameters after Adam
- * steps, item embeddings and evaluation.
+ * Always (no GPU needed): resident states on the CPU backend (IISAN-Versa's two shapes
+ * included) give exactly what the direct source gives: the same rows, bit for bit the same loss,
+ * gradients, parameters after Adam steps, item embeddings and evaluation.
  *
  * With a CUDA device (built with CUDA=1), for each of: default schedule + ReLU + dropout,
- * remove-first + GELU, text-only, SASRec-ID; the same random parameters on both backends:
+ * remove-first + GELU, text-only, SASRec-ID, IISAN-Versa with wider text (remove-first image)
+ * and with wider image (GELU); the same random parameters on both backends:
  *   resident blocks on the GPU      bit for bit the source's halves
  *   one training step's loss        relative 1e-4 (dropout on: both draw the same masks)
  *   every gradient tensor           normalised max error max|g_cuda - g_cpu| / max|g_cpu| 1e-3
@@ -59,8 +60,8 @@ static iisan_backend *cpu;
 /* ---- host hidden states: the "direct" source ---- */
 
 typedef struct {
-    int nstates, D;
-    uint16_t *data; /* [NCAT + 1][2][nstates * D] */
+    size_t per[2];  /* nstates * D of each modality (IISAN-Versa: different) */
+    uint16_t *data; /* [NCAT + 1][per[0] + per[1]] */
 } host_states;
 
 static int missing(int mod, uint32_t cat) {
@@ -72,13 +73,13 @@ static int missing(int mod, uint32_t cat) {
 static const uint16_t *host_get(void *ctx, int mod, uint32_t cat) {
     host_states *h = ctx;
     if (cat == 0 || cat > NCAT || missing(mod, cat)) return NULL;
-    return h->data + ((size_t)cat * 2 + mod) * h->nstates * h->D;
+    return h->data + (size_t)cat * (h->per[0] + h->per[1]) + (mod ? h->per[0] : 0);
 }
 
-static void host_states_init(host_states *h, int nstates, int D) {
-    h->nstates = nstates;
-    h->D = D;
-    size_t n = (size_t)(NCAT + 1) * 2 * nstates * D;
+static void host_states_init(host_states *h, const iisan_config *c) {
+    for (int mod = 0; mod < 2; mod++)
+        h->per[mod] = (size_t)config_nstates(c, mod) * config_width(c, mod);
+    size_t n = (size_t)(NCAT + 1) * (h->per[0] + h->per[1]);
     h->data = malloc(n * sizeof *h->data);
     for (size_t i = 0; i < n; i++)
         h->data[i] = iisan_float_to_half(iisan_rng_normal(31, i));
@@ -121,8 +122,30 @@ static void small_config(iisan_config *c) {
     c->dropout = 0.1f;
 }
 
-enum { CFG_DEFAULT, CFG_REMOVE_FIRST, CFG_TEXT, CFG_SASREC, N_CFG };
-static const char *cfg_name[N_CFG] = {"default", "remove-first+gelu", "text-only", "sasrec-id"};
+enum {
+    CFG_DEFAULT,
+    CFG_REMOVE_FIRST,
+    CFG_TEXT,
+    CFG_SASREC,
+    CFG_VERSA_TEXT,
+    CFG_VERSA_IMAGE,
+    N_CFG
+};
+static const char *cfg_name[N_CFG] = {"default",   "remove-first+gelu", "text-only",
+                                      "sasrec-id", "versa-wider-text",  "versa-wider-image"};
+
+/* IISAN-Versa: text Dt x nt states with schedule st, image likewise */
+static void versa_config(iisan_config *c, int Dt, int nt, const char *st, int Dv, int nv,
+                         const char *sv) {
+    char err[256];
+    c->arch = ARCH_VERSA;
+    c->mods[MOD_TEXT].D = Dt;
+    c->mods[MOD_TEXT].nstates = nt;
+    c->mods[MOD_IMAGE].D = Dv;
+    c->mods[MOD_IMAGE].nstates = nv;
+    CHECKF(config_set_schedule_mod(c, MOD_TEXT, st, err, sizeof err) == 0, "%s", err);
+    CHECKF(config_set_schedule_mod(c, MOD_IMAGE, sv, err, sizeof err) == 0, "%s", err);
+}
 
 static void config_for(iisan_config *c, int which, int n_items) {
     small_config(c);
@@ -135,6 +158,11 @@ static void config_for(iisan_config *c, int which, int n_items) {
         c->act = IISAN_ACT_GELU;
         break;
     case CFG_TEXT: c->towers = 1 << TOWER_TEXT; break;
+    case CFG_VERSA_TEXT: versa_config(c, 24, 7, "all", 16, 5, "rf:2,4"); break;
+    case CFG_VERSA_IMAGE:
+        versa_config(c, 12, 5, "1,3", 20, 4, "every2");
+        c->act = IISAN_ACT_GELU;
+        break;
     case CFG_SASREC:
         c->kind = MODEL_SASREC_ID;
         c->n_items = n_items;
@@ -174,7 +202,7 @@ static void test_resident_rows(void) {
     iisan_config c;
     small_config(&c);
     host_states hs;
-    host_states_init(&hs, c.nstates, c.D);
+    host_states_init(&hs, &c);
     iisan_states direct = {host_get, &hs};
     iisan_dataset ds;
     CHECK(make_dataset(&ds, c.n) == 0);
@@ -195,8 +223,8 @@ static void test_resident_rows(void) {
         CHECK(resident_states_in_host(rs) == in_host);
         if (rs) {
             iisan_states res = resident_states_source(rs);
-            const size_t per = (size_t)c.nstates * c.D;
-            CHECK(resident_states_bytes(rs) == (size_t)(ds.n_items + 1) * 2 * per * 2);
+            const size_t slot = hs.per[0] + hs.per[1];
+            CHECK(resident_states_bytes(rs) == (size_t)(ds.n_items + 1) * slot * 2);
             long present = 0, same = 0, blocks = 0;
             for (int i = 0; i <= ds.n_items; i++)
                 for (int mod = 0; mod < 2; mod++) {
@@ -205,7 +233,7 @@ static void test_resident_rows(void) {
                     const uint16_t *b = res.get(res.ctx, mod, cat);
                     blocks++;
                     if (a) present++;
-                    if (!a ? !b : b && b != a && !memcmp(a, b, per * sizeof *a)) same++;
+                    if (!a ? !b : b && b != a && !memcmp(a, b, hs.per[mod] * sizeof *a)) same++;
                 }
             CHECKF(same == blocks, "%ld of %ld blocks as the direct source", same, blocks);
             CHECK(resident_states_present(rs) == present);
@@ -238,7 +266,7 @@ static void resident_exact(int which) {
     iisan_config c;
     config_for(&c, which, ds.n_items);
     host_states hs;
-    host_states_init(&hs, c.nstates, c.D);
+    host_states_init(&hs, &c);
     iisan_states direct = {host_get, &hs};
     resident_states *rs = NULL;
     char err[256] = "";
@@ -295,6 +323,10 @@ out:
 static void test_resident_cpu_default(void) { resident_exact(CFG_DEFAULT); }
 static void test_resident_cpu_remove_first(void) { resident_exact(CFG_REMOVE_FIRST); }
 static void test_resident_cpu_text_only(void) { resident_exact(CFG_TEXT); }
+static void test_resident_cpu_versa(void) {
+    resident_exact(CFG_VERSA_TEXT);
+    resident_exact(CFG_VERSA_IMAGE);
+}
 
 /* ---- CUDA against CPU ---- */
 
@@ -385,7 +417,7 @@ static void cuda_vs_cpu_at(int which, int in_host) {
     iisan_config c;
     config_for(&c, which, ds.n_items);
     host_states hs;
-    host_states_init(&hs, c.nstates, c.D);
+    host_states_init(&hs, &c);
     iisan_states direct = {host_get, &hs};
     iisan_backend *be[2] = {cpu, gpu};
     resident_states *rs[2] = {NULL, NULL};
@@ -411,8 +443,7 @@ static void cuda_vs_cpu_at(int which, int in_host) {
 
     /* the GPU's resident blocks hold the source's halves */
     if (rs[1]) {
-        const size_t per = (size_t)c.nstates * c.D;
-        uint16_t *blk = malloc(per * sizeof *blk);
+        uint16_t *blk = malloc((hs.per[0] + hs.per[1]) * sizeof *blk);
         long same = 0, blocks = 0;
         for (int i = 0; i <= ds.n_items; i++)
             for (int mod = 0; mod < 2; mod++) {
@@ -423,8 +454,8 @@ static void cuda_vs_cpu_at(int which, int in_host) {
                     same += !a && !g;
                     continue;
                 }
-                gpu->download(gpu, blk, g, per * sizeof *blk);
-                same += !memcmp(blk, a, per * sizeof *blk);
+                gpu->download(gpu, blk, g, hs.per[mod] * sizeof *blk);
+                same += !memcmp(blk, a, hs.per[mod] * sizeof *blk);
             }
         CHECKF(same == blocks, "%s: %ld of %ld GPU blocks as the source", what, same, blocks);
         free(blk);
@@ -528,6 +559,8 @@ static void test_cuda_default(void) { cuda_vs_cpu(CFG_DEFAULT); }
 static void test_cuda_remove_first(void) { cuda_vs_cpu(CFG_REMOVE_FIRST); }
 static void test_cuda_text_only(void) { cuda_vs_cpu(CFG_TEXT); }
 static void test_cuda_sasrec_id(void) { cuda_vs_cpu(CFG_SASREC); }
+static void test_cuda_versa_wider_text(void) { cuda_vs_cpu(CFG_VERSA_TEXT); }
+static void test_cuda_versa_wider_image(void) { cuda_vs_cpu(CFG_VERSA_IMAGE); }
 #endif /* IISAN_CUDA */
 
 int main(int argc, char **argv) {
@@ -541,6 +574,7 @@ int main(int argc, char **argv) {
     RUN(test_resident_cpu_default);
     RUN(test_resident_cpu_remove_first);
     RUN(test_resident_cpu_text_only);
+    RUN(test_resident_cpu_versa);
 #ifdef IISAN_CUDA
     char err[512];
     gpu = iisan_backend_cuda(0, err, sizeof err);
@@ -549,6 +583,8 @@ int main(int argc, char **argv) {
         RUN(test_cuda_remove_first);
         RUN(test_cuda_text_only);
         RUN(test_cuda_sasrec_id);
+        RUN(test_cuda_versa_wider_text);
+        RUN(test_cuda_versa_wider_image);
         RUN(test_cuda_states_in_host);
         gpu->destroy(gpu);
     } else if (iisan_cuda_available()) { /* a device is there: failing to use it fails */
