@@ -16,6 +16,17 @@ else
 BUILD   ?= build
 endif
 
+# the build's identity (server/version.c: iisan --version, iisan_build_info), recompiled
+# on every build so that it follows the checkout
+.DEFAULT_GOAL := all
+VERSION := 0.10.0
+GIT_DESCRIBE := $(shell git describe --always --dirty --tags 2>/dev/null || echo unknown)
+VERSION_FLAGS = -DIISAN_VERSION='"$(VERSION)"' -DIISAN_GIT_DESCRIBE='"$(GIT_DESCRIBE)"'
+$(BUILD)/obj/server/version.o $(BUILD)/tobj/server/version.o: CPPFLAGS += $(VERSION_FLAGS)
+$(BUILD)/obj/server/version.o $(BUILD)/tobj/server/version.o: FORCE
+.PHONY: FORCE
+FORCE:
+
 LIB_SRC := $(wildcard kernels/*.c kernels/cpu/*.c core/*.c store/*.c proto/*.c)
 CLI_SRC := $(wildcard server/*.c cluster/*.c)
 TEST_SRC:= $(wildcard tests/test_*.c)

@@ -108,9 +108,11 @@ int serve_reload_model(uint32_t version, int force) {
         infer_model *m = NULL;
         double t0 = serve_now();
         log_event("info", "model_loading", "version=%u", want);
+        metrics_model_load_begin();
         store_ix_rdlock(g_srv.ix);
         int rc = infer_load(s, want, g_srv.be, &opt, &m, err, sizeof err);
         store_ix_unlock(g_srv.ix);
+        metrics_model_load_end(serve_now() - t0, rc == 0);
         if (rc) {
             log_event("error", "model_load_failed", "version=%u error=%s", want,
                       log_q(err, b, sizeof b));
@@ -237,6 +239,8 @@ static void reload(const args *a) {
         log_event("error", "config_reload_failed", "error=%s kept=previous",
                   log_q(err, b, sizeof b));
     } else {
+        if (nc.warning[0])
+            log_event("warn", "config_insecure", "message=%s", log_q(nc.warning, b, sizeof b));
         const serve_config *old = serve_config_acquire();
         char ignored[512] = "";
         for (int i = 0; i < serve_noptions; i++) {
@@ -327,6 +331,8 @@ int cmd_serve(int argc, char **argv) {
         free(a.values);
         return 2;
     }
+    if (cfg.warning[0])
+        log_event("warn", "config_insecure", "message=%s", log_q(cfg.warning, b, sizeof b));
     /* signals go to the main thread's libuv loop (serve_loop.c) from here on: one that
      * comes during the start-up is handled when the loop runs */
     signal(SIGPIPE, SIG_IGN);

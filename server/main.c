@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "server/cli.h"
+#include "server/serve.h"
 
 static const struct {
     const char *name;
@@ -20,7 +21,8 @@ static const struct {
 };
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: iisan <command> [options]   (iisan <command> --help for each)\n\n");
+    fprintf(f, "usage: iisan <command> [options]   (iisan <command> --help for each; iisan "
+               "--version)\n\n");
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         fprintf(f, "  %-12s %s\n", cmds[i].name, cmds[i].help);
 }
@@ -29,6 +31,10 @@ int main(int argc, char **argv) {
     if (argc < 2) {
         usage(stderr);
         return 2;
+    }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+        printf("iisan %s (%s)\n", iisan_version, iisan_git_describe);
+        return 0;
     }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(stdout);

@@ -43,11 +43,15 @@ typedef struct {
     long max_interactions;
     long commit_batch;
     long connection_limit;
+    long max_connections_per_client;
+    long max_body_memory_bytes; /* all bodies still arriving together */
+    char allowed_hosts[1024];   /* comma-separated Host names; empty: any */
     long reuse_port;
     long connection_timeout_s;
     long shutdown_timeout_s;
     long log_requests;
     char admin_token[256];
+    char admin_token_file[PATH_MAX];
     long retrain_every_min; /* 0 = no scheduled retraining */
     long retrain_after;     /* 0 = no retraining by logged interactions */
     /* cluster mode (cluster/cluster.h, docs/scaling.md) */
@@ -61,6 +65,7 @@ typedef struct {
     long bus_timeout_ms;
     long bus_wait_replicas;
     long bus_wait_ms;
+    char warning[400]; /* not an option: what serve_config_build warns about ("": none) */
 } serve_config;
 
 enum { CFG_INT, CFG_STR, CFG_BOOL };
@@ -112,6 +117,8 @@ enum {
     ROUTE_ADMIN_RETRAIN,
     ROUTE_ADMIN_JOB,
     ROUTE_ADMIN_ROLLBACK,
+    ROUTE_LIVEZ,
+    ROUTE_READYZ,
     ROUTE_OTHER,
     N_ROUTES
 };
@@ -123,6 +130,13 @@ void metrics_batch(int requests); /* one /recommend batch of that many requests 
 /* a batch of that many requests refused because the backend reports failures (its status) */
 void metrics_backend_failed(int requests, int failures);
 void metrics_commit(size_t interactions, double seconds, int ok);
+/* a model load (serve_reload_model): begin, then end with its time and outcome */
+void metrics_model_load_begin(void);
+void metrics_model_load_end(double seconds, int ok);
+int metrics_loading(void); /* a load is under way */
+/* a retraining job ended in state ("promoted", "rejected", "failed") after seconds */
+void metrics_job_end(const char *state, double seconds);
+void metrics_job_start(void);
 /* Prometheus text exposition (malloc'd) */
 char *metrics_render(uint32_t model_version, long in_flight, long pending);
 
@@ -279,10 +293,36 @@ int admin_rollback(uint32_t version, uint32_t *from, uint32_t *to, char *err, si
 int admin_wait_trainer(double seconds);
 
 struct MHD_Daemon;
+struct MHD_Connection;
 struct MHD_Daemon *http_start(const serve_config *c, char *err, size_t errlen);
 int http_port(struct MHD_Daemon *d);
 /* requests admitted (not refused for the stop) and not yet completed */
 long http_busy(void);
+
+/* ---------------- the HTTP edge (serve_edge.c) ---------------- */
+
+#define REQUEST_ID_MAX 64
+enum MHD_ConnectionNotificationCode;
+/* MHD_OPTION_NOTIFY_CONNECTION: counts open connections, in total and per address */
+void edge_on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                        enum MHD_ConnectionNotificationCode toe);
+long edge_open_connections(void);
+/* 0, or -1 with msg when the server or this client holds more connections than allowed */
+int edge_admit(struct MHD_Connection *c, const serve_config *cfg, char *msg, size_t cap);
+/* adds to the memory held by unfinished bodies: 0, or -1 (nothing added) past limit */
+int edge_body_reserve(size_t add, long limit);
+void edge_body_release(size_t n);
+long edge_body_bytes(void);
+int edge_host_ok(struct MHD_Connection *c, const char *allowed); /* 1 when allowed */
+int edge_json_type(struct MHD_Connection *c); /* Content-Type is application/json */
+int edge_has_body(struct MHD_Connection *c);  /* Content-Length > 0 or Transfer-Encoding */
+/* 1 with msg when Content-Length headers disagree or come with Transfer-Encoding */
+int edge_length_conflict(struct MHD_Connection *c, char *msg, size_t cap);
+/* the request's X-Request-Id when it is a usable one, else a new one */
+void edge_request_id(struct MHD_Connection *c, char *out, size_t cap);
 double serve_now(void); /* monotonic seconds */
+
+/* the build's version and `git describe` (server/version.c, baked in by the Makefile) */
+extern const char iisan_version[], iisan_git_describe[];
 
 #endif

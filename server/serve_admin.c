@@ -420,6 +420,7 @@ out:
         log_event("error", "retrain_failed", "job=%d message=%s", id,
                   log_q(j->message, (char[500]){0}, 500));
     running = 0;
+    metrics_job_end(j->state, j->finished - j->started);
     pthread_mutex_unlock(&jobs_mu);
     job_persist(id);
     return NULL;
@@ -446,8 +447,10 @@ int admin_retrain_start(const retrain_request *p, const char *trigger, int *job_
     j->p = *p;
     j->created = wall();
     running = 1;
+    metrics_job_start();
     if (pthread_create(&trainer, NULL, trainer_main, j)) {
         running = 0;
+        metrics_job_end("failed", 0);
         j->state = "failed";
         snprintf(j->message, sizeof j->message, "cannot start the trainer thread");
         pthread_mutex_unlock(&jobs_mu);

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "server/serve.h"
 
@@ -59,7 +60,18 @@ const serve_option serve_options[] = {
     {"commit_batch", CFG_INT, OPT(commit_batch), 0, "10000", 1, 10000000, "IISAN_COMMIT_BATCH", 1,
      "most interactions in one group-commit transaction"},
     {"connection_limit", CFG_INT, OPT(connection_limit), 0, "1024", 1, 1000000,
-     "IISAN_CONNECTION_LIMIT", 0, "most open connections"},
+     "IISAN_CONNECTION_LIMIT", 0,
+     "most open connections; a request beyond gets an early 503 (and the library closes the "
+     "connections past a reserve of limit/16 + 8 at once)"},
+    {"max_connections_per_client", CFG_INT, OPT(max_connections_per_client), 0, "256", 1, 1000000,
+     "IISAN_MAX_CONNECTIONS_PER_CLIENT", 0,
+     "most open connections from one client address (503 beyond, as connection_limit)"},
+    {"max_body_memory_bytes", CFG_INT, OPT(max_body_memory_bytes), 0, "67108864", 4096, 1L << 40,
+     "IISAN_MAX_BODY_MEMORY_BYTES", 1,
+     "memory all request bodies still held may take together (503 body_memory beyond)"},
+    {"allowed_hosts", CFG_STR, OPT(allowed_hosts), SZ(allowed_hosts), "", 0, 0,
+     "IISAN_ALLOWED_HOSTS", 1,
+     "comma-separated names a request's Host header may carry (port ignored); empty = any"},
     {"reuse_port", CFG_BOOL, OPT(reuse_port), 0, "false", 0, 1, "IISAN_REUSE_PORT", 0,
      "SO_REUSEPORT on the listening socket (several processes on one port; off: a second "
      "daemon on the port fails to start)"},
@@ -70,7 +82,12 @@ const serve_option serve_options[] = {
     {"log_requests", CFG_BOOL, OPT(log_requests), 0, "true", 0, 1, "IISAN_LOG_REQUESTS", 1,
      "one log line per request"},
     {"admin_token", CFG_STR, OPT(admin_token), SZ(admin_token), "", 0, 0, "IISAN_ADMIN_TOKEN", 1,
-     "bearer token of /admin/*; empty disables them (never logged)"},
+     "bearer token of /admin/*, /users/* and the catalogue changes; empty disables them (never "
+     "logged)"},
+    {"admin_token_file", CFG_STR, OPT(admin_token_file), SZ(admin_token_file), "", 0, 0,
+     "IISAN_ADMIN_TOKEN_FILE", 1,
+     "a file holding the admin token (its first line; read at start and on SIGHUP); overrides "
+     "admin_token"},
     {"retrain_every_min", CFG_INT, OPT(retrain_every_min), 0, "0", 0, 525600,
      "IISAN_RETRAIN_EVERY_MIN", 1,
      "minutes between scheduled retraining jobs, counted from the last job's start (0 = off)"},
@@ -161,8 +178,31 @@ static char *trim(char *s) {
     return s;
 }
 
-/* "name = value" lines; '#' starts a comment line; a value may be quoted "..." */
-static int read_file(serve_config *c, const char *path, char *err, size_t errlen) {
+/* a value quoted "..." or '...' loses its quotes; an unclosed or stray quote is an error
+ * (msg without the source) */
+static int unquote(char **val, const char *name, char *msg, size_t cap) {
+    char *v = *val;
+    size_t n = strlen(v);
+    if (n && (v[0] == '"' || v[0] == '\'')) {
+        if (n < 2 || v[n - 1] != v[0] || memchr(v + 1, v[0], n - 2)) {
+            snprintf(msg, cap,
+                     "unclosed quote in the value of '%s' (a quoted value ends with its "
+                     "quote, at the end of the line)",
+                     name);
+            return -1;
+        }
+        v[n - 1] = '\0';
+        *val = v + 1;
+    } else if (strchr(v, '"')) {
+        snprintf(msg, cap, "stray quote in the value of '%s' (quote the whole value)", name);
+        return -1;
+    }
+    return 0;
+}
+
+/* "name = value" lines; '#' starts a comment line; a value may be quoted "..." or '...'.
+ * *had_token: the file sets admin_token */
+static int read_file(serve_config *c, const char *path, int *had_token, char *err, size_t errlen) {
     FILE *f = fopen(path, "r");
     if (!f) {
         snprintf(err, errlen, "%s: %s", path, strerror(errno));
@@ -187,17 +227,18 @@ static int read_file(serve_config *c, const char *path, char *err, size_t errlen
         }
         *eq = '\0';
         char *name = trim(s), *val = trim(eq + 1);
-        size_t vl = strlen(val);
-        if (vl >= 2 && val[0] == '"' && val[vl - 1] == '"') {
-            val[vl - 1] = '\0';
-            val++;
-        }
         const serve_option *o = serve_option_find(name);
         if (!o) {
             snprintf(err, errlen, "%s:%d: unknown setting '%s'", path, ln, name);
             rc = -1;
             break;
         }
+        if (unquote(&val, name, msg, sizeof msg)) {
+            snprintf(err, errlen, "%s:%d: %s", path, ln, msg);
+            rc = -1;
+            break;
+        }
+        if (!strcmp(o->name, "admin_token") && *val) *had_token = 1;
         if (set_value(c, o, val, msg, sizeof msg)) {
             snprintf(err, errlen, "%s:%d: %s", path, ln, msg);
             rc = -1;
@@ -206,6 +247,37 @@ static int read_file(serve_config *c, const char *path, char *err, size_t errlen
     }
     fclose(f);
     return rc;
+}
+
+/* admin_token from the first line of admin_token_file (a warning when others can read it) */
+static int read_token_file(serve_config *c, char *err, size_t errlen) {
+    const char *path = c->admin_token_file;
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        snprintf(err, errlen, "admin_token_file %s: %s", path, strerror(errno));
+        return -1;
+    }
+    char line[sizeof c->admin_token + 2];
+    int got = fgets(line, sizeof line, f) != NULL;
+    struct stat st;
+    int others = !fstat(fileno(f), &st) && (st.st_mode & 077);
+    fclose(f);
+    line[got ? strcspn(line, "\r\n") : 0] = '\0';
+    if (!*line) {
+        snprintf(err, errlen, "admin_token_file %s: the first line is empty", path);
+        return -1;
+    }
+    if (strlen(line) >= sizeof c->admin_token) {
+        snprintf(err, errlen, "admin_token_file %s: the token is longer than %zu bytes", path,
+                 sizeof c->admin_token - 1);
+        return -1;
+    }
+    memcpy(c->admin_token, line, strlen(line) + 1);
+    if (others)
+        snprintf(c->warning, sizeof c->warning,
+                 "admin_token_file %.300s is readable by others (mode %03o): chmod 600 it", path,
+                 (unsigned)(st.st_mode & 0777));
+    return 0;
 }
 
 int serve_config_build(serve_config *c, const char *path, int nflags, const char *const *names,
@@ -217,7 +289,8 @@ int serve_config_build(serve_config *c, const char *path, int nflags, const char
             snprintf(err, errlen, "default: %s", msg);
             return -1;
         }
-    if (path && *path && read_file(c, path, err, errlen)) return -1;
+    int had_token = 0;
+    if (path && *path && read_file(c, path, &had_token, err, errlen)) return -1;
     for (int i = 0; i < serve_noptions; i++) {
         const char *v = getenv(serve_options[i].env);
         if (v && set_value(c, &serve_options[i], v, msg, sizeof msg)) {
@@ -236,6 +309,13 @@ int serve_config_build(serve_config *c, const char *path, int nflags, const char
             return -1;
         }
     }
+    if (c->admin_token_file[0] && read_token_file(c, err, errlen)) return -1;
+    struct stat st;
+    if (had_token && !stat(path, &st) && (st.st_mode & 077))
+        snprintf(c->warning, sizeof c->warning,
+                 "%.250s sets admin_token and is readable by others (mode %03o): chmod 600 it, or "
+                 "move the token to admin_token_file or IISAN_ADMIN_TOKEN",
+                 path, (unsigned)(st.st_mode & 0777));
     if (strcmp(c->device, "cpu") && strcmp(c->device, "cuda") && strcmp(c->device, "auto")) {
         snprintf(err, errlen, "device wants cpu, cuda or auto, got '%s'", c->device);
         return -1;

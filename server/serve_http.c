@@ -35,7 +35,6 @@ typedef struct {
     char path[160];
     char *body;
     size_t len, cap;
-    int too_large;
     int status;
     char code[40]; /* error code of the response, for the log */
     /* POST /interactions while its commit is pending */
@@ -44,7 +43,16 @@ typedef struct {
     ix_ticket ticket;
     /* POST /recommend while its batch is pending */
     struct rec_state *rec;
-    int admitted; /* counted in http_busy */
+    int admitted;               /* counted in http_busy */
+    int close;                  /* answer with Connection: close (a refusal before the body) */
+    int too_large, over_memory; /* the body was dropped: answered 413 / 503 once it ends */
+    /* a refusal of a request without a body, answered on the last call so that the
+     * connection stays open (libmicrohttpd closes it after an answer at the headers) */
+    int pend_status;
+    const char *pend_allow;
+    char pend_code[40], pend_msg[300];
+    size_t reserved;              /* bytes of body memory counted by edge_body_reserve */
+    char rid[REQUEST_ID_MAX + 1]; /* X-Request-Id, taken or made */
 } req_ctx;
 
 static atomic_long busy; /* admitted requests not yet completed */
@@ -93,11 +101,13 @@ static enum MHD_Result send_body(req_ctx *r, int status, char *body, const char 
         return MHD_NO;
     }
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    if (r->rid[0]) MHD_add_response_header(resp, "X-Request-Id", r->rid);
     if (allow) MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
     if (status == 401) MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
     /* a 503 is temporary: stopping, the store full, cluster mode's bus unavailable */
     if (status == 503) MHD_add_response_header(resp, "Retry-After", "1");
-    if (atomic_load(&g_srv.stopping)) MHD_add_response_header(resp, "Connection", "close");
+    if (atomic_load(&g_srv.stopping) || r->close)
+        MHD_add_response_header(resp, "Connection", "close");
     enum MHD_Result ok = MHD_queue_response(r->conn, (unsigned)status, resp);
     MHD_destroy_response(resp);
     r->status = status;
@@ -179,6 +189,8 @@ static const route_def routes[] = {
     {"/admin/retrain", 0, ROUTE_ADMIN_RETRAIN, "POST"},
     {"/admin/jobs/", 1, ROUTE_ADMIN_JOB, "GET, HEAD"},
     {"/admin/rollback", 0, ROUTE_ADMIN_ROLLBACK, "POST"},
+    {"/livez", 0, ROUTE_LIVEZ, "GET, HEAD"},
+    {"/readyz", 0, ROUTE_READYZ, "GET, HEAD"},
 };
 #define NROUTES ((int)(sizeof routes / sizeof routes[0]))
 
@@ -299,6 +311,28 @@ static enum MHD_Result do_healthz(req_ctx *r) {
                   "uptime_s", serve_now() - g_srv.started);
     if (m) infer_release(m);
     return send_json(r, 200, j);
+}
+
+/* the process answers: 200 while the HTTP threads run (a stop included) */
+static enum MHD_Result do_livez(req_ctx *r) {
+    return send_json(
+        r, 200, json_pack("{s:s,s:f}", "status", "alive", "uptime_s", serve_now() - g_srv.started));
+}
+
+/* ready for traffic: a model is served, none is loading in its place, no stop is under way */
+static enum MHD_Result do_readyz(req_ctx *r) {
+    infer_model *m = serve_model_get();
+    infer_info in = {0};
+    if (m) infer_get_info(m, &in);
+    const char *reason = atomic_load(&g_srv.stopping) ? "stopping"
+                         : m                          ? NULL
+                         : metrics_loading()          ? "loading"
+                                                      : "no_model";
+    json_t *j = json_pack("{s:b,s:o}", "ready", reason == NULL, "model_version",
+                          m ? json_integer(in.version) : json_null());
+    if (m) infer_release(m);
+    if (reason) json_object_set_new(j, "reason", json_string(reason));
+    return send_json(r, reason ? 503 : 200, j);
 }
 
 static enum MHD_Result do_metrics(req_ctx *r) {
@@ -539,8 +573,15 @@ static enum MHD_Result finish_interactions(req_ctx *r) {
     if (t->rc) {
         if (!strcmp(t->err, "the server is stopping"))
             return send_error(r, 503, "shutting_down", NULL, "the server is stopping; retry");
-        return send_error(r, t->rc == IISAN_EFULL ? 503 : 500, "commit_failed", NULL,
-                          "the interactions were not stored: %s", t->err);
+        if (t->rc == IISAN_ENOSPC)
+            return send_error(r, 507, "insufficient_storage", NULL,
+                              "the interactions were not stored (%s); free space and retry",
+                              t->err);
+        if (t->rc == IISAN_EFULL)
+            return send_error(r, 503, "store_full", NULL,
+                              "the interactions were not stored: %s; retry later", t->err);
+        return send_error(r, 500, "commit_failed", NULL, "the interactions were not stored: %s",
+                          t->err);
     }
     return send_json(r, 200,
                      json_pack("{s:I,s:b,s:I}", "accepted", (json_int_t)t->n, "durable", 1,
@@ -584,6 +625,7 @@ static enum MHD_Result do_item(req_ctx *r, const char *id) {
         if (rc == IISAN_ENOTFOUND)
             return send_error(r, 404, "unknown_item", NULL, "item id '%s' is not in the catalogue",
                               id);
+        if (rc == IISAN_ENOSPC) return send_error(r, 507, "insufficient_storage", NULL, "%s", err);
         if (rc) return send_error(r, rc == IISAN_EFULL ? 503 : 500, "store_error", NULL, "%s", err);
         infer_model *m = serve_model_get();
         if (m) {
@@ -665,8 +707,13 @@ static enum MHD_Result dispatch(req_ctx *r, const char *url) {
     switch (r->route) {
     case ROUTE_RECOMMEND: ret = do_recommend(r, cfg); break;
     case ROUTE_INTERACTIONS: ret = do_interactions(r, cfg); break;
-    case ROUTE_USER: ret = do_user(r, url + strlen("/users/")); break;
+    case ROUTE_USER: /* user histories are personal data: the admin token */
+        ret = admin_gate(r, cfg);
+        if (r->state != ST_DONE) ret = do_user(r, url + strlen("/users/"));
+        break;
     case ROUTE_HEALTHZ: ret = do_healthz(r); break;
+    case ROUTE_LIVEZ: ret = do_livez(r); break;
+    case ROUTE_READYZ: ret = do_readyz(r); break;
     case ROUTE_METRICS: ret = do_metrics(r); break;
     case ROUTE_ADMIN_STATUS:
         ret = admin_gate(r, cfg);
@@ -705,6 +752,139 @@ static enum MHD_Result dispatch(req_ctx *r, const char *url) {
     return ret;
 }
 
+/* refuses r: at once (closing) when a body comes, else on the last call (keep-alive) */
+static enum MHD_Result refuse(req_ctx *r, int status, const char *code, const char *allow,
+                              const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+static enum MHD_Result refuse(req_ctx *r, int status, const char *code, const char *allow,
+                              const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->pend_msg, sizeof r->pend_msg, fmt, ap);
+    va_end(ap);
+    if (edge_has_body(r->conn)) {
+        r->close = 1;
+        return send_error(r, status, code, allow, "%s", r->pend_msg);
+    }
+    r->close = 0;
+    r->pend_status = status;
+    r->pend_allow = allow;
+    snprintf(r->pend_code, sizeof r->pend_code, "%s", code);
+    r->state = ST_BODY;
+    return MHD_YES;
+}
+
+static void drop_body(req_ctx *r) {
+    free(r->body);
+    r->body = NULL;
+    r->len = r->cap = 0;
+    edge_body_release(r->reserved);
+    r->reserved = 0;
+}
+
+/* The checks a request passes before its route, on the first call (headers only).
+ * A refusal here is answered at once with Connection: close (the body, if any, is never
+ * read); otherwise the request waits for its body, and dispatch runs on the last call,
+ * after the whole request is read, so that the connection stays open for the next. */
+static enum MHD_Result begin_request(req_ctx *r, const char *url, const char *method) {
+    struct MHD_Connection *conn = r->conn;
+    char msg[300];
+    const route_def *rd = find_route(url);
+    r->route = rd ? rd->route : ROUTE_OTHER;
+    r->close = 1; /* for the refusals below */
+    /* admitted first, then the stop checked: the stop sets stopping, then waits for busy to
+     * fall to 0, so no admitted request is missed */
+    atomic_fetch_add(&busy, 1);
+    r->admitted = 1;
+    if (atomic_load(&g_srv.stopping) && r->route != ROUTE_HEALTHZ && r->route != ROUTE_METRICS &&
+        r->route != ROUTE_LIVEZ && r->route != ROUTE_READYZ) {
+        atomic_fetch_sub(&busy, 1);
+        r->admitted = 0;
+        return send_error(r, 503, "shutting_down", NULL, "the server is stopping; retry");
+    }
+    if (edge_length_conflict(conn, msg, sizeof msg))
+        return send_error(r, 400, "bad_framing", NULL, "%s", msg);
+    const serve_config *cfg = serve_config_acquire();
+    int admit = edge_admit(conn, cfg, msg, sizeof msg);
+    int host_ok = edge_host_ok(conn, cfg->allowed_hosts);
+    long max = cfg->max_body_bytes, mem = cfg->max_body_memory_bytes;
+    serve_config_release(cfg);
+    if (admit) return send_error(r, 503, "overloaded", NULL, "%s", msg);
+    if (!host_ok) {
+        char hb[200];
+        const char *h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
+        return refuse(r, 421, "host_not_allowed", NULL,
+                      "Host %s is not one this server answers for (allowed_hosts)",
+                      h ? log_q(h, hb, sizeof hb) : "(none)");
+    }
+    if (!rd) {
+        char b[200];
+        return refuse(r, 404, "not_found", NULL, "no route %s; see proto/openapi.yaml for the API",
+                      log_q(url, b, sizeof b));
+    }
+    if (!method_allowed(rd, method))
+        return refuse(r, 405, "method_not_allowed", rd->allow,
+                      "%s does not accept %s (allowed: %s)", rd->path, method, rd->allow);
+    if (!strcmp(method, "POST") && edge_has_body(conn) && !edge_json_type(conn))
+        return send_error(r, 415, "unsupported_media_type", NULL,
+                          "a POST body must be sent as 'Content-Type: application/json'");
+    const char *cl =
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    unsigned long long len = cl ? strtoull(cl, NULL, 10) : 0;
+    if (len > (unsigned long long)max)
+        return send_error(r, 413, "body_too_large", NULL,
+                          "the request body is %s bytes; the limit is %ld", cl, max);
+    if (len) { /* the body's memory, reserved before any of it is read */
+        if (edge_body_reserve(len + 1, mem))
+            return send_error(r, 503, "body_memory", NULL,
+                              "the server holds too much unfinished request data "
+                              "(max_body_memory_bytes); retry");
+        r->reserved = len + 1;
+    }
+    r->close = 0;
+    r->state = ST_BODY;
+    return MHD_YES;
+}
+
+/* one piece of the body, kept under max_body_bytes (per request) and
+ * max_body_memory_bytes (all requests together; a body of known length reserved its
+ * share at the headers). Past either the body is dropped as it comes and the request
+ * answered once it ends (libmicrohttpd cannot answer in the middle of a body). */
+static enum MHD_Result body_piece(req_ctx *r, const char *data, size_t n) {
+    if (r->too_large || r->over_memory) return MHD_YES;
+    const serve_config *cfg = serve_config_acquire();
+    size_t max = (size_t)cfg->max_body_bytes;
+    long mem = cfg->max_body_memory_bytes;
+    serve_config_release(cfg);
+    size_t need = r->len + n + 1;
+    if (need - 1 > max) { /* chunked, or more than its Content-Length said */
+        drop_body(r);
+        r->too_large = 1;
+        return MHD_YES;
+    }
+    if (need > r->cap) {
+        size_t nc = r->cap ? r->cap : 4096;
+        while (nc < need)
+            nc *= 2;
+        if (r->reserved >= need && nc > r->reserved) nc = r->reserved; /* its Content-Length */
+        if (nc > r->reserved) {
+            if (edge_body_reserve(nc - r->reserved, mem)) {
+                drop_body(r);
+                r->over_memory = 1;
+                return MHD_YES;
+            }
+            r->reserved = nc;
+        }
+        char *p = realloc(r->body, nc);
+        if (!p) return MHD_NO;
+        r->body = p;
+        r->cap = nc;
+    }
+    memcpy(r->body + r->len, data, n);
+    r->len += n;
+    r->body[r->len] = '\0';
+    return MHD_YES;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **con_cls) {
@@ -720,66 +900,17 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         r->t0 = serve_now();
         snprintf(r->method, sizeof r->method, "%s", method);
         snprintf(r->path, sizeof r->path, "%s", url);
-        const route_def *rd = find_route(url);
-        r->route = rd ? rd->route : ROUTE_OTHER;
-        /* admitted first, then the stop checked: the stop sets stopping, then waits for
-         * busy to fall to 0, so no admitted request is missed */
-        atomic_fetch_add(&busy, 1);
-        r->admitted = 1;
-        if (atomic_load(&g_srv.stopping) && r->route != ROUTE_HEALTHZ &&
-            r->route != ROUTE_METRICS) {
-            atomic_fetch_sub(&busy, 1);
-            r->admitted = 0;
-            return send_error(r, 503, "shutting_down", NULL, "the server is stopping; retry");
-        }
-        if (!rd) {
-            char b[200];
-            return send_error(r, 404, "not_found", NULL,
-                              "no route %s; see proto/openapi.yaml for the API",
-                              log_q(url, b, sizeof b));
-        }
-        if (!method_allowed(rd, method))
-            return send_error(r, 405, "method_not_allowed", rd->allow,
-                              "%s does not accept %s (allowed: %s)", rd->path, method, rd->allow);
-        if (strcmp(method, "POST")) return dispatch(r, url);
-        const serve_config *cfg = serve_config_acquire();
-        long max = cfg->max_body_bytes;
-        serve_config_release(cfg);
-        const char *cl =
-            MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl && strtoull(cl, NULL, 10) > (unsigned long long)max)
-            return send_error(r, 413, "body_too_large", NULL,
-                              "the request body is %s bytes; the limit is %ld", cl, max);
-        r->state = ST_BODY;
+        edge_request_id(conn, r->rid, sizeof r->rid);
+        return begin_request(r, url, method);
+    }
+    if (r->state == ST_DONE) {
+        *upload_data_size = 0; /* a refused request's body is dropped */
         return MHD_YES;
     }
-    if (r->state == ST_DONE) return MHD_YES;
     if (*upload_data_size) { /* a piece of the body */
-        const serve_config *cfg = serve_config_acquire();
-        size_t max = (size_t)cfg->max_body_bytes;
-        serve_config_release(cfg);
         size_t n = *upload_data_size;
         *upload_data_size = 0;
-        if (r->too_large || r->len + n > max) {
-            r->too_large = 1;
-            free(r->body);
-            r->body = NULL;
-            r->len = r->cap = 0;
-            return MHD_YES;
-        }
-        if (r->len + n + 1 > r->cap) {
-            size_t nc = r->cap ? r->cap : 4096;
-            while (nc < r->len + n + 1)
-                nc *= 2;
-            char *p = realloc(r->body, nc);
-            if (!p) return MHD_NO;
-            r->body = p;
-            r->cap = nc;
-        }
-        memcpy(r->body + r->len, upload_data, n);
-        r->len += n;
-        r->body[r->len] = '\0';
-        return MHD_YES;
+        return body_piece(r, upload_data, n);
     }
     if (r->state == ST_WAIT) { /* resumed by the writer or a batch thread */
         if (r->route == ROUTE_RECOMMEND)
@@ -787,10 +918,17 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         if (!r->ticket.done) return MHD_YES;
         return finish_interactions(r);
     }
-    if (r->too_large) {
+    if (r->pend_status)
+        return send_error(r, r->pend_status, r->pend_code, r->pend_allow, "%s", r->pend_msg);
+    if (r->over_memory || r->too_large) {
         const serve_config *cfg = serve_config_acquire();
         long max = cfg->max_body_bytes;
         serve_config_release(cfg);
+        r->close = 1;
+        if (r->over_memory)
+            return send_error(r, 503, "body_memory", NULL,
+                              "the server holds too much unfinished request data "
+                              "(max_body_memory_bytes); retry");
         return send_error(r, 413, "body_too_large", NULL,
                           "the request body is larger than the limit of %ld bytes", max);
     }
@@ -811,9 +949,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (log || r->status >= 500 || !r->status) {
         char pb[200];
         log_event(r->status >= 500 || !r->status ? "warn" : "info", "request",
-                  "method=%s path=%s route=%s status=%d ms=%.3f bytes_in=%zu%s%s%s", r->method,
-                  log_q(r->path, pb, sizeof pb), route_name[r->route], r->status, dt * 1e3, r->len,
-                  r->code[0] ? " error=" : "", r->code,
+                  "method=%s path=%s route=%s status=%d ms=%.3f bytes_in=%zu request_id=%s%s%s%s",
+                  r->method, log_q(r->path, pb, sizeof pb), route_name[r->route], r->status,
+                  dt * 1e3, r->len, r->rid, r->code[0] ? " error=" : "", r->code,
                   toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " aborted=true");
     }
     free(r->body);
@@ -821,6 +959,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     ix_request_free(&r->ixr);
     rec_free(r->rec);
     if (r->admitted) atomic_fetch_sub(&busy, 1);
+    edge_body_release(r->reserved);
     free(r);
     *con_cls = NULL;
     atomic_fetch_sub(&g_srv.in_flight, 1);
@@ -859,12 +998,17 @@ struct MHD_Daemon *http_start(const serve_config *c, char *err, size_t errlen) {
             return NULL;
         }
     }
+    /* the library's own limits sit a reserve above ours: the connections in between get an
+     * early 503 (serve_edge.c) instead of a silent close */
+    unsigned total = (unsigned)(c->connection_limit + c->connection_limit / 16 + 8);
+    unsigned per_client = (unsigned)(c->max_connections_per_client + 4);
     struct MHD_Daemon *d = MHD_start_daemon(
         flags, (uint16_t)c->port, NULL, NULL, on_request, NULL, MHD_OPTION_EXTERNAL_LOGGER,
         on_mhd_log, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_THREAD_POOL_SIZE,
-        (unsigned)c->threads, MHD_OPTION_CONNECTION_LIMIT, (unsigned)c->connection_limit,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)c->connection_timeout_s,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+        (unsigned)c->threads, MHD_OPTION_CONNECTION_LIMIT, total,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, per_client, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)c->connection_timeout_s, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+        MHD_OPTION_NOTIFY_CONNECTION, edge_on_connection, NULL,
         /* SO_REUSEPORT only when asked: otherwise a second daemon on the port fails */
         c->reuse_port ? MHD_OPTION_LISTENING_ADDRESS_REUSE : MHD_OPTION_END, 1u, MHD_OPTION_END);
     if (!d) snprintf(err, errlen, "cannot listen on %s port %ld", c->bind, c->port);

@@ -1,18 +1,24 @@
 /* Prometheus counters and histograms (text exposition format 0.0.4). All
  * lock-free: relaxed atomic adds on fixed arrays. */
+#include <dirent.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "server/serve.h"
+#include "store/store_ext.h"
 
 const char *const route_name[N_ROUTES] = {
     "recommend",    "interactions",   "user",  "healthz", "metrics",
     "admin_status", "admin_reload",   "items", "item",    "admin_retrain",
-    "admin_job",    "admin_rollback", "other"};
+    "admin_job",    "admin_rollback", "livez", "readyz",  "other"};
 
-static const int codes[] = {200, 202, 400, 401, 403, 404, 405, 409, 413, 422, 500, 503};
+static const int codes[] = {200, 202, 400, 401, 403, 404, 405, 409,
+                            413, 415, 421, 422, 500, 503, 507};
 #define NCODES ((int)(sizeof codes / sizeof codes[0]))
 static const double bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                 0.1,    0.25,  0.5,    1,     2.5,  5,     10};
@@ -26,6 +32,22 @@ static atomic_ulong fallback_count, backend_refused, backend_failures;
 static atomic_ulong batch_count, batched_requests, batch_max_seen;
 static atomic_ulong commit_batches, commit_failures, committed;
 static atomic_ulong commit_bucket[NB + 1], commit_sum_us;
+
+static const double batch_bounds[] = {1, 2, 4, 8, 16, 32, 64, 128, 256};
+#define NBB ((int)(sizeof batch_bounds / sizeof batch_bounds[0]))
+static atomic_ulong batch_bucket[NBB + 1], batch_sum;
+static atomic_int jobs_running;
+static atomic_ulong jobs_ended[3]; /* promoted, rejected, failed */
+static atomic_ulong job_seconds_ms;
+
+void metrics_job_start(void) { atomic_fetch_add(&jobs_running, 1); }
+
+void metrics_job_end(const char *state, double seconds) {
+    int k = !strcmp(state, "promoted") ? 0 : !strcmp(state, "rejected") ? 1 : 2;
+    atomic_fetch_add(&jobs_ended[k], 1);
+    atomic_fetch_add(&job_seconds_ms, (unsigned long)(seconds > 0 ? seconds * 1e3 : 0));
+    atomic_fetch_sub(&jobs_running, 1);
+}
 
 static int code_slot(int status) {
     for (int i = 0; i < NCODES; i++)
@@ -57,6 +79,11 @@ void metrics_backend_failed(int requests, int failures) {
 }
 
 void metrics_batch(int requests) {
+    int b = 0;
+    while (b < NBB && requests > batch_bounds[b])
+        b++;
+    atomic_fetch_add_explicit(&batch_bucket[b], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&batch_sum, (unsigned long)requests, memory_order_relaxed);
     atomic_fetch_add_explicit(&batch_count, 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&batched_requests, (unsigned long)requests, memory_order_relaxed);
     unsigned long m = atomic_load_explicit(&batch_max_seen, memory_order_relaxed);
@@ -64,6 +91,19 @@ void metrics_batch(int requests) {
            !atomic_compare_exchange_weak(&batch_max_seen, &m, (unsigned long)requests))
         ;
 }
+
+static atomic_int loading;
+static atomic_ulong loads_ok, loads_failed, load_last_ms;
+
+void metrics_model_load_begin(void) { atomic_fetch_add(&loading, 1); }
+
+void metrics_model_load_end(double seconds, int ok) {
+    atomic_fetch_add(ok ? &loads_ok : &loads_failed, 1);
+    atomic_store(&load_last_ms, (unsigned long)(seconds * 1e3));
+    atomic_fetch_sub(&loading, 1);
+}
+
+int metrics_loading(void) { return atomic_load(&loading) > 0; }
 
 void metrics_commit(size_t n, double seconds, int ok) {
     atomic_fetch_add_explicit(&commit_batches, 1, memory_order_relaxed);
@@ -117,6 +157,96 @@ static void histogram(sbuf *b, const char *name, const char *labels, atomic_ulon
     put(b, "%s_sum%s%s%s %.6f\n", name, *labels ? "{" : "", labels, *labels ? "}" : "",
         atomic_load_explicit(sum_us, memory_order_relaxed) / 1e6);
     put(b, "%s_count%s%s%s %lu\n", name, *labels ? "{" : "", labels, *labels ? "}" : "", cum);
+}
+
+/* the process: CPU seconds, resident memory, open descriptors, start time */
+static void render_process(sbuf *b) {
+    struct rusage ru;
+    double cpu = 0;
+    if (!getrusage(RUSAGE_SELF, &ru))
+        cpu = ru.ru_utime.tv_sec + ru.ru_stime.tv_sec +
+              (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1e-6;
+    long pages = 0, rss = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f) {
+        if (fscanf(f, "%ld %ld", &pages, &rss) != 2) rss = 0;
+        fclose(f);
+    }
+    long fds = 0;
+    DIR *d = opendir("/proc/self/fd");
+    if (d) {
+        for (struct dirent *e; (e = readdir(d));)
+            fds += e->d_name[0] != '.';
+        closedir(d);
+        fds--; /* the directory's own descriptor */
+    }
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    double start = now.tv_sec + now.tv_nsec * 1e-9 - (serve_now() - g_srv.started);
+    put(b,
+        "# HELP process_cpu_seconds_total User and system CPU time.\n"
+        "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total %.3f\n"
+        "# HELP process_resident_memory_bytes Resident memory.\n"
+        "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes %ld\n"
+        "# HELP process_open_fds Open file descriptors.\n"
+        "# TYPE process_open_fds gauge\nprocess_open_fds %ld\n"
+        "# HELP process_start_time_seconds Start time, Unix seconds.\n"
+        "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds %.3f\n",
+        cpu, rss * sysconf(_SC_PAGESIZE), fds, start);
+}
+
+/* build, model loads, retraining jobs, the store, the edge, batch sizes */
+static void render_ops(sbuf *b) {
+    put(b,
+        "# HELP iisan_build_info The build: version and git describe.\n"
+        "# TYPE iisan_build_info gauge\niisan_build_info{version=\"%s\",git=\"%s\"} 1\n",
+        iisan_version, iisan_git_describe);
+    put(b,
+        "# HELP iisan_model_loads_total Model loads (startup, reloads, jobs, rollbacks) by "
+        "result.\n# TYPE iisan_model_loads_total counter\n"
+        "iisan_model_loads_total{result=\"ok\"} %lu\niisan_model_loads_total{result=\"failed\"} "
+        "%lu\n# HELP iisan_model_load_last_seconds How long the last load took.\n"
+        "# TYPE iisan_model_load_last_seconds gauge\niisan_model_load_last_seconds %.3f\n"
+        "# HELP iisan_model_loading A load is under way.\n"
+        "# TYPE iisan_model_loading gauge\niisan_model_loading %d\n",
+        atomic_load(&loads_ok), atomic_load(&loads_failed), atomic_load(&load_last_ms) / 1e3,
+        metrics_loading());
+    put(b,
+        "# HELP iisan_retrain_jobs_total Retraining jobs ended, by state.\n"
+        "# TYPE iisan_retrain_jobs_total counter\n"
+        "iisan_retrain_jobs_total{state=\"promoted\"} %lu\n"
+        "iisan_retrain_jobs_total{state=\"rejected\"} %lu\n"
+        "iisan_retrain_jobs_total{state=\"failed\"} %lu\n"
+        "# HELP iisan_retrain_job_seconds_total Time spent by ended jobs.\n"
+        "# TYPE iisan_retrain_job_seconds_total counter\niisan_retrain_job_seconds_total %.3f\n"
+        "# HELP iisan_retrain_jobs_running Jobs running (0 or 1).\n"
+        "# TYPE iisan_retrain_jobs_running gauge\niisan_retrain_jobs_running %d\n",
+        atomic_load(&jobs_ended[0]), atomic_load(&jobs_ended[1]), atomic_load(&jobs_ended[2]),
+        atomic_load(&job_seconds_ms) / 1e3, atomic_load(&jobs_running));
+    store_usage u = {0};
+    if (g_srv.ix) store_usage_get(store_ix_store(g_srv.ix), &u);
+    put(b,
+        "# HELP iisan_store_map_bytes The store's LMDB map size (it grows by doubling).\n"
+        "# TYPE iisan_store_map_bytes gauge\niisan_store_map_bytes %zu\n"
+        "# HELP iisan_store_used_bytes Bytes of the map in use.\n"
+        "# TYPE iisan_store_used_bytes gauge\niisan_store_used_bytes %zu\n"
+        "# HELP iisan_http_connections_open Open client connections.\n"
+        "# TYPE iisan_http_connections_open gauge\niisan_http_connections_open %ld\n"
+        "# HELP iisan_http_body_bytes Memory held by request bodies being received or "
+        "served.\n# TYPE iisan_http_body_bytes gauge\niisan_http_body_bytes %ld\n",
+        (size_t)u.map_bytes, (size_t)u.used_bytes, edge_open_connections(), edge_body_bytes());
+    put(b, "# HELP iisan_recommend_batch_size Requests per /recommend batch.\n"
+           "# TYPE iisan_recommend_batch_size histogram\n");
+    unsigned long cum = 0;
+    for (int i = 0; i <= NBB; i++) {
+        cum += atomic_load(&batch_bucket[i]);
+        if (i < NBB)
+            put(b, "iisan_recommend_batch_size_bucket{le=\"%g\"} %lu\n", batch_bounds[i], cum);
+        else
+            put(b, "iisan_recommend_batch_size_bucket{le=\"+Inf\"} %lu\n", cum);
+    }
+    put(b, "iisan_recommend_batch_size_sum %lu\niisan_recommend_batch_size_count %lu\n",
+        atomic_load(&batch_sum), cum);
 }
 
 char *metrics_render(uint32_t model_version, long in_flight, long pending) {
@@ -193,5 +323,7 @@ char *metrics_render(uint32_t model_version, long in_flight, long pending) {
         "# HELP iisan_interactions_pending Interactions waiting for their commit.\n"
         "# TYPE iisan_interactions_pending gauge\niisan_interactions_pending %ld\n",
         model_version, in_flight, pending);
+    render_ops(&b);
+    render_process(&b);
     return b.p;
 }

@@ -186,8 +186,8 @@ static int ix_write(store_ix *x, ix_txn_fn fn, void *ctx, char *err, size_t errl
         rc = fn(x, txn, ctx, err, errlen);
         if (rc)
             mdb_txn_abort(txn);
-        else if ((rc = mdb_txn_commit(txn)))
-            rc = store_lmdb(rc, "committing", err, errlen);
+        else
+            rc = store_commit(x->s, txn, err, errlen);
         pthread_rwlock_unlock(&x->lock);
         if (rc != ST_RETRY) return rc;
         pthread_rwlock_wrlock(&x->lock);

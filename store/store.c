@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 
 #include "store/store_internal.h"
 
@@ -33,6 +34,7 @@ const char *iisan_strerror(int code) {
     case IISAN_EINVAL: return "IISAN_EINVAL: bad argument";
     case IISAN_EFULL: return "IISAN_EFULL: LMDB map full";
     case IISAN_EBACKEND: return "IISAN_EBACKEND: the compute backend failed";
+    case IISAN_ENOSPC: return "IISAN_ENOSPC: no space left on the store's device";
     default: return "IISAN_E?: unknown error code";
     }
 }
@@ -61,8 +63,24 @@ int store_lmdb(int rc, const char *what, char *err, size_t errlen) {
         store_err(err, errlen, "%s: %s", what, mdb_strerror(rc));
         return IISAN_EFULL;
     }
+    if (rc == ENOSPC || rc == EDQUOT) {
+        store_err(err, errlen, "%s: no space left on the device holding the store", what);
+        return IISAN_ENOSPC;
+    }
     store_err(err, errlen, "%s: %s", what, mdb_strerror(rc));
     return IISAN_EIO;
+}
+
+/* the filesystem holding dir has less than 64 KiB left for us */
+static int disk_full(const char *dir) {
+    struct statvfs v;
+    return !statvfs(dir, &v) && (double)v.f_bavail * (double)v.f_frsize < 65536.0;
+}
+
+int store_commit(iisan_store *s, MDB_txn *txn, char *err, size_t errlen) {
+    int rc = mdb_txn_commit(txn);
+    if (rc == EIO && disk_full(s->dir)) rc = ENOSPC;
+    return rc ? store_lmdb(rc, "committing", err, errlen) : 0;
 }
 
 /* ---- map size ---- */
@@ -126,8 +144,7 @@ int store_write(iisan_store *s, store_txn_fn fn, void *ctx, char *err, size_t er
         if (rc) {
             mdb_txn_abort(txn);
         } else {
-            rc = mdb_txn_commit(txn);
-            if (rc) rc = store_lmdb(rc, "committing", err, errlen);
+            rc = store_commit(s, txn, err, errlen);
         }
         if (rc != ST_RETRY) return rc;
         if ((rc = store_grow_map(s, err, errlen))) return rc;

@@ -31,6 +31,7 @@ enum {
     IISAN_EINVAL = -6,   /* bad argument */
     IISAN_EFULL = -7,    /* LMDB map full even after growing */
     IISAN_EBACKEND = -8, /* the compute backend recorded a failure (kernels/backend.h status) */
+    IISAN_ENOSPC = -9,   /* the device holding the store is full (ENOSPC, EDQUOT) */
 };
 const char *iisan_strerror(int code); /* "IISAN_EFORMAT: malformed input" */
 /* formats the message into err[errlen] (when err is not NULL) and returns code */

@@ -47,6 +47,10 @@ void store_err(char *err, size_t errlen, const char *fmt, ...)
 /* MDB_MAP_FULL -> ST_RETRY (no message); anything else -> IISAN_EIO or
  * IISAN_EFULL with "what: LMDB's message" */
 int store_lmdb(int rc, const char *what, char *err, size_t errlen);
+/* commits txn: 0, ST_RETRY (map full), or an IISAN_E* with err. LMDB reports a short write
+ * as EIO, which is what a full disk gives it: with the store's filesystem (nearly) full,
+ * that EIO is reported as IISAN_ENOSPC. */
+int store_commit(iisan_store *s, MDB_txn *txn, char *err, size_t errlen);
 
 /* Runs fn inside one write transaction and commits it. When fn (or the
  * commit) finds the map full, the transaction is aborted, the map doubled

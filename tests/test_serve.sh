@@ -50,6 +50,7 @@ printf 'max_k = lots\n' >"$T/bad.conf"
 [ $rc -eq 2 ] && grep -q 'bad.conf:1' "$T/err" && ok || bad "bad config file: exit $rc, $(cat "$T/err")"
 
 TOKEN=test-token-123
+AUTH=(-H "Authorization: Bearer $TOKEN")
 cat >"$T/serve.conf" <<EOF
 # test configuration
 port = 0
@@ -137,22 +138,22 @@ grep -qi '^Allow: POST' "$T/hdr" && ok || bad "405 carries Allow"
 req POST /healthz '{}'; errcode 405 method_not_allowed "POST /healthz"
 req GET /nope; errcode 404 not_found "unknown route"
 req GET /; errcode 404 not_found "root"
-req GET /users/nobody; errcode 404 unknown_user "unknown user"
+req GET /users/nobody '' "${AUTH[@]}"; errcode 404 unknown_user "unknown user"
 
 # ---- /interactions ----
 req POST /interactions '{"user_id":"U001","item_id":"I005"}'; status 200 "one interaction"
 jcheck "d['accepted'] == 1 and d['durable'] is True and d['first_seq'] >= 1" "accepted 1"
-req GET /users/U001; status 200 "stored user"
+req GET /users/U001 '' "${AUTH[@]}"; status 200 "stored user"
 jcheck "d['items'][-1] == 'I005' and d['length'] == len(d['items'])" "logged item appended to U001"
 req POST /interactions '[{"user_id":"fresh","item_id":"I001","timestamp":1},{"user_id":"fresh","item_id":"I002"},{"user_id":"fresh","item_id":"I003"}]'
 status 200 "array of interactions"; jcheck "d['accepted'] == 3" "accepted 3"
-req GET /users/fresh; jcheck "d['items'] == ['I001','I002','I003']" "new user's sequence in order"
+req GET /users/fresh '' "${AUTH[@]}"; jcheck "d['items'] == ['I001','I002','I003']" "new user's sequence in order"
 req POST /recommend '{"user_id":"fresh","k":40}'; status 200 "recommend for a logged user"
 jcheck "len(d['items']) == 37 and not {'I001','I002','I003'} & {i['item_id'] for i in d['items']}" "logged history merged and excluded"
 req POST /interactions '[{"user_id":"fresh","item_id":"I004"},{"user_id":"fresh","item_id":"NOT-AN-ITEM"}]'
 errcode 422 unknown_item "unknown item"
 jcheck "'NOT-AN-ITEM' in d['error']['message']" "unknown item named"
-req GET /users/fresh; jcheck "d['length'] == 3" "a rejected request stores nothing"
+req GET /users/fresh '' "${AUTH[@]}"; jcheck "d['length'] == 3" "a rejected request stores nothing"
 req POST /interactions '{"user_id":"fresh"}'; errcode 400 missing_field "missing item_id"
 req POST /interactions '{"user_id":"fresh","item_id":"I001","timestamp":-5}'; errcode 400 invalid_value "negative timestamp"
 req POST /interactions '{"user_id":"fresh","item_id":"I001","timestamp":"now"}'; errcode 400 wrong_type "timestamp string"
@@ -174,7 +175,7 @@ n200=$(grep -c '^200$' "$T/codes"); n422=$(grep -c '^422$' "$T/codes")
 seq 1 200 | xargs -P 24 -I{} curl -s -o /dev/null -w '%{http_code}\n' -X POST -H 'Content-Type: application/json' \
   --data-binary '[{"user_id":"busy2","item_id":"I001"},{"user_id":"busy2","item_id":"I002"}]' "$B/interactions" >"$T/codes"
 [ "$(grep -c '^200$' "$T/codes")" = 200 ] && ok || bad "200 concurrent batches: $(sort "$T/codes" | uniq -c)"
-req GET /users/busy2; jcheck "d['length'] == 400" "400 concurrent interactions stored once each"
+req GET /users/busy2 '' "${AUTH[@]}"; jcheck "d['length'] == 400" "400 concurrent interactions stored once each"
 
 # ---- /metrics and /admin ----
 req GET /metrics; status 200 metrics
@@ -224,7 +225,6 @@ req POST /recommend '{"history":["I001","I002"],"k":3}'; status 200 "recommend o
 jcheck "d['model_version'] == 2 and len(d['items']) == 3" "answers come from version 2"
 
 # ---- /items: catalogue reads (public) and changes (admin token) ----
-AUTH=(-H "Authorization: Bearer $TOKEN")
 req GET /items/I003; status 200 "GET an item"
 jcheck "d['item_id'] == 'I003' and d['title'] == 'Item number 3' and d['in_model'] and not d['deleted'] and d['states']['text'] and not d['states']['image']" "item fields"
 req GET /items/NOPE; errcode 404 unknown_item "GET an unknown item"
@@ -286,9 +286,9 @@ ljob=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["job_id"]
 for _ in $(seq 1 100); do grep -q "event=retrain_epoch job=$ljob" "$LOG" && break; sleep 0.05; done
 kill -9 "$PID"; wait "$PID" 2>/dev/null; PID=""
 start || exit 1
-req GET /users/crash; status 200 "user after kill -9"
+req GET /users/crash '' "${AUTH[@]}"; status 200 "user after kill -9"
 jcheck "d['items'] == ['I011','I012','I013','I014','I015']" "all acknowledged interactions after kill -9"
-req GET /users/busy2; jcheck "d['length'] == 400" "earlier interactions after kill -9"
+req GET /users/busy2 '' "${AUTH[@]}"; jcheck "d['length'] == 400" "earlier interactions after kill -9"
 req GET /healthz; jcheck "d['model_version'] == $pinned" "the pinned version survives a restart"
 req GET /items/I009; jcheck "d['deleted'] is True" "a deletion survives kill -9"
 req POST /recommend '{"history":["I001"],"k":40,"exclude_history":false}'
@@ -354,7 +354,7 @@ wait "$CPID"
 grep -q 'event=stopped' "$LOG" && ok || bad "stopped logged"
 late=$(cat "$T/late.code")
 start || exit 1
-req GET /users/late
+req GET /users/late '' "${AUTH[@]}"
 if [ "$late" = 200 ]; then
   jcheck "d['length'] == 1000" "the in-flight request's interactions are stored"
 else # the stop came before the request was accepted: nothing may be half-stored
@@ -433,7 +433,7 @@ sed -i '/^retrain_every_min = 30$/d' "$T/serve.conf"
 stop; [ "$STOP_RC" = 0 ] && ok || bad "stop with the scheduler: exit $STOP_RC"
 
 # ---- the OpenAPI file lists every route the daemon serves ----
-for r in /recommend /interactions '/users/{user_id}' /items '/items/{item_id}' /healthz /metrics \
+for r in /recommend /interactions '/users/{user_id}' /items '/items/{item_id}' /healthz /livez /readyz /metrics \
   /admin/status /admin/reload /admin/retrain '/admin/jobs/{job_id}' /admin/rollback; do
   grep -q "^  $r:" proto/openapi.yaml && ok || bad "proto/openapi.yaml lacks $r"
 done

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "core/checkpoint.h"
 #include "core/dataset.h"
@@ -167,6 +168,43 @@ static void test_config(void) {
     const char *rbad[] = {"-1"};
     CHECK(serve_config_build(&c, NULL, 1, rn + 1, rbad, err, sizeof err) == -1 &&
           strstr(err, "retrain_after"));
+    /* quotes: either kind, whole values only; the file's line on an error */
+    f = fopen(path, "w");
+    fprintf(f, "admin_token = 'x \"y'\n");
+    fclose(f);
+    chmod(path, 0600);
+    CHECK(serve_config_build(&c, path, 0, NULL, NULL, err, sizeof err) == 0 &&
+          !strcmp(c.admin_token, "x \"y") && !c.warning[0]);
+    chmod(path, 0644); /* a token others can read: a warning */
+    CHECK(serve_config_build(&c, path, 0, NULL, NULL, err, sizeof err) == 0 &&
+          strstr(c.warning, "readable by others (mode 644)"));
+    const char *bad[] = {"bind = \"127.0.0.1\n", "bind = 127.0.0.1\"\n", "bind = \"\n",
+                         "bind = \"a\" \"b\"\n"};
+    for (int i = 0; i < 4; i++) {
+        f = fopen(path, "w");
+        fprintf(f, "# line 1\n%s", bad[i]);
+        fclose(f);
+        CHECK(serve_config_build(&c, path, 0, NULL, NULL, err, sizeof err) == -1 &&
+              strstr(err, "s.conf:2") && strstr(err, "quote"));
+    }
+    /* the token from a file: its first line, over admin_token */
+    char tpath[80];
+    snprintf(tpath, sizeof tpath, "%s/token", dir);
+    f = fopen(tpath, "w");
+    fprintf(f, "s3cret\nsecond line\n");
+    fclose(f);
+    chmod(tpath, 0600);
+    const char *tn[] = {"admin-token", "admin-token-file"}, *tv[] = {"flag", tpath};
+    CHECK(serve_config_build(&c, NULL, 2, tn, tv, err, sizeof err) == 0 &&
+          !strcmp(c.admin_token, "s3cret") && !c.warning[0]);
+    chmod(tpath, 0640);
+    CHECK(serve_config_build(&c, NULL, 2, tn, tv, err, sizeof err) == 0 &&
+          strstr(c.warning, "admin_token_file") && strstr(c.warning, "mode 640"));
+    f = fopen(tpath, "w");
+    fclose(f);
+    CHECK(serve_config_build(&c, NULL, 2, tn, tv, err, sizeof err) == -1 &&
+          strstr(err, "first line is empty"));
+    remove(tpath);
     remove(path);
     remove(dir);
 }
