@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -1001,6 +1002,16 @@ struct MHD_Daemon *http_start(const serve_config *c, char *err, size_t errlen) {
     /* the library's own limits sit a reserve above ours: the connections in between get an
      * early 503 (serve_edge.c) instead of a silent close */
     unsigned total = (unsigned)(c->connection_limit + c->connection_limit / 16 + 8);
+    /* one descriptor per connection, plus the store's, the log's and the threads': raise the
+     * soft limit towards the hard one when the default (often 1024) is too small */
+    struct rlimit rl;
+    if (!getrlimit(RLIMIT_NOFILE, &rl) && rl.rlim_cur != RLIM_INFINITY &&
+        rl.rlim_cur < (rlim_t)total + 64) {
+        rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > (rlim_t)total + 64
+                          ? (rlim_t)total + 64
+                          : rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
     unsigned per_client = (unsigned)(c->max_connections_per_client + 4);
     struct MHD_Daemon *d = MHD_start_daemon(
         flags, (uint16_t)c->port, NULL, NULL, on_request, NULL, MHD_OPTION_EXTERNAL_LOGGER,
