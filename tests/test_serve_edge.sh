@@ -102,21 +102,26 @@ req GET /readyz; errcode_ready() { status 503 "$1"; jcheck "d['ready'] is False 
 errcode_ready "readyz without a model" no_model
 req GET /livez; status 200 "livez without a model"
 # a half-sent body keeps the stop waiting: meanwhile readyz says stopping, new work is refused
-python3 - "${B##*:}" "$T/slow.out" <<'PY' &
-import socket, sys, time
+python3 - "${B##*:}" "$T/slow.out" "$T/slow.ready" "$T/slow.go" <<'PY' &
+import os, socket, sys, time
 s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
 body = b'{"user_id":"slow","item_id":"I002"}'
 s.sendall(b"POST /interactions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:10])
-time.sleep(1.5)
+open(sys.argv[3], "w").close()
+for _ in range(300):  # until the script has seen the stop under way
+    if os.path.exists(sys.argv[4]): break
+    time.sleep(0.05)
 s.sendall(body[10:])
 open(sys.argv[2], "wb").write(s.recv(65536))
 PY
 SLOW=$!
-sleep 0.4
+for _ in $(seq 1 200); do [ -e "$T/slow.ready" ] && break; sleep 0.05; done
+sleep 0.2
 kill -TERM "$PID"
-sleep 0.3
+for _ in $(seq 1 100); do grep -q 'event=signal signal=TERM' "$LOG" && break; sleep 0.05; done
 req GET /readyz; errcode_ready "readyz while stopping" stopping
 req POST /interactions '{"user_id":"late","item_id":"I001"}'; errcode 503 shutting_down "new work while stopping"
+touch "$T/slow.go"
 wait "$SLOW"
 grep -q '^HTTP/1.1 200' "$T/slow.out" && grep -q 'Connection: close' "$T/slow.out" && ok || bad "the admitted request finished during the stop: $(head -c 300 "$T/slow.out")"
 wait "$PID"; rc=$?; PID=""
