@@ -5,7 +5,8 @@
 # IISAN refused with a message naming --arch versa; Versa trained (per-modality schedules),
 # evaluated, exported and re-imported, served (recommendations, an item added with states
 # of both shapes embedded on the spot, a retraining job promoted); symmetric IISAN trained
-# on the same text states for comparison (both HR@10 printed). Skips where MiniLM is not
+# on the same text states for comparison (both HR@10 printed); images encoded by the tiny
+# committed ViT (3 x 32) beside the text states, and Versa trained on them. Skips where MiniLM is not
 # installed (deploy/install-minilm.sh). Ends with "N passed, N failed".
 set -u
 cd "$(dirname "$0")/.."
@@ -98,6 +99,22 @@ expect 0 "train symmetric iisan on the same text states" -- "$BIN" train --data 
 expect 0 "eval symmetric" -- "$BIN" eval --data "$T/sym" --json
 sym_hr=$(json_field hr10)
 echo "  test HR@10 over $USERS users, $EPOCHS epochs: IISAN-Versa (MiniLM text + 13x768 image) $versa_hr, symmetric IISAN (MiniLM text) $sym_hr" >&2
+
+# the encode path takes a second modality of another shape too: images of a few items encoded
+# by the tiny committed ViT (3 x 32) beside the MiniLM text states; Versa trains on them, and a
+# store with one modality gives the missing one the other's shape
+expect 0 "versa on text states alone" -- "$BIN" train --data "$T/sym" --arch versa --epochs 1 --no-save
+has "$T/err" "image (none: zeros) 7 states x 384" "the missing modality takes the text's shape"
+mkdir -p "$T/img"
+i=0
+for f in photo_420.jpg prog_444.jpg rgb.png; do # the first three items of the catalogue
+  i=$((i + 1)); id=$(sed -n "${i}p" "$T/items.tsv" | cut -f1); cp "tests/golden_image/src/$f" "$T/img/$id.${f##*.}"
+done
+expect 0 "encode images (3 x 32) beside 7 x 384 text states" -- "$BIN" encode --data "$T/sym" \
+  --images "$T/img" --image-model tests/golden_encoder/tiny-vit --quiet --json
+expect 0 "versa on encoded text and image states" -- "$BIN" train --data "$T/sym" --arch versa \
+  --epochs 1 --no-save
+has "$T/err" "image tiny-vit 3 states x 32" "the image tower takes the ViT's shape"
 
 # served: recommendations, an item added with states of both shapes, a retraining job
 TOKEN=versa-token
