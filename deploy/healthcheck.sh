@@ -1,6 +1,6 @@
 #!/bin/bash
-# The container's HEALTHCHECK: healthy while GET /healthz answers 200, i.e. the
-# daemon's HTTP threads answer. Uses bash's /dev/tcp, so the image
+# The container's HEALTHCHECK: healthy while GET /readyz answers 200, i.e. the
+# daemon serves a model and is not stopping. Uses bash's /dev/tcp, so the image
 # needs no HTTP client. The port is IISAN_PORT, else the config file's `port`
 # line, else 8080.
 conf=${IISAN_CONFIG:-/etc/iisan/iisan.conf}
@@ -10,7 +10,7 @@ if [ -z "$port" ] && [ -r "$conf" ]; then
 fi
 port=${port:-8080}
 exec 3<>"/dev/tcp/127.0.0.1/$port" || exit 1
-printf 'GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n' >&3
+printf 'GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n' >&3
 IFS= read -r -t 2 line <&3 || exit 1
 case $line in
   "HTTP/1."?" 200 "*) exit 0 ;;

@@ -111,11 +111,26 @@ with open(f"{d}/users.tsv", "w") as f:
 PY
 D="$T/d"
 check "import" -- "$BIN" import --data "$D" --items "$T/items.tsv" --users "$T/users.tsv" 2>/dev/null
+unhealthy() { bash -c '! env IISAN_PORT="$1" deploy/healthcheck.sh 2>/dev/null' _ "$1"; }
+# no model yet: alive but not ready, and so unhealthy to the image's health check
+cp deploy/iisan.conf "$T/serve.conf"
+if start --bind 127.0.0.1 --port 0; then
+  req GET /livez; status 200 "livez without a model"
+  req GET /readyz; status 503 "readyz without a model"
+  check "health check unhealthy without a model" -- unhealthy "${B##*:}"
+  stop; [ "$STOP_RC" = 0 ] && ok || bad "SIGTERM without a model: exit $STOP_RC"
+fi
 check "train" -- "$BIN" train --data "$D" --model sasrec-id --epochs 1 --d 8 >/dev/null 2>&1
+# the token from a file, as compose, systemd and Kubernetes hand it over
+printf 'tok-%s\n' "$RANDOM$RANDOM" >"$T/token"; chmod 600 "$T/token"
+export IISAN_ADMIN_TOKEN_FILE="$T/token"
+TOKEN=$(head -n 1 "$T/token")
 for conf in deploy/iisan.conf deploy/k8s/iisan.conf; do
   cp "$conf" "$T/serve.conf"
   start --bind 127.0.0.1 --port 0 || continue
   grep -q 'event=model_loaded version=1' "$LOG" && ok || bad "$conf: no model loaded"
+  req GET /admin/status '' -H "Authorization: Bearer $TOKEN"; status 200 "$conf: the token file's token"
+  req GET /admin/status; status 401 "$conf: admin without the token"
   req POST /recommend '{"history":["I001","I002"],"k":3}' -H 'Content-Type: application/json'
   status 200 "$conf: recommend"
   req POST /interactions '{"user_id":"U001","item_id":"I004"}' -H 'Content-Type: application/json'
@@ -126,9 +141,14 @@ for conf in deploy/iisan.conf deploy/k8s/iisan.conf; do
   req GET /metrics; status 200 "$conf: metrics"
   cp "$T/body" "$T/metrics.txt"
   stop; [ "$STOP_RC" = 0 ] && ok || bad "$conf: SIGTERM exit $STOP_RC"
-  check "health check fails with no daemon" -- \
-    bash -c '! env IISAN_PORT="$1" deploy/healthcheck.sh 2>/dev/null' _ "$PORT"
+  check "health check fails with no daemon" -- unhealthy "$PORT"
 done
+# allowed_hosts = localhost: the health check (and the Kubernetes probes) say Host: localhost
+if start --bind 127.0.0.1 --port 0 --allowed-hosts localhost; then
+  check "health check under allowed_hosts" -- env IISAN_PORT="${B##*:}" deploy/healthcheck.sh
+  req GET /readyz; status 421 "Host 127.0.0.1 refused under allowed_hosts = localhost"
+  stop
+fi
 pycheck "dashboard and alert metrics exist in /metrics" metrics "$T/metrics.txt" \
   deploy/grafana/dashboards/iisand.json deploy/prometheus/alerts.yml
 n=$(python3 -c 'import re,sys; print(len(set(re.findall(r"\biisan_\w+", open(sys.argv[1]).read()))))' \
