@@ -9,7 +9,7 @@ import os
 import sys
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
-SEL = 'job="iisand", instance=~"$instance"'
+SEL = 'job=~"$job", instance=~"$instance"'
 # routes that are the API (probes and scrapes left out of rates and ratios)
 API = 'route!~"metrics|healthz|livez|readyz"'
 
@@ -52,7 +52,8 @@ class Board:
         self.row_h = max(self.row_h, h)
         return pos
 
-    def stat(self, title, targets, unit="short", w=4, thresholds=None, desc="", mappings=None):
+    def stat(self, title, targets, unit="short", w=4, thresholds=None, desc="", mappings=None,
+             text="auto"):
         steps = thresholds or [{"color": "green", "value": None}]
         self.panels.append({
             "type": "stat", "id": self._id(), "title": title, "description": desc,
@@ -61,7 +62,7 @@ class Board:
                                          "thresholds": {"mode": "absolute", "steps": steps}},
                             "overrides": []},
             "options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                        "colorMode": "background", "graphMode": "none", "textMode": "auto",
+                        "colorMode": "background", "graphMode": "none", "textMode": text,
                         "justifyMode": "auto", "orientation": "auto"}})
 
     def series(self, title, targets, unit="short", w=12, desc="", stack=False, minimum=0):
@@ -105,6 +106,22 @@ def overview(b):
     b.stat("In flight", [q(f"sum(iisan_http_in_flight{{{SEL}}})")], w=3)
     b.stat("Interactions pending", [q(f"sum(iisan_interactions_pending{{{SEL}}})")], w=3,
            desc="Accepted interactions waiting for their group commit")
+    b.stat("Version", [q(f"max by (version, git) (iisan_build_info{{{SEL}}})", "{{version}} ({{git}})",
+                         instant=True)], w=6, text="name",
+           desc="iisan --version of the running daemons")
+    b.stat("Uptime", [q(f"min(time() - process_start_time_seconds{{{SEL}}})")], unit="s", w=3)
+    b.stat("Store map use", [q(f"max(iisan_store_used_bytes{{{SEL}}} / iisan_store_map_bytes{{{SEL}}})")],
+           unit="percentunit", w=3, thresholds=RED_ABOVE(0.95),
+           desc="Used bytes of the LMDB map; it doubles when a commit needs more, if the disk has room")
+    b.stat("Open connections", [q(f"sum(iisan_http_connections_open{{{SEL}}})")], w=3)
+    b.stat("Jobs running", [q(f"sum(iisan_retrain_jobs_running{{{SEL}}})")], w=3,
+           desc="Retraining jobs running (at most one per daemon)")
+    b.stat("Failed jobs (24 h)", [q(
+        f"sum(increase(iisan_retrain_jobs_total{{{SEL}, state=\"failed\"}}[24h]))")], w=3,
+        thresholds=RED_ABOVE(1))
+    b.stat("Backend failures", [q(f"max(iisan_backend_failures{{{SEL}}})")], w=3,
+           thresholds=RED_ABOVE(1),
+           desc="Sticky: once not 0, /recommend answers 503 backend_failed until a restart")
 
 
 def http(b):
@@ -130,8 +147,9 @@ def recommend(b):
              unit="s")
     b.series("Batch size", [
         q(f"sum(rate(iisan_recommend_batched_requests_total{{{SEL}}}[$__rate_interval]))"
-          f" / sum(rate(iisan_recommend_batches_total{{{SEL}}}[$__rate_interval]))", "mean"),
-        q(f"max(iisan_recommend_batch_max{{{SEL}}})", "largest so far")],
+          f" / sum(rate(iisan_recommend_batches_total{{{SEL}}}[$__rate_interval]))", "mean")]
+        + quantiles("iisan_recommend_batch_size")[1:]
+        + [q(f"max(iisan_recommend_batch_max{{{SEL}}})", "largest so far")],
         desc="Requests computed together per batch (max_batch caps it)")
     b.series("Batches/s and popularity fallbacks/s", [
         q(f"sum(rate(iisan_recommend_batches_total{{{SEL}}}[$__rate_interval]))", "batches"),
@@ -154,12 +172,49 @@ def interactions(b):
         q(f"sum(iisan_http_in_flight{{{SEL}}})", "requests in flight")])
 
 
+def models_jobs(b):
+    b.row("Models and retraining")
+    b.series("Model loads", [q(
+        f"sum by (result) (increase(iisan_model_loads_total{{{SEL}}}[$__rate_interval]))", "{{result}}")],
+        desc="Startup, SIGHUP reloads, promoted jobs, rollbacks")
+    b.series("Model load duration and loading", [
+        q(f"max(iisan_model_load_last_seconds{{{SEL}}})", "last load (s)"),
+        q(f"max(iisan_model_loading{{{SEL}}})", "loading")],
+        desc="A load computes every item's embedding; /readyz answers 503 while the first one runs")
+    b.series("Retraining jobs ended", [q(
+        f"sum by (state) (increase(iisan_retrain_jobs_total{{{SEL}}}[$__rate_interval]))", "{{state}}")],
+        stack=True)
+    b.series("Retraining: running and busy share", [
+        q(f"sum(iisan_retrain_jobs_running{{{SEL}}})", "running"),
+        q(f"sum(rate(iisan_retrain_job_seconds_total{{{SEL}}}[$__rate_interval]))", "busy share (ended jobs)")])
+
+
+def store_process(b):
+    b.row("Store and process")
+    b.series("Store map", [
+        q(f"max(iisan_store_map_bytes{{{SEL}}})", "map size"),
+        q(f"max(iisan_store_used_bytes{{{SEL}}})", "used")], unit="bytes")
+    b.series("Connections", [
+        q(f"sum(iisan_http_connections_open{{{SEL}}})", "open"),
+        q(f"sum(iisan_http_in_flight{{{SEL}}})", "requests in flight")],
+        desc="Open client connections (connection_limit caps them) and requests being handled")
+    b.series("Request body memory", [q(f"sum(iisan_http_body_bytes{{{SEL}}})", "held")],
+             unit="bytes", desc="Request bodies being received or served")
+    b.series("CPU", [q(f"sum by (instance) (rate(process_cpu_seconds_total{{{SEL}}}[$__rate_interval]))",
+                       "{{instance}}")], unit="percentunit", desc="Cores used (1 = 100% of one core)")
+    b.series("Resident memory", [q(f"process_resident_memory_bytes{{{SEL}}}", "{{instance}}")],
+             unit="bytes")
+    b.series("Open file descriptors", [q(f"process_open_fds{{{SEL}}}", "{{instance}}")])
+
+
 def dashboard():
     b = Board()
     overview(b)
     http(b)
     recommend(b)
     interactions(b)
+    models_jobs(b)
+    store_process(b)
     return {
         "uid": "iisand", "title": "iisand", "tags": ["iisand"], "editable": True,
         "schemaVersion": 39, "version": 1, "graphTooltip": 1, "refresh": "30s",
@@ -169,9 +224,15 @@ def dashboard():
         "templating": {"list": [
             {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
              "current": {}, "hide": 0, "refresh": 1},
+            # the scrape job(s) of the daemon: "iisand" in deploy/prometheus/prometheus.yml
+            {"name": "job", "label": "Job", "type": "query", "datasource": DS,
+             "query": {"query": "label_values(iisan_model_version, job)", "refId": "job"},
+             "definition": "label_values(iisan_model_version, job)", "includeAll": False,
+             "multi": False, "current": {"text": "iisand", "value": "iisand"}, "refresh": 2,
+             "sort": 1, "hide": 0},
             {"name": "instance", "label": "Instance", "type": "query", "datasource": DS,
-             "query": {"query": 'label_values(up{job="iisand"}, instance)', "refId": "instance"},
-             "definition": 'label_values(up{job="iisand"}, instance)', "includeAll": True,
+             "query": {"query": 'label_values(up{job=~"$job"}, instance)', "refId": "instance"},
+             "definition": 'label_values(up{job=~"$job"}, instance)', "includeAll": True,
              "multi": True, "allValue": ".*", "current": {}, "refresh": 2, "sort": 1, "hide": 0}]},
         "panels": b.panels,
     }
