@@ -159,6 +159,74 @@ static void *follow_main(void *arg) {
     return NULL;
 }
 
+/* ---------------- the published item table, for loads ---------------- */
+
+typedef struct {
+    float *rows; /* aligned copy of the embeddings */
+    char **ids;
+    char *text;
+} table_handle;
+
+static void table_release(void *h) {
+    table_handle *t = h;
+    if (!t) return;
+    free(t->rows);
+    free(t->ids);
+    free(t->text);
+    free(t);
+}
+
+/* the repository's items.safetensors of version (checksums verified) into opt's table
+ * fields; NULL (computed from the store's states instead) when it is absent or bad */
+static void *table_get(uint32_t version, infer_options *opt) {
+    char path[PATH_MAX + 64], err[600];
+    repo_path(g_cl.repo, version, REPO_ITEMS, path, sizeof path);
+    if (access(path, R_OK)) return NULL; /* a version this node trained and did not publish */
+    if (repo_verify(g_cl.repo, version, err, sizeof err)) {
+        log_event("warn", "item_table_refused", "version=%u error=%s", version,
+                  log_q(err, (char[700]){0}, 700));
+        return NULL;
+    }
+    table_handle *t = calloc(1, sizeof *t);
+    st_file *f = NULL;
+    if (!t || st_open(&f, path, err, sizeof err)) {
+        table_release(t);
+        return NULL;
+    }
+    const st_tensor *e = st_find(f, "embeddings"), *ti = st_find(f, "item_ids");
+    int n = e && e->dtype == ST_F32 && e->ndim == 2 ? (int)e->shape[0] : -1;
+    if (n < 0 || !ti || ti->dtype != ST_U8 || !(t->text = malloc(ti->nbytes + 1)) ||
+        !(t->ids = calloc((size_t)n + 1, sizeof *t->ids)) || !(t->rows = malloc(e->nbytes + 1))) {
+        log_event("warn", "item_table_refused", "version=%u error=\"malformed %s\"", version,
+                  REPO_ITEMS);
+        st_close(f);
+        table_release(t);
+        return NULL;
+    }
+    memcpy(t->rows, e->data, e->nbytes);
+    const int width = (int)e->shape[1];
+    memcpy(t->text, ti->data, ti->nbytes);
+    t->text[ti->nbytes] = 0;
+    st_close(f); /* e and ti point into it */
+    int rows = 0;
+    for (char *p = t->text, *q; p && rows < n; p = q ? q + 1 : NULL) {
+        q = strchr(p, '\n');
+        if (q) *q = 0;
+        t->ids[rows++] = p;
+    }
+    if (rows != n) {
+        log_event("warn", "item_table_refused", "version=%u error=\"%d ids for %d rows\"", version,
+                  rows, n);
+        table_release(t);
+        return NULL;
+    }
+    opt->table = t->rows;
+    opt->table_ids = (const char *const *)t->ids;
+    opt->table_n = n;
+    opt->table_d = width;
+    return t;
+}
+
 /* ---------------- publishing ---------------- */
 
 /* the served model's item embedding table and ids (version v) as safetensors */
@@ -325,6 +393,8 @@ int cluster_start(char *err, size_t errlen) {
         return -1;
     }
     atomic_store(&g_cl_stop, 0);
+    g_table_source.get = table_get; /* versions load with their published item table */
+    g_table_source.release = table_release;
     if (consume_start(err, errlen)) return -1;
     if (pthread_create(&follower, NULL, follow_main, NULL)) {
         snprintf(err, errlen, "cannot start the repository follower");

@@ -72,6 +72,7 @@ struct infer_model {
     int *free_list, nfree;
     pthread_mutex_t mu;
     pthread_cond_t cv;
+    const infer_options *load_opt; /* during infer_load only */
 };
 
 enum { ADD_CHUNK = 64 }; /* items per pass of the tower in infer_add_items */
@@ -220,6 +221,36 @@ static iisan_model *full_model(infer_model *im, const iisan_ckpt *ck, char *err,
     return m;
 }
 
+/* 1 when the load's table has a row for every model row 1..N0 (then, on the CPU, only the
+ * padding row is embedded) */
+static int table_covers(const infer_model *im) {
+    const infer_options *o = im->load_opt;
+    if (!o || !o->table || !im->be->caps.host_memory || im->c.kind != MODEL_IISAN) return 0;
+    int found = 0;
+    for (int j = 0; j < o->table_n; j++) {
+        int idx = infer_lookup(im, o->table_ids[j]);
+        found += idx >= 1 && idx <= im->N0;
+    }
+    return found >= im->N0;
+}
+
+/* the table's rows over the model rows of the same items */
+static int apply_table(infer_model *im) {
+    const infer_options *o = im->load_opt;
+    if (!o || !o->table || im->c.kind != MODEL_IISAN) return 0;
+    const size_t d = (size_t)im->c.d, bytes = ((size_t)im->N0 + 1) * d * sizeof(float);
+    float *h = malloc(bytes);
+    if (!h) return -1;
+    im->be->download(im->be, h, im->all, bytes);
+    for (int j = 0; j < o->table_n; j++) {
+        int idx = infer_lookup(im, o->table_ids[j]);
+        if (idx >= 1 && idx <= im->N0) memcpy(h + idx * d, o->table + j * d, d * sizeof *h);
+    }
+    im->be->upload(im->be, im->all, h, bytes);
+    free(h);
+    return 0;
+}
+
 /* e_i of model items 0..N0 into im->all; IISAN keeps the model as im->tower */
 static int embed_items(infer_model *im, iisan_store *s, const iisan_ckpt *ck, char *err,
                        int errlen) {
@@ -248,8 +279,9 @@ static int embed_items(infer_model *im, iisan_store *s, const iisan_ckpt *ck, ch
             st = resident_states_source(rs);
         }
     }
-    model_item_embeddings(m, im->N0, im->item_cat, &st, im->all);
+    model_item_embeddings(m, table_covers(im) ? 0 : im->N0, im->item_cat, &st, im->all);
     be->sync(be);
+    if (apply_table(im)) rc = IISAN_ENOMEM;
 out:
     states_resident_free(rs);
     if (r) store_reader_end(r);
@@ -352,6 +384,25 @@ static size_t pow2_at_least(size_t n) {
     return p;
 }
 
+/* the load's table items that are in the catalogue but not in the checkpoint (marked in
+ * mark[max_cat + 1]) */
+static int table_extras(infer_model *im, iisan_store *s, unsigned char *mark, uint32_t **extra,
+                        size_t *nextra) {
+    const infer_options *o = im->load_opt;
+    for (int j = 0; o && o->table && j < o->table_n; j++) {
+        uint32_t cat = 0;
+        if (store_item_lookup(s, o->table_ids[j], &cat) || cat > im->max_cat || im->of_cat[cat] ||
+            mark[cat])
+            continue;
+        uint32_t *p = realloc(*extra, (*nextra + 1) * sizeof *p);
+        if (!p) return -1;
+        *extra = p;
+        p[(*nextra)++] = cat;
+        mark[cat] = 1;
+    }
+    return 0;
+}
+
 /* The rows of the checkpoint's items, then (IISAN) the catalogue items with
  * hidden states that the checkpoint does not know: added after its training,
  * they are served with its item tower as infer_add_items would. Fills
@@ -367,23 +418,32 @@ static int build_maps(infer_model *im, iisan_store *s, const iisan_ckpt *ck, cha
     if (!im->of_cat) return IISAN_ENOMEM;
     for (int i = 1; i <= Nck; i++)
         if (!im->of_cat[ck->item_cat[i]]) im->of_cat[ck->item_cat[i]] = i;
-    /* the extras */
+    /* the extras: the table's (docs/scaling.md), then items with states */
     uint32_t *extra = NULL;
     size_t nextra = 0;
+    unsigned char *mark = calloc((size_t)im->max_cat + 1, 1);
+    if (!mark || (ck->c.kind == MODEL_IISAN && table_extras(im, s, mark, &extra, &nextra))) {
+        free(mark);
+        free(extra);
+        return IISAN_ENOMEM;
+    }
     if (ck->c.kind == MODEL_IISAN) {
         store_reader *r = NULL;
         if (store_reader_begin(s, &r)) {
             snprintf(err, errlen, "cannot read the hidden states");
+            free(mark);
+            free(extra);
             return IISAN_EIO;
         }
         for (uint32_t cat = 1; cat <= ncat; cat++) {
-            if (im->of_cat[cat]) continue;
+            if (im->of_cat[cat] || mark[cat]) continue;
             if (!store_reader_states(r, IISAN_TEXT, cat) &&
                 !store_reader_states(r, IISAN_IMAGE, cat))
                 continue;
             uint32_t *p = realloc(extra, (nextra + 1) * sizeof *extra);
             if (!p) {
                 free(extra);
+                free(mark);
                 store_reader_end(r);
                 return IISAN_ENOMEM;
             }
@@ -392,6 +452,7 @@ static int build_maps(infer_model *im, iisan_store *s, const iisan_ckpt *ck, cha
         }
         store_reader_end(r);
     }
+    free(mark);
     const int N = Nck + (int)nextra;
     im->N0 = N;
     im->cap = N + im->info.headroom;
@@ -461,6 +522,7 @@ int infer_load(iisan_store *s, uint32_t version, iisan_backend *be, const infer_
         return IISAN_ENOMEM;
     }
     atomic_init(&im->refs, 1);
+    im->load_opt = opt;
     pthread_mutex_init(&im->mu, NULL);
     pthread_cond_init(&im->cv, NULL);
     pthread_mutex_init(&im->add_mu, NULL);
@@ -490,6 +552,12 @@ int infer_load(iisan_store *s, uint32_t version, iisan_backend *be, const infer_
     if (ck.n_cat < 2) {
         snprintf(err, errlen, "checkpoint %u has no items", ver);
         rc = IISAN_EFORMAT;
+        goto fail;
+    }
+    if (opt->table && opt->table_d != ck.c.d) {
+        snprintf(err, errlen, "the item table's rows are %d wide, checkpoint %u's d is %d",
+                 opt->table_d, ver, ck.c.d);
+        rc = IISAN_EINVAL;
         goto fail;
     }
     if ((rc = build_maps(im, s, &ck, err, errlen))) {
@@ -555,6 +623,7 @@ int infer_load(iisan_store *s, uint32_t version, iisan_backend *be, const infer_
     im->info.max_exclude = im->max_excl;
     im->info.max_batch = im->max_batch;
     im->info.load_seconds = now() - t0;
+    im->load_opt = NULL;
     ckpt_free(&ck);
     *out = im;
     return 0;

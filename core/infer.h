@@ -3,9 +3,10 @@
  *
  * infer_load reads a checkpoint from the store, computes every model item's
  * embedding e_i once (model_item_embeddings; IISAN reads the hidden states
- * from the store), keeps the checkpoint's item mapping (model index 1..N ->
- * catalogue index -> item id) and the popularity of the items in the training
- * parts of today's dataset, and creates `contexts` inference contexts.
+ * from the store, or takes the rows of a precomputed table: infer_options),
+ * keeps the checkpoint's item mapping (model index 1..N -> catalogue index ->
+ * item id) and the popularity of the items in the training parts of today's
+ * dataset, and creates `contexts` inference contexts.
  *
  * An inference context is a small model of the sequence encoder only (the
  * checkpoint's seq.* parameters copied into a SASRec-ID-shaped model with
@@ -46,6 +47,15 @@ typedef struct {
     int max_batch;   /* requests per batch (>= 1; 0 = 1) */
     int headroom;    /* rows for items added while serving (IISAN; 0 = none) */
     int exhaustive;  /* CPU: score every item instead of pruning by norm (core/score_cpu.h) */
+    /* IISAN: a precomputed item table (a cluster node's copy of the one the trainer published,
+     * docs/scaling.md), read only during infer_load: table_n rows of d floats (host), row j
+     * the e_i of item table_ids[j]. Model rows found in it take its row instead of being
+     * embedded from the store's states, and its items that are in the catalogue but not in
+     * the checkpoint are served as extras, so a store without states can serve the version.
+     * NULL = none. */
+    const float *table;
+    const char *const *table_ids;
+    int table_n, table_d; /* rows, and their width (must be the checkpoint's d) */
 } infer_options;
 
 typedef struct {

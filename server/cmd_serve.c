@@ -71,6 +71,8 @@ int serve_config_set(const serve_config *c) {
 
 /* ---------------- model loading ---------------- */
 
+serve_table_source g_table_source;
+
 int serve_reload_model(uint32_t version, int force) {
     pthread_mutex_lock(&g_srv.load_mu);
     const serve_config *cfg = serve_config_acquire();
@@ -79,6 +81,10 @@ int serve_reload_model(uint32_t version, int force) {
                          (int)(cfg->max_history + cfg->max_exclude),
                          (int)cfg->max_batch,
                          (int)cfg->item_headroom,
+                         0,
+                         NULL,
+                         NULL,
+                         0,
                          0};
     serve_config_release(cfg);
     if (!g_srv.be->caps.parallel_ops) opt.contexts = 1; /* one device stream: one context */
@@ -109,9 +115,12 @@ int serve_reload_model(uint32_t version, int force) {
         double t0 = serve_now();
         log_event("info", "model_loading", "version=%u", want);
         metrics_model_load_begin();
+        /* cluster mode: the item table published with the version */
+        void *tab = g_table_source.get ? g_table_source.get(want, &opt) : NULL;
         store_ix_rdlock(g_srv.ix);
         int rc = infer_load(s, want, g_srv.be, &opt, &m, err, sizeof err);
         store_ix_unlock(g_srv.ix);
+        if (tab) g_table_source.release(tab);
         metrics_model_load_end(serve_now() - t0, rc == 0);
         if (rc) {
             log_event("error", "model_load_failed", "version=%u error=%s", want,

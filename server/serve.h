@@ -242,6 +242,14 @@ int serve_config_set(const serve_config *c);
  * in when it differs from the current one (or force). 0 loaded / 1 unchanged /
  * -1 failed (logged). */
 int serve_reload_model(uint32_t version, int force);
+/* where serve_reload_model gets a version's precomputed item table (infer_options.table):
+ * cluster mode sets it (the model repository's items.safetensors); get fills opt's table
+ * fields and returns a handle for release, or NULL when there is none */
+typedef struct {
+    void *(*get)(uint32_t version, infer_options *opt);
+    void (*release)(void *handle);
+} serve_table_source;
+extern serve_table_source g_table_source;
 /* bans the store's deleted items in m */
 void serve_apply_deleted(infer_model *m);
 

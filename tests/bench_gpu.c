@@ -121,7 +121,7 @@ static int bench_serving(iisan_backend *be, iisan_store *s, iisan_model *m, cons
     free(blob);
     if (rc) return -1;
     enum { BATCH = 32, K = 10 };
-    infer_options opt = {1, K, 20, BATCH, 0, 0};
+    infer_options opt = {1, K, 20, BATCH, 0, 0, NULL, NULL, 0, 0};
     infer_model *im = NULL;
     double t0 = now();
     if (infer_load(s, ver, be, &opt, &im, err, sizeof err)) {

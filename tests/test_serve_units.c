@@ -463,7 +463,7 @@ static void check_infer(iisan_store *s, const iisan_config *c, int min_len) {
     float *all = malloc((size_t)(N + 1) * d * sizeof *all);
     model_item_embeddings(m, N, ds.item_cat, &st, all);
     store_reader_end(r);
-    infer_options opt = {2, 60, 60, 4, 3, 0};
+    infer_options opt = {2, 60, 60, 4, 3, 0, NULL, NULL, 0, 0};
     infer_model *im = NULL;
     int rc = infer_load(s, 0, be, &opt, &im, err, sizeof err);
     CHECKF(rc == 0, "%s", err);
@@ -727,8 +727,8 @@ static void test_infer(void) {
         CHECK(store_put_states(s, mod, "unit", NS, D, 60, idx, buf, err, sizeof err) == 0);
     }
     free(buf);
-    CHECK(infer_load(s, 0, NULL, &(infer_options){1, 10, 10, 1, 0, 0}, &(infer_model *){NULL}, err,
-                     sizeof err) == IISAN_ENOTFOUND);
+    CHECK(infer_load(s, 0, NULL, &(infer_options){1, 10, 10, 1, 0, 0, NULL, NULL, 0, 0},
+                     &(infer_model *){NULL}, err, sizeof err) == IISAN_ENOTFOUND);
     iisan_config c;
     config_default(&c);
     c.D = D;
