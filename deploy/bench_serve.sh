@@ -121,7 +121,7 @@ stop
 mkdir -p "$T/trainstore"
 mdb_copy "$DATA" "$T/trainstore"
 start "$T/trainstore" --admin-token bench
-curl -s -X POST -H "Authorization: Bearer bench" "http://127.0.0.1:$PORT/admin/retrain" \
+curl -s -X POST -H "Authorization: Bearer bench" -H 'Content-Type: application/json' "http://127.0.0.1:$PORT/admin/retrain" \
   -d '{"epochs":1000,"patience":1000}' >/dev/null
 for _ in $(seq 1 100); do grep -q 'event=retrain_epoch' "$LOG" && break; sleep 0.1; done
 echo "recommend while a retraining job runs:" >&2
