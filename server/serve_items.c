@@ -307,9 +307,14 @@ static int items_post_locked(const items_request *q, json_t **body) {
     }
     int rc = store_ix_items_put(g_srv.ix, v, n, err, sizeof err);
     if (rc) {
-        *body = fail_json(rc == IISAN_EINVAL ? "invalid_value" : "store_error",
+        *body = fail_json(rc == IISAN_EINVAL   ? "invalid_value"
+                          : rc == IISAN_ENOSPC ? "insufficient_storage"
+                                               : "store_error",
                           "nothing was stored: %s", err);
-        status = rc == IISAN_EINVAL ? 400 : rc == IISAN_EFULL ? 503 : 500;
+        status = rc == IISAN_EINVAL   ? 400
+                 : rc == IISAN_EFULL  ? 503
+                 : rc == IISAN_ENOSPC ? 507
+                                      : 500;
         goto out;
     }
     /* the states, one transaction per modality */
@@ -339,10 +344,15 @@ static int items_post_locked(const items_request *q, json_t **body) {
         free(idx);
         free(packed);
         if (rc) {
-            *body = fail_json(rc == IISAN_EMISMATCH ? "states_mismatch" : "store_error",
+            *body = fail_json(rc == IISAN_EMISMATCH ? "states_mismatch"
+                              : rc == IISAN_ENOSPC  ? "insufficient_storage"
+                                                    : "store_error",
                               "the items were stored, their %s states were not: %s",
                               mod ? "image" : "text", err);
-            status = rc == IISAN_EMISMATCH ? 409 : rc == IISAN_EFULL ? 503 : 500;
+            status = rc == IISAN_EMISMATCH ? 409
+                     : rc == IISAN_EFULL   ? 503
+                     : rc == IISAN_ENOSPC  ? 507
+                                           : 500;
             goto out;
         }
     }
