@@ -116,7 +116,10 @@ open(sys.argv[2], "wb").write(s.recv(65536))
 PY
 SLOW=$!
 for _ in $(seq 1 200); do [ -e "$T/slow.ready" ] && break; sleep 0.05; done
-sleep 0.2
+# until the daemon has admitted it (in flight: it and this /metrics request)
+for _ in $(seq 1 200); do
+  curl -s "$B/metrics" | grep -q '^iisan_http_in_flight [2-9]' && break; sleep 0.05
+done
 kill -TERM "$PID"
 for _ in $(seq 1 100); do grep -q 'event=signal signal=TERM' "$LOG" && break; sleep 0.05; done
 req GET /readyz; errcode_ready "readyz while stopping" stopping
