@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "core/checkpoint.h"
 #include "core/dataset.h"
@@ -312,6 +313,64 @@ static void test_interactions(void) {
     iisan_dataset ds;
     CHECK(dataset_build(&ds, s, 10, 5, err, sizeof err) == 0 && ds.n_users == 300);
     dataset_free(&ds);
+    store_close(s);
+    store_set_map_limits((size_t)1 << 30, (size_t)1 << 40);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CHECK(system(cmd) == 0);
+}
+
+/* the group-commit writer on a store whose map cannot grow: the ticket that does not fit
+ * is answered IISAN_EFULL (503 store_full over HTTP), nothing of it is stored, and the
+ * writer goes on with the next one */
+static void test_writer_full(void) {
+    char dir[] = "/tmp/iisan-full-XXXXXX", path[64], err[512];
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(path, sizeof path, "%s/items.tsv", dir);
+    FILE *f = fopen(path, "w");
+    fprintf(f, "I1\tt\n");
+    fclose(f);
+    store_set_map_limits(256u << 10, 256u << 10); /* 256 KiB, never more */
+    iisan_store *s = NULL;
+    CHECKF(store_open(&s, dir, 1, err, sizeof err) == 0, "%s", err);
+    CHECK(store_import_items(s, path, NULL, NULL, err, sizeof err) == 0);
+    store_ix *x = NULL;
+    CHECKF(store_ix_open(s, &x, err, sizeof err) == 0, "%s", err);
+    ix_writer *w = NULL;
+    CHECK(writer_start(&w, x, 1000) == 0);
+    static char uid[200][64];
+    store_interaction v[200];
+    for (int i = 0; i < 200; i++) {
+        snprintf(uid[i], sizeof uid[i], "user-%d-%040d", i, i);
+        v[i] = (store_interaction){uid[i], 1, i};
+    }
+    int full = 0, stored = 0;
+    for (int b = 0; b < 400 && !full; b++) {
+        ix_ticket t = {0};
+        t.v = v;
+        t.n = 200;
+        CHECK(writer_submit(w, &t) == 0);
+        for (int spin = 0; spin < 20000 && !__atomic_load_n(&t.done, __ATOMIC_ACQUIRE); spin++)
+            usleep(100);
+        CHECK(t.done);
+        if (t.rc == IISAN_EFULL) {
+            full = 1;
+            CHECKF(strstr(t.err, "full") != NULL, "%s", t.err);
+        } else {
+            CHECKF(t.rc == 0, "%s", t.err);
+            stored++;
+        }
+    }
+    CHECKF(full && stored > 0, "stored %d batches, full %d", stored, full);
+    uint64_t logged = 0;
+    CHECK(store_ix_counts(x, &logged, NULL, NULL) == 0 && logged == (uint64_t)stored * 200);
+    writer_drain(w);
+    ix_ticket late = {0};
+    late.v = v;
+    late.n = 1;
+    CHECK(writer_submit(w, &late) == -1 && writer_pending(w) == 0); /* drained, still valid */
+    writer_stop(w);
+    store_ix_close(x);
     store_close(s);
     store_set_map_limits((size_t)1 << 30, (size_t)1 << 40);
     char cmd[128];
@@ -753,6 +812,7 @@ int main(int argc, char **argv) {
     RUN(test_request_parse);
     RUN(test_config);
     RUN(test_interactions);
+    RUN(test_writer_full);
     RUN(test_score_table);
     RUN(test_infer);
     TEST_MAIN_END();
