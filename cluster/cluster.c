@@ -377,7 +377,7 @@ static void *lease_main(void *arg) {
 
 /* ---------------- start, stop, status ---------------- */
 
-int cluster_start(char *err, size_t errlen) {
+int cluster_configure(char *err, size_t errlen) {
     const serve_config *c = serve_config_acquire();
     cfg_read(c);
     serve_config_release(c);
@@ -390,11 +390,17 @@ int cluster_start(char *err, size_t errlen) {
     if (!g_cl.repo[0]) {
         snprintf(err, errlen, "role %s: repo (the model repository directory) is required",
                  role_names[g_cl.role]);
+        g_cl.role = ROLE_STANDALONE;
         return -1;
     }
-    atomic_store(&g_cl_stop, 0);
     g_table_source.get = table_get; /* versions load with their published item table */
     g_table_source.release = table_release;
+    return 0;
+}
+
+int cluster_start(char *err, size_t errlen) {
+    if (g_cl.role == ROLE_STANDALONE) return 0;
+    atomic_store(&g_cl_stop, 0);
     if (consume_start(err, errlen)) return -1;
     if (pthread_create(&follower, NULL, follow_main, NULL)) {
         snprintf(err, errlen, "cannot start the repository follower");

@@ -31,9 +31,12 @@ int cluster_role_parse(const char *name);
 int cluster_role(void);
 const char *cluster_role_name(void);
 
-/* reads the cluster settings of the running configuration and, in a cluster
- * role, starts the consumer, the repository follower and (trainer) the lease
- * threads. 0, or -1 with err (a bad setting). */
+/* reads the cluster settings of the running configuration (before the first
+ * model load: in a cluster role, loads take the repository's item table). 0,
+ * or -1 with err (a bad setting). */
+int cluster_configure(char *err, size_t errlen);
+/* in a cluster role, starts the consumer, the repository follower and
+ * (trainer) the lease threads. 0, or -1 with err. */
 int cluster_start(char *err, size_t errlen);
 /* stops the threads (a trainer gives its lease up), answers waiting writes */
 void cluster_stop(void);

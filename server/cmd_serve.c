@@ -386,6 +386,10 @@ int cmd_serve(int argc, char **argv) {
         log_event("error", "backend_failed", "device=%s", cfg.device);
         goto out;
     }
+    if (cluster_configure(err, sizeof err)) { /* the role, before the first load */
+        log_event("error", "cluster_failed", "error=%s", log_q(err, b, sizeof b));
+        goto out;
+    }
     if (serve_encoder_open(&cfg, err, sizeof err)) {
         log_event("error", "encoder_load_failed", "error=%s", log_q(err, b, sizeof b));
         goto out;

@@ -138,3 +138,5 @@ PY
 import json,sys; t=json.load(sys.stdin)["states"]["text"]; print(t["nstates"], t["width"])')
   [ -n "$NS" ] && [ -d "$SEED" ]
 }
+# die: a step the rest depends on failed: the summary, then exit
+die() { echo "$pass passed, $((fail + 1)) failed"; exit 1; }

@@ -22,16 +22,16 @@ if ! command -v redis-server >/dev/null; then
 fi
 source tests/cluster_lib.sh
 
-cluster_seed || exit 1
+cluster_seed || die
 for n in trainer A B C; do cp -r "$SEED" "$T/d_$n"; done
 
-redis_start || exit 1
+redis_start || die
 node_conf trainer trainer; node_conf A replica; node_conf B replica; node_conf C replica
-node_start trainer "$T/d_trainer" || exit 1
+node_start trainer "$T/d_trainer" || die
 check "the trainer takes the lease and publishes its version" -- wait_log trainer 'event=lease_acquired' 10
 check "version 1 published" -- wait_log trainer 'event=version_published version=1' 10
 check "the repository's CURRENT" -- test "$(cat "$T/repo/CURRENT")" = 1
-node_start A "$T/d_A" && node_start B "$T/d_B" || exit 1
+node_start A "$T/d_A" && node_start B "$T/d_B" || die
 check "A serves version 1" -- wait_version A 1 10
 check "B serves version 1" -- wait_version B 1 10
 
@@ -144,7 +144,7 @@ req trainer POST /admin/rollback "{\"version\":$V2}"
 [ "$S" = 200 ] && ok || bad "roll forward to $V2: $S"
 check "A back on $V2" -- wait_version A "$V2" 10
 t0=$(now_ms)
-node_start C "$T/d_C" || exit 1
+node_start C "$T/d_C" || die
 check "C serves the current version $V2" -- wait_version C "$V2" 20
 figure "new replica serving the current version after start: $(( $(now_ms) - t0 )) ms"
 req C GET /users/NEWU
@@ -158,7 +158,7 @@ jcheck 'd["cluster"]["role"] == "replica" and d["cluster"]["lease_held"] is Fals
 check "a store without states" -- "$BIN" import --data "$T/d_S" --items "$T/items.tsv" \
   --users "$T/users.tsv" 2>/dev/null
 node_conf S replica
-node_start S "$T/d_S" || exit 1
+node_start S "$T/d_S" || die
 check "S serves the current version $V2" -- wait_version S "$V2" 20
 same=1
 for h in '"I001","I002","I003"' '"I010","I020"' '"NEWITEM","I004"' '"I029"'; do
@@ -174,6 +174,15 @@ sys.exit(0 if ok and len(a) == 10 else 1)
 PY
 done
 check "S recommends as A does (the trainer's table, no states of its own)" -- test "$same" = 1
+node_kill9 S
+node_start S "$T/d_S" || die  # a restart loads the pinned version with its table too
+check "S restarted serves $V2" -- wait_version S "$V2" 20
+req A POST /recommend '{"history":["I010","I020"],"k":10}'; cp "$T/body" "$T/rec_A"
+req S POST /recommend '{"history":["I010","I020"],"k":10}'; cp "$T/body" "$T/rec_S"
+check "S restarted still recommends as A does" -- python3 -c '
+import json, sys
+a, s = (json.load(open(f))["items"] for f in sys.argv[1:3])
+sys.exit(0 if [x["item_id"] for x in a] == [x["item_id"] for x in s] else 1)' "$T/rec_A" "$T/rec_S"
 req S GET /items/NEWITEM
 jcheck 'd["in_model"] is True' "S serves the item added before it came"
 

@@ -18,13 +18,13 @@ if ! command -v redis-server >/dev/null; then
   echo "0 passed, 0 failed"; exit 0
 fi
 source tests/cluster_lib.sh
-cluster_seed || exit 1
+cluster_seed || die
 for n in T1 T2 A B; do cp -r "$SEED" "$T/d_$n"; done
-redis_start || exit 1
+redis_start || die
 node_conf T1 trainer; node_conf T2 trainer; node_conf A replica; node_conf B replica
-node_start T1 "$T/d_T1" || exit 1
+node_start T1 "$T/d_T1" || die
 check "T1 takes the lease" -- wait_log T1 'event=lease_acquired' 10
-node_start T2 "$T/d_T2" && node_start A "$T/d_A" && node_start B "$T/d_B" || exit 1
+node_start T2 "$T/d_T2" && node_start A "$T/d_A" && node_start B "$T/d_B" || die
 check "A serves version 1" -- wait_version A 1 10
 check "B serves version 1" -- wait_version B 1 10
 check "T2 is a standby" -- bash -c "! grep -q event=lease_acquired '${NLOG[T2]}'"
@@ -63,7 +63,7 @@ sleep 1
 # ---- kill -9 of replica A under the writes, restarted ----
 node_kill9 A
 sleep 0.3
-node_start A "$T/d_A" || exit 1
+node_start A "$T/d_A" || die
 check "A restarted serves version 1" -- wait_version A 1 10
 sleep 0.5
 
@@ -87,9 +87,9 @@ jcheck 'd["error"]["code"] == "bus_unavailable"' "bus_unavailable"
 req B POST /recommend '{"user_id":"U001","k":3}'
 check "a read while Redis is down: 200 ($S)" -- test "$S" = 200
 sleep 0.5
-redis_start || exit 1
+redis_start || die
 sleep 1
-node_start T1 "$T/d_T1" || exit 1   # back, as a standby now
+node_start T1 "$T/d_T1" || die   # back, as a standby now
 sleep 1
 touch "$T/stop"; wait "$LOAD"
 
