@@ -83,6 +83,12 @@ def check_dockerfile(path):
         bad(f"{path}: IISAN_DATA must be the VOLUME ({env!r}, {vols})")
     if any(re.search(r"-dev\b", ln) for ln in final if ln.startswith("RUN ")):
         bad(f"{path}: the runtime stage installs -dev packages")
+    ign = path + ".dockerignore"
+    pats = [ln.strip() for ln in open(ign) if ln.strip() and not ln.startswith("#")] \
+        if os.path.exists(ign) else []
+    for must in (".git", "build", "**/secrets", "**/admin_token"):
+        if must not in pats:
+            bad(f"{ign}: does not leave out {must}")
     for ln in final:
         if ln.startswith("COPY ") and "--from=" not in ln:
             src = ln.split()[1]
