@@ -12,8 +12,9 @@ pkgs+=(libmicrohttpd-dev libuv1-dev curl wrk clang)
 # the compose file) and SHA-256 of the model repository's files (OpenSSL's libcrypto)
 pkgs+=(libhiredis-dev redis-server libssl-dev)
 # tests/test_deploy.sh: promtool (Prometheus's rules and configuration), docker-compose (Debian's
-# 1.29: `config` validates deploy/compose.yaml), systemd-analyze (the unit)
-pkgs+=(prometheus docker-compose systemd)
+# 1.29: `config` validates deploy/compose.yaml), systemd-analyze (the unit), strace (the system
+# calls the daemon makes, against the unit's filter)
+pkgs+=(prometheus docker-compose systemd strace)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -9,6 +9,8 @@ subcommand prints one line per problem and exits 1 when there is any:
   render DIR OUT.yaml             what `kubectl kustomize DIR` makes of resources, generators and
                                   namespace, without hashed names (where kubectl is missing)
   dashboard FILE.json             panels, ids, layout, queries
+  syscalls UNIT STRACE.txt        every system call in an strace log is one the unit's
+                                  SystemCallFilter= lines allow (systemd-analyze expands groups)
   metrics METRICS.txt FILE...     every metric (and label value) the dashboard and alert
                                   queries name exists in a real daemon's /metrics"""
 import json
@@ -247,6 +249,53 @@ def check_dashboard(path):
         bad(f"{path}: no query")
 
 
+def syscall_group(name, seen):
+    """the system calls of NAME (a call, or a @group expanded by systemd-analyze, recursively)"""
+    import subprocess
+    if not name.startswith("@"):
+        return {name}
+    if name in seen:
+        return set()
+    seen.add(name)
+    out = subprocess.run(["systemd-analyze", "syscall-filter", name], capture_output=True,
+                         text=True, check=True).stdout.splitlines()
+    calls = set()
+    for ln in out[1:]:
+        w = ln.strip()
+        if w and not w.startswith("#"):
+            calls |= syscall_group(w, seen)
+    return calls
+
+
+def check_syscalls(unit, trace):
+    allowed, seen = None, set()
+    for ln in open(unit):
+        if not ln.startswith("SystemCallFilter="):
+            continue
+        v = ln.split("=", 1)[1].strip()
+        deny = v.startswith("~")
+        names = set()
+        for w in v.lstrip("~").split():
+            names |= syscall_group(w, set())
+        if allowed is None:
+            allowed = set() if deny else names
+            if deny:
+                bad(f"{unit}: the first SystemCallFilter= is a deny list")
+        elif deny:
+            allowed -= names
+        else:
+            allowed |= names
+    used = set()
+    for ln in open(trace):
+        m = re.match(r"\d+\s+([a-z_0-9]+)\(", ln)
+        if m:
+            used.add(m.group(1))
+    if len(used) < 20:
+        bad(f"{trace}: only {len(used)} system calls traced")
+    for c in sorted(used - (allowed or set())):
+        bad(f"{unit}: the daemon calls {c}, which SystemCallFilter= refuses")
+
+
 # PromQL names that are not metrics
 FUNCS = set("""sum min max avg count rate irate increase histogram_quantile by without on ignoring
 group_left group_right and or unless bool offset label_values le time vector scalar abs clamp_min
@@ -302,6 +351,7 @@ def main():
      "render": lambda a: render(a[0], a[1]),
      "k8s": lambda a: check_k8s(a[0]),
      "dashboard": lambda a: check_dashboard(a[0]),
+     "syscalls": lambda a: check_syscalls(a[0], a[1]),
      "metrics": lambda a: check_metrics(a[0], a[1:])}[cmd](args)
     for p in problems:
         print(p)

@@ -149,6 +149,35 @@ if start --bind 127.0.0.1 --port 0 --allowed-hosts localhost; then
   req GET /readyz; status 421 "Host 127.0.0.1 refused under allowed_hosts = localhost"
   stop
 fi
+# the unit's system call filter against what the daemon (the production build) calls while it
+# serves, logs interactions, runs a retraining job, reloads and stops, traced by strace
+if have strace && have systemd-analyze && [ -x build/iisan ]; then
+  printf '#!/bin/bash\nexec strace -f -qq -o "%s" "%s" "$@"\n' "$T/strace.txt" "$PWD/build/iisan" >"$T/traced"
+  chmod +x "$T/traced"
+  cp deploy/iisan.conf "$T/serve.conf"
+  SAVED_BIN=$BIN; BIN=$T/traced
+  if start --bind 127.0.0.1 --port 0; then
+    DPID=$(pgrep -P "$PID" | head -n 1)
+    req POST /recommend '{"history":["I001"],"k":2}' -H 'Content-Type: application/json'
+    req POST /interactions '{"user_id":"U002","item_id":"I003"}' -H 'Content-Type: application/json'
+    req POST /admin/retrain '{"epochs":1}' -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json'
+    job=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["job_id"])' "$T/body" 2>/dev/null)
+    for _ in $(seq 1 100); do
+      req GET "/admin/jobs/$job" '' -H "Authorization: Bearer $TOKEN"
+      grep -qE '"state": *"(promoted|rejected|failed)"' "$T/body" && break
+      sleep 0.1
+    done
+    grep -qE '"state": *"(promoted|rejected)"' "$T/body" && ok || bad "traced retraining job: $(cat "$T/body")"
+    req GET /metrics
+    kill -HUP "$DPID"; sleep 0.3
+    kill -TERM "$DPID"; wait "$PID"; rc=$?; PID=""
+    [ "$rc" = 0 ] && ok || bad "traced daemon: exit $rc"
+    pycheck "deploy/iisand.service's SystemCallFilter= allows every call the daemon made" \
+      syscalls deploy/iisand.service "$T/strace.txt"
+  fi
+  BIN=$SAVED_BIN
+else skip "strace, systemd-analyze or build/iisan missing: the unit's system call filter not checked"; fi
+
 pycheck "dashboard and alert metrics exist in /metrics" metrics "$T/metrics.txt" \
   deploy/grafana/dashboards/iisand.json deploy/prometheus/alerts.yml
 n=$(python3 -c 'import re,sys; print(len(set(re.findall(r"\biisan_\w+", open(sys.argv[1]).read()))))' \
