@@ -9,8 +9,10 @@ subcommand prints one line per problem and exits 1 when there is any:
   render DIR OUT.yaml             what `kubectl kustomize DIR` makes of resources, generators and
                                   namespace, without hashed names (where kubectl is missing)
   dashboard FILE.json             panels, ids, layout, queries
-  syscalls UNIT STRACE.txt        every system call in an strace log is one the unit's
-                                  SystemCallFilter= lines allow (systemd-analyze expands groups)
+  syscalls UNIT STRACE.txt DATA   every system call in an strace log is one the unit's
+                                  SystemCallFilter= lines allow (systemd-analyze expands groups);
+                                  sockets of RestrictAddressFamilies=, no W+X mapping, files
+                                  written only under DATA (the unit's ReadWritePaths=)
   metrics METRICS.txt FILE...     every metric (and label value) the dashboard and alert
                                   queries name exists in a real daemon's /metrics"""
 import json
@@ -296,6 +298,28 @@ def check_syscalls(unit, trace):
         bad(f"{unit}: the daemon calls {c}, which SystemCallFilter= refuses")
 
 
+def check_sandbox(unit, trace, data):
+    """RestrictAddressFamilies=, MemoryDenyWriteExecute=, ProtectSystem=strict against a trace"""
+    conf = {}
+    for ln in open(unit):
+        k, _, v = ln.strip().partition("=")
+        conf.setdefault(k, []).append(v)
+    families = set(" ".join(conf.get("RestrictAddressFamilies", [])).split())
+    wx = re.compile(r"(mmap|mprotect)\(.*(PROT_WRITE\|PROT_EXEC|PROT_EXEC\|PROT_WRITE)")
+    data = os.path.realpath(data)
+    for ln in open(trace):
+        m = re.search(r"\bsocket\((AF_[A-Z0-9]+)", ln)
+        if m and families and m.group(1) not in families:
+            bad(f"{unit}: the daemon opens an {m.group(1)} socket: {ln.strip()}")
+        if conf.get("MemoryDenyWriteExecute") == ["yes"] and wx.search(ln):
+            bad(f"{unit}: a writable and executable mapping: {ln.strip()}")
+        m = re.search(r'\bopenat\([^"]*"([^"]+)", ([A-Z_|]+)', ln)
+        if m and re.search(r"O_WRONLY|O_RDWR|O_CREAT", m.group(2)) and "= -1" not in ln:
+            path = os.path.realpath(m.group(1))
+            if not (path + "/").startswith(data + "/") and not path.startswith("/dev/"):
+                bad(f"{unit}: the daemon writes {m.group(1)} outside the store (ProtectSystem=strict)")
+
+
 # PromQL names that are not metrics
 FUNCS = set("""sum min max avg count rate irate increase histogram_quantile by without on ignoring
 group_left group_right and or unless bool offset label_values le time vector scalar abs clamp_min
@@ -351,7 +375,7 @@ def main():
      "render": lambda a: render(a[0], a[1]),
      "k8s": lambda a: check_k8s(a[0]),
      "dashboard": lambda a: check_dashboard(a[0]),
-     "syscalls": lambda a: check_syscalls(a[0], a[1]),
+     "syscalls": lambda a: (check_syscalls(a[0], a[1]), check_sandbox(a[0], a[1], a[2])),
      "metrics": lambda a: check_metrics(a[0], a[1:])}[cmd](args)
     for p in problems:
         print(p)

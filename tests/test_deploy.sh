@@ -172,8 +172,8 @@ if have strace && have systemd-analyze && [ -x build/iisan ]; then
     kill -HUP "$DPID"; sleep 0.3
     kill -TERM "$DPID"; wait "$PID"; rc=$?; PID=""
     [ "$rc" = 0 ] && ok || bad "traced daemon: exit $rc"
-    pycheck "deploy/iisand.service's SystemCallFilter= allows every call the daemon made" \
-      syscalls deploy/iisand.service "$T/strace.txt"
+    pycheck "deploy/iisand.service's sandbox allows every call, socket and write the daemon made" \
+      syscalls deploy/iisand.service "$T/strace.txt" "$D"
   fi
   BIN=$SAVED_BIN
 else skip "strace, systemd-analyze or build/iisan missing: the unit's system call filter not checked"; fi
