@@ -87,6 +87,14 @@ req() {
   if [ $# -gt 0 ]; then data=(--data-binary "$1"); shift; fi
   S=$(curl -s -m 20 -o "$T/body" -w '%{http_code}' -X "$m" "${AUTH[@]}" \
       -H 'Content-Type: application/json' "${data[@]}" "${NURL[$n]}$p")
+  # kept for openapi_check (the responses against proto/openapi.yaml)
+  # (a unique file: req also runs in $(...) subshells)
+  mkdir -p "$T/responses"; local f; f=$(mktemp "$T/responses/r.XXXXXX"); cp "$T/body" "$f"
+  echo "$m $p $S $f" >>"$T/responses.txt"
+}
+openapi_check() {
+  if python3 tests/openapi_check.py proto/openapi.yaml "$T/responses.txt" >"$T/oa.out" 2>&1; then ok
+  else bad "responses that do not match proto/openapi.yaml:"; cat "$T/oa.out" >&2; fi
 }
 jcheck() { # jcheck 'python expression over d' DESCRIPTION
   if python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); sys.exit(0 if eval(sys.argv[2]) else 1)' "$T/body" "$1" 2>/dev/null

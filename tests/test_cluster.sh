@@ -188,4 +188,5 @@ jcheck 'd["in_model"] is True' "S serves the item added before it came"
 
 for n in A B C S trainer; do node_stop "$n"; done
 check "the trainer gave its lease up" -- test -z "$(rcli GET iisan:lease)"
+openapi_check
 echo "$pass passed, $fail failed"

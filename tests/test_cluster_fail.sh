@@ -160,4 +160,5 @@ check "no write applied twice on any node ($n_dup)" -- test "$n_dup" = 0
 check "each acknowledged write is in the log once ($n_logbad not)" -- test "$n_logbad" = 0
 
 for n in A B T1 T2; do node_stop "$n"; done
+openapi_check
 echo "$pass passed, $fail failed"

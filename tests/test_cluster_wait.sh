@@ -58,4 +58,5 @@ req trainer GET /users/W3
 jcheck 'd["items"] == ["I003"]' "the trainer has it"
 [ -n "$REPL_PID" ] && kill -9 "$REPL_PID" 2>/dev/null
 for n in A trainer; do node_stop "$n"; done
+openapi_check
 echo "$pass passed, $fail failed"
