@@ -13,6 +13,9 @@ subcommand prints one line per problem and exits 1 when there is any:
                                   SystemCallFilter= lines allow (systemd-analyze expands groups);
                                   sockets of RestrictAddressFamilies=, no W+X mapping, files
                                   written only under DATA (the unit's ReadWritePaths=)
+  promql URL DASHBOARD RULES      against a real Prometheus at URL scraping a real daemon: the
+                                  daemon's target is up, every rule evaluates without error, every
+                                  dashboard query runs (most return series); prints the counts
   metrics METRICS.txt FILE...     every metric (and label value) the dashboard and alert
                                   queries name exists in a real daemon's /metrics"""
 import json
@@ -320,6 +323,48 @@ def check_sandbox(unit, trace, data):
                 bad(f"{unit}: the daemon writes {m.group(1)} outside the store (ProtectSystem=strict)")
 
 
+def prom_get(url, path, **params):
+    import urllib.parse
+    import urllib.request
+    q = urllib.parse.urlencode(params)
+    with urllib.request.urlopen(f"{url}{path}?{q}", timeout=10) as r:
+        return json.load(r)
+
+
+def check_promql(url, dashboard, rules):
+    targets = prom_get(url, "/api/v1/targets")["data"]["activeTargets"]
+    up = [t for t in targets if t["labels"].get("job") == "iisand"]
+    if not up or any(t["health"] != "up" for t in up):
+        bad(f"{url}: the iisand target is not up: {[(t['health'], t['lastError']) for t in up]}")
+    groups = prom_get(url, "/api/v1/rules")["data"]["groups"]
+    names = [r["name"] for g in groups for r in g["rules"]]
+    want = [r["alert"] for g in yaml.safe_load(open(rules))["groups"] for r in g["rules"]]
+    if sorted(names) != sorted(want):
+        bad(f"{url}: rules loaded {sorted(names)}, {rules} has {sorted(want)}")
+    for g in groups:
+        for r in g["rules"]:
+            if r.get("health") != "ok" or r.get("lastError"):
+                bad(f"{rules}: {r['name']}: {r.get('health')} {r.get('lastError')}")
+    exprs = queries(json.load(open(dashboard)))
+    with_data = 0
+    for e in exprs:
+        e = e.replace("$__rate_interval", "1m").replace("$job", "iisand").replace("$instance", ".*")
+        m = re.fullmatch(r"label_values\((.*), *(\w+)\)", e)  # Grafana's, not PromQL
+        if m:
+            e = f"count by ({m.group(2)}) ({m.group(1)})"
+        try:
+            res = prom_get(url, "/api/v1/query", query=e)
+        except Exception as ex:  # an HTTP 400 is a query Prometheus refused
+            bad(f"{dashboard}: {e}: {ex}")
+            continue
+        if res.get("status") != "success":
+            bad(f"{dashboard}: {e}: {res}")
+        elif res["data"]["result"]:
+            with_data += 1
+    print(f"{len(exprs)} dashboard queries ran, {with_data} returned series; "
+          f"{len(names)} rules evaluated")
+
+
 # PromQL names that are not metrics
 FUNCS = set("""sum min max avg count rate irate increase histogram_quantile by without on ignoring
 group_left group_right and or unless bool offset label_values le time vector scalar abs clamp_min
@@ -376,6 +421,7 @@ def main():
      "k8s": lambda a: check_k8s(a[0]),
      "dashboard": lambda a: check_dashboard(a[0]),
      "syscalls": lambda a: (check_syscalls(a[0], a[1]), check_sandbox(a[0], a[1], a[2])),
+     "promql": lambda a: check_promql(a[0], a[1], a[2]),
      "metrics": lambda a: check_metrics(a[0], a[1:])}[cmd](args)
     for p in problems:
         print(p)

@@ -178,6 +178,41 @@ if have strace && have systemd-analyze && [ -x build/iisan ]; then
   BIN=$SAVED_BIN
 else skip "strace, systemd-analyze or build/iisan missing: the unit's system call filter not checked"; fi
 
+# a real Prometheus (Debian's) with deploy/prometheus's configuration and rules, scraping a
+# real daemon every second: the target is up, every rule evaluates, every dashboard query runs
+if have prometheus; then
+  cp deploy/iisan.conf "$T/serve.conf"
+  if start --bind 127.0.0.1 --port 0; then
+    PP=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    mkdir -p "$T/prom"; cp deploy/prometheus/alerts.yml "$T/prom/"
+    python3 - "$T/prom/prometheus.yml" "${B#http://}" "127.0.0.1:$PP" <<'PY2'
+import sys, yaml
+c = yaml.safe_load(open("deploy/prometheus/prometheus.yml"))
+c["global"].update(scrape_interval="1s", evaluation_interval="1s")
+for j in c["scrape_configs"]:
+    j["static_configs"] = [{"targets": [sys.argv[2] if j["job_name"] == "iisand" else sys.argv[3]]}]
+yaml.safe_dump(c, open(sys.argv[1], "w"))
+PY2
+    prometheus --config.file="$T/prom/prometheus.yml" --storage.tsdb.path="$T/prom/data" \
+      --web.listen-address="127.0.0.1:$PP" >"$T/prom/log" 2>&1 &
+    PROM=$!
+    for i in $(seq 1 60); do  # traffic while at least 5 scrapes land
+      req POST /recommend '{"history":["I00'$((i % 9))'"],"k":3}' -H 'Content-Type: application/json'
+      req POST /interactions '{"user_id":"U003","item_id":"I00'$((i % 9))'"}' -H 'Content-Type: application/json'
+      req GET "/users/U00$((i % 9))"
+      n=$(curl -s "http://127.0.0.1:$PP/api/v1/query" --data-urlencode 'query=count_over_time(up{job="iisand"}[1m])' |
+        python3 -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; print(r[0]["value"][1] if r else 0)' 2>/dev/null)
+      [ "${n:-0}" -ge 5 ] 2>/dev/null && break
+      sleep 0.5
+    done
+    pycheck "a real Prometheus scraping the daemon: rules and dashboard queries" \
+      promql "http://127.0.0.1:$PP" deploy/grafana/dashboards/iisand.json deploy/prometheus/alerts.yml
+    sed 's/^/    /' "$T/py.out"
+    kill "$PROM"; wait "$PROM" 2>/dev/null
+    stop
+  fi
+else skip "prometheus is not installed (Debian: prometheus): rules and queries not run"; fi
+
 pycheck "dashboard and alert metrics exist in /metrics" metrics "$T/metrics.txt" \
   deploy/grafana/dashboards/iisand.json deploy/prometheus/alerts.yml
 n=$(python3 -c 'import re,sys; print(len(set(re.findall(r"\biisan_\w+", open(sys.argv[1]).read()))))' \
