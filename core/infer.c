@@ -17,6 +17,7 @@
 #include "core/params.h"
 #include "core/resident.h"
 #include "core/score_cpu.h"
+#include "core/states.h"
 
 typedef struct {
     iisan_model *m; /* sequence encoder only (SASRec-ID shape, n_items 1, max_batch users) */
@@ -201,11 +202,6 @@ void infer_release(infer_model *im) {
     if (im && atomic_fetch_sub(&im->refs, 1) == 1) destroy(im);
 }
 
-/* hidden states straight from a store reader */
-static const uint16_t *reader_get(void *ctx, int modality, uint32_t cat) {
-    return store_reader_states(ctx, modality, cat);
-}
-
 /* the model with the checkpoint's parameters (its item tower embeds items) */
 static iisan_model *full_model(infer_model *im, const iisan_ckpt *ck, char *err, int errlen) {
     iisan_backend *be = im->be;
@@ -259,7 +255,7 @@ static int embed_items(infer_model *im, iisan_store *s, const iisan_ckpt *ck, ch
     if (!m) return IISAN_EFORMAT;
     store_reader *r = NULL;
     resident_states *rs = NULL;
-    iisan_states st = {reader_get, NULL};
+    iisan_states st = {NULL, NULL, NULL};
     int rc = 0;
     if (ck->c.kind == MODEL_IISAN) {
         if (store_reader_begin(s, &r)) {
@@ -267,13 +263,13 @@ static int embed_items(infer_model *im, iisan_store *s, const iisan_ckpt *ck, ch
             model_destroy(m);
             return IISAN_EIO;
         }
-        st.ctx = r;
+        st = states_from_reader(r);
         if (!be->caps.host_memory) { /* the GPU gathers states from its own memory */
             iisan_dataset fake = {0};
             fake.n_items = im->N0;
             fake.item_cat = im->item_cat;
             if (states_resident_create(be, &fake, &st, &ck->c, &rs, err, errlen)) {
-                rc = IISAN_ENOMEM;
+                rc = states_check(&st, NULL, 0) ? IISAN_EIO : IISAN_ENOMEM;
                 goto out;
             }
             st = resident_states_source(rs);
@@ -282,6 +278,7 @@ static int embed_items(infer_model *im, iisan_store *s, const iisan_ckpt *ck, ch
     model_item_embeddings(m, table_covers(im) ? 0 : im->N0, im->item_cat, &st, im->all);
     be->sync(be);
     if (apply_table(im)) rc = IISAN_ENOMEM;
+    if (states_check(&st, err, (size_t)errlen)) rc = IISAN_EIO;
 out:
     states_resident_free(rs);
     if (r) store_reader_end(r);
@@ -438,8 +435,12 @@ static int build_maps(infer_model *im, iisan_store *s, const iisan_ckpt *ck, cha
         for (uint32_t cat = 1; cat <= ncat; cat++) {
             if (im->of_cat[cat] || mark[cat]) continue;
             if (!store_reader_states(r, IISAN_TEXT, cat) &&
-                !store_reader_states(r, IISAN_IMAGE, cat))
-                continue;
+                !store_reader_states(r, IISAN_IMAGE, cat)) {
+                if (!store_reader_error(r, err, (size_t)errlen)) continue;
+                free(extra);
+                store_reader_end(r);
+                return IISAN_EIO;
+            }
             uint32_t *p = realloc(extra, (nextra + 1) * sizeof *extra);
             if (!p) {
                 free(extra);
@@ -822,7 +823,7 @@ int infer_add_items(infer_model *im, const infer_new_item *v, int n, int32_t *ou
                     src.mod[mod][u] = dst;
                 }
         }
-        iisan_states st = {stage_get, &src};
+        iisan_states st = {stage_get, &src, NULL};
         tower_forward(im->tower, rows, cats, U, &st);
         be->copy(be, im->all + (size_t)rows[0] * d, im->tower->emb, (size_t)U * d * sizeof(float));
     }

@@ -13,10 +13,12 @@
 
 /* Where the cached hidden states come from: get returns the fp16
  * [nstates * D] block of catalogue item cat for a modality, or NULL when the
- * item has none (zeros are used). */
+ * item has none (zeros are used). error (NULL for a source that cannot fail)
+ * reports a read that failed (core/states.h: states_check). */
 typedef struct {
     const uint16_t *(*get)(void *ctx, int modality, uint32_t cat);
     void *ctx;
+    int (*error)(void *ctx, char *msg, size_t len);
 } iisan_states;
 
 typedef struct {

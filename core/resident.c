@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/states.h"
+
 #define MODS 2
 #define STAGE_BYTES ((size_t)32 << 20) /* host staging per upload */
 
@@ -105,6 +107,10 @@ int states_resident_create(iisan_backend *be, const iisan_dataset *ds, const iis
     }
     be->sync(be); /* every upload done before the source is used */
     free(stage);
+    if (states_check(src, err, (size_t)errlen)) { /* a block read as missing was not */
+        states_resident_free(rs);
+        return -1;
+    }
     *out = rs;
     return 0;
 oom:
@@ -114,7 +120,7 @@ oom:
 }
 
 iisan_states resident_states_source(resident_states *rs) {
-    iisan_states st = {resident_get, rs};
+    iisan_states st = {resident_get, rs, NULL}; /* it cannot fail */
     return st;
 }
 

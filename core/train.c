@@ -4,6 +4,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/states.h"
 #include "kernels/rng.h"
 
 static double now(void) {
@@ -52,7 +53,10 @@ int train_run(iisan_model *m, const iisan_dataset *ds, const iisan_states *st,
                                          iisan_rng_u64(tc->seed, (uint64_t)step));
             /* a step that failed has no gradient (an Adam step would apply the previous one's
              * again), and a failed backend's parameters are garbage from then on */
-            int err = loss < 0 ? TRAIN_ENOMEM : be->status(be, NULL, 0) ? TRAIN_EBACKEND : 0;
+            int err = loss < 0                    ? TRAIN_ENOMEM
+                      : be->status(be, NULL, 0)   ? TRAIN_EBACKEND
+                      : states_check(st, NULL, 0) ? TRAIN_ESTATES
+                                                  : 0;
             if (err) {
                 free(order);
                 free(seqs);
@@ -82,6 +86,7 @@ int train_run(iisan_model *m, const iisan_dataset *ds, const iisan_states *st,
         if (validate) {
             int err = model_evaluate(m, ds, SPLIT_VALID, st, &r.valid) ? TRAIN_ENOMEM
                       : be->status(be, NULL, 0)                        ? TRAIN_EBACKEND
+                      : states_check(st, NULL, 0)                      ? TRAIN_ESTATES
                                                                        : 0;
             if (err) {
                 free(order);

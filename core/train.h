@@ -33,11 +33,12 @@ typedef void (*epoch_hook)(void *arg, const epoch_report *r);
 enum {
     TRAIN_ENOMEM = -1,   /* out of memory: a step or a validation could not run */
     TRAIN_EBACKEND = -2, /* the backend failed (its status, kernels/backend.h) */
+    TRAIN_ESTATES = -3,  /* reading hidden states failed (core/states.h: states_check) */
 };
 /* Trains m in place; on return m->w holds the best epoch's parameters.
  * validate == 0 skips validation (every epoch counts as best; benchmarks).
- * Returns 0, or TRAIN_ENOMEM / TRAIN_EBACKEND, which end the run at once: m's
- * parameters are then those of the step before. */
+ * Returns 0, or TRAIN_ENOMEM / TRAIN_EBACKEND / TRAIN_ESTATES, which end the
+ * run at once: m's parameters are then those of the step before. */
 int train_run(iisan_model *m, const iisan_dataset *ds, const iisan_states *st,
               const iisan_train_config *tc, int validate, epoch_hook hook, void *arg,
               train_summary *sum);

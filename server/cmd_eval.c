@@ -7,6 +7,7 @@
 
 #include "core/eval.h"
 #include "core/resident.h"
+#include "core/states.h"
 #include "server/cli.h"
 #include "server/common.h"
 
@@ -98,7 +99,7 @@ int cmd_eval(int argc, char **argv) {
     iisan_ckpt ck = {0};
     iisan_model *m = NULL;
     iisan_backend *be = NULL;
-    store_states ss = {NULL};
+    store_reader *rd = NULL;
     resident_states *rs = NULL;
     eval_result r;
     uint32_t ver = 0;
@@ -113,14 +114,14 @@ int cmd_eval(int argc, char **argv) {
         be = backend_choose("eval", device, (int)threads);
         if (!be) goto out;
         if (load_checkpoint_model("eval", s, (uint32_t)version, be, &ck, &ds, &m, &ver)) goto out;
-        name = ck.c.kind != MODEL_IISAN    ? "sasrec-id"
+        name = ck.c.kind != MODEL_IISAN  ? "sasrec-id"
                : ck.c.arch == ARCH_VERSA ? "iisan-versa"
                                          : "iisan";
-        if (store_reader_begin(s, &ss.r)) {
+        if (store_reader_begin(s, &rd)) {
             fprintf(stderr, "iisan eval: cannot read the store\n");
             goto out;
         }
-        iisan_states st = {store_states_get, &ss};
+        iisan_states st = states_from_reader(rd);
         if (ck.c.kind == MODEL_IISAN && !be->caps.host_memory) {
             /* the GPU reads states from its own memory: every item's, uploaded once */
             if (states_resident_create(be, &ds, &st, &ck.c, &rs, err, sizeof err)) {
@@ -135,6 +136,10 @@ int cmd_eval(int argc, char **argv) {
             goto out;
         }
         if (backend_check("eval", be)) goto out;
+        if (states_check(&st, err, sizeof err)) {
+            fprintf(stderr, "iisan eval: %s\n", err);
+            goto out;
+        }
     }
     const char *sp = split == SPLIT_TEST ? "test" : "valid";
     fprintf(stderr, "%s%s%.0u: %s HR@10 %.4f NDCG@10 %.4f over %d users (%.2f s)\n", name,
@@ -145,7 +150,7 @@ int cmd_eval(int argc, char **argv) {
                name, ver, sp, r.hr10, r.ndcg10, r.users, ds.n_items, r.seconds);
     rc = 0;
 out:
-    if (ss.r) store_reader_end(ss.r);
+    if (rd) store_reader_end(rd);
     states_resident_free(rs);
     model_destroy(m);
     if (be) be->destroy(be);

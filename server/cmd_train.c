@@ -11,6 +11,7 @@
 #include "core/dataset.h"
 #include "core/eval.h"
 #include "core/resident.h"
+#include "core/states.h"
 #include "core/train.h"
 #include "server/cli.h"
 #include "server/common.h"
@@ -307,7 +308,7 @@ int cmd_train(int argc, char **argv) {
     iisan_dataset ds = {0};
     iisan_model *m = NULL;
     iisan_backend *be = NULL;
-    store_states ss = {NULL};
+    store_reader *rd = NULL;
     resident_states *rs = NULL;
     double t0 = now_seconds();
     if (dataset_build(&ds, s, c.n, tc.min_len, err, sizeof err)) {
@@ -353,11 +354,11 @@ int cmd_train(int argc, char **argv) {
     }
     fprintf(stderr, "model: %s, %zu trainable parameters, batch %d, up to %d epochs\n", model,
             model_param_count(m), tc.batch, tc.epochs);
-    if (store_reader_begin(s, &ss.r)) {
+    if (store_reader_begin(s, &rd)) {
         fprintf(stderr, "iisan train: cannot read the store\n");
         goto out;
     }
-    iisan_states st = {store_states_get, &ss};
+    iisan_states st = states_from_reader(rd);
     if (c.kind == MODEL_IISAN && !be->caps.host_memory) {
         /* the GPU reads states from its own memory: every item's, uploaded once */
         double tr = now_seconds();
@@ -375,9 +376,11 @@ int cmd_train(int argc, char **argv) {
     train_summary sum;
     int trc = train_run(m, &ds, &st, &tc, 1, on_epoch, NULL, &sum);
     if (trc == TRAIN_ENOMEM) fprintf(stderr, "iisan train: out of memory; nothing stored\n");
+    if (trc == TRAIN_ESTATES && states_check(&st, err, sizeof err))
+        fprintf(stderr, "iisan train: %s; nothing stored\n", err);
     if (backend_check("train", be) || trc) goto out;
-    store_reader_end(ss.r);
-    ss.r = NULL;
+    store_reader_end(rd);
+    rd = NULL;
     uint32_t version = 0;
     if (save) {
         size_t len;
@@ -411,7 +414,7 @@ int cmd_train(int argc, char **argv) {
                model_param_count(m), peak_rss_kib() / 1024.0);
     rc = 0;
 out:
-    if (ss.r) store_reader_end(ss.r);
+    if (rd) store_reader_end(rd);
     states_resident_free(rs);
     model_destroy(m);
     if (be) be->destroy(be);

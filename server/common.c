@@ -38,11 +38,6 @@ int opt_float(const char *cmd, const char *opt, const char *s, double lo, double
     return 0;
 }
 
-const uint16_t *store_states_get(void *ctx, int modality, uint32_t cat) {
-    store_states *s = ctx;
-    return store_reader_states(s->r, modality, cat);
-}
-
 double now_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

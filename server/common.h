@@ -14,12 +14,6 @@
 int opt_int(const char *cmd, const char *opt, const char *s, long lo, long hi, long *out);
 int opt_float(const char *cmd, const char *opt, const char *s, double lo, double hi, double *out);
 
-/* hidden states straight from an LMDB read transaction (zero copy) */
-typedef struct {
-    store_reader *r;
-} store_states;
-const uint16_t *store_states_get(void *ctx, int modality, uint32_t cat);
-
 double now_seconds(void);
 /* the name states are stored under by default: a model directory's last component ("" when
  * it has none that can serve: ".", "..", or longer than cap - 1) */

@@ -23,6 +23,7 @@
 #include "core/eval.h"
 #include "core/params.h"
 #include "core/resident.h"
+#include "core/states.h"
 #include "core/train.h"
 #include "server/serve.h"
 
@@ -177,10 +178,6 @@ static void on_epoch(void *arg, const epoch_report *r) {
               r->epoch, r->loss, r->valid.hr10, r->best ? "true" : "false");
 }
 
-static const uint16_t *reader_get(void *ctx, int modality, uint32_t cat) {
-    return store_reader_states(ctx, modality, cat);
-}
-
 /* warm start: the checkpoint's parameters by name; SASRec-ID embedding rows
  * by catalogue index (items new to the dataset keep their initialisation) */
 static int warm_params(const iisan_ckpt *ck, const iisan_model *m, const iisan_dataset *ds,
@@ -306,7 +303,7 @@ static void *trainer_main(void *arg) {
         goto out;
     }
     be->upload(be, m->w, host, m->pt.total * sizeof *host);
-    iisan_states st = {reader_get, NULL};
+    iisan_states st = {NULL, NULL, NULL};
     if (c.kind == MODEL_IISAN) {
         /* a reader for the whole run: the map cannot grow meanwhile (commits
          * that need a larger map fail with 503 until the job ends) */
@@ -317,7 +314,7 @@ static void *trainer_main(void *arg) {
             job_set(j, "failed", "cannot read the hidden states");
             goto out;
         }
-        st.ctx = rd;
+        st = states_from_reader(rd);
         if (!be->caps.host_memory) {
             if (states_resident_create(be, &ds, &st, &c, &rs, err, sizeof err)) {
                 job_set(j, "failed", "%s", err);
@@ -340,6 +337,10 @@ static void *trainer_main(void *arg) {
     char bm[300];
     if (trc == TRAIN_ENOMEM) {
         job_set(j, "failed", "out of memory training; nothing stored");
+        goto out;
+    }
+    if (trc == TRAIN_ESTATES && states_check(&st, bm, sizeof bm)) {
+        job_set(j, "failed", "%s; nothing stored", bm);
         goto out;
     }
     if (be->status(be, bm, sizeof bm)) { /* TRAIN_EBACKEND: what was trained is garbage */

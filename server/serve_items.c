@@ -392,7 +392,9 @@ static int items_post_locked(const items_request *q, json_t **body) {
             for (int a = 0; a < nadd; a++)
                 for (int mod = 0; mod < 2; mod++)
                     add[a].states[mod] = store_reader_states(rd, mod, add[a].cat);
-            arc = infer_add_items(m, add, nadd, got, err, sizeof err);
+            /* a state that could not be read back is an error, not a missing modality */
+            arc = store_reader_error(rd, err, sizeof err);
+            if (!arc) arc = infer_add_items(m, add, nadd, got, err, sizeof err);
             store_reader_end(rd);
         } else {
             arc = iisan_fail(err, sizeof err, IISAN_EIO, "cannot read the hidden states back");

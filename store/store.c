@@ -584,6 +584,8 @@ struct store_reader {
     iisan_store *s;
     MDB_txn *txn;
     size_t bytes[2]; /* expected value size per modality, 0 when none */
+    int err;         /* the first failed read's IISAN_E* (0: none) */
+    char msg[200];
 };
 
 int store_reader_begin(iisan_store *s, store_reader **out) {
@@ -608,9 +610,26 @@ int store_reader_begin(iisan_store *s, store_reader **out) {
 const uint16_t *store_reader_states(store_reader *r, int modality, uint32_t idx) {
     if ((unsigned)modality > 1 || !r->bytes[modality]) return NULL;
     MDB_val k = {4, &idx}, v;
-    if (mdb_get(r->txn, r->s->state[modality], &k, &v) || v.mv_size != r->bytes[modality])
-        return NULL;
-    return v.mv_data; /* LMDB keeps values 2-byte aligned */
+    int rc = mdb_get(r->txn, r->s->state[modality], &k, &v);
+    if (rc == MDB_NOTFOUND) return NULL;
+    if (!rc && v.mv_size == r->bytes[modality]) return v.mv_data; /* LMDB: 2-byte aligned */
+    if (!r->err) {
+        r->err = rc ? IISAN_EIO : IISAN_EFORMAT;
+        if (rc)
+            snprintf(r->msg, sizeof r->msg, "reading the %s states of catalogue item %u: %s",
+                     modality ? "image" : "text", idx, mdb_strerror(rc));
+        else
+            snprintf(r->msg, sizeof r->msg,
+                     "the %s states of catalogue item %u are %zu bytes, the store's shape wants "
+                     "%zu",
+                     modality ? "image" : "text", idx, v.mv_size, r->bytes[modality]);
+    }
+    return NULL;
+}
+
+int store_reader_error(const store_reader *r, char *msg, size_t len) {
+    if (r->err && msg && len) snprintf(msg, len, "%s", r->msg);
+    return r->err;
 }
 
 void store_reader_end(store_reader *r) {

@@ -100,8 +100,13 @@ int store_put_states(iisan_store *s, int modality, const char *backbone, int nst
  * LMDB map and stay valid until store_reader_end. */
 typedef struct store_reader store_reader;
 int store_reader_begin(iisan_store *s, store_reader **r);
-/* fp16 [nstates*width] or NULL when the item has no state of that modality */
+/* fp16 [nstates*width], or NULL when the item has no state of that modality (the store may
+ * hold none of it) or when reading failed: an LMDB error or a value of the wrong size is
+ * recorded in the reader (store_reader_error), a missing one is not */
 const uint16_t *store_reader_states(store_reader *r, int modality, uint32_t idx);
+/* 0 while every read succeeded; else the first failure's code (IISAN_EIO: LMDB,
+ * IISAN_EFORMAT: a value of the wrong size) with its message (naming the item) in msg */
+int store_reader_error(const store_reader *r, char *msg, size_t len);
 void store_reader_end(store_reader *r);
 
 /* ---- users ---- */

@@ -1,5 +1,5 @@
 /* The benchmarks' shared pieces: a monotonic clock, a comparison for
- * medians, a states source reading a store_reader, and bench_make_store. */
+ * medians, and bench_make_store. */
 #ifndef IISAN_TESTS_BENCH_DATA_H
 #define IISAN_TESTS_BENCH_DATA_H
 
@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "core/dataset.h"
+#include "core/states.h"
 #include "kernels/half.h"
 #include "kernels/rng.h"
 #include "store/store.h"
@@ -22,11 +23,6 @@ static double now(void) {
 static int cmp_d(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
-}
-
-/* hidden states straight from a store_reader (ctx) */
-static const uint16_t *store_get(void *ctx, int mod, uint32_t cat) {
-    return store_reader_states(ctx, mod, cat);
 }
 
 /* The users of a users.tsv imported into a new temporary store, and random

@@ -384,7 +384,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_gpu: cannot read the store\n");
         return 1;
     }
-    iisan_states direct = {store_get, r};
+    iisan_states direct = states_from_reader(r);
     resident_states *rs;
     t0 = now();
     if (states_resident_create(be, &ds, &direct, &c, &rs, err, sizeof err)) {

@@ -154,7 +154,7 @@ int main(int argc, char **argv) {
     double gflops = sgemm_rate(be, D[0]);
     store_reader *r;
     store_reader_begin(s, &r);
-    iisan_states st = {store_get, r};
+    iisan_states st = states_from_reader(r);
     train_summary sum;
     if (train_run(m, &ds, &st, &tc, 0, hook, NULL, &sum)) return 1;
     store_reader_end(r);

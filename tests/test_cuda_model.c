@@ -203,7 +203,7 @@ static void test_resident_rows(void) {
     small_config(&c);
     host_states hs;
     host_states_init(&hs, &c);
-    iisan_states direct = {host_get, &hs};
+    iisan_states direct = {host_get, &hs, NULL};
     iisan_dataset ds;
     CHECK(make_dataset(&ds, c.n) == 0);
     CHECKF(ds.n_items > 20 && ds.n_items <= NUSED, "%d items", ds.n_items);
@@ -267,7 +267,7 @@ static void resident_exact(int which) {
     config_for(&c, which, ds.n_items);
     host_states hs;
     host_states_init(&hs, &c);
-    iisan_states direct = {host_get, &hs};
+    iisan_states direct = {host_get, &hs, NULL};
     resident_states *rs = NULL;
     char err[256] = "";
     CHECKF(states_resident_create(cpu, &ds, &direct, &c, &rs, err, sizeof err) == 0, "%s", err);
@@ -418,7 +418,7 @@ static void cuda_vs_cpu_at(int which, int in_host) {
     config_for(&c, which, ds.n_items);
     host_states hs;
     host_states_init(&hs, &c);
-    iisan_states direct = {host_get, &hs};
+    iisan_states direct = {host_get, &hs, NULL};
     iisan_backend *be[2] = {cpu, gpu};
     resident_states *rs[2] = {NULL, NULL};
     iisan_model *m[2] = {NULL, NULL};

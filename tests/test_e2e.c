@@ -13,16 +13,13 @@
 #include "core/dataset.h"
 #include "core/eval.h"
 #include "core/model.h"
+#include "core/states.h"
 #include "kernels/half.h"
 #include "kernels/rng.h"
 #include "store/store.h"
 #include "tests/test.h"
 
 #define SCI "../shared/data/amazon/scientific/"
-
-static const uint16_t *get(void *ctx, int mod, uint32_t cat) {
-    return store_reader_states(ctx, mod, cat);
-}
 
 static void test_train_slice(void) {
     char dir[] = "/tmp/iisan-e2e-XXXXXX", err[512];
@@ -65,7 +62,7 @@ static void test_train_slice(void) {
     CHECKF(m != NULL, "%s", err);
     store_reader *r;
     CHECK(store_reader_begin(s, &r) == 0);
-    iisan_states st = {get, r};
+    iisan_states st = states_from_reader(r);
     int32_t seqs[64 * 11];
     double first = 0, last = 0;
     const int epochs = 20, batches = 4;

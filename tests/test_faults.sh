@@ -6,7 +6,9 @@
 #   2. a daemon whose backend fails while loading refuses the version (at startup: exit 1);
 #   3. a daemon whose backend fails while serving: the running retraining job fails (the
 #      served version stays, nothing stored), /recommend answers 503 backend_failed, and the
-#      metrics and the log say so.
+#      metrics and the log say so;
+#   4. a store read error (a hidden-state value of the wrong size, written with mdb_load) is
+#      an error for train, eval and the daemon's load, not an item without states.
 # Ends with "N passed, N failed".
 set -u
 cd "$(dirname "$0")/.."
@@ -53,7 +55,7 @@ TOKEN=fault-token
 printf 'port = 0\nthreads = 2\nadmin_token = "%s"\n' "$TOKEN" >"$T/serve.conf"
 AUTH=(-H "Authorization: Bearer $TOKEN")
 : >"$FAULT"
-IISAN_CPU_FAULT_FILE="$FAULT" "$BIN" serve --data "$D" --config "$T/serve.conf" 2>"$LOG"; rc=$?
+IISAN_CPU_FAULT_FILE="$FAULT" timeout 60 "$BIN" serve --data "$D" --config "$T/serve.conf" 2>"$LOG"; rc=$?
 [ "$rc" = 1 ] && ok || bad "a startup load through a failed backend: exit $rc, wanted 1"
 grep -q 'event=model_load_failed.*the cpu backend failed while loading' "$LOG" && ok ||
   bad "load refused: $(grep model_load "$LOG")"
@@ -87,5 +89,22 @@ grep -qE '^iisan_backend_failed_requests_total [2-9]' "$T/body" && ok || bad "fa
 stop
 [ "$STOP_RC" = 0 ] && ok || bad "stop after the fault: exit $STOP_RC"
 expect 1 "the failed job stored nothing" -- "$BIN" eval --data "$D" --version 2
+
+# ---- 4. a store read error: catalogue item 3's text states cut to 20 bytes ----
+mdb_dump -s state_text "$D" | python3 -c '
+import sys
+lines = sys.stdin.read().splitlines()
+end = lines.index("HEADER=END")
+print("\n".join(lines[:end + 1] + [" 03000000", " " + lines[end + 6].strip()[:40], "DATA=END"]))' >"$T/bad.dump"
+check "a state value of the wrong size" -- mdb_load -s state_text -f "$T/bad.dump" "$D" 2>/dev/null
+BADMSG="text states of catalogue item 3 are 20 bytes"
+expect 1 "train over it" -- "$BIN" "${TRAIN[@]}" --epochs 1
+has "$T/err" "$BADMSG" "train names the bad value"
+expect 1 "eval over it" -- "$BIN" eval --data "$D"
+has "$T/err" "$BADMSG" "eval names the bad value"
+timeout 60 "$BIN" serve --data "$D" --config "$T/serve.conf" 2>"$LOG"; rc=$?
+[ "$rc" = 1 ] && grep -q "event=model_load_failed.*$BADMSG" "$LOG" && ok ||
+  bad "the daemon's load over it: exit $rc, $(grep model_load "$LOG")"
+expect 1 "nothing stored" -- "$BIN" eval --data "$D" --version 2
 openapi_check
 echo "$pass passed, $fail failed"

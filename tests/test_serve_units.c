@@ -16,6 +16,7 @@
 #include "core/infer.h"
 #include "core/model.h"
 #include "core/score_cpu.h"
+#include "core/states.h"
 #include "kernels/half.h"
 #include "kernels/rng.h"
 #include "proto/request.h"
@@ -378,10 +379,6 @@ static void test_writer_full(void) {
     CHECK(system(cmd) == 0);
 }
 
-static const uint16_t *get(void *ctx, int mod, uint32_t cat) {
-    return store_reader_states(ctx, mod, cat);
-}
-
 /* a batch answers each of its requests as a batch of one does, whatever the
  * mix of k, exclusions and invalid requests in it */
 static void check_batch(infer_model *im, const iisan_dataset *ds) {
@@ -495,7 +492,7 @@ static void check_infer(iisan_store *s, const iisan_config *c, int min_len) {
     if (!m) return;
     store_reader *r;
     CHECK(store_reader_begin(s, &r) == 0);
-    iisan_states st = {get, r};
+    iisan_states st = states_from_reader(r);
     iisan_train_config tc;
     train_config_default(&tc);
     int32_t seqs[64 * 11];

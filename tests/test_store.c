@@ -415,7 +415,30 @@ static void test_states(void) {
     store_reader_end(r);
     CHECK(store_reader_begin(s, &r) == 0);
     CHECK(store_reader_states(r, IISAN_TEXT, 1)[0] == 0);
+    CHECK(store_reader_error(r, NULL, 0) == 0); /* missing states are not an error */
     store_reader_end(r);
+    { /* a value of the wrong size is a read error, recorded in the reader; not "no states" */
+        MDB_txn *txn;
+        uint32_t k2 = 2;
+        uint16_t half[6] = {0};
+        MDB_val k = {4, &k2}, v = {sizeof half, half};
+        CHECK(mdb_txn_begin(s->env, NULL, 0, &txn) == 0);
+        CHECK(mdb_put(txn, s->state[IISAN_TEXT], &k, &v, 0) == 0 && mdb_txn_commit(txn) == 0);
+        char m[300] = "";
+        CHECK(store_reader_begin(s, &r) == 0);
+        CHECK(store_reader_states(r, IISAN_TEXT, 3) == NULL && store_reader_error(r, m, 9) == 0);
+        CHECK(store_reader_states(r, IISAN_TEXT, 2) == NULL);
+        CHECK(store_reader_states(r, IISAN_TEXT, 1) != NULL); /* the others still read */
+        CHECKF(store_reader_error(r, m, sizeof m) == IISAN_EFORMAT &&
+                   strstr(m, "text states of catalogue item 2 are 12 bytes") != NULL,
+               "%s", m);
+        store_reader_end(r);
+        uint16_t back[12]; /* S2's states again, for test_reopen */
+        for (int i = 0; i < 12; i++)
+            back[i] = iisan_float_to_half(tval(0, i / 4, i % 4));
+        CHECK(store_put_states(s, IISAN_TEXT, "bert-test", 3, 4, 1, &k2, back, err, sizeof err) ==
+              0);
+    }
 
     /* refusals: the store is unchanged after each */
     struct {

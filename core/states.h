@@ -1,0 +1,23 @@
+/* Hidden-state sources (iisan_states, core/model.h) read from the store: a store reader's
+ * states in place in the LMDB map (zero copy; host memory, so for backends with
+ * caps.host_memory), and the check of a source's read errors. core/resident.h makes the
+ * device-resident source from one of these. */
+#ifndef IISAN_CORE_STATES_H
+#define IISAN_CORE_STATES_H
+
+#include <stddef.h>
+
+#include "core/model.h"
+#include "store/store.h"
+
+/* The source of r's states: get returns an item's block in the map, NULL when it has none of
+ * that modality; a failed read (LMDB, a value of the wrong size) also returns NULL and is
+ * recorded, for states_check. Valid until store_reader_end(r). */
+iisan_states states_from_reader(store_reader *r);
+
+/* 0 when every state st was asked for was read (a missing modality is not a failure); else
+ * the first failure's IISAN_E* code with its message in msg (len bytes; msg may be NULL).
+ * Work done with a failed source read zeros where states were: throw it away. */
+int states_check(const iisan_states *st, char *msg, size_t len);
+
+#endif
