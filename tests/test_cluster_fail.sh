@@ -71,7 +71,7 @@ sleep 0.5
 req T1 POST /admin/retrain '{"epochs":1000,"patience":1000,"tolerance":1.0}'
 [ "$S" = 202 ] && ok || bad "retrain on T1: $S $(cat "$T/body")"
 job=$(jget 'd["job_id"]')
-for _ in $(seq 1 100); do req T1 GET "/admin/jobs/$job"; [ "$(jget 'd["state"]')" = running ] && break; sleep 0.05; done
+for _ in $(seq 1 300); do req T1 GET "/admin/jobs/$job"; [ "$(jget 'd["state"]')" = running ] && break; sleep 0.05; done
 check "T1's job is running" -- test "$(jget 'd["state"]')" = running
 t0=$(now_ms)
 node_kill9 T1
