@@ -109,7 +109,23 @@ V2=$(model_version trainer)
 check "a new version" -- test "$V2" -gt 1
 check "A serves version $V2" -- wait_version A "$V2" 10
 check "B serves version $V2" -- wait_version B "$V2" 10
-figure "promoted version to both replicas: $(( $(now_ms) - t0 )) ms"
+figure "promoted version to both replicas: $(( $(now_ms) - t0 )) ms (polled by curl)"
+# the same from the daemons' own clocks: promoted (trainer, before it publishes) -> followed
+# (each replica), so it includes the publication
+lag=$(python3 - "${NLOG[trainer]}" "${NLOG[A]}" "${NLOG[B]}" "$V2" <<'PY'
+import datetime, re, sys
+def ts(path, pat):
+    for l in open(path):
+        if re.search(pat, l):
+            return datetime.datetime.strptime(l.split()[0][3:], "%Y-%m-%dT%H:%M:%S.%fZ")
+t, v = sys.argv[1:4], sys.argv[4]
+pub = ts(t[0], f"event=retrain_promoted job=[0-9]+ version={v} ")
+fol = [ts(p, f"event=version_followed version={v} ") for p in t[1:]]
+print(int(max((f - pub).total_seconds() for f in fol) * 1000) if pub and all(fol) else -1)
+PY
+)
+check "both replicas serve it within 5 s of the promotion (${lag} ms)" -- test "$lag" -ge 0 -a "$lag" -lt 5000
+figure "promoted version served by both replicas (daemon clocks, publication included): ${lag} ms"
 check "the repository holds it with its manifest" -- test -f "$T/repo/$V2/manifest.json"
 req trainer POST /admin/rollback '{}'
 [ "$S" = 200 ] && ok || bad "rollback on the trainer: $S $(cat "$T/body")"
