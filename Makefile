@@ -1,6 +1,6 @@
 # iisand build. `make` builds build/iisan on the CPU; `make test` builds the
 # test programs under ASan + UBSan and runs them; `make CUDA=1` adds the GPU
-# backend (kernels/cuda/, a later issue).
+# backend (kernels/cuda/).
 CC      ?= cc
 ARCH    ?= native
 CFLAGS  ?= -O2 -g

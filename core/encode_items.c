@@ -40,11 +40,6 @@ static int check_backbone(iisan_store *s, int modality, const char *backbone, in
     return 0;
 }
 
-static void to_half(const float *x, uint16_t *h, size_t n) {
-    for (size_t k = 0; k < n; k++)
-        h[k] = iisan_float_to_half(x[k]);
-}
-
 int encode_items_text(bert_encoder *e, iisan_store *s, const char *backbone, const uint32_t *idx,
                       uint32_t n, uint32_t *n_done, encode_progress_fn progress, void *arg,
                       char *err, size_t errlen) {
@@ -107,7 +102,7 @@ int encode_items_text(bert_encoder *e, iisan_store *s, const char *backbone, con
             if (err) snprintf(err, errlen, "encoder forward pass: %s", iisan_strerror(rc));
             goto out;
         }
-        to_half(out, half, (size_t)nb * S * D);
+        iisan_cpu_float_to_half(half, out, (size_t)nb * S * D);
         rc = store_put_states(s, IISAN_TEXT, backbone, S, D, (uint32_t)nb, bidx, half, err, errlen);
         if (rc) goto out;
         done += (uint32_t)nb;
@@ -237,7 +232,7 @@ int encode_items_images(vit_encoder *e, iisan_store *s, const char *backbone, co
                 iisan_fail(err, errlen, rc, "image encoder forward pass: %s", iisan_strerror(rc));
                 goto out;
             }
-            to_half(out, half, (size_t)nb * S * D);
+            iisan_cpu_float_to_half(half, out, (size_t)nb * S * D);
             rc = store_put_states(s, IISAN_IMAGE, backbone, S, D, (uint32_t)nb, bidx, half, err,
                                   errlen);
             if (rc) goto out;
@@ -284,7 +279,7 @@ int encode_item_image(vit_encoder *e, iisan_store *s, const char *backbone, uint
         iisan_fail(err, errlen, rc, "image encoder forward pass: %s", iisan_strerror(rc));
         goto out;
     }
-    to_half(out, half, (size_t)S * D);
+    iisan_cpu_float_to_half(half, out, (size_t)S * D);
     rc = store_put_states(s, IISAN_IMAGE, backbone, S, D, 1, &idx, half, err, errlen);
 out:
     free(px);

@@ -1,15 +1,10 @@
 #include "core/eval.h"
+#include "kernels/clock.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 void model_item_embeddings(iisan_model *m, int N, const uint32_t *item_cat, const iisan_states *st,
                            float *out) {
@@ -43,14 +38,14 @@ static void finish(eval_result *r, double t0) {
         r->hr10 /= r->users;
         r->ndcg10 /= r->users;
     }
-    r->seconds = now() - t0;
+    r->seconds = iisan_now() - t0;
 }
 
 int model_evaluate(iisan_model *m, const iisan_dataset *ds, int split, const iisan_states *st,
                    eval_result *res) {
     iisan_backend *be = m->be;
     const int n = m->c.n, d = m->c.d, N = ds->n_items, B = m->cap_users, ne = n + 2;
-    double t0 = now();
+    double t0 = iisan_now();
     memset(res, 0, sizeof *res);
     float *all = be->alloc(be, (size_t)(N + 1) * d * sizeof(float));
     float *scores = be->alloc(be, (size_t)B * (N + 1) * sizeof(float));
@@ -119,7 +114,7 @@ out:
 
 int popularity_evaluate(const iisan_dataset *ds, int split, eval_result *res) {
     const int n = ds->max_len;
-    double t0 = now();
+    double t0 = iisan_now();
     memset(res, 0, sizeof *res);
     int32_t *hist = malloc((size_t)(n + 3) * sizeof *hist);
     int32_t *seq = malloc((size_t)(n + 3) * sizeof *seq);

@@ -18,6 +18,7 @@
 #include "core/resident.h"
 #include "core/score_cpu.h"
 #include "core/states.h"
+#include "kernels/clock.h"
 
 typedef struct {
     iisan_model *m; /* sequence encoder only (SASRec-ID shape, n_items 1, max_batch users) */
@@ -30,6 +31,8 @@ typedef struct {
     int *hidx;      /* host (max_batch, max_k) */
     float *hscore;  /* host (max_batch, max_k) */
     int *hexcl;     /* host (max_batch, max_exclude) */
+    float *dban;    /* backend (cap + 1): 0, or -inf for a deleted item; GPU only */
+    float *hban;    /* host (cap + 1); GPU only */
     void *heap;     /* host: score_topk's scratch (2 max_k ints) */
 } infer_ctx;
 
@@ -77,12 +80,6 @@ struct infer_model {
 };
 
 enum { ADD_CHUNK = 64 }; /* items per pass of the tower in infer_add_items */
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static uint64_t hash_id(const char *s) {
     uint64_t h = 1469598103934665603ull; /* FNV-1a */
@@ -162,6 +159,8 @@ static void ctx_free(iisan_backend *be, infer_ctx *x) {
     be->free(be, x->didx);
     be->free(be, x->dscore);
     be->free(be, x->dexcl);
+    be->free(be, x->dban);
+    free(x->hban);
     free(x->in_idx);
     free(x->mask);
     free(x->hidx);
@@ -333,8 +332,10 @@ static int make_ctx(infer_model *im, const iisan_ckpt *ck, infer_ctx *x, char *e
     x->hscore = malloc(B * im->max_k * sizeof *x->hscore);
     x->hexcl = malloc(B * ne * sizeof *x->hexcl);
     x->heap = malloc(2 * (size_t)im->max_k * sizeof(int32_t));
-    if (!x->scores || !x->didx || !x->dscore || !x->dexcl || !x->in_idx || !x->mask || !x->hidx ||
-        !x->hscore || !x->hexcl || !x->heap) {
+    x->dban = be->alloc(be, (dev ? (size_t)im->cap + 1 : 1) * sizeof(float));
+    x->hban = malloc((dev ? (size_t)im->cap + 1 : 1) * sizeof(float));
+    if (!x->dban || !x->hban || !x->scores || !x->didx || !x->dscore || !x->dexcl || !x->in_idx ||
+        !x->mask || !x->hidx || !x->hscore || !x->hexcl || !x->heap) {
         snprintf(err, errlen, "out of memory for an inference context");
         return -1;
     }
@@ -492,7 +493,7 @@ static int build_maps(infer_model *im, iisan_store *s, const iisan_ckpt *ck, cha
 int infer_load(iisan_store *s, uint32_t version, iisan_backend *be, const infer_options *opt,
                infer_model **out, char *err, int errlen) {
     *out = NULL;
-    double t0 = now();
+    double t0 = iisan_now();
     void *blob = NULL;
     size_t len = 0;
     char *meta = NULL;
@@ -623,7 +624,7 @@ int infer_load(iisan_store *s, uint32_t version, iisan_backend *be, const infer_
     im->info.max_k = im->max_k;
     im->info.max_exclude = im->max_excl;
     im->info.max_batch = im->max_batch;
-    im->info.load_seconds = now() - t0;
+    im->info.load_seconds = iisan_now() - t0;
     im->load_opt = NULL;
     ckpt_free(&ck);
     *out = im;
@@ -708,12 +709,12 @@ static int run_batch(infer_model *im, infer_ctx *x, infer_query *q, int nq) {
         return 0;
     }
     be->gemm(be, 0, 1, B, N1, d, 1, O, n * d, im->all, d, 0, x->scores, N1);
-    if (nb) { /* deleted items rank last; the few that could still come up are dropped below */
-        const float ninf = -INFINITY;
-        for (int i = 1; i < N1; i++)
-            if (is_banned(im, i))
-                for (int b = 0; b < B; b++)
-                    be->upload(be, x->scores + (size_t)b * N1 + i, &ninf, sizeof ninf);
+    if (nb) { /* deleted items rank last (one -inf row added to every request's scores); the
+               * few that could still come up are dropped below */
+        for (int i = 0; i < N1; i++)
+            x->hban[i] = is_banned(im, i) ? -INFINITY : 0.0f;
+        be->upload(be, x->dban, x->hban, (size_t)N1 * sizeof(float));
+        be->add_bias(be, x->scores, N1, x->dban, B, N1);
     }
     if (nemax) be->upload(be, x->dexcl, x->hexcl, (size_t)B * nemax * sizeof(int));
     be->topk(be, x->didx, x->dscore, x->scores, B, N1, kmax, nemax ? x->dexcl : NULL, nemax);

@@ -5,13 +5,8 @@
 #include <time.h>
 
 #include "core/states.h"
+#include "kernels/clock.h"
 #include "kernels/rng.h"
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 int train_run(iisan_model *m, const iisan_dataset *ds, const iisan_states *st,
               const iisan_train_config *tc, int validate, epoch_hook hook, void *arg,
@@ -43,7 +38,7 @@ int train_run(iisan_model *m, const iisan_dataset *ds, const iisan_states *st,
             order[u] = order[j];
             order[j] = t;
         }
-        double t0 = now(), loss_sum = 0;
+        double t0 = iisan_now(), loss_sum = 0;
         int nbatch = 0;
         for (int u0 = 0; u0 < ds->n_users; u0 += B) {
             int nb = ds->n_users - u0 < B ? ds->n_users - u0 : B;
@@ -80,7 +75,7 @@ int train_run(iisan_model *m, const iisan_dataset *ds, const iisan_states *st,
         epoch_report r = {0};
         r.epoch = ep;
         r.loss = nbatch ? loss_sum / nbatch : 0;
-        r.seconds = now() - t0;
+        r.seconds = iisan_now() - t0;
         r.steps = step;
         total_sec += r.seconds;
         if (validate) {

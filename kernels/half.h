@@ -75,4 +75,12 @@ static inline IISAN_HD uint16_t iisan_float_to_half(float f) {
     return (uint16_t)(sign | q);
 }
 
+#ifndef __CUDACC__
+/* Whole rows on the host (kernels/cpu/cpu_half.c, F16C when the CPU has it): the same values
+ * as the per-element functions above (tests/test_ops.c checks every pattern). The project's
+ * one bulk converter, for the CPU backend and for whatever stores or reads fp16 states. */
+void iisan_cpu_half_to_float(float *restrict dst, const uint16_t *restrict src, size_t n);
+void iisan_cpu_float_to_half(uint16_t *restrict dst, const float *restrict src, size_t n);
+#endif
+
 #endif

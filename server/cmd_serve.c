@@ -421,10 +421,7 @@ int cmd_serve(int argc, char **argv) {
     }
     if (admin_jobs_restore())
         log_event("error", "jobs_unreadable", "message=\"earlier job records cannot be read\"");
-    if (scheduler_start()) {
-        log_event("error", "scheduler_failed", "message=\"cannot start the scheduler thread\"");
-        goto out;
-    }
+    scheduler_start();                    /* the loop's timer runs it: no thread to start */
     if (cluster_start(err, sizeof err)) { /* cluster mode: bus, repository, lease */
         log_event("error", "cluster_failed", "error=%s", log_q(err, b, sizeof b));
         goto out;

@@ -11,6 +11,7 @@
 #ifdef IISAN_CUDA
 #include "kernels/cuda/cuda_backend.h"
 #endif
+#include "kernels/clock.h"
 #include "store/lock.h"
 
 int opt_int(const char *cmd, const char *opt, const char *s, long lo, long hi, long *out) {
@@ -38,11 +39,7 @@ int opt_float(const char *cmd, const char *opt, const char *s, double lo, double
     return 0;
 }
 
-double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+double now_seconds(void) { return iisan_now(); }
 
 long peak_rss_kib(void) {
     struct rusage ru;

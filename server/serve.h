@@ -274,7 +274,7 @@ long admin_interactions_since_run(void);
  * running. scheduler_notify is called by the writer after a commit;
  * scheduler_wake (any thread) asks the loop for a check; scheduler_stop makes
  * later checks start nothing. */
-int scheduler_start(void);
+void scheduler_start(void);
 void scheduler_notify(size_t committed);
 void scheduler_wake(void);
 void scheduler_stop(void);

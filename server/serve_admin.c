@@ -487,10 +487,9 @@ void scheduler_notify(size_t committed) {
     scheduler_wake();
 }
 
-int scheduler_start(void) {
+void scheduler_start(void) {
     sched_started_at = serve_now();
     atomic_store(&sched_off, 0);
-    return 0;
 }
 
 void scheduler_stop(void) { atomic_store(&sched_off, 1); }

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "cluster/cluster.h"
+#include "kernels/clock.h"
 #include "server/serve.h"
 #include "store/store_ext.h"
 
@@ -84,11 +85,7 @@ static void rec_free(rec_state *st) {
     free(st);
 }
 
-double serve_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+double serve_now(void) { return iisan_now(); }
 
 /* ---------------- responses ---------------- */
 

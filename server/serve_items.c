@@ -126,11 +126,6 @@ static json_t *fail_json(const char *code, const char *fmt, ...) {
     return json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg);
 }
 
-static void to_half(uint16_t *dst, const float *src, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        dst[i] = iisan_float_to_half(src[i]);
-}
-
 static int items_post_locked(const items_request *q, json_t **body) {
     const size_t n = q->n;
     iisan_store *s = store_ix_store(g_srv.ix);
@@ -256,7 +251,7 @@ static int items_post_locked(const items_request *q, json_t **body) {
             if (has[mod][i]) {
                 size_t blk = (size_t)sh[mod].nstates * sh[mod].width;
                 req_states_flatten(q->v[i].states[mod], tmp, blk);
-                to_half(st[mod] + i * blk, tmp, blk);
+                iisan_cpu_float_to_half(st[mod] + i * blk, tmp, blk);
             }
     if (nenc[0] || nenc[1]) {
         pthread_mutex_lock(&g_enc.mu);
@@ -271,7 +266,7 @@ static int items_post_locked(const items_request *q, json_t **body) {
                 size_t blk = (size_t)sh[mod].nstates * sh[mod].width;
                 rc = encode_one(mod, x, tmp, eerr, sizeof eerr);
                 if (!rc) {
-                    to_half(st[mod] + i * blk, tmp, blk);
+                    iisan_cpu_float_to_half(st[mod] + i * blk, tmp, blk);
                     has[mod][i] = 2; /* encoded here */
                 }
                 bad = i;

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "kernels/clock.h"
 #include "server/serve.h"
 
 struct ix_writer {
@@ -22,12 +23,6 @@ struct ix_writer {
     int stop;
     int joined; /* writer_drain joined the thread */
 };
-
-static double mono(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static void *writer_main(void *arg) {
     ix_writer *w = arg;
@@ -71,10 +66,10 @@ static void *writer_main(void *arg) {
                 memcpy(buf + o, t->v, t->n * sizeof *buf);
                 o += t->n;
             }
-        double t0 = mono();
+        double t0 = iisan_now();
         uint64_t seq = 0;
         if (!rc) rc = store_ix_append(w->x, buf, n, &seq, err, sizeof err);
-        double dt = mono() - t0;
+        double dt = iisan_now() - t0;
         metrics_commit(n, dt, rc == 0);
         if (!rc) scheduler_notify(n);
         int nt = 0;

@@ -1,4 +1,4 @@
-/* The benchmarks' shared pieces: a monotonic clock, a comparison for
+/* The benchmarks' shared pieces: a comparison for
  * medians, and bench_make_store. */
 #ifndef IISAN_TESTS_BENCH_DATA_H
 #define IISAN_TESTS_BENCH_DATA_H
@@ -9,15 +9,10 @@
 
 #include "core/dataset.h"
 #include "core/states.h"
+#include "kernels/clock.h"
 #include "kernels/half.h"
 #include "kernels/rng.h"
 #include "store/store.h"
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* qsort order of doubles, ascending */
 static int cmp_d(const void *a, const void *b) {

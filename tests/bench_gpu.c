@@ -123,12 +123,12 @@ static int bench_serving(iisan_backend *be, iisan_store *s, iisan_model *m, cons
     enum { BATCH = 32, K = 10 };
     infer_options opt = {1, K, 20, BATCH, 0, 0, NULL, NULL, 0, 0};
     infer_model *im = NULL;
-    double t0 = now();
+    double t0 = iisan_now();
     if (infer_load(s, ver, be, &opt, &im, err, sizeof err)) {
         fprintf(stderr, "bench_gpu: loading the model for serving: %s\n", err);
         return -1;
     }
-    f->load_s = now() - t0;
+    f->load_s = iisan_now() - t0;
     const int nreq = ds->n_users < 4096 ? ds->n_users : 4096, n = m->c.n;
     int32_t *hist = malloc((size_t)nreq * n * sizeof *hist), *oi = malloc((size_t)nreq * K * 4);
     int *nh = malloc((size_t)nreq * sizeof *nh);
@@ -144,15 +144,15 @@ static int bench_serving(iisan_backend *be, iisan_store *s, iisan_model *m, cons
             hist + (size_t)u * n, nh[u], hist + (size_t)u * n, nh[u], K, oi + (size_t)u * K,
             os + (size_t)u * K,   0};
     }
-    t0 = now();
+    t0 = iisan_now();
     for (int u0 = 0; u0 < nreq; u0 += BATCH)
         infer_recommend_batch(im, q + u0, nreq - u0 < BATCH ? nreq - u0 : BATCH);
-    f->batched_per_s = nreq / (now() - t0);
+    f->batched_per_s = nreq / (iisan_now() - t0);
     const int nsingle = nreq < 1024 ? nreq : 1024;
-    t0 = now();
+    t0 = iisan_now();
     for (int u = 0; u < nsingle; u++)
         infer_recommend_batch(im, q + u, 1);
-    double single = now() - t0;
+    double single = iisan_now() - t0;
     f->single_per_s = nsingle / single;
     f->single_ms = single / nsingle * 1e3;
     f->requests = nreq;
@@ -295,12 +295,12 @@ static double bench_encoding(iisan_backend *be, const char *items_tsv, int *n_ti
     }
     qsort(titles, (size_t)n, sizeof *titles, by_len);
     float *outb = malloc((size_t)32 * bert_nstates(e) * bert_width(e) * sizeof *outb);
-    double t0 = now();
+    double t0 = iisan_now();
     int rc = 0;
     for (int i = 0; outb && !rc && i < n; i += 32)
         rc = bert_encode_texts(e, (const char *const *)titles + i, n - i < 32 ? n - i : 32, outb);
     be->sync(be);
-    if (outb && !rc && n) rate = n / (now() - t0);
+    if (outb && !rc && n) rate = n / (iisan_now() - t0);
     free(outb);
 out:
     if (f) fclose(f);
@@ -361,10 +361,10 @@ int main(int argc, char **argv) {
     char dir[] = "/tmp/iisan-bench-gpu-XXXXXX";
     iisan_store *s;
     iisan_dataset ds;
-    double t0 = now();
+    double t0 = iisan_now();
     if (bench_make_store("bench_gpu", users, dir, NS, D, &s, &ds)) return 1;
     fprintf(stderr, "bench_gpu: %d users, %d items, random states written in %.1f s\n", ds.n_users,
-            ds.n_items, now() - t0);
+            ds.n_items, iisan_now() - t0);
 
     iisan_config c;
     config_default(&c);
@@ -386,12 +386,12 @@ int main(int argc, char **argv) {
     }
     iisan_states direct = states_from_reader(r);
     resident_states *rs;
-    t0 = now();
+    t0 = iisan_now();
     if (states_resident_create(be, &ds, &direct, &c, &rs, err, sizeof err)) {
         fprintf(stderr, "bench_gpu: %s\n", err);
         return 1;
     }
-    double upload_s = now() - t0;
+    double upload_s = iisan_now() - t0;
     store_reader_end(r); /* training reads only the resident copy */
     iisan_states st = resident_states_source(rs);
     sample_device();

@@ -47,12 +47,12 @@ static double sgemm_rate(iisan_backend *be, int D) {
           *o = be->alloc(be, (size_t)U * 64 * 4), *h = be->alloc(be, (size_t)U * D * 4);
     double best = 1e9;
     for (int rep = 0; rep < 5; rep++) {
-        double t = now();
+        double t = iisan_now();
         for (int it = 0; it < 20; it++) {
             be->gemm(be, 0, 1, U, 64, D, 1, a, D, w, D, 0, o, 64);
             be->gemm(be, 0, 1, U, D, 64, 1, o, 64, w, 64, 1, h, D);
         }
-        t = now() - t;
+        t = iisan_now() - t;
         if (t < best) best = t;
     }
     be->free(be, a);
@@ -136,11 +136,11 @@ int main(int argc, char **argv) {
     char dir[] = "/tmp/iisan-bench-XXXXXX", err[512];
     iisan_store *s;
     iisan_dataset ds;
-    double t0 = now();
+    double t0 = iisan_now();
     if (bench_make_store_shapes("bench", users, dir, NS, D, &s, &ds)) return 1;
     double store_mib = (double)ds.n_items * (NS[0] * D[0] + NS[1] * D[1]) * 2 / 1048576.0;
     fprintf(stderr, "bench %s: %d users, %d items, %.0f MiB of fp16 states written in %.1f s\n",
-            name, ds.n_users, ds.n_items, store_mib, now() - t0);
+            name, ds.n_users, ds.n_items, store_mib, iisan_now() - t0);
 
     iisan_train_config tc;
     train_config_default(&tc);

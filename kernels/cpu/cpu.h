@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "kernels/backend.h"
+#include "kernels/half.h"
 
 /* Hot loops ask GCC for the full vectoriser: at -O2, GCC 12's "very cheap" cost
  * model refuses any loop whose trip count is not a known multiple of the vector
@@ -18,9 +19,7 @@
 #define CPU_VEC
 #endif
 
-/* ---- cpu_half.c: bulk fp16 conversion (F16C when the CPU has it) ---- */
-void iisan_cpu_half_to_float(float *restrict dst, const uint16_t *restrict src, size_t n);
-void iisan_cpu_float_to_half(uint16_t *restrict dst, const float *restrict src, size_t n);
+/* ---- cpu_half.c: bulk fp16 conversion, declared in kernels/half.h ---- */
 
 /* ---- cpu_backend.c ---- */
 /* 1 when the fault hook (IISAN_CPU_FAULT_FILE) has fired: the op must leave garbage (NaN)
