@@ -220,210 +220,258 @@ static int warm_params(const iisan_ckpt *ck, const iisan_model *m, const iisan_d
     return 0;
 }
 
-static void *trainer_main(void *arg) {
-    job *j = arg;
+/* One job's run: what its steps share; run_free releases it. Each step returns 0, or -1
+ * after setting the job's end state (job_set). */
+typedef struct {
+    job *j;
+    int id;
+    retrain_request p;
+    double t0;
+    infer_info in; /* the served version it warm-starts from */
+    iisan_ckpt ck;
+    iisan_dataset ds;
+    iisan_config c;
+    iisan_train_config tc;
+    iisan_model *m;
+    store_reader *rd;
+    resident_states *rs;
+    iisan_states st;
+    int reused; /* SASRec-ID embedding rows warm-started */
+    eval_result base;
+    train_summary sum;
+} run_state;
+
+/* the served version's checkpoint and today's dataset */
+static int run_load_base(run_state *r) {
     store_ix *x = g_srv.ix;
     iisan_store *s = store_ix_store(x);
-    iisan_backend *be = g_srv.be;
     char err[512];
-    iisan_ckpt ck = {0};
-    iisan_dataset ds = {0};
-    iisan_model *m = NULL;
-    store_reader *rd = NULL;
-    resident_states *rs = NULL;
-    float *host = NULL;
-    void *blob = NULL;
-    pthread_mutex_lock(&jobs_mu);
-    j->state = "running";
-    j->started = wall();
-    retrain_request p = j->p;
-    int id = j->id;
-    pthread_mutex_unlock(&jobs_mu);
-    job_persist(id);
-    double t0 = serve_now();
-
     infer_model *cur = serve_model_get();
     if (!cur) {
-        job_set(j, "failed", "no model is served: nothing to warm-start from (iisan train first)");
-        goto out;
+        job_set(r->j, "failed",
+                "no model is served: nothing to warm-start from (iisan train first)");
+        return -1;
     }
-    infer_info in;
-    infer_get_info(cur, &in);
+    infer_get_info(cur, &r->in);
     infer_release(cur);
     pthread_mutex_lock(&jobs_mu);
-    j->base_version = in.version;
+    r->j->base_version = r->in.version;
     pthread_mutex_unlock(&jobs_mu);
-    log_event("info", "retrain_started", "job=%d base_version=%u epochs=%ld", id, in.version,
-              p.epochs);
+    log_event("info", "retrain_started", "job=%d base_version=%u epochs=%ld", r->id, r->in.version,
+              r->p.epochs);
+    void *blob = NULL;
     size_t len = 0;
     char *meta = NULL;
     store_ix_rdlock(x);
-    int rc = store_ckpt_get(s, in.version, &blob, &len, &meta, NULL);
+    int rc = store_ckpt_get(s, r->in.version, &blob, &len, &meta, NULL);
     store_ix_unlock(x);
     free(meta);
     if (rc) {
-        job_set(j, "failed", "reading checkpoint %u: %s", in.version, iisan_strerror(rc));
-        goto out;
+        job_set(r->j, "failed", "reading checkpoint %u: %s", r->in.version, iisan_strerror(rc));
+        return -1;
     }
-    if (ckpt_decode(blob, len, &ck, err, sizeof err)) {
-        job_set(j, "failed", "checkpoint %u: %s", in.version, err);
-        goto out;
-    }
+    rc = ckpt_decode(blob, len, &r->ck, err, sizeof err);
     free(blob);
-    blob = NULL;
+    if (rc) {
+        job_set(r->j, "failed", "checkpoint %u: %s", r->in.version, err);
+        return -1;
+    }
     store_ix_rdlock(x);
-    rc = dataset_build(&ds, s, ck.c.n, ck.min_len, err, sizeof err);
+    rc = dataset_build(&r->ds, s, r->ck.c.n, r->ck.min_len, err, sizeof err);
     store_ix_unlock(x);
-    if (rc || ds.n_users == 0) {
-        job_set(j, "failed", "%s", rc ? err : "no user has enough items to train on");
-        goto out;
+    if (rc || r->ds.n_users == 0) {
+        job_set(r->j, "failed", "%s", rc ? err : "no user has enough items to train on");
+        return -1;
     }
     pthread_mutex_lock(&jobs_mu);
-    j->users = ds.n_users;
-    j->items = ds.n_items;
+    r->j->users = r->ds.n_users;
+    r->j->items = r->ds.n_items;
     pthread_mutex_unlock(&jobs_mu);
-    iisan_config c = ck.c;
-    if (c.kind == MODEL_SASREC_ID) c.n_items = ds.n_items;
-    iisan_train_config tc;
-    train_config_default(&tc);
-    tc.epochs = (int)p.epochs;
-    tc.patience = (int)p.patience;
-    tc.max_steps = p.max_steps;
-    tc.seed = (uint64_t)p.seed;
-    tc.min_len = ck.min_len;
-    m = model_create(&c, be, tc.batch, tc.seed, err, sizeof err);
-    if (!m) {
-        job_set(j, "failed", "%s", err);
-        goto out;
+    return 0;
+}
+
+/* the model of the served version's config on today's items, warm-started from it */
+static int run_make_model(run_state *r) {
+    iisan_backend *be = g_srv.be;
+    char err[512];
+    r->c = r->ck.c;
+    if (r->c.kind == MODEL_SASREC_ID) r->c.n_items = r->ds.n_items;
+    train_config_default(&r->tc);
+    r->tc.epochs = (int)r->p.epochs;
+    r->tc.patience = (int)r->p.patience;
+    r->tc.max_steps = r->p.max_steps;
+    r->tc.seed = (uint64_t)r->p.seed;
+    r->tc.min_len = r->ck.min_len;
+    r->m = model_create(&r->c, be, r->tc.batch, r->tc.seed, err, sizeof err);
+    if (!r->m) {
+        job_set(r->j, "failed", "%s", err);
+        return -1;
     }
-    host = malloc(m->pt.total * sizeof *host);
-    int reused = 0;
-    if (!host || warm_params(&ck, m, &ds, host, tc.seed, &reused)) {
-        job_set(j, "failed", "out of memory");
-        goto out;
+    float *host = malloc(r->m->pt.total * sizeof *host);
+    if (!host || warm_params(&r->ck, r->m, &r->ds, host, r->tc.seed, &r->reused)) {
+        free(host);
+        job_set(r->j, "failed", "out of memory");
+        return -1;
     }
-    be->upload(be, m->w, host, m->pt.total * sizeof *host);
-    iisan_states st = {NULL, NULL, NULL};
-    if (c.kind == MODEL_IISAN) {
-        /* a reader for the whole run: the map cannot grow meanwhile (commits
-         * that need a larger map fail with 503 until the job ends) */
-        store_ix_rdlock(x);
-        rc = store_reader_begin(s, &rd);
-        store_ix_unlock(x);
-        if (rc) {
-            job_set(j, "failed", "cannot read the hidden states");
-            goto out;
-        }
-        st = states_from_reader(rd);
-        if (!be->caps.host_memory) {
-            if (states_resident_create(be, &ds, &st, &c, &rs, err, sizeof err)) {
-                job_set(j, "failed", "%s", err);
-                goto out;
-            }
-            st = resident_states_source(rs);
-        }
+    be->upload(be, r->m->w, host, r->m->pt.total * sizeof *host);
+    free(host);
+    return 0;
+}
+
+/* IISAN: the hidden states, read in place or made resident on a GPU */
+static int run_open_states(run_state *r) {
+    iisan_backend *be = g_srv.be;
+    char err[512];
+    r->st = (iisan_states){NULL, NULL, NULL};
+    if (r->c.kind != MODEL_IISAN) return 0;
+    /* a reader for the whole run: the map cannot grow meanwhile (commits that need a larger
+     * map fail with 503 until the job ends) */
+    store_ix_rdlock(g_srv.ix);
+    int rc = store_reader_begin(store_ix_store(g_srv.ix), &r->rd);
+    store_ix_unlock(g_srv.ix);
+    if (rc) {
+        job_set(r->j, "failed", "cannot read the hidden states");
+        return -1;
     }
-    eval_result base;
-    if (model_evaluate(m, &ds, SPLIT_VALID, &st, &base)) {
-        job_set(j, "failed", "out of memory evaluating the starting point");
-        goto out;
+    r->st = states_from_reader(r->rd);
+    if (be->caps.host_memory) return 0;
+    if (states_resident_create(be, &r->ds, &r->st, &r->c, &r->rs, err, sizeof err)) {
+        job_set(r->j, "failed", "%s", err);
+        return -1;
+    }
+    r->st = resident_states_source(r->rs);
+    return 0;
+}
+
+/* the starting point's validation, then training; any failure is the job's */
+static int run_train(run_state *r) {
+    iisan_backend *be = g_srv.be;
+    if (model_evaluate(r->m, &r->ds, SPLIT_VALID, &r->st, &r->base)) {
+        job_set(r->j, "failed", "out of memory evaluating the starting point");
+        return -1;
     }
     pthread_mutex_lock(&jobs_mu);
-    j->base_hr10 = base.hr10;
+    r->j->base_hr10 = r->base.hr10;
     pthread_mutex_unlock(&jobs_mu);
-    train_summary sum;
-    tc.stop = &trainer_stop;
-    int trc = train_run(m, &ds, &st, &tc, 1, on_epoch, j, &sum);
+    r->tc.stop = &trainer_stop;
+    int trc = train_run(r->m, &r->ds, &r->st, &r->tc, 1, on_epoch, r->j, &r->sum);
     char bm[300];
     if (trc == TRAIN_ENOMEM) {
-        job_set(j, "failed", "out of memory training; nothing stored");
-        goto out;
+        job_set(r->j, "failed", "out of memory training; nothing stored");
+        return -1;
     }
-    if (trc == TRAIN_ESTATES && states_check(&st, bm, sizeof bm)) {
-        job_set(j, "failed", "%s; nothing stored", bm);
-        goto out;
+    if (trc == TRAIN_ESTATES && states_check(&r->st, bm, sizeof bm)) {
+        job_set(r->j, "failed", "%s; nothing stored", bm);
+        return -1;
     }
     if (be->status(be, bm, sizeof bm)) { /* TRAIN_EBACKEND: what was trained is garbage */
-        job_set(j, "failed", "the %s backend failed while training: %s; nothing stored", be->name,
-                bm);
-        goto out;
+        job_set(r->j, "failed", "the %s backend failed while training: %s; nothing stored",
+                be->name, bm);
+        return -1;
     }
-    if (sum.interrupted) {
-        job_set(j, "failed", "interrupted: the daemon stopped after %d epochs; nothing stored",
-                sum.epochs_run);
-        goto out;
+    if (r->sum.interrupted) {
+        job_set(r->j, "failed", "interrupted: the daemon stopped after %d epochs; nothing stored",
+                r->sum.epochs_run);
+        return -1;
     }
-    if (rd) store_reader_end(rd);
-    rd = NULL;
-    if (sum.best_valid.hr10 + p.tolerance < base.hr10) {
-        job_set(j, "rejected",
+    if (r->rd) store_reader_end(r->rd);
+    r->rd = NULL;
+    return 0;
+}
+
+/* within the tolerance of the served version: stored, unpinned, loaded and served */
+static int run_promote(run_state *r) {
+    store_ix *x = g_srv.ix;
+    const train_summary *sum = &r->sum;
+    const double base = r->base.hr10;
+    if (sum->best_valid.hr10 + r->p.tolerance < base) {
+        job_set(r->j, "rejected",
                 "validation HR@10 %.4f is below the served version's %.4f by more than the "
                 "tolerance %.4f; nothing stored",
-                sum.best_valid.hr10, base.hr10, p.tolerance);
-        log_event("info", "retrain_rejected", "job=%d base_hr10=%.4f new_hr10=%.4f", id, base.hr10,
-                  sum.best_valid.hr10);
-        goto out;
+                sum->best_valid.hr10, base, r->p.tolerance);
+        log_event("info", "retrain_rejected", "job=%d base_hr10=%.4f new_hr10=%.4f", r->id, base,
+                  sum->best_valid.hr10);
+        return -1;
     }
-    blob = ckpt_encode_model(m, ds.item_cat, ds.n_items, ck.min_len, &len);
-    char mj[600];
+    size_t len = 0;
+    void *blob = ckpt_encode_model(r->m, r->ds.item_cat, r->ds.n_items, r->ck.min_len, &len);
+    char mj[600], err[512];
     snprintf(mj, sizeof mj,
              "{\"model\":\"%s\",\"best_epoch\":%d,\"epochs_run\":%d,\"valid_hr10\":%.6f,"
              "\"valid_ndcg10\":%.6f,\"seconds_per_epoch\":%.3f,\"created\":%lld,"
              "\"warm_start_from\":%u,\"job\":%d,\"base_valid_hr10\":%.6f}",
-             c.kind == MODEL_IISAN ? "iisan" : "sasrec-id", sum.best_epoch, sum.epochs_run,
-             sum.best_valid.hr10, sum.best_valid.ndcg10, sum.mean_epoch_seconds,
-             (long long)time(NULL), in.version, id, base.hr10);
+             r->c.kind == MODEL_IISAN ? "iisan" : "sasrec-id", sum->best_epoch, sum->epochs_run,
+             sum->best_valid.hr10, sum->best_valid.ndcg10, sum->mean_epoch_seconds,
+             (long long)time(NULL), r->in.version, r->id, base);
     uint32_t ver = 0;
     store_ix_wrlock(x); /* store_ckpt_put may grow the map */
-    rc = blob ? store_ckpt_put(s, blob, len, mj, &ver) : IISAN_ENOMEM;
+    int rc = blob ? store_ckpt_put(store_ix_store(x), blob, len, mj, &ver) : IISAN_ENOMEM;
     store_ix_unlock(x);
+    free(blob);
     if (rc) {
-        job_set(j, "failed", "storing the checkpoint: %s", iisan_strerror(rc));
-        goto out;
+        job_set(r->j, "failed", "storing the checkpoint: %s", iisan_strerror(rc));
+        return -1;
     }
     pthread_mutex_lock(&jobs_mu);
-    j->new_version = ver;
+    r->j->new_version = ver;
     pthread_mutex_unlock(&jobs_mu);
     atomic_store(&g_srv.pinned, 0);
     if (store_ix_state_put(x, "pinned", 0, err, sizeof err))
         log_event("error", "unpin_failed", "error=%s", log_q(err, (char[600]){0}, 600));
     if (serve_reload_model(ver, 0) < 0) {
-        job_set(j, "failed", "stored as version %u, but loading it failed (see the log)", ver);
-        goto out;
+        job_set(r->j, "failed", "stored as version %u, but loading it failed (see the log)", ver);
+        return -1;
     }
-    if (c.kind == MODEL_SASREC_ID)
-        job_set(j, "promoted",
+    double secs = serve_now() - r->t0;
+    if (r->c.kind == MODEL_SASREC_ID)
+        job_set(r->j, "promoted",
                 "version %u (HR@10 %.4f; served version %u had %.4f) is served; %d of %d item "
                 "embeddings warm-started, the rest new; %.1f s",
-                ver, sum.best_valid.hr10, in.version, base.hr10, reused, ds.n_items + 1,
-                serve_now() - t0);
+                ver, sum->best_valid.hr10, r->in.version, base, r->reused, r->ds.n_items + 1, secs);
     else
-        job_set(j, "promoted",
+        job_set(r->j, "promoted",
                 "version %u (HR@10 %.4f; served version %u had %.4f) is served; every "
                 "parameter warm-started; %.1f s",
-                ver, sum.best_valid.hr10, in.version, base.hr10, serve_now() - t0);
+                ver, sum->best_valid.hr10, r->in.version, base, secs);
     log_event("info", "retrain_promoted",
               "job=%d version=%u base_version=%u hr10=%.4f "
               "base_hr10=%.4f seconds=%.1f",
-              id, ver, in.version, sum.best_valid.hr10, base.hr10, serve_now() - t0);
+              r->id, ver, r->in.version, sum->best_valid.hr10, base, secs);
     cluster_promoted(ver); /* cluster mode: to the model repository */
-out:
-    if (rd) store_reader_end(rd);
-    states_resident_free(rs);
-    model_destroy(m);
-    free(host);
-    free(blob);
-    ckpt_free(&ck);
-    dataset_free(&ds);
+    return 0;
+}
+
+static void run_free(run_state *r) {
+    if (r->rd) store_reader_end(r->rd);
+    states_resident_free(r->rs);
+    model_destroy(r->m);
+    ckpt_free(&r->ck);
+    dataset_free(&r->ds);
+}
+
+static void *trainer_main(void *arg) {
+    run_state r = {0};
+    job *j = r.j = arg;
+    pthread_mutex_lock(&jobs_mu);
+    j->state = "running";
+    j->started = wall();
+    r.p = j->p;
+    r.id = j->id;
+    pthread_mutex_unlock(&jobs_mu);
+    job_persist(r.id);
+    r.t0 = serve_now();
+    if (!run_load_base(&r) && !run_make_model(&r) && !run_open_states(&r) && !run_train(&r))
+        run_promote(&r);
+    run_free(&r);
     pthread_mutex_lock(&jobs_mu);
     j->finished = wall();
     if (!strcmp(j->state, "failed"))
-        log_event("error", "retrain_failed", "job=%d message=%s", id,
+        log_event("error", "retrain_failed", "job=%d message=%s", r.id,
                   log_q(j->message, (char[500]){0}, 500));
     running = 0;
     metrics_job_end(j->state, j->finished - j->started);
     pthread_mutex_unlock(&jobs_mu);
-    job_persist(id);
+    job_persist(r.id);
     return NULL;
 }
 

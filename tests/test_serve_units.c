@@ -480,6 +480,54 @@ static void check_add_items(infer_model *im, iisan_store *s, const iisan_config 
 
 /* infer_recommend must rank as the full model does (model_item_embeddings +
  * seq_forward of a 64-user model + a full score row) */
+/* the pruned CPU top-k equals scoring every item (the same scoring code, so bit for bit),
+ * for real histories */
+static void check_pruned(infer_model *im, iisan_store *s, iisan_backend *be,
+                         const infer_options *opt, const iisan_dataset *ds, const iisan_config *c) {
+    char err[512];
+    infer_options ox = *opt;
+    ox.exhaustive = 1;
+    infer_model *full = NULL;
+    CHECK(infer_load(s, 0, be, &ox, &full, err, sizeof err) == 0);
+    int same = full != NULL;
+    for (int u = 0; full && u < ds->n_users && u < 30; u++) {
+        int32_t seq[16], tgt, oa[20], ob[20];
+        float sa[20], sb[20];
+        int nh = dataset_sequence(ds, u, SPLIT_TEST, seq, &tgt);
+        const int32_t *h = seq + c->n - nh;
+        int ca = infer_recommend(im, h, nh, h, u % 2 ? nh : 0, 20, oa, sa);
+        int cb = infer_recommend(full, h, nh, h, u % 2 ? nh : 0, 20, ob, sb);
+        same &= ca == cb && !memcmp(oa, ob, ca * sizeof *oa) && !memcmp(sa, sb, ca * sizeof *sa);
+    }
+    CHECKF(same, "kind %d: pruned top-k differs from the exhaustive one", c->kind);
+    if (full) infer_release(full);
+}
+
+/* a banned item is never returned, by the model or by popularity */
+static void check_bans(infer_model *im, int N) {
+    int32_t oi[60];
+    float os[60];
+    int32_t h1[1] = {1};
+    int full = infer_recommend(im, h1, 1, NULL, 0, N, oi, os);
+    CHECK(full == N);
+    int victim = oi[0];
+    infer_ban(im, victim, 1);
+    infer_ban(im, victim, 1); /* idempotent */
+    CHECK(infer_banned_count(im) == 1);
+    int after = infer_recommend(im, h1, 1, NULL, 0, N, oi, os);
+    int seen = 0;
+    for (int t = 0; t < after; t++)
+        seen |= oi[t] == victim;
+    CHECK(after == N - 1 && !seen);
+    after = infer_popular(im, NULL, 0, N, oi, os);
+    seen = 0;
+    for (int t = 0; t < after; t++)
+        seen |= oi[t] == victim;
+    CHECK(after == N - 1 && !seen);
+    infer_ban(im, victim, 0);
+    CHECK(infer_banned_count(im) == 0 && infer_recommend(im, h1, 1, NULL, 0, N, oi, os) == N);
+}
+
 static void check_infer(iisan_store *s, const iisan_config *c, int min_len) {
     char err[512];
     iisan_backend *be = iisan_backend_cpu(1);
@@ -605,50 +653,11 @@ static void check_infer(iisan_store *s, const iisan_config *c, int min_len) {
     int32_t ex[1] = {pi[0]};
     int32_t pj[5];
     CHECK(infer_popular(im, ex, 1, 5, pj, ps) == 5 && pj[0] == pi[1]);
-    /* a banned item is never returned, by the model or by popularity */
-    int32_t oi[60];
-    float os[60];
-    int32_t h1[1] = {1};
-    int full = infer_recommend(im, h1, 1, NULL, 0, N, oi, os);
-    CHECK(full == N);
-    int victim = oi[0];
-    infer_ban(im, victim, 1);
-    infer_ban(im, victim, 1); /* idempotent */
-    CHECK(infer_banned_count(im) == 1);
-    int after = infer_recommend(im, h1, 1, NULL, 0, N, oi, os);
-    int seen = 0;
-    for (int t = 0; t < after; t++)
-        seen |= oi[t] == victim;
-    CHECK(after == N - 1 && !seen);
-    after = infer_popular(im, NULL, 0, N, oi, os);
-    seen = 0;
-    for (int t = 0; t < after; t++)
-        seen |= oi[t] == victim;
-    CHECK(after == N - 1 && !seen);
-    infer_ban(im, victim, 0);
-    CHECK(infer_banned_count(im) == 0 && infer_recommend(im, h1, 1, NULL, 0, N, oi, os) == N);
+    check_bans(im, N);
     /* capacity limits */
     CHECK(infer_recommend(im, pi, 1, NULL, 0, 61, pj, ps) == -1);
     check_batch(im, &ds);
-    { /* the pruned CPU top-k equals scoring every item, for real histories */
-        infer_options ox = opt;
-        ox.exhaustive = 1;
-        infer_model *full = NULL;
-        CHECK(infer_load(s, 0, be, &ox, &full, err, sizeof err) == 0);
-        int same = full != NULL;
-        for (int u = 0; full && u < ds.n_users && u < 30; u++) {
-            int32_t seq[16], tgt, oa[20], ob[20];
-            float sa[20], sb[20];
-            int nh = dataset_sequence(&ds, u, SPLIT_TEST, seq, &tgt);
-            const int32_t *h = seq + n - nh;
-            int ca = infer_recommend(im, h, nh, h, u % 2 ? nh : 0, 20, oa, sa);
-            int cb = infer_recommend(full, h, nh, h, u % 2 ? nh : 0, 20, ob, sb);
-            same &=
-                ca == cb && !memcmp(oa, ob, ca * sizeof *oa) && !memcmp(sa, sb, ca * sizeof *sa);
-        }
-        CHECKF(same, "kind %d: pruned top-k differs from the exhaustive one", c->kind);
-        infer_release(full);
-    }
+    check_pruned(im, s, be, &opt, &ds, c);
     check_add_items(im, s, c, N + in.n_extra);
     infer_release(im);
     free(all);
