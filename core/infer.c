@@ -263,6 +263,10 @@ static int embed_items(infer_model *im, iisan_store *s, const iisan_ckpt *ck, ch
             return IISAN_EIO;
         }
         st = states_from_reader(r);
+        if (states_fit(r, &ck->c, err, (size_t)errlen)) {
+            rc = IISAN_EFORMAT;
+            goto out;
+        }
         if (!be->caps.host_memory) { /* the GPU gathers states from its own memory */
             iisan_dataset fake = {0};
             fake.n_items = im->N0;

@@ -20,4 +20,10 @@ iisan_states states_from_reader(store_reader *r);
  * Work done with a failed source read zeros where states were: throw it away. */
 int states_check(const iisan_states *st, char *msg, size_t len);
 
+/* 0 when every modality r's store holds has the shape config c reads (config_nstates x
+ * config_width; a modality the store lacks reads as zeros and always fits); else
+ * IISAN_EFORMAT with a message naming both shapes in msg (len bytes). A model trained
+ * before the store got a modality in another shape must not read it. */
+int states_fit(const store_reader *r, const iisan_config *c, char *msg, size_t len);
+
 #endif

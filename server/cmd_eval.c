@@ -122,6 +122,10 @@ int cmd_eval(int argc, char **argv) {
             goto out;
         }
         iisan_states st = states_from_reader(rd);
+        if (states_fit(rd, &ck.c, err, sizeof err)) {
+            fprintf(stderr, "iisan eval: version %u: %s\n", ver, err);
+            goto out;
+        }
         if (ck.c.kind == MODEL_IISAN && !be->caps.host_memory) {
             /* the GPU reads states from its own memory: every item's, uploaded once */
             if (states_resident_create(be, &ds, &st, &ck.c, &rs, err, sizeof err)) {

@@ -334,6 +334,10 @@ static int run_open_states(run_state *r) {
         return -1;
     }
     r->st = states_from_reader(r->rd);
+    if (states_fit(r->rd, &r->c, err, sizeof err)) {
+        job_set(r->j, "failed", "%s", err);
+        return -1;
+    }
     if (be->caps.host_memory) return 0;
     if (states_resident_create(be, &r->ds, &r->st, &r->c, &r->rs, err, sizeof err)) {
         job_set(r->j, "failed", "%s", err);

@@ -584,6 +584,7 @@ struct store_reader {
     iisan_store *s;
     MDB_txn *txn;
     size_t bytes[2]; /* expected value size per modality, 0 when none */
+    int shape[2][2]; /* nstates, width per modality (0, 0 when none) */
     int err;         /* the first failed read's IISAN_E* (0: none) */
     char msg[200];
 };
@@ -599,8 +600,11 @@ int store_reader_begin(iisan_store *s, store_reader **out) {
     }
     for (int m = 0; m < 2; m++) {
         state_meta sm;
-        if (state_meta_read(r->txn, s, m, &sm) == 0 && sm.present)
+        if (state_meta_read(r->txn, s, m, &sm) == 0 && sm.present) {
             r->bytes[m] = (size_t)sm.nstates * sm.width * 2;
+            r->shape[m][0] = (int)sm.nstates;
+            r->shape[m][1] = (int)sm.width;
+        }
     }
     atomic_fetch_add(&s->readers, 1);
     *out = r;
@@ -625,6 +629,13 @@ const uint16_t *store_reader_states(store_reader *r, int modality, uint32_t idx)
                      modality ? "image" : "text", idx, v.mv_size, r->bytes[modality]);
     }
     return NULL;
+}
+
+int store_reader_shape(const store_reader *r, int modality, int *nstates, int *width) {
+    if ((unsigned)modality > 1 || !r->bytes[modality]) return IISAN_ENOTFOUND;
+    *nstates = r->shape[modality][0];
+    *width = r->shape[modality][1];
+    return 0;
 }
 
 int store_reader_error(const store_reader *r, char *msg, size_t len) {

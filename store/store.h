@@ -104,6 +104,9 @@ int store_reader_begin(iisan_store *s, store_reader **r);
  * hold none of it) or when reading failed: an LMDB error or a value of the wrong size is
  * recorded in the reader (store_reader_error), a missing one is not */
 const uint16_t *store_reader_states(store_reader *r, int modality, uint32_t idx);
+/* the shape of a modality's states in the reader's snapshot: 0, or IISAN_ENOTFOUND when the
+ * store holds none of that modality */
+int store_reader_shape(const store_reader *r, int modality, int *nstates, int *width);
 /* 0 while every read succeeded; else the first failure's code (IISAN_EIO: LMDB,
  * IISAN_EFORMAT: a value of the wrong size) with its message (naming the item) in msg */
 int store_reader_error(const store_reader *r, char *msg, size_t len);

@@ -115,6 +115,9 @@ expect 0 "encode images (3 x 32) beside 7 x 384 text states" -- "$BIN" encode --
 expect 0 "versa on encoded text and image states" -- "$BIN" train --data "$T/sym" --arch versa \
   --epochs 1 --no-save
 has "$T/err" "image tiny-vit 3 states x 32" "the image tower takes the ViT's shape"
+# the symmetric model trained there before (image zeros, read as 7 x 384) must not read them
+expect 1 "a model that reads another image shape is refused" -- "$BIN" eval --data "$T/sym"
+has "$T/err" "image states of 7 x 384 but the store holds 3 x 32" "the refusal names both shapes"
 
 # served: recommendations, an item added with states of both shapes, a retraining job
 TOKEN=versa-token
