@@ -81,6 +81,8 @@ char *config_to_json(const iisan_config *c, int min_len) {
     json_object_set_new(o, "r", json_integer(c->r));
     json_object_set_new(o, "schedule", sched);
     json_object_set_new(o, "remove_first", json_boolean(c->remove_first));
+    json_object_set_new(o, "inter_start", json_integer(c->inter_start));
+    json_object_set_new(o, "pv_init", json_integer(c->pv_init));
     json_object_set_new(o, "act", json_string(c->act == IISAN_ACT_GELU ? "gelu" : "relu"));
     json_object_set_new(o, "gate_temp", json_real(c->gate_temp));
     json_object_set_new(o, "towers", towers);
@@ -94,6 +96,50 @@ char *config_to_json(const iisan_config *c, int min_len) {
     char *s = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(o);
     return s;
+}
+
+void config_describe(const iisan_config *c, char *out, size_t cap) {
+    size_t at = 0;
+#define PUT(...)                                                                                   \
+    do {                                                                                           \
+        if (at < cap) at += (size_t)snprintf(out + at, cap - at, __VA_ARGS__);                     \
+    } while (0)
+    if (cap) out[0] = 0;
+    PUT("%s", kind_name[c->kind]);
+    if (c->kind == MODEL_IISAN) {
+        PUT(": towers");
+        const char *sep = " ";
+        for (int t = 0; t < N_TOWERS; t++)
+            if ((c->towers >> t) & 1) {
+                PUT("%s%s", sep, tower_names[t]);
+                sep = "+";
+            }
+        if (c->arch == ARCH_VERSA) {
+            static const char *mn[N_MODS] = {"text", "image"};
+            for (int mo = 0; mo < N_MODS; mo++) {
+                const iisan_modality *v = &c->mods[mo];
+                PUT(", %s %d states x %d schedule %s", mn[mo], v->nstates, v->D,
+                    v->remove_first ? "remove-first " : "");
+                for (int k = 0; k < v->K; k++)
+                    PUT("%s%d", k ? "," : "", v->sched[k]);
+            }
+            PUT(", r %d, %s (versa)", c->r, c->act == IISAN_ACT_GELU ? "gelu" : "relu");
+        } else {
+            PUT(", schedule %s", c->remove_first ? "remove-first " : "");
+            for (int k = 0; k < c->K; k++)
+                PUT("%s%d", k ? "," : "", c->sched[k]);
+            PUT(", r %d, %s, %d states x %d", c->r, c->act == IISAN_ACT_GELU ? "gelu" : "relu",
+                c->nstates, c->D);
+        }
+    } else if (c->kind == MODEL_SASREC_ID) {
+        PUT(": %d items", c->n_items);
+    }
+    PUT(", d %d, n %d", c->d, c->n);
+    if (c->kind == MODEL_IISAN && c->arch != ARCH_VERSA) {
+        PUT(", P_v init v%d", c->pv_init);
+        if (c->remove_first) PUT(", inter start v%d", c->inter_start);
+    }
+#undef PUT
 }
 
 static int get_int(json_t *o, const char *k, int *v, char *err, int errlen) {
@@ -145,6 +191,16 @@ int config_from_json(const char *json, size_t len, iisan_config *c, int *min_len
         get_num(o, "ln_eps", &c->ln_eps, err, errlen))
         goto out;
     c->remove_first = json_is_true(json_object_get(o, "remove_first"));
+    /* the model-side rules (spec version 1 or 2); checkpoints written before version 2 lack
+     * them and were trained under version 1 */
+    json_t *is = json_object_get(o, "inter_start"), *pv = json_object_get(o, "pv_init");
+    c->inter_start = json_is_integer(is) ? (int)json_integer_value(is) : IISAN_RULES_V1;
+    c->pv_init = json_is_integer(pv) ? (int)json_integer_value(pv) : IISAN_RULES_V1;
+    if ((c->inter_start != IISAN_RULES_V1 && c->inter_start != IISAN_RULES_V2) ||
+        (c->pv_init != IISAN_RULES_V1 && c->pv_init != IISAN_RULES_V2)) {
+        snprintf(err, errlen, "model config: 'inter_start' and 'pv_init' must be 1 or 2");
+        goto out;
+    }
     const char *act = json_string_value(json_object_get(o, "act"));
     c->act = act && !strcmp(act, "gelu") ? IISAN_ACT_GELU : IISAN_ACT_RELU;
     if (read_sched(json_object_get(o, "schedule"), &c->K, c->sched, err, errlen)) goto out;

@@ -40,6 +40,11 @@ char *config_to_json(const iisan_config *c, int min_len);
 int config_from_json(const char *json, size_t len, iisan_config *c, int *min_len, char *err,
                      int errlen);
 
+/* one line naming what a config builds, so that two models tell apart: kind, towers,
+ * schedule, sizes and the model-side rules, e.g. "iisan: towers image+text+inter, schedule
+ * 0,2,4,6,8,10,12, r 64, relu, 13 states x 768, d 64, n 10, P_v init v2". Truncated to cap. */
+void config_describe(const iisan_config *c, char *out, size_t cap);
+
 /* blob = malloc'd encoding of the checkpoint; returns NULL when out of memory */
 void *ckpt_encode(const iisan_ckpt *ck, size_t *len);
 /* a trained model's checkpoint: its config, the dataset's item mapping (item_cat

@@ -16,6 +16,8 @@ void config_default(iisan_config *c) {
     for (int k = 0; k < 7; k++)
         c->sched[k] = 2 * k;
     c->remove_first = 0;
+    c->inter_start = IISAN_RULES_V2;
+    c->pv_init = IISAN_RULES_V2;
     c->act = IISAN_ACT_RELU;
     c->gate_temp = 0.1f;
     c->towers = (1 << TOWER_IMAGE) | (1 << TOWER_TEXT) | (1 << TOWER_INTER);
@@ -40,6 +42,32 @@ void train_config_default(iisan_train_config *t) {
     t->seed = 42;
     t->min_len = 5;
     t->max_steps = 0;
+    t->lr_groups = IISAN_RULES_V2;
+    t->early_stop = IISAN_RULES_V2;
+    t->eval_rule = IISAN_RULES_V2;
+}
+
+void train_lr_table(const iisan_train_config *t, float lr[LR_NGROUPS]) {
+    int v2 = t->lr_groups != IISAN_RULES_V1;
+    lr[LRG_SAN] = t->lr_san;
+    lr[LRG_GATE_IMAGE] = t->lr_san;
+    lr[LRG_GATE_TEXT] = v2 ? t->lr : t->lr_san;
+    lr[LRG_GATE_INTER] = v2 ? t->lr : t->lr_san;
+    lr[LRG_FC_TEXT] = v2 ? 0.5f * t->lr_san : t->lr;
+    lr[LRG_FC_IMAGE] = v2 ? t->lr_san : t->lr;
+    lr[LRG_OTHER] = t->lr;
+}
+
+void config_set_rules(iisan_config *c, iisan_train_config *t, int version) {
+    if (c) {
+        c->inter_start = version;
+        c->pv_init = version;
+    }
+    if (t) {
+        t->lr_groups = version;
+        t->early_stop = version;
+        t->eval_rule = version;
+    }
 }
 
 /* a named schedule or an explicit list over states 0..nstates-1 into sched/K/remove_first */

@@ -30,6 +30,24 @@ typedef struct {
 /* towers of the item encoder, in fusion order [z_img ; z_text ; z_mm] */
 enum { TOWER_IMAGE = 0, TOWER_TEXT = 1, TOWER_INTER = 2, N_TOWERS = 3 };
 
+/* Learning-rate groups (spec: Training). Every parameter belongs to one; the rate of each
+ * group comes from the training config's rule (train_lr_table). */
+enum {
+    LRG_SAN,        /* SAN blocks of every tower */
+    LRG_GATE_IMAGE, /* the image tower's gates */
+    LRG_GATE_TEXT,  /* the text tower's gates */
+    LRG_GATE_INTER, /* the inter tower's gates */
+    LRG_FC_TEXT,    /* F_t */
+    LRG_FC_IMAGE,   /* F_v */
+    LRG_OTHER,      /* the P layers, F_x, fusion, the sequence encoder, positions */
+    LR_NGROUPS
+};
+
+/* Each rule field below holds the version of ../shared/spec/model.md whose rule it follows:
+ * 2 (the default) or 1 (kept to reproduce earlier figures). */
+#define IISAN_RULES_V1 1
+#define IISAN_RULES_V2 2
+
 typedef struct {
     int kind; /* iisan_model_kind */
     /* item side (IISAN) */
@@ -39,6 +57,8 @@ typedef struct {
     int K;                       /* schedule length */
     int sched[IISAN_MAX_SCHED];  /* hidden-state indexes feeding the blocks */
     int remove_first;            /* running state starts from state 0 */
+    int inter_start;             /* remove-first inter SAN: u_0 = 0 (2) or (T[0] + V[0]) / 2 (1) */
+    int pv_init;                 /* P_v: xavier-normal, zero bias (2) or nn.Linear's default (1) */
     int act;                     /* IISAN_ACT_RELU / GELU for SAN blocks */
     float gate_temp;             /* 0.1 */
     int towers;                  /* bit mask of enabled towers (1 << TOWER_*) */
@@ -55,11 +75,15 @@ typedef struct {
 } iisan_config;
 
 typedef struct {
-    int batch;    /* 64 users */
-    int epochs;   /* max 100 */
-    int patience; /* early stopping: epochs without validation improvement */
-    float lr_san; /* 1e-4: SAN blocks and gates */
-    float lr;     /* 2e-4: everything else */
+    int batch;      /* 64 users */
+    int epochs;     /* max 100 */
+    int patience;   /* early stopping: epochs without validation improvement */
+    float lr_san;   /* 1e-4: SAN blocks (and, under lr_groups 1, every gate) */
+    float lr;       /* 2e-4: everything else (see train_lr_table) */
+    int lr_groups;  /* 2: the spec's per-group table; 1: lr_san / lr only */
+    int early_stop; /* 2: stop when more than `patience` epochs in a row did not improve;
+                     * 1: stop when `patience` epochs in a row did not */
+    int eval_rule;  /* validation: EVAL_RULE_* of core/eval.h (2: a repeated target misses) */
     float beta1, beta2, eps;
     uint64_t seed;
     int min_len;    /* 5 */
@@ -71,6 +95,12 @@ typedef struct {
 
 void config_default(iisan_config *c);
 void train_config_default(iisan_train_config *t);
+/* the learning rate of each LRG_* group. Rule 2: SAN blocks lr_san, F_t lr_san / 2, F_v and the
+ * image gates lr_san, the text and inter gates lr, the rest lr (1e-4, 5e-5, 1e-4, 2e-4, 2e-4 by
+ * default). Rule 1: SAN blocks and every gate lr_san, the rest lr. */
+void train_lr_table(const iisan_train_config *t, float lr[LR_NGROUPS]);
+/* every rule of one spec version (IISAN_RULES_V1 or V2) on both configs (either may be NULL) */
+void config_set_rules(iisan_config *c, iisan_train_config *t, int version);
 /* parses "0,2,4,6" or the names "every2" (default), "all", "top", "remove-first";
  * needs c->nstates set. Returns 0 or -1 with message. */
 int config_set_schedule(iisan_config *c, const char *spec, char *err, int errlen);

@@ -25,8 +25,25 @@ void model_item_embeddings(iisan_model *m, int N, const uint32_t *item_cat, cons
     free(cat);
 }
 
+const char *eval_rule_name(int rule) {
+    return rule == EVAL_RULE_V1 ? "history-but-target" : "history";
+}
+
+int eval_rule_parse(const char *s) {
+    if (!strcmp(s, "history") || !strcmp(s, "v2")) return EVAL_RULE_V2;
+    if (!strcmp(s, "history-but-target") || !strcmp(s, "v1")) return EVAL_RULE_V1;
+    return -1;
+}
+
+static int occurs(const int32_t *hist, int nh, int32_t item) {
+    for (int j = 0; j < nh; j++)
+        if (hist[j] == item) return 1;
+    return 0;
+}
+
+/* rank 0: a repeated target under EVAL_RULE_V2, never ranked, a miss */
 static void add_rank(eval_result *r, int rank) {
-    if (rank <= 10) {
+    if (rank >= 1 && rank <= 10) {
         r->hr10 += 1;
         r->ndcg10 += 1.0 / log2(rank + 1.0);
     }
@@ -41,8 +58,8 @@ static void finish(eval_result *r, double t0) {
     r->seconds = iisan_now() - t0;
 }
 
-int model_evaluate(iisan_model *m, const iisan_dataset *ds, int split, const iisan_states *st,
-                   eval_result *res) {
+int model_evaluate(iisan_model *m, const iisan_dataset *ds, int split, int rule,
+                   const iisan_states *st, eval_result *res) {
     iisan_backend *be = m->be;
     const int n = m->c.n, d = m->c.d, N = ds->n_items, B = m->cap_users, ne = n + 2;
     double t0 = iisan_now();
@@ -59,10 +76,11 @@ int model_evaluate(iisan_model *m, const iisan_dataset *ds, int split, const iis
     int *excl = malloc((size_t)B * ne * sizeof(int));
     int *rank = malloc((size_t)B * sizeof(int));
     int *sel = malloc((size_t)B * sizeof(int));
+    unsigned char *rep = malloc((size_t)B);
     int32_t *seq = malloc((size_t)(n + 3) * sizeof *seq);
     int rc = -1;
     if (!all || !scores || !dtarget || !dexcl || !drank || !rowsel || !in_idx || !mask || !target ||
-        !excl || !rank || !sel || !seq)
+        !excl || !rank || !sel || !rep || !seq)
         goto out;
     model_item_embeddings(m, N, ds->item_cat, st, all);
     for (int b = 0; b < B; b++)
@@ -82,6 +100,7 @@ int model_evaluate(iisan_model *m, const iisan_dataset *ds, int split, const iis
             int nh = dataset_history(ds, u0 + b, split, seq);
             for (int j = 0; j < nh && j < ne; j++)
                 excl[b * ne + j] = seq[j];
+            rep[b] = occurs(seq, nh < ne ? nh : ne, tgt);
         }
         seq_forward(m, all, in_idx, mask, nb, 0, 0);
         be->gather_rows(be, m->Oq, seq_output(m), rowsel, nb, d);
@@ -90,8 +109,10 @@ int model_evaluate(iisan_model *m, const iisan_dataset *ds, int split, const iis
         be->upload(be, dexcl, excl, (size_t)nb * ne * sizeof(int));
         be->rank_targets(be, drank, scores, nb, N + 1, dtarget, dexcl, ne);
         be->download(be, rank, drank, (size_t)nb * sizeof(int));
-        for (int b = 0; b < nb; b++)
-            add_rank(res, rank[b]);
+        for (int b = 0; b < nb; b++) {
+            res->repeated += rep[b];
+            add_rank(res, rep[b] && rule != EVAL_RULE_V1 ? 0 : rank[b]);
+        }
     }
     finish(res, t0);
     rc = 0;
@@ -108,11 +129,12 @@ out:
     free(excl);
     free(rank);
     free(sel);
+    free(rep);
     free(seq);
     return rc;
 }
 
-int popularity_evaluate(const iisan_dataset *ds, int split, eval_result *res) {
+int popularity_evaluate(const iisan_dataset *ds, int split, int rule, eval_result *res) {
     const int n = ds->max_len;
     double t0 = iisan_now();
     memset(res, 0, sizeof *res);
@@ -129,6 +151,13 @@ int popularity_evaluate(const iisan_dataset *ds, int split, eval_result *res) {
         int32_t tgt;
         dataset_sequence(ds, u, split, seq, &tgt);
         int nh = dataset_history(ds, u, split, hist);
+        if (occurs(hist, nh, tgt)) {
+            res->repeated++;
+            if (rule != EVAL_RULE_V1) {
+                add_rank(res, 0);
+                continue;
+            }
+        }
         double t = cnt[tgt];
         int above = 0;
         for (int i = 1; i <= ds->n_items; i++)

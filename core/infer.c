@@ -549,6 +549,7 @@ int infer_load(iisan_store *s, uint32_t version, iisan_backend *be, const infer_
     im->info.params = ck.nparams;
     im->info.headroom = ck.c.kind == MODEL_IISAN && opt->headroom > 0 ? opt->headroom : 0;
     snprintf(im->info.meta, sizeof im->info.meta, "%s", meta ? meta : "{}");
+    config_describe(&ck.c, im->info.describe, sizeof im->info.describe);
     free(meta);
     if (ck.c.kind != MODEL_IISAN && ck.c.kind != MODEL_SASREC_ID) {
         snprintf(err, errlen, "checkpoint %u is of a kind that cannot be served", ver);

@@ -75,6 +75,7 @@ typedef struct {
     long queries;           /* CPU: requests ranked so far by this version */
     double mean_scored;     /* CPU: items scored per request (the rest were pruned) */
     char meta[512];         /* the checkpoint's meta JSON (truncated) */
+    char describe[256];     /* config_describe of the checkpoint's config */
 } infer_info;
 
 /* version 0 = the latest. be must outlive the model. Returns 0, or

@@ -55,7 +55,10 @@ static void layout(iisan_model *m, carver *cv) {
                 ws->act[k] = F(U * r);
                 ws->h[k] = F(U * D);
             }
-            ws->h0 = !versa && t == TOWER_INTER && c->remove_first ? F(U * D) : NULL;
+            ws->h0 =
+                !versa && t == TOWER_INTER && c->remove_first && c->inter_start == IISAN_RULES_V1
+                    ? F(U * D)
+                    : NULL;
             ws->M = F(d * di);
             ws->c = F(d);
             ws->dM = F(d * di);

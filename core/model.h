@@ -155,7 +155,8 @@ float *seq_output(iisan_model *m);
  * train != 0 enables dropout (seeded by seed). */
 float model_loss_grad(iisan_model *m, const int32_t *seqs, int B, const float *logpop,
                       const uint32_t *item_cat, const iisan_states *st, int train, uint64_t seed);
-/* one Adam step on m->g with the two learning-rate groups */
-void model_adam(iisan_model *m, float lr_san, float lr, float b1, float b2, float eps);
+/* one Adam step on m->g, each parameter at its group's learning rate (lr[LRG_*],
+ * train_lr_table) */
+void model_adam(iisan_model *m, const float lr[LR_NGROUPS], float b1, float b2, float eps);
 
 #endif

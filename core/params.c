@@ -9,6 +9,8 @@
 #include "kernels/rng.h"
 
 static const char *tower_name[N_TOWERS] = {"image", "text", "inter"};
+static const int gate_group[N_TOWERS] = {LRG_GATE_IMAGE, LRG_GATE_TEXT, LRG_GATE_INTER};
+static const int fc_group[N_TOWERS] = {LRG_FC_IMAGE, LRG_FC_TEXT, LRG_OTHER};
 
 static int add(param_table *pt, int *cap, int group, int init, float a, int d0, int d1,
                const char *fmt, ...) {
@@ -33,7 +35,6 @@ static int add(param_table *pt, int *cap, int group, int init, float a, int d0, 
     p->init = init;
     p->a = a;
     pt->total += p->size;
-    if (group == 0) pt->group0 = pt->total;
     return 0;
 }
 
@@ -51,22 +52,24 @@ static int versa_build(param_table *pt, int *cap, const iisan_config *c) {
         if (!((c->towers >> t) & 1)) continue;
         const int D = config_tower_width(c, t), K = config_tower_depth(c, t);
         for (int k = 0; k < K; k++) {
-            rc |= add(pt, cap, 0, INIT_NORMAL, 0.01f, r, D, "%s.block.%d.down.weight",
+            rc |= add(pt, cap, LRG_SAN, INIT_NORMAL, 0.01f, r, D, "%s.block.%d.down.weight",
                       tower_name[t], k);
-            rc |= add(pt, cap, 0, INIT_ZERO, 0, r, 0, "%s.block.%d.down.bias", tower_name[t], k);
-            rc |= add(pt, cap, 0, INIT_NORMAL, 0.01f, D, r, "%s.block.%d.up.weight", tower_name[t],
+            rc |= add(pt, cap, LRG_SAN, INIT_ZERO, 0, r, 0, "%s.block.%d.down.bias", tower_name[t],
                       k);
-            rc |= add(pt, cap, 0, INIT_ZERO, 0, D, 0, "%s.block.%d.up.bias", tower_name[t], k);
+            rc |= add(pt, cap, LRG_SAN, INIT_NORMAL, 0.01f, D, r, "%s.block.%d.up.weight",
+                      tower_name[t], k);
+            rc |=
+                add(pt, cap, LRG_SAN, INIT_ZERO, 0, D, 0, "%s.block.%d.up.bias", tower_name[t], k);
         }
-        rc |= add(pt, cap, 0, INIT_ZERO, 0, K, 0, "%s.gate", tower_name[t]);
+        rc |= add(pt, cap, gate_group[t], INIT_ZERO, 0, K, 0, "%s.gate", tower_name[t]);
     }
     const int wide = config_versa_wide(c);
     if (((c->towers >> TOWER_INTER) & 1) && wide >= 0) {
         const int Dw = c->mods[wide].D, Dx = config_tower_width(c, TOWER_INTER);
         const float b = 1.0f / sqrtf((float)Dw);
         for (int k = 0; k < config_tower_depth(c, TOWER_INTER); k++) {
-            rc |= add(pt, cap, 1, INIT_UNIFORM, b, Dx, Dw, "inter.q.%d.weight", k);
-            rc |= add(pt, cap, 1, INIT_UNIFORM, b, Dx, 0, "inter.q.%d.bias", k);
+            rc |= add(pt, cap, LRG_OTHER, INIT_UNIFORM, b, Dx, Dw, "inter.q.%d.weight", k);
+            rc |= add(pt, cap, LRG_OTHER, INIT_UNIFORM, b, Dx, 0, "inter.q.%d.bias", k);
         }
     }
     for (int t = 0; t < N_TOWERS; t++) {
@@ -74,10 +77,10 @@ static int versa_build(param_table *pt, int *cap, const iisan_config *c) {
         int fo, di;
         params_head_dims(c, t, &fo, &di);
         float bf = 1.0f / sqrtf((float)di), bp = 1.0f / sqrtf((float)fo);
-        rc |= add(pt, cap, 1, INIT_UNIFORM, bf, fo, di, "%s.fc.weight", tower_name[t]);
-        rc |= add(pt, cap, 1, INIT_UNIFORM, bf, fo, 0, "%s.fc.bias", tower_name[t]);
-        rc |= add(pt, cap, 1, INIT_UNIFORM, bp, d, fo, "%s.proj.weight", tower_name[t]);
-        rc |= add(pt, cap, 1, INIT_UNIFORM, bp, d, 0, "%s.proj.bias", tower_name[t]);
+        rc |= add(pt, cap, fc_group[t], INIT_UNIFORM, bf, fo, di, "%s.fc.weight", tower_name[t]);
+        rc |= add(pt, cap, fc_group[t], INIT_UNIFORM, bf, fo, 0, "%s.fc.bias", tower_name[t]);
+        rc |= add(pt, cap, LRG_OTHER, INIT_UNIFORM, bp, d, fo, "%s.proj.weight", tower_name[t]);
+        rc |= add(pt, cap, LRG_OTHER, INIT_UNIFORM, bp, d, 0, "%s.proj.bias", tower_name[t]);
     }
     return rc;
 }
@@ -90,57 +93,62 @@ int params_build(param_table *pt, const iisan_config *c) {
         rc |= versa_build(pt, &cap, c);
         int fin = config_ntowers(c) * d;
         float bf = 1.0f / sqrtf((float)fin);
-        rc |= add(pt, &cap, 1, INIT_UNIFORM, bf, d, fin, "fuse.weight");
-        rc |= add(pt, &cap, 1, INIT_UNIFORM, bf, d, 0, "fuse.bias");
+        rc |= add(pt, &cap, LRG_OTHER, INIT_UNIFORM, bf, d, fin, "fuse.weight");
+        rc |= add(pt, &cap, LRG_OTHER, INIT_UNIFORM, bf, d, 0, "fuse.bias");
     } else if (c->kind == MODEL_IISAN) {
-        /* group 0: SAN blocks and gates, every tower */
+        /* SAN blocks and gates of every tower first, then the heads and fusion */
         for (int t = 0; t < N_TOWERS; t++) {
             if (!((c->towers >> t) & 1)) continue;
             for (int k = 0; k < c->K; k++) {
-                rc |= add(pt, &cap, 0, INIT_NORMAL, 0.01f, r, D, "%s.block.%d.down.weight",
+                rc |= add(pt, &cap, LRG_SAN, INIT_NORMAL, 0.01f, r, D, "%s.block.%d.down.weight",
                           tower_name[t], k);
-                rc |=
-                    add(pt, &cap, 0, INIT_ZERO, 0, r, 0, "%s.block.%d.down.bias", tower_name[t], k);
-                rc |= add(pt, &cap, 0, INIT_NORMAL, 0.01f, D, r, "%s.block.%d.up.weight",
+                rc |= add(pt, &cap, LRG_SAN, INIT_ZERO, 0, r, 0, "%s.block.%d.down.bias",
                           tower_name[t], k);
-                rc |= add(pt, &cap, 0, INIT_ZERO, 0, D, 0, "%s.block.%d.up.bias", tower_name[t], k);
+                rc |= add(pt, &cap, LRG_SAN, INIT_NORMAL, 0.01f, D, r, "%s.block.%d.up.weight",
+                          tower_name[t], k);
+                rc |= add(pt, &cap, LRG_SAN, INIT_ZERO, 0, D, 0, "%s.block.%d.up.bias",
+                          tower_name[t], k);
             }
-            rc |= add(pt, &cap, 0, INIT_ZERO, 0, c->K, 0, "%s.gate", tower_name[t]);
+            rc |= add(pt, &cap, gate_group[t], INIT_ZERO, 0, c->K, 0, "%s.gate", tower_name[t]);
         }
-        /* group 1: heads and fusion */
         for (int t = 0; t < N_TOWERS; t++) {
             if (!((c->towers >> t) & 1)) continue;
             float bD = 1.0f / sqrtf((float)D);
-            rc |= add(pt, &cap, 1, INIT_UNIFORM, bD, D, D, "%s.fc.weight", tower_name[t]);
-            rc |= add(pt, &cap, 1, INIT_UNIFORM, bD, D, 0, "%s.fc.bias", tower_name[t]);
-            rc |= add(pt, &cap, 1, INIT_UNIFORM, bD, d, D, "%s.proj.weight", tower_name[t]);
-            rc |= add(pt, &cap, 1, INIT_UNIFORM, bD, d, 0, "%s.proj.bias", tower_name[t]);
+            int fg = fc_group[t];
+            /* (v2) P_v is the image backbone's re-initialised classifier head */
+            int pv = t == TOWER_IMAGE && c->pv_init != IISAN_RULES_V1;
+            rc |= add(pt, &cap, fg, INIT_UNIFORM, bD, D, D, "%s.fc.weight", tower_name[t]);
+            rc |= add(pt, &cap, fg, INIT_UNIFORM, bD, D, 0, "%s.fc.bias", tower_name[t]);
+            rc |= add(pt, &cap, LRG_OTHER, pv ? INIT_XAVIER : INIT_UNIFORM, pv ? 0 : bD, d, D,
+                      "%s.proj.weight", tower_name[t]);
+            rc |= add(pt, &cap, LRG_OTHER, pv ? INIT_ZERO : INIT_UNIFORM, pv ? 0 : bD, d, 0,
+                      "%s.proj.bias", tower_name[t]);
         }
         int fin = config_ntowers(c) * d;
         float bf = 1.0f / sqrtf((float)fin);
-        rc |= add(pt, &cap, 1, INIT_UNIFORM, bf, d, fin, "fuse.weight");
-        rc |= add(pt, &cap, 1, INIT_UNIFORM, bf, d, 0, "fuse.bias");
+        rc |= add(pt, &cap, LRG_OTHER, INIT_UNIFORM, bf, d, fin, "fuse.weight");
+        rc |= add(pt, &cap, LRG_OTHER, INIT_UNIFORM, bf, d, 0, "fuse.bias");
     } else if (c->kind == MODEL_SASREC_ID) {
-        rc |= add(pt, &cap, 1, INIT_XAVIER, 0, c->n_items + 1, d, "item_emb.weight");
+        rc |= add(pt, &cap, LRG_OTHER, INIT_XAVIER, 0, c->n_items + 1, d, "item_emb.weight");
     } else {
         return -1; /* popularity has no parameters */
     }
-    rc |= add(pt, &cap, 1, INIT_XAVIER, 0, c->n, d, "seq.pos");
-    rc |= add(pt, &cap, 1, INIT_ONE, 0, d, 0, "seq.ln.weight");
-    rc |= add(pt, &cap, 1, INIT_ZERO, 0, d, 0, "seq.ln.bias");
+    rc |= add(pt, &cap, LRG_OTHER, INIT_XAVIER, 0, c->n, d, "seq.pos");
+    rc |= add(pt, &cap, LRG_OTHER, INIT_ONE, 0, d, 0, "seq.ln.weight");
+    rc |= add(pt, &cap, LRG_OTHER, INIT_ZERO, 0, d, 0, "seq.ln.bias");
     for (int b = 0; b < IISAN_SEQ_LAYERS; b++) {
-        rc |= add(pt, &cap, 1, INIT_XAVIER, 0, d, d, "seq.layer.%d.attn.q.weight", b);
-        rc |= add(pt, &cap, 1, INIT_XAVIER, 0, d, d, "seq.layer.%d.attn.k.weight", b);
-        rc |= add(pt, &cap, 1, INIT_XAVIER, 0, d, d, "seq.layer.%d.attn.v.weight", b);
-        rc |= add(pt, &cap, 1, INIT_XAVIER, 0, d, d, "seq.layer.%d.attn.o.weight", b);
-        rc |= add(pt, &cap, 1, INIT_ONE, 0, d, 0, "seq.layer.%d.ln1.weight", b);
-        rc |= add(pt, &cap, 1, INIT_ZERO, 0, d, 0, "seq.layer.%d.ln1.bias", b);
-        rc |= add(pt, &cap, 1, INIT_XAVIER, 0, 4 * d, d, "seq.layer.%d.ffn.w1.weight", b);
-        rc |= add(pt, &cap, 1, INIT_ZERO, 0, 4 * d, 0, "seq.layer.%d.ffn.w1.bias", b);
-        rc |= add(pt, &cap, 1, INIT_XAVIER, 0, d, 4 * d, "seq.layer.%d.ffn.w2.weight", b);
-        rc |= add(pt, &cap, 1, INIT_ZERO, 0, d, 0, "seq.layer.%d.ffn.w2.bias", b);
-        rc |= add(pt, &cap, 1, INIT_ONE, 0, d, 0, "seq.layer.%d.ln2.weight", b);
-        rc |= add(pt, &cap, 1, INIT_ZERO, 0, d, 0, "seq.layer.%d.ln2.bias", b);
+        rc |= add(pt, &cap, LRG_OTHER, INIT_XAVIER, 0, d, d, "seq.layer.%d.attn.q.weight", b);
+        rc |= add(pt, &cap, LRG_OTHER, INIT_XAVIER, 0, d, d, "seq.layer.%d.attn.k.weight", b);
+        rc |= add(pt, &cap, LRG_OTHER, INIT_XAVIER, 0, d, d, "seq.layer.%d.attn.v.weight", b);
+        rc |= add(pt, &cap, LRG_OTHER, INIT_XAVIER, 0, d, d, "seq.layer.%d.attn.o.weight", b);
+        rc |= add(pt, &cap, LRG_OTHER, INIT_ONE, 0, d, 0, "seq.layer.%d.ln1.weight", b);
+        rc |= add(pt, &cap, LRG_OTHER, INIT_ZERO, 0, d, 0, "seq.layer.%d.ln1.bias", b);
+        rc |= add(pt, &cap, LRG_OTHER, INIT_XAVIER, 0, 4 * d, d, "seq.layer.%d.ffn.w1.weight", b);
+        rc |= add(pt, &cap, LRG_OTHER, INIT_ZERO, 0, 4 * d, 0, "seq.layer.%d.ffn.w1.bias", b);
+        rc |= add(pt, &cap, LRG_OTHER, INIT_XAVIER, 0, d, 4 * d, "seq.layer.%d.ffn.w2.weight", b);
+        rc |= add(pt, &cap, LRG_OTHER, INIT_ZERO, 0, d, 0, "seq.layer.%d.ffn.w2.bias", b);
+        rc |= add(pt, &cap, LRG_OTHER, INIT_ONE, 0, d, 0, "seq.layer.%d.ln2.weight", b);
+        rc |= add(pt, &cap, LRG_OTHER, INIT_ZERO, 0, d, 0, "seq.layer.%d.ln2.bias", b);
     }
     if (rc) {
         params_free(pt);

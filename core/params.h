@@ -4,8 +4,9 @@
  * and initialiser; gradients and Adam's moments use the same layout, so the
  * optimiser, checkpoints and parameter counts are single loops.
  *
- * Group 0 (SAN blocks and gates, lr_san) comes first and group 1 (everything
- * else, lr) after it, so each group is one contiguous range. */
+ * SAN blocks and gates come first, then the heads, fusion and the sequence
+ * encoder; each tensor carries its learning-rate group (LRG_* of config.h), and
+ * the optimiser runs once per stretch of tensors that share a learning rate. */
 #ifndef IISAN_CORE_PARAMS_H
 #define IISAN_CORE_PARAMS_H
 
@@ -22,7 +23,7 @@ typedef struct {
     int shape[2];
     size_t offset; /* in floats */
     size_t size;   /* in floats */
-    int group;     /* 0 = SAN blocks and gates, 1 = the rest */
+    int group;     /* learning-rate group, LRG_* */
     int init;
     float a; /* std (NORMAL) or bound (UNIFORM) */
 } param_info;
@@ -30,8 +31,7 @@ typedef struct {
 typedef struct {
     int n;
     param_info *t;
-    size_t total;  /* floats */
-    size_t group0; /* floats in group 0 (they come first) */
+    size_t total; /* floats */
 } param_table;
 
 typedef struct {

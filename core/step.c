@@ -153,11 +153,17 @@ float model_loss_grad(iisan_model *m, const int32_t *seqs, int B, const float *l
     return loss;
 }
 
-void model_adam(iisan_model *m, float lr_san, float lr, float b1, float b2, float eps) {
+void model_adam(iisan_model *m, const float lr[LR_NGROUPS], float b1, float b2, float eps) {
     iisan_backend *be = m->be;
     m->step++;
-    size_t g0 = m->pt.group0, P = m->pt.total;
-    if (g0) be->adam(be, m->w, m->g, m->m, m->v, g0, lr_san, b1, b2, eps, m->step);
-    if (P > g0)
-        be->adam(be, m->w + g0, m->g + g0, m->m + g0, m->v + g0, P - g0, lr, b1, b2, eps, m->step);
+    /* one call per stretch of consecutive tensors that share a learning rate */
+    const param_table *pt = &m->pt;
+    for (int i = 0; i < pt->n;) {
+        float rate = lr[pt->t[i].group];
+        size_t off = pt->t[i].offset, len = 0;
+        for (; i < pt->n && lr[pt->t[i].group] == rate; i++)
+            len += pt->t[i].size;
+        be->adam(be, m->w + off, m->g + off, m->m + off, m->v + off, len, rate, b1, b2, eps,
+                 m->step);
+    }
 }

@@ -56,7 +56,7 @@ static void rows_forward(iisan_model *m, int t, int r0, int R, int off) {
     tower_ws *ws = &m->tw[t];
     const float *prev = NULL;
     if (t == TOWER_INTER) {
-        if (c->remove_first) { /* u_0 = (T[0] + V[0]) / 2 */
+        if (c->remove_first && c->inter_start == IISAN_RULES_V1) { /* u_0 = (T[0] + V[0]) / 2 */
             be->copy(be, ws->h0 + o, m->x0[MOD_TEXT] + o, RD * sizeof(float));
             be->axpby(be, RD, 0.5f, m->x0[MOD_IMAGE] + o, 0.5f, ws->h0 + o);
             prev = ws->h0 + o;

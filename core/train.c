@@ -24,6 +24,11 @@ int train_run(iisan_model *m, const iisan_dataset *ds, const iisan_states *st,
         free(best);
         return TRAIN_ENOMEM;
     }
+    float lr[LR_NGROUPS];
+    train_lr_table(tc, lr);
+    /* rule 2: stop when more than `patience` epochs in a row did not improve; rule 1: when
+     * `patience` did */
+    const int flat_limit = tc->early_stop == IISAN_RULES_V1 ? tc->patience : tc->patience + 1;
     double best_hr = -1, total_sec = 0;
     int since_best = 0;
     long step = 0;
@@ -58,7 +63,7 @@ int train_run(iisan_model *m, const iisan_dataset *ds, const iisan_states *st,
                 free(best);
                 return err;
             }
-            model_adam(m, tc->lr_san, tc->lr, tc->beta1, tc->beta2, tc->eps);
+            model_adam(m, lr, tc->beta1, tc->beta2, tc->eps);
             if (step == 0) sum->first_loss = loss;
             sum->last_loss = loss;
             loss_sum += loss;
@@ -79,10 +84,10 @@ int train_run(iisan_model *m, const iisan_dataset *ds, const iisan_states *st,
         r.steps = step;
         total_sec += r.seconds;
         if (validate) {
-            int err = model_evaluate(m, ds, SPLIT_VALID, st, &r.valid) ? TRAIN_ENOMEM
-                      : be->status(be, NULL, 0)                        ? TRAIN_EBACKEND
-                      : states_check(st, NULL, 0)                      ? TRAIN_ESTATES
-                                                                       : 0;
+            int err = model_evaluate(m, ds, SPLIT_VALID, tc->eval_rule, st, &r.valid) ? TRAIN_ENOMEM
+                      : be->status(be, NULL, 0)   ? TRAIN_EBACKEND
+                      : states_check(st, NULL, 0) ? TRAIN_ESTATES
+                                                  : 0;
             if (err) {
                 free(order);
                 free(seqs);
@@ -103,7 +108,7 @@ int train_run(iisan_model *m, const iisan_dataset *ds, const iisan_states *st,
         }
         sum->epochs_run = ep;
         if (hook) hook(arg, &r);
-        if (validate && tc->patience > 0 && since_best >= tc->patience) break;
+        if (validate && tc->patience > 0 && since_best >= flat_limit) break;
         if (tc->max_steps && step >= tc->max_steps) break;
     }
     sum->steps = step;

@@ -18,29 +18,28 @@ static void help(FILE *f) {
                "  --version V      checkpoint version (default: the latest)\n"
                "  --model popularity   evaluate the popularity baseline (no checkpoint)\n"
                "  --split S        test (default) or valid\n"
+               "  --eval-exclude R what the ranking leaves out of the user's history:\n"
+               "                   history (default, spec v2: a target the user had before is\n"
+               "                   never ranked and counts as a miss) or history-but-target\n"
+               "                   (spec v1: such a target is ranked)\n"
                "  --max-len N      n for --model popularity (10)\n"
                "  --min-len N      min items per user for --model popularity (5)\n"
-               "  --threads N      BLAS threads (0 = all cores)\n"
+               "  --threads N      BLAS threads (0, the default, takes every core: give a\n"
+               "                   share when other jobs run on the machine)\n"
                "  --device D       cpu, cuda or auto (default: cuda when this build has it\n"
                "                   and a GPU is usable, else cpu)\n"
                "  --json           print one JSON object with the figures as the last line\n");
 }
 
 int cmd_eval(int argc, char **argv) {
-    static const struct option opts[] = {{"data", 1, 0, 'D'},
-                                         {"version", 1, 0, 'v'},
-                                         {"model", 1, 0, 'm'},
-                                         {"split", 1, 0, 's'},
-                                         {"max-len", 1, 0, 'n'},
-                                         {"min-len", 1, 0, 'N'},
-                                         {"threads", 1, 0, 'T'},
-                                         {"json", 0, 0, 'j'},
-                                         {"help", 0, 0, 'h'},
-                                         {"device", 1, 0, 'G'},
-                                         {0, 0, 0, 0}};
+    static const struct option opts[] = {
+        {"data", 1, 0, 'D'},    {"version", 1, 0, 'v'},      {"model", 1, 0, 'm'},
+        {"split", 1, 0, 's'},   {"max-len", 1, 0, 'n'},      {"min-len", 1, 0, 'N'},
+        {"threads", 1, 0, 'T'}, {"json", 0, 0, 'j'},         {"help", 0, 0, 'h'},
+        {"device", 1, 0, 'G'},  {"eval-exclude", 1, 0, 'X'}, {0, 0, 0, 0}};
     const char *dir = NULL, *model = NULL, *device = NULL;
     long version = 0, threads = 0, max_len = 10, min_len = 5;
-    int json = 0, split = SPLIT_TEST, ch;
+    int json = 0, split = SPLIT_TEST, ch, rule = EVAL_RULE_V2;
     optind = 1;
     while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (ch) {
@@ -71,6 +70,15 @@ int cmd_eval(int argc, char **argv) {
         case 'G':
             if (opt_device("eval", optarg)) return 2;
             device = optarg;
+            break;
+        case 'X':
+            if ((rule = eval_rule_parse(optarg)) < 0) {
+                fprintf(stderr,
+                        "iisan eval: --eval-exclude wants history or history-but-target, got "
+                        "'%s'\n",
+                        optarg);
+                return 2;
+            }
             break;
         case 'j': json = 1; break;
         case 'h': help(stdout); return 0;
@@ -109,7 +117,7 @@ int cmd_eval(int argc, char **argv) {
             fprintf(stderr, "iisan eval: %s\n", err);
             goto out;
         }
-        popularity_evaluate(&ds, split, &r);
+        popularity_evaluate(&ds, split, rule, &r);
     } else {
         be = backend_choose("eval", device, (int)threads);
         if (!be) goto out;
@@ -135,7 +143,7 @@ int cmd_eval(int argc, char **argv) {
             if (backend_check("eval", be)) goto out;
             st = resident_states_source(rs);
         }
-        if (model_evaluate(m, &ds, split, &st, &r)) {
+        if (model_evaluate(m, &ds, split, rule, &st, &r)) {
             fprintf(stderr, "iisan eval: out of memory\n");
             goto out;
         }
@@ -146,12 +154,17 @@ int cmd_eval(int argc, char **argv) {
         }
     }
     const char *sp = split == SPLIT_TEST ? "test" : "valid";
-    fprintf(stderr, "%s%s%.0u: %s HR@10 %.4f NDCG@10 %.4f over %d users (%.2f s)\n", name,
-            ver ? " version " : "", ver, sp, r.hr10, r.ndcg10, r.users, r.seconds);
+    fprintf(stderr,
+            "%s%s%.0u: %s HR@10 %.4f NDCG@10 %.4f over %d users (%.2f s; excluded: %s; %d "
+            "users' target was in their history)\n",
+            name, ver ? " version " : "", ver, sp, r.hr10, r.ndcg10, r.users, r.seconds,
+            eval_rule_name(rule), r.repeated);
     if (json)
         printf("{\"model\":\"%s\",\"version\":%u,\"split\":\"%s\",\"hr10\":%.6f,"
-               "\"ndcg10\":%.6f,\"users\":%d,\"items\":%d,\"seconds\":%.3f}\n",
-               name, ver, sp, r.hr10, r.ndcg10, r.users, ds.n_items, r.seconds);
+               "\"ndcg10\":%.6f,\"users\":%d,\"items\":%d,\"seconds\":%.3f,"
+               "\"eval_exclude\":\"%s\",\"repeated_targets\":%d}\n",
+               name, ver, sp, r.hr10, r.ndcg10, r.users, ds.n_items, r.seconds,
+               eval_rule_name(rule), r.repeated);
     rc = 0;
 out:
     if (rd) store_reader_end(rd);

@@ -126,17 +126,34 @@ int cmd_info(int argc, char **argv) {
     }
     printf("checkpoints:%s\n", nver ? "" : " none");
     for (uint32_t i = 0; i < nver; i++) {
-        char *meta = NULL;
+        char *meta = NULL, desc[256] = "";
+        void *blob = NULL;
         size_t len = 0;
         uint32_t v;
-        if (store_ckpt_get(s, versions[i], NULL, &len, &meta, &v)) {
+        if (store_ckpt_get(s, versions[i], &blob, &len, &meta, &v)) {
             fail("reading a checkpoint failed");
             goto out;
         }
-        printf("  version %u (%.1f MiB): %s\n", v, len / 1048576.0, meta);
+        /* what the version is (towers, schedule, rules), so that two models tell apart */
+        iisan_ckpt ck;
+        char cerr[256];
+        json_t *jc = NULL;
+        if (ckpt_decode(blob, len, &ck, cerr, sizeof cerr) == 0) {
+            config_describe(&ck.c, desc, sizeof desc);
+            char *cj = config_to_json(&ck.c, ck.min_len);
+            jc = cj ? json_loads(cj, 0, NULL) : NULL;
+            free(cj);
+            ckpt_free(&ck);
+        } else {
+            snprintf(desc, sizeof desc, "unreadable: %.200s", cerr);
+        }
+        free(blob);
+        printf("  version %u (%.1f MiB): %s\n    %s\n", v, len / 1048576.0, desc, meta);
         json_t *jm = json_loads(meta, 0, NULL);
-        json_array_append_new(jck, json_pack("{s:I, s:I, s:o}", "version", (json_int_t)v, "bytes",
-                                             (json_int_t)len, "meta", jm ? jm : json_string(meta)));
+        json_array_append_new(jck, json_pack("{s:I, s:I, s:s, s:o, s:o}", "version", (json_int_t)v,
+                                             "bytes", (json_int_t)len, "describe", desc, "config",
+                                             jc ? jc : json_null(), "meta",
+                                             jm ? jm : json_string(meta)));
         free(meta);
     }
     json_object_set(j, "checkpoints", jck);

@@ -2,10 +2,12 @@
  * epoch saved as a checkpoint version. */
 #include <getopt.h>
 #include <jansson.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "core/checkpoint.h"
 #include "core/dataset.h"
@@ -24,10 +26,20 @@ static void help(FILE *f) {
                "  --data DIR         data directory (required)\n"
                "  --model M          iisan (default), sasrec-id, popularity\n"
                "  --epochs N         at most N epochs (100)\n"
-               "  --patience N       stop after N epochs without a better HR@10 (10)\n"
+               "  --patience N       stop when more than N epochs in a row brought no better\n"
+               "                     validation HR@10 (10; spec v2)\n"
                "  --batch N          users per batch (64)\n"
-               "  --lr X             learning rate outside the SAN blocks (2e-4)\n"
-               "  --lr-san X         learning rate of SAN blocks and gates (1e-4)\n"
+               "  --lr X             learning rate of the heads, fusion and sequence encoder\n"
+               "                     (2e-4), and of the text and inter gates\n"
+               "  --lr-san X         learning rate of the SAN blocks (1e-4), the image gates and\n"
+               "                     F_v; F_t takes half of it\n"
+               "  --lr-groups G      v2 (default): the spec's per-group table above; v1: SAN\n"
+               "                     blocks and every gate at --lr-san, the rest at --lr\n"
+               "  --eval-exclude R   validation ranking: history (default, spec v2: a repeated\n"
+               "                     target counts as a miss) or history-but-target (spec v1)\n"
+               "  --rules V          every rule of spec version V: v2 (default) or v1 (learning\n"
+               "                     rates, P_v init, remove-first u_0, early stopping after N\n"
+               "                     flat epochs, evaluation), to reproduce earlier figures\n"
                "  --seed N           initialisation, order and dropout seed (42)\n"
                "  --max-len N        n, the sequence length (10)\n"
                "  --min-len N        users with fewer items are dropped (5)\n"
@@ -42,16 +54,37 @@ static void help(FILE *f) {
                "  --act A            SAN activation: relu (default) or gelu\n"
                "  --towers LIST      item towers, from image,text,inter (all three)\n"
                "  --max-steps N      stop after N optimiser steps (0 = no limit)\n"
-               "  --threads N        BLAS threads (0 = all cores)\n"
+               "  --threads N        BLAS threads (0, the default, takes every core: two jobs\n"
+               "                     side by side each slow down several times; give each a\n"
+               "                     share)\n"
                "  --device D         cpu, cuda or auto (default: cuda when this build has it\n"
                "                     and a GPU is usable, else cpu)\n"
                "  --no-save          do not store a checkpoint\n"
                "  --json             print one JSON object with the figures as the last line\n");
 }
 
-typedef struct {
-    int json;
-} hook_ctx;
+/* SIGINT / SIGTERM: stop after the current batch and keep the best epoch so far; a second
+ * signal ends the process at once (SA_RESETHAND) */
+static volatile int g_stop;
+static void on_stop_signal(int sig) {
+    (void)sig;
+    g_stop = 1;
+    static const char msg[] =
+        "\niisan train: stopping after this batch, keeping the best epoch so far (again to "
+        "quit at once)\n";
+    ssize_t w = write(2, msg, sizeof msg - 1);
+    (void)w;
+}
+
+static void catch_stop_signals(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sa.sa_flags = SA_RESETHAND;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
 
 static void on_epoch(void *arg, const epoch_report *r) {
     (void)arg;
@@ -59,6 +92,12 @@ static void on_epoch(void *arg, const epoch_report *r) {
             "epoch %3d  loss %.4f  %.2f s  valid HR@10 %.4f  NDCG@10 %.4f  (eval %.2f s)%s\n",
             r->epoch, r->loss, r->seconds, r->valid.hr10, r->valid.ndcg10, r->eval_seconds,
             r->best ? "  best" : "");
+}
+
+static int rules_version(const char *s) {
+    if (!strcmp(s, "v1") || !strcmp(s, "1")) return IISAN_RULES_V1;
+    if (!strcmp(s, "v2") || !strcmp(s, "2")) return IISAN_RULES_V2;
+    return -1;
 }
 
 static int parse_towers(const char *s, int *mask) {
@@ -170,6 +209,9 @@ int cmd_train(int argc, char **argv) {
                                          {"json", 0, 0, 'j'},
                                          {"help", 0, 0, 'h'},
                                          {"device", 1, 0, 'G'},
+                                         {"lr-groups", 1, 0, 'g'},
+                                         {"eval-exclude", 1, 0, 'E'},
+                                         {"rules", 1, 0, 'R'},
                                          {0, 0, 0, 0}};
     const char *dir = NULL, *model = "iisan", *schedule = "every2", *device = NULL;
     const char *sched_mod[N_MODS] = {NULL, NULL};
@@ -177,7 +219,7 @@ int cmd_train(int argc, char **argv) {
     iisan_train_config tc;
     config_default(&c);
     train_config_default(&tc);
-    int json = 0, save = 1, towers = c.towers;
+    int json = 0, save = 1, towers = c.towers, rules = 0, lr_groups = 0, eval_rule = 0;
     long v, threads = 0;
     double x;
     optind = 1;
@@ -272,6 +314,27 @@ int cmd_train(int argc, char **argv) {
             if (opt_device("train", optarg)) return 2;
             device = optarg;
             break;
+        case 'g':
+            if ((lr_groups = rules_version(optarg)) < 0) {
+                fprintf(stderr, "iisan train: --lr-groups wants v1 or v2, got '%s'\n", optarg);
+                return 2;
+            }
+            break;
+        case 'E':
+            if ((eval_rule = eval_rule_parse(optarg)) < 0) {
+                fprintf(stderr,
+                        "iisan train: --eval-exclude wants history or history-but-target, got "
+                        "'%s'\n",
+                        optarg);
+                return 2;
+            }
+            break;
+        case 'R':
+            if ((rules = rules_version(optarg)) < 0) {
+                fprintf(stderr, "iisan train: --rules wants v1 or v2, got '%s'\n", optarg);
+                return 2;
+            }
+            break;
         case 'z': save = 0; break;
         case 'j': json = 1; break;
         case 'h': help(stdout); return 0;
@@ -296,6 +359,10 @@ int cmd_train(int argc, char **argv) {
         return 2;
     }
     c.towers = towers;
+    /* --rules first, the single rules over it, whatever their order on the line */
+    if (rules) config_set_rules(&c, &tc, rules);
+    if (lr_groups) tc.lr_groups = lr_groups;
+    if (eval_rule) tc.eval_rule = eval_rule;
 
     char err[512];
     iisan_store *s = NULL;
@@ -325,7 +392,7 @@ int cmd_train(int argc, char **argv) {
 
     if (c.kind == MODEL_POPULARITY) {
         eval_result r;
-        popularity_evaluate(&ds, SPLIT_VALID, &r);
+        popularity_evaluate(&ds, SPLIT_VALID, tc.eval_rule, &r);
         fprintf(stderr, "popularity: valid HR@10 %.4f NDCG@10 %.4f (%d users)\n", r.hr10, r.ndcg10,
                 r.users);
         if (json)
@@ -374,6 +441,9 @@ int cmd_train(int argc, char **argv) {
                 resident_states_bytes(rs) / 1048576.0, now_seconds() - tr);
     }
     train_summary sum;
+    g_stop = 0;
+    tc.stop = &g_stop;
+    catch_stop_signals();
     int trc = train_run(m, &ds, &st, &tc, 1, on_epoch, NULL, &sum);
     if (trc == TRAIN_ENOMEM) fprintf(stderr, "iisan train: out of memory; nothing stored\n");
     if (trc == TRAIN_ESTATES && states_check(&st, err, sizeof err))
@@ -381,16 +451,32 @@ int cmd_train(int argc, char **argv) {
     if (backend_check("train", be) || trc) goto out;
     store_reader_end(rd);
     rd = NULL;
+    if (sum.interrupted && !sum.best_epoch) {
+        fprintf(stderr, "iisan train: interrupted during epoch 1, before any epoch was validated: "
+                        "nothing to keep\n");
+        rc = 130;
+        goto out;
+    }
+    if (sum.interrupted)
+        fprintf(stderr,
+                "iisan train: interrupted after %d whole epochs; keeping the best, epoch %d "
+                "(valid HR@10 %.4f)%s\n",
+                sum.epochs_run, sum.best_epoch, sum.best_valid.hr10,
+                save ? "" : " (--no-save: not stored)");
     uint32_t version = 0;
     if (save) {
         size_t len;
         void *blob = ckpt_encode_model(m, ds.item_cat, ds.n_items, tc.min_len, &len);
-        char meta[512];
+        char meta[768];
         snprintf(meta, sizeof meta,
                  "{\"model\":\"%s\",\"best_epoch\":%d,\"epochs_run\":%d,\"valid_hr10\":%.6f,"
-                 "\"valid_ndcg10\":%.6f,\"seconds_per_epoch\":%.3f,\"created\":%lld}",
+                 "\"valid_ndcg10\":%.6f,\"seconds_per_epoch\":%.3f,\"created\":%lld,"
+                 "\"rules\":{\"lr_groups\":\"v%d\",\"early_stop\":\"v%d\",\"patience\":%d,"
+                 "\"eval_exclude\":\"%s\",\"inter_start\":\"v%d\",\"pv_init\":\"v%d\"}%s}",
                  model, sum.best_epoch, sum.epochs_run, sum.best_valid.hr10, sum.best_valid.ndcg10,
-                 sum.mean_epoch_seconds, (long long)time(NULL));
+                 sum.mean_epoch_seconds, (long long)time(NULL), tc.lr_groups, tc.early_stop,
+                 tc.patience, eval_rule_name(tc.eval_rule), c.inter_start, c.pv_init,
+                 sum.interrupted ? ",\"interrupted\":true" : "");
         int prc = blob ? store_ckpt_put(s, blob, len, meta, &version) : IISAN_ENOMEM;
         free(blob);
         if (prc) {
@@ -408,11 +494,13 @@ int cmd_train(int argc, char **argv) {
         printf("{\"model\":\"%s\",\"version\":%u,\"best_epoch\":%d,\"epochs_run\":%d,"
                "\"steps\":%ld,\"valid_hr10\":%.6f,\"valid_ndcg10\":%.6f,"
                "\"seconds_per_epoch\":%.3f,\"first_loss\":%.6f,\"last_loss\":%.6f,"
-               "\"params\":%zu,\"peak_rss_mib\":%.1f}\n",
+               "\"params\":%zu,\"peak_rss_mib\":%.1f,\"peak_device_mib\":%.1f,\"device\":\"%s\","
+               "\"interrupted\":%s}\n",
                model, version, sum.best_epoch, sum.epochs_run, sum.steps, sum.best_valid.hr10,
                sum.best_valid.ndcg10, sum.mean_epoch_seconds, sum.first_loss, sum.last_loss,
-               model_param_count(m), peak_rss_kib() / 1024.0);
-    rc = 0;
+               model_param_count(m), peak_rss_kib() / 1024.0, peak_device_mib(be), be->name,
+               sum.interrupted ? "true" : "false");
+    rc = sum.interrupted ? 130 : 0;
 out:
     if (rd) store_reader_end(rd);
     states_resident_free(rs);

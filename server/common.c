@@ -47,6 +47,15 @@ long peak_rss_kib(void) {
     return ru.ru_maxrss;
 }
 
+double peak_device_mib(const iisan_backend *be) {
+#ifdef IISAN_CUDA
+    if (be && !strcmp(be->name, "cuda")) return iisan_cuda_peak_bytes() / 1048576.0;
+#else
+    (void)be;
+#endif
+    return -1;
+}
+
 int opt_device(const char *cmd, const char *s) {
     if (!strcmp(s, "cpu") || !strcmp(s, "cuda") || !strcmp(s, "auto")) return 0;
     fprintf(stderr, "iisan %s: --device wants cpu, cuda or auto, got '%s'\n", cmd, s);

@@ -19,6 +19,8 @@ double now_seconds(void);
  * it has none that can serve: ".", "..", or longer than cap - 1) */
 void backbone_dir_name(const char *path, char *out, size_t cap);
 long peak_rss_kib(void);
+/* the device's peak memory in MiB for a GPU backend (iisan_cuda_peak_bytes), -1 for the CPU */
+double peak_device_mib(const iisan_backend *be);
 
 /* the data directory's lock for a command that writes the store (store/lock.h), held
  * until the process exits: 0, or -1 with the holder printed for cmd ("iisan cmd: ...") */

@@ -350,7 +350,7 @@ static int run_open_states(run_state *r) {
 /* the starting point's validation, then training; any failure is the job's */
 static int run_train(run_state *r) {
     iisan_backend *be = g_srv.be;
-    if (model_evaluate(r->m, &r->ds, SPLIT_VALID, &r->st, &r->base)) {
+    if (model_evaluate(r->m, &r->ds, SPLIT_VALID, r->tc.eval_rule, &r->st, &r->base)) {
         job_set(r->j, "failed", "out of memory evaluating the starting point");
         return -1;
     }

@@ -65,6 +65,7 @@ typedef struct rec_state {
     rec_request q;
     infer_model *m;
     uint32_t version;
+    int kind; /* the model's MODEL_* */
     json_t *warnings;
     uint32_t *stored;
     int32_t *hist, *excl, *oidx;
@@ -252,6 +253,7 @@ static json_t *model_json(infer_model *m) {
                   "kind", in.kind == MODEL_IISAN ? "iisan" : "sasrec-id", "items", in.n_items, "n",
                   in.n, "d", in.d, "params", (json_int_t)in.params, "contexts", in.contexts,
                   "load_seconds", in.load_seconds, "meta", meta ? meta : json_string(in.meta));
+    json_object_set_new(o, "describe", json_string(in.describe));
     json_object_set_new(o, "added_items", json_integer(infer_n_items(m) - in.n_items));
     json_object_set_new(o, "max_batch", json_integer(in.max_batch));
     json_object_set_new(o, "ranked_requests", json_integer(in.queries));
@@ -393,7 +395,8 @@ static enum MHD_Result rec_respond(req_ctx *r, int cnt, int fallback) {
         json_array_append_new(items,
                               json_pack("{s:s,s:f}", "item_id", infer_item_id(st->m, st->oidx[i]),
                                         "score", (double)st->oscore[i]));
-    json_t *j = json_pack("{s:o,s:I}", "items", items, "model_version", (json_int_t)st->version);
+    json_t *j = json_pack("{s:o,s:I,s:s}", "items", items, "model_version", (json_int_t)st->version,
+                          "model", st->kind == MODEL_IISAN ? "iisan" : "sasrec-id");
     if (fallback) json_object_set_new(j, "fallback", json_string("popularity"));
     if (json_array_size(st->warnings)) json_object_set(j, "warnings", st->warnings);
     enum MHD_Result ret = send_json(r, 200, j);
@@ -423,6 +426,7 @@ static enum MHD_Result do_recommend(req_ctx *r, const serve_config *cfg) {
     infer_info in;
     infer_get_info(m, &in);
     st->version = in.version;
+    st->kind = in.kind;
     st->warnings = json_array();
     uint32_t ns = 0;
     char msg[700];

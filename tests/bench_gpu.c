@@ -406,7 +406,7 @@ int main(int argc, char **argv) {
     qsort(epoch_times, n_epochs, sizeof(double), cmp_d);
     double med = epoch_times[n_epochs / 2];
     eval_result ev;
-    if (model_evaluate(m, &ds, SPLIT_VALID, &st, &ev)) {
+    if (model_evaluate(m, &ds, SPLIT_VALID, tc.eval_rule, &st, &ev)) {
         fprintf(stderr, "bench_gpu: evaluation ran out of memory\n");
         return 1;
     }

@@ -8,6 +8,14 @@
 #include <string.h>
 
 static int t_passed, t_failed;
+
+/* a learning-rate table (LRG_* of core/config.h) with every group at rate v */
+static inline const float *t_lr_all(float *lr, int ngroups, float v) {
+    for (int i = 0; i < ngroups; i++)
+        lr[i] = v;
+    return lr;
+}
+#define T_LR_ALL(v) t_lr_all((float[LR_NGROUPS]){0}, LR_NGROUPS, (v))
 static const char *t_only; /* run only tests whose name contains this */
 
 #define CHECK(cond)                                                                                \

@@ -74,7 +74,7 @@ static void test_train_slice(void) {
             float l = model_loss_grad(m, seqs, 64, ds.logpop, ds.item_cat, &st, 1,
                                       (uint64_t)ep * 100 + b);
             CHECK(isfinite(l));
-            model_adam(m, 5e-3f, 5e-3f, 0.9f, 0.999f, 1e-8f);
+            model_adam(m, T_LR_ALL(5e-3f), 0.9f, 0.999f, 1e-8f);
             sum += l;
         }
         if (ep == 0) first = sum / batches;
@@ -85,7 +85,7 @@ static void test_train_slice(void) {
 
     /* full-ranking validation on the whole dataset: sane figures */
     eval_result ev;
-    CHECK(model_evaluate(m, &ds, SPLIT_VALID, &st, &ev) == 0);
+    CHECK(model_evaluate(m, &ds, SPLIT_VALID, EVAL_RULE_V2, &st, &ev) == 0);
     CHECK(ev.users == ds.n_users && ev.hr10 >= 0 && ev.hr10 <= 1 && ev.ndcg10 <= ev.hr10);
 
     /* checkpoint round trip through the store */

@@ -2,7 +2,10 @@
  * outputs, masked debiased logits), the loss and every parameter gradient
  * against the independent PyTorch float64 reference of the spec
  * (tests/golden/gen_golden.py writes tests/golden/golden.safetensors).
- * Case a: default schedule + ReLU; b: remove-first + GELU; c: SASRec-ID. */
+ * Case a: default schedule + ReLU; b: remove-first + GELU; c: SASRec-ID;
+ * d: b's parameters under spec version 1's remove-first inter start (b's old
+ * figures). Case a also holds the parameters after one Adam step under each
+ * learning-rate rule, the rates assigned by name in the reference. */
 #include <jansson.h>
 #include <math.h>
 #include <stdlib.h>
@@ -42,6 +45,52 @@ static double rel_err(const float *a, const float *b, size_t n) {
     return num / fmax(den, 1e-30);
 }
 
+/* One Adam step from the fixture's parameters with its gradients, each tensor at its group's
+ * rate under a learning-rate rule, against the reference's step (rates assigned by name from
+ * the spec's table there). Each tensor's step, |w1 - w0| ~ lr, must match to 1e-3 of the
+ * rate plus the fp32 rounding of w. */
+static void check_adam(iisan_model *m, const char *cs, int rules) {
+    iisan_train_config tc;
+    train_config_default(&tc);
+    tc.lr_groups = rules;
+    float lr[LR_NGROUPS];
+    train_lr_table(&tc, lr);
+    const size_t P = m->pt.total;
+    float *w0 = malloc(P * sizeof *w0);
+    memcpy(w0, m->w, P * sizeof *w0);
+    memset(m->m, 0, P * sizeof(float));
+    memset(m->v, 0, P * sizeof(float));
+    m->step = 0;
+    model_adam(m, lr, 0.9f, 0.999f, 1e-8f);
+    int bad = 0;
+    for (int i = 0; i < m->pt.n; i++) {
+        const param_info *p = &m->pt.t[i];
+        char nm[128];
+        snprintf(nm, sizeof nm, "adam%d.%s", rules, p->name);
+        const st_tensor *t = T(cs, nm);
+        if (!t || st_numel(t) != p->size) {
+            bad++;
+            continue;
+        }
+        const float *ref = t->data, *w = m->w + p->offset;
+        double worst = 0, moved = 0;
+        for (size_t j = 0; j < p->size; j++) {
+            double tol = 1e-3 * lr[p->group] + 2 * fabs(ref[j]) * 1.2e-7;
+            worst = fmax(worst, fabs((double)w[j] - ref[j]) / tol);
+            moved = fmax(moved, fabs((double)ref[j] - w0[p->offset + j]));
+        }
+        /* the reference moved this tensor by its own rate (|step| <= lr, ~lr where |g| >> eps) */
+        if (worst > 1 || moved > 1.01 * lr[p->group] || moved < 0.5 * lr[p->group]) {
+            bad++;
+            fprintf(stderr, "  %s adam%d %s: error %.3g of tolerance, moved %.3g at lr %.3g\n", cs,
+                    rules, p->name, worst, moved, lr[p->group]);
+        }
+    }
+    CHECKF(bad == 0, "%s: %d tensors off after one Adam step under rules %d", cs, bad, rules);
+    memcpy(m->w, w0, P * sizeof *w0);
+    free(w0);
+}
+
 static void run_case(const char *cs) {
     char key[32];
     snprintf(key, sizeof key, "%s.config", cs);
@@ -71,6 +120,9 @@ static void run_case(const char *cs) {
         for (int k = 0; k < c.K; k++)
             c.sched[k] = (int)json_integer_value(json_array_get(s, k));
         c.remove_first = json_is_true(json_object_get(o, "remove_first"));
+        c.inter_start = (int)json_integer_value(json_object_get(o, "inter_start"));
+        CHECKF(c.inter_start == IISAN_RULES_V1 || c.inter_start == IISAN_RULES_V2,
+               "%s: inter_start %d", cs, c.inter_start);
         const char *act = json_string_value(json_object_get(o, "act"));
         c.act = act && !strcmp(act, "gelu") ? IISAN_ACT_GELU : IISAN_ACT_RELU;
         c.gate_temp = (float)json_number_value(json_object_get(o, "gate_temp"));
@@ -185,6 +237,10 @@ static void run_case(const char *cs) {
         }
     }
     CHECKF(bad == 0, "%s: %d gradients off", cs, bad);
+    if (!strcmp(cs, "a")) {
+        check_adam(m, cs, IISAN_RULES_V1);
+        check_adam(m, cs, IISAN_RULES_V2);
+    }
 done:
     model_destroy(m);
     be->destroy(be);
@@ -193,6 +249,7 @@ done:
 static void test_case_a(void) { run_case("a"); }
 static void test_case_b(void) { run_case("b"); }
 static void test_case_c(void) { run_case("c"); }
+static void test_case_d(void) { run_case("d"); }
 
 int main(int argc, char **argv) {
     TEST_MAIN_BEGIN(argc, argv);
@@ -205,6 +262,7 @@ int main(int argc, char **argv) {
     RUN(test_case_a);
     RUN(test_case_b);
     RUN(test_case_c);
+    RUN(test_case_d);
     st_close(F);
     TEST_MAIN_END();
 }

@@ -1,8 +1,9 @@
 /* Finite-difference gradient checks of the model: each item tower block path,
  * the sequence encoder, and the whole in-batch loss with respect to every
  * parameter tensor, for several configurations (default schedule + ReLU,
- * remove-first + GELU, text-only, SASRec-ID), with dropout off and on (a
- * fixed seed makes the masks identical between evaluations). */
+ * remove-first + GELU under both inter starts, text-only, SASRec-ID), with
+ * dropout off and on (a fixed seed makes the masks identical between
+ * evaluations); the initialisation rules and learning-rate groups. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -193,6 +194,81 @@ static void test_remove_first_gelu(void) {
     c.sched[1] = 4;
     c.act = IISAN_ACT_GELU;
     run_config(&c, "remove-first");
+    c.inter_start = IISAN_RULES_V1; /* u_0 = (T[0] + V[0]) / 2 */
+    run_config(&c, "remove-first v1");
+}
+
+/* spec v2: P_v xavier-normal with a zero bias, the other heads nn.Linear's uniform; v1: P_v
+ * uniform too. And every tensor's learning-rate group, by name. */
+static void test_init_and_groups(void) {
+    iisan_config c;
+    config_default(&c);
+    c.D = 256;
+    for (int rules = IISAN_RULES_V1; rules <= IISAN_RULES_V2; rules++) {
+        c.pv_init = rules;
+        param_table pt;
+        CHECK(params_build(&pt, &c) == 0);
+        float *w = malloc(pt.total * sizeof *w);
+        params_init(&pt, w, 5);
+        const param_info *pw = params_find(&pt, "image.proj.weight"),
+                         *pb = params_find(&pt, "image.proj.bias");
+        double ss = 0, mx = 0, bmax = 0;
+        for (size_t j = 0; j < pw->size; j++) {
+            ss += (double)w[pw->offset + j] * w[pw->offset + j];
+            mx = fmax(mx, fabs(w[pw->offset + j]));
+        }
+        for (size_t j = 0; j < pb->size; j++)
+            bmax = fmax(bmax, fabs(w[pb->offset + j]));
+        double sd = sqrt(ss / pw->size), bound = 1 / sqrt((double)c.D);
+        if (rules == IISAN_RULES_V2) {
+            double xs = sqrt(2.0 / (c.D + c.d)); /* 0.0833; uniform's sd would be 0.036 */
+            CHECKF(fabs(sd - xs) < 0.03 * xs && mx > bound, "P_v sd %.4f, want %.4f", sd, xs);
+            CHECK(bmax == 0);
+        } else {
+            CHECKF(mx <= bound && fabs(sd - bound / sqrt(3.0)) < 0.03 * bound, "P_v sd %.4f", sd);
+            CHECK(bmax > 0 && bmax <= bound);
+        }
+        /* P_t stays uniform either way */
+        const param_info *pt_w = params_find(&pt, "text.proj.weight");
+        double tmx = 0;
+        for (size_t j = 0; j < pt_w->size; j++)
+            tmx = fmax(tmx, fabs(w[pt_w->offset + j]));
+        CHECK(tmx <= bound && tmx > 0.9 * bound);
+        free(w);
+        static const struct {
+            const char *name;
+            int group;
+        } want[] = {{"text.block.0.down.weight", LRG_SAN},
+                    {"inter.block.6.up.bias", LRG_SAN},
+                    {"image.gate", LRG_GATE_IMAGE},
+                    {"text.gate", LRG_GATE_TEXT},
+                    {"inter.gate", LRG_GATE_INTER},
+                    {"text.fc.weight", LRG_FC_TEXT},
+                    {"text.fc.bias", LRG_FC_TEXT},
+                    {"image.fc.weight", LRG_FC_IMAGE},
+                    {"image.fc.bias", LRG_FC_IMAGE},
+                    {"inter.fc.weight", LRG_OTHER},
+                    {"image.proj.weight", LRG_OTHER},
+                    {"fuse.weight", LRG_OTHER},
+                    {"seq.pos", LRG_OTHER},
+                    {"seq.layer.1.ln2.bias", LRG_OTHER}};
+        for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+            const param_info *p = params_find(&pt, want[i].name);
+            CHECKF(p && p->group == want[i].group, "%s", want[i].name);
+        }
+        params_free(&pt);
+    }
+    /* the rates: the spec's table (v2) and version 1's two groups */
+    iisan_train_config tc;
+    train_config_default(&tc);
+    float lr[LR_NGROUPS];
+    train_lr_table(&tc, lr);
+    static const float v2[LR_NGROUPS] = {1e-4f, 1e-4f, 2e-4f, 2e-4f, 5e-5f, 1e-4f, 2e-4f};
+    CHECK(!memcmp(lr, v2, sizeof v2));
+    tc.lr_groups = IISAN_RULES_V1;
+    train_lr_table(&tc, lr);
+    static const float v1[LR_NGROUPS] = {1e-4f, 1e-4f, 1e-4f, 1e-4f, 2e-4f, 2e-4f, 2e-4f};
+    CHECK(!memcmp(lr, v1, sizeof v1));
 }
 
 static void test_text_only(void) {
@@ -226,7 +302,7 @@ static void test_determinism_and_descent(void) {
             float l = model_loss_grad(m, seqs, 3, logpop, item_cat, &st, 1, 100 + s);
             if (s == 0) first[run] = l;
             last[run] = l;
-            model_adam(m, 1e-2f, 1e-2f, 0.9f, 0.999f, 1e-8f);
+            model_adam(m, T_LR_ALL(1e-2f), 0.9f, 0.999f, 1e-8f);
         }
         model_destroy(m);
     }
@@ -391,6 +467,7 @@ int main(int argc, char **argv) {
     make_logpop();
     RUN(test_default_relu);
     RUN(test_remove_first_gelu);
+    RUN(test_init_and_groups);
     RUN(test_text_only);
     RUN(test_sasrec_id);
     RUN(test_determinism_and_descent);

@@ -548,7 +548,7 @@ static void check_infer(iisan_store *s, const iisan_config *c, int min_len) {
         for (int u = 0; u < 64; u++)
             dataset_sequence(&ds, u % ds.n_users, SPLIT_TRAIN, seqs + u * (c->n + 1), NULL);
         model_loss_grad(m, seqs, 64, ds.logpop, ds.item_cat, &st, 1, (uint64_t)step);
-        model_adam(m, 1e-2f, 1e-2f, 0.9f, 0.999f, 1e-8f);
+        model_adam(m, T_LR_ALL(1e-2f), 0.9f, 0.999f, 1e-8f);
     }
     iisan_ckpt ck = {0};
     ck.c = cc;

@@ -259,17 +259,18 @@ static void test_row_chunks(void) {
     vs_free(&vs);
 }
 
-/* parameter counts and the learning-rate groups: Q_k and heads outside the SAN group */
+/* parameter counts and the learning-rate groups (spec v2's table): Q_k with the rest, F_t
+ * its own, the SAN blocks and each tower's gates theirs */
 static void test_params(void) {
     iisan_config c;
     versa_config(&c, 24, 7, "every2", 16, 5, "every2");
     param_table pt;
     CHECK(params_build(&pt, &c) == 0);
     const param_info *q = params_find(&pt, "inter.q.2.weight");
-    CHECK(q && q->shape[0] == 16 && q->shape[1] == 24 && q->group == 1);
+    CHECK(q && q->shape[0] == 16 && q->shape[1] == 24 && q->group == LRG_OTHER);
     CHECK(!params_find(&pt, "inter.q.3.weight"));
     const param_info *f = params_find(&pt, "text.fc.weight");
-    CHECK(f && f->shape[0] == 8 && f->shape[1] == 24);
+    CHECK(f && f->shape[0] == 8 && f->shape[1] == 24 && f->group == LRG_FC_TEXT);
     const param_info *p = params_find(&pt, "text.proj.weight");
     CHECK(p && p->shape[0] == 8 && p->shape[1] == 8);
     const param_info *fx = params_find(&pt, "inter.fc.weight");
@@ -277,10 +278,10 @@ static void test_params(void) {
     const param_info *px = params_find(&pt, "inter.proj.weight");
     CHECK(px && px->shape[0] == 8 && px->shape[1] == 16);
     const param_info *b = params_find(&pt, "text.block.3.down.weight");
-    CHECK(b && b->shape[1] == 24 && b->group == 0);
+    CHECK(b && b->shape[1] == 24 && b->group == LRG_SAN);
     CHECK(!params_find(&pt, "image.block.3.down.weight"));
     const param_info *gx = params_find(&pt, "inter.gate");
-    CHECK(gx && gx->size == 3 && gx->group == 0);
+    CHECK(gx && gx->size == 3 && gx->group == LRG_GATE_INTER);
     params_free(&pt);
 }
 

@@ -51,6 +51,8 @@ static int cuda_status(iisan_backend *be, char *msg, size_t len) {
 
 /* ---- shared helpers ---- */
 
+static void sample_used(void);
+
 cuda_ctx *cuda_enter(iisan_backend *be) {
     cuda_ctx *cx = (cuda_ctx *)be->ctx;
     CK(cudaSetDevice(cx->device));
@@ -66,17 +68,43 @@ void *cuda_scratch(void **buf, size_t *have, size_t bytes) {
         *buf = NULL;
         return NULL;
     }
+    sample_used();
     *have = bytes;
     return *buf;
 }
 
 /* ---- memory ---- */
 
+/* the device's memory in use (total - free), sampled after every allocation: memory only
+ * grows at an allocation, so the largest sample is the peak (this process's buffers, the
+ * context and cuBLAS's workspace; on a shared GPU, other processes' too) */
+static pthread_mutex_t peak_lock = PTHREAD_MUTEX_INITIALIZER;
+static size_t peak_used;
+
+static void sample_used(void) {
+    size_t fr = 0, tot = 0;
+    if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return;
+    }
+    pthread_mutex_lock(&peak_lock);
+    if (tot - fr > peak_used) peak_used = tot - fr;
+    pthread_mutex_unlock(&peak_lock);
+}
+
+extern "C" size_t iisan_cuda_peak_bytes(void) {
+    pthread_mutex_lock(&peak_lock);
+    size_t v = peak_used;
+    pthread_mutex_unlock(&peak_lock);
+    return v;
+}
+
 static void *cuda_alloc(iisan_backend *be, size_t bytes) {
     CUDA_OP(be);
     cuda_enter(be);
     void *p = NULL;
     if (!CK(cudaMalloc(&p, bytes ? bytes : 1))) return NULL;
+    sample_used();
     if (!CK(cudaMemset(p, 0, bytes))) {
         CK(cudaFree(p));
         return NULL;

@@ -43,6 +43,10 @@ int iisan_cuda_available(void);
  * message is copied into msg (len bytes, may be 0). */
 int iisan_cuda_errors(char *msg, size_t len);
 
+/* The most device memory seen in use (total - free, sampled after each of the backend's
+ * allocations) since the process started, in bytes: a run's device peak. */
+size_t iisan_cuda_peak_bytes(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Independent float64 PyTorch reference of /work/shared/spec/model.md (IISAN).
+"""Independent float64 PyTorch reference of /work/shared/spec/model.md version 2 (IISAN).
 
-Writes tests/golden/golden.safetensors: three small cases of inputs, parameters, forward
-outputs, the in-batch debiased cross-entropy loss and autograd gradients, used as golden
-vectors by the C implementation's tests.  Run through tests/golden/gen_golden.sh.
+Writes tests/golden/golden.safetensors: four small cases of inputs, parameters, forward
+outputs, the in-batch debiased cross-entropy loss and autograd gradients, and for case a the
+parameters after one Adam step under each learning-rate rule, used as golden vectors by the
+C implementation's tests.  Run through tests/golden/gen_golden.sh.
 
 Every stored float32/float16 value is exactly the value the reference computed with: inputs
 are rounded to fp16, parameters and logpop to fp32, and then all arithmetic is float64.
@@ -22,8 +23,12 @@ SEED = 1234
 D, R, DE, N, HEADS, NSTATES, B, NITEMS = 16, 4, 8, 4, 2, 5, 3, 7
 GATE_TEMP, LN_EPS, MASKED_LOGIT, ATT_NEG = 0.1, 1e-6, -1e4, -1e9
 SEQS = [[0, 0, 1, 2, 3], [4, 5, 6, 7, 2], [0, 3, 3, 6, 1]]
-CASES = {"a": dict(schedule=[0, 2, 4], remove_first=False, act="relu"),
-         "b": dict(schedule=[2, 4], remove_first=True, act="gelu")}
+# inter_start: the spec version whose remove-first inter SAN start is used (2: u_0 = 0;
+# 1: u_0 = (T[0] + V[0]) / 2, kept as an option to reproduce version-1 figures)
+CASES = {"a": dict(schedule=[0, 2, 4], remove_first=False, act="relu", inter_start=2),
+         "b": dict(schedule=[2, 4], remove_first=True, act="gelu", inter_start=2),
+         "d": dict(schedule=[2, 4], remove_first=True, act="gelu", inter_start=1)}
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
 TOWERS = ("text", "image", "inter")
 FULL_CHECK = "--full-gradcheck" in sys.argv          # gradcheck every parameter (slower)
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden.safetensors")
@@ -100,7 +105,8 @@ def item_embeddings(p, T, V, cfg):
             hk = san_block(p, f"{t}.block.{k}", g[k] * X[:, s] + (1 - g[k]) * hk, act)
         h[t] = hk
     g = torch.sigmoid(p["inter.gate"] / GATE_TEMP)
-    u = 0.5 * (T[:, 0] + V[:, 0]) if rf else torch.zeros_like(T[:, 0])
+    v1_start = rf and cfg["inter_start"] == 1
+    u = 0.5 * (T[:, 0] + V[:, 0]) if v1_start else torch.zeros_like(T[:, 0])
     for k, s in enumerate(S):
         u = san_block(p, f"inter.block.{k}", u + g[k] * V[:, s] + (1 - g[k]) * T[:, s], act)
     h["inter"] = u
@@ -154,6 +160,32 @@ def logits_and_loss(O, E, seqs, logpop):
         rows.append(lg)
         losses.append(torch.logsumexp(lg, 0) - lg[t])
     return torch.stack(rows), torch.stack(losses).mean()
+
+
+# ---------------------------------------------------------------- optimiser
+def spec_lr(name, rules):
+    """The learning rate of a parameter by name: the spec's table (rules 2) or version 1's two
+    groups (SAN blocks and every gate 1e-4, the rest 2e-4)."""
+    tower, _, rest = name.partition(".")
+    is_block = ".block." in name
+    is_gate = rest == "gate"
+    if rules == 1:
+        return 1e-4 if is_block or is_gate else 2e-4
+    if is_block:
+        return 1e-4
+    if tower == "text" and rest.startswith("fc."):
+        return 5e-5
+    if tower == "image" and (rest.startswith("fc.") or is_gate):
+        return 1e-4
+    return 2e-4            # text and inter gates, P_t, P_v, F_x, P_x, fusion, the encoder
+
+
+def adam_first_step(w, g, lr):
+    """torch.optim.Adam's first step from zero moments (no weight decay)."""
+    opt = torch.optim.Adam([w], lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS)
+    w.grad = g.clone()
+    opt.step()
+    return w
 
 
 # ---------------------------------------------------------------- data
@@ -226,15 +258,19 @@ def main():
     T16, V16, seqs, logpop = make_inputs(gen)
     T, V = T16.double(), V16.double()
     tensors, meta = {}, {"generator": "tests/golden/gen_golden.py", "torch_version": torch.__version__}
-    losses = {}
-    for case in ("a", "b", "c"):
+    losses, drawn = {}, {}
+    for case in ("a", "b", "c", "d"):
         if case == "c":                                                # SASRec-ID baseline
             p = draw_params(seq_param_specs() + [("item_emb.weight", (NITEMS + 1, DE), "emb")], gen)
             embed = lambda q: q["item_emb.weight"]
             cfg = {"d": DE, "n": N, "heads": HEADS, "ln_eps": LN_EPS, "B": B, "n_items": NITEMS}
         else:
             c = CASES[case]
-            p = draw_params(iisan_param_specs(len(c["schedule"])), gen)
+            if case == "d":            # b's parameters under version 1's u_0: b's old figures
+                p = {k: v.detach().clone().requires_grad_(True) for k, v in drawn["b"].items()}
+            else:
+                p = draw_params(iisan_param_specs(len(c["schedule"])), gen)
+            drawn[case] = p
             embed = lambda q, c=c: item_embeddings(q, T, V, c)
             cfg = {"D": D, "r": R, "d": DE, "n": N, "heads": HEADS, "nstates": NSTATES, **c,
                    "gate_temp": GATE_TEMP, "ln_eps": LN_EPS, "B": B, "n_items": NITEMS}
@@ -270,6 +306,13 @@ def main():
         for k, v in p.items():
             tensors[pre + "p." + k] = v.detach().float()
             tensors[pre + "grad." + k] = v.grad.float()
+        if case == "a":              # one Adam step from the stored values, under each rule
+            for rules in (1, 2):
+                for k, v in p.items():
+                    w = v.detach().float().double().clone().requires_grad_(True)
+                    g = v.grad.float().double()
+                    w = adam_first_step(w, g, spec_lr(k, rules))
+                    tensors[pre + f"adam{rules}." + k] = w.detach().float()
         print(f"case {case}: loss = {loss.item():.10f}  queries = {logits.shape[0]}")
 
     save_file({k: v.contiguous() for k, v in tensors.items()}, OUT, metadata=meta)
