@@ -48,7 +48,7 @@ endif
 include kernels/cuda/cuda.mk
 endif
 
-.PHONY: all test test-coretype bench-train bench-encode bench-gpu bench-serve fuzz run clean format
+.PHONY: all test test-coretype bench-train bench-encode bench-gpu bench-serve bench-tpme fuzz run clean format
 .SECONDARY:
 all: $(BUILD)/iisan
 
@@ -111,6 +111,11 @@ bench-gpu:
 
 run: $(BUILD)/iisan
 	deploy/run_main.sh
+
+# the spec's TPME table: IISAN, IISAN text-only and SASRec-ID trained on the same work (the main
+# job's Scientific store with MiniLM states), raw figures beside the normalised ones
+bench-tpme: $(BUILD)/iisan
+	deploy/bench_tpme.sh
 
 # the serving daemon under wrk on loopback (docs/operations.md): last line JSON
 bench-serve: $(BUILD)/iisan
