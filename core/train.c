@@ -1,5 +1,6 @@
 #include "core/train.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -7,6 +8,14 @@
 #include "core/states.h"
 #include "kernels/clock.h"
 #include "kernels/rng.h"
+
+void train_rules_json(const iisan_train_config *tc, const iisan_config *c, char *out, size_t cap) {
+    snprintf(out, cap,
+             "\"rules\":{\"lr_groups\":\"v%d\",\"early_stop\":\"v%d\",\"patience\":%d,"
+             "\"eval_exclude\":\"%s\",\"inter_start\":\"v%d\",\"pv_init\":\"v%d\"}",
+             tc->lr_groups, tc->early_stop, tc->patience, eval_rule_name(tc->eval_rule),
+             c->inter_start, c->pv_init);
+}
 
 int train_run(iisan_model *m, const iisan_dataset *ds, const iisan_states *st,
               const iisan_train_config *tc, int validate, epoch_hook hook, void *arg,

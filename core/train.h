@@ -28,6 +28,11 @@ typedef struct {
     int interrupted; /* tc->stop was set: the parameters are the best epoch's so far */
 } train_summary;
 
+/* the spec rules a version was trained and validated under, as the JSON member
+ * "rules":{"lr_groups":"v2","early_stop":"v2","patience":10,"eval_exclude":"history",
+ * "inter_start":"v2","pv_init":"v2"} for a checkpoint's meta (truncated to cap) */
+void train_rules_json(const iisan_train_config *tc, const iisan_config *c, char *out, size_t cap);
+
 typedef void (*epoch_hook)(void *arg, const epoch_report *r);
 
 enum {

@@ -467,15 +467,13 @@ int cmd_train(int argc, char **argv) {
     if (save) {
         size_t len;
         void *blob = ckpt_encode_model(m, ds.item_cat, ds.n_items, tc.min_len, &len);
-        char meta[768];
+        char meta[768], rules[256];
+        train_rules_json(&tc, &c, rules, sizeof rules);
         snprintf(meta, sizeof meta,
                  "{\"model\":\"%s\",\"best_epoch\":%d,\"epochs_run\":%d,\"valid_hr10\":%.6f,"
-                 "\"valid_ndcg10\":%.6f,\"seconds_per_epoch\":%.3f,\"created\":%lld,"
-                 "\"rules\":{\"lr_groups\":\"v%d\",\"early_stop\":\"v%d\",\"patience\":%d,"
-                 "\"eval_exclude\":\"%s\",\"inter_start\":\"v%d\",\"pv_init\":\"v%d\"}%s}",
+                 "\"valid_ndcg10\":%.6f,\"seconds_per_epoch\":%.3f,\"created\":%lld,%s%s}",
                  model, sum.best_epoch, sum.epochs_run, sum.best_valid.hr10, sum.best_valid.ndcg10,
-                 sum.mean_epoch_seconds, (long long)time(NULL), tc.lr_groups, tc.early_stop,
-                 tc.patience, eval_rule_name(tc.eval_rule), c.inter_start, c.pv_init,
+                 sum.mean_epoch_seconds, (long long)time(NULL), rules,
                  sum.interrupted ? ",\"interrupted\":true" : "");
         int prc = blob ? store_ckpt_put(s, blob, len, meta, &version) : IISAN_ENOMEM;
         free(blob);

@@ -399,14 +399,15 @@ static int run_promote(run_state *r) {
     }
     size_t len = 0;
     void *blob = ckpt_encode_model(r->m, r->ds.item_cat, r->ds.n_items, r->ck.min_len, &len);
-    char mj[600], err[512];
+    char mj[800], err[512], rules[256];
+    train_rules_json(&r->tc, &r->c, rules, sizeof rules);
     snprintf(mj, sizeof mj,
              "{\"model\":\"%s\",\"best_epoch\":%d,\"epochs_run\":%d,\"valid_hr10\":%.6f,"
              "\"valid_ndcg10\":%.6f,\"seconds_per_epoch\":%.3f,\"created\":%lld,"
-             "\"warm_start_from\":%u,\"job\":%d,\"base_valid_hr10\":%.6f}",
+             "\"warm_start_from\":%u,\"job\":%d,\"base_valid_hr10\":%.6f,%s}",
              r->c.kind == MODEL_IISAN ? "iisan" : "sasrec-id", sum->best_epoch, sum->epochs_run,
              sum->best_valid.hr10, sum->best_valid.ndcg10, sum->mean_epoch_seconds,
-             (long long)time(NULL), r->in.version, r->id, base);
+             (long long)time(NULL), r->in.version, r->id, base, rules);
     uint32_t ver = 0;
     store_ix_wrlock(x); /* store_ckpt_put may grow the map */
     int rc = blob ? store_ckpt_put(store_ix_store(x), blob, len, mj, &ver) : IISAN_ENOMEM;
