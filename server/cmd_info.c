@@ -33,6 +33,41 @@ static int fail(const char *msg) {
     return 1;
 }
 
+/* one stored version: its size, what it is (config_describe) and its meta, printed and
+ * appended to jck. 0, or -1 (message printed) when it cannot be read. */
+static int show_checkpoint(iisan_store *s, uint32_t version, json_t *jck) {
+    char *meta = NULL, desc[256] = "";
+    void *blob = NULL;
+    size_t len = 0;
+    uint32_t v;
+    if (store_ckpt_get(s, version, &blob, &len, &meta, &v)) {
+        fail("reading a checkpoint failed");
+        return -1;
+    }
+    /* what the version is (towers, schedule, rules), so that two models tell apart */
+    iisan_ckpt ck;
+    char cerr[256];
+    json_t *jc = NULL;
+    if (ckpt_decode(blob, len, &ck, cerr, sizeof cerr) == 0) {
+        config_describe(&ck.c, desc, sizeof desc);
+        char *cj = config_to_json(&ck.c, ck.min_len);
+        jc = cj ? json_loads(cj, 0, NULL) : NULL;
+        free(cj);
+        ckpt_free(&ck);
+    } else {
+        snprintf(desc, sizeof desc, "unreadable: %.200s", cerr);
+    }
+    free(blob);
+    printf("  version %u (%.1f MiB): %s\n    %s\n", v, len / 1048576.0, desc, meta);
+    json_t *jm = json_loads(meta, 0, NULL);
+    json_array_append_new(jck,
+                          json_pack("{s:I, s:I, s:s, s:o, s:o}", "version", (json_int_t)v, "bytes",
+                                    (json_int_t)len, "describe", desc, "config",
+                                    jc ? jc : json_null(), "meta", jm ? jm : json_string(meta)));
+    free(meta);
+    return 0;
+}
+
 int cmd_info(int argc, char **argv) {
     static const struct option opts[] = {{"data", 1, 0, 'D'},    {"max-len", 1, 0, 'n'},
                                          {"min-len", 1, 0, 'N'}, {"json", 0, 0, 'j'},
@@ -125,37 +160,8 @@ int cmd_info(int argc, char **argv) {
         goto out;
     }
     printf("checkpoints:%s\n", nver ? "" : " none");
-    for (uint32_t i = 0; i < nver; i++) {
-        char *meta = NULL, desc[256] = "";
-        void *blob = NULL;
-        size_t len = 0;
-        uint32_t v;
-        if (store_ckpt_get(s, versions[i], &blob, &len, &meta, &v)) {
-            fail("reading a checkpoint failed");
-            goto out;
-        }
-        /* what the version is (towers, schedule, rules), so that two models tell apart */
-        iisan_ckpt ck;
-        char cerr[256];
-        json_t *jc = NULL;
-        if (ckpt_decode(blob, len, &ck, cerr, sizeof cerr) == 0) {
-            config_describe(&ck.c, desc, sizeof desc);
-            char *cj = config_to_json(&ck.c, ck.min_len);
-            jc = cj ? json_loads(cj, 0, NULL) : NULL;
-            free(cj);
-            ckpt_free(&ck);
-        } else {
-            snprintf(desc, sizeof desc, "unreadable: %.200s", cerr);
-        }
-        free(blob);
-        printf("  version %u (%.1f MiB): %s\n    %s\n", v, len / 1048576.0, desc, meta);
-        json_t *jm = json_loads(meta, 0, NULL);
-        json_array_append_new(jck, json_pack("{s:I, s:I, s:s, s:o, s:o}", "version", (json_int_t)v,
-                                             "bytes", (json_int_t)len, "describe", desc, "config",
-                                             jc ? jc : json_null(), "meta",
-                                             jm ? jm : json_string(meta)));
-        free(meta);
-    }
+    for (uint32_t i = 0; i < nver; i++)
+        if (show_checkpoint(s, versions[i], jck)) goto out;
     json_object_set(j, "checkpoints", jck);
 
     if (dataset_build(&ds, s, (int)max_len, (int)min_len, err, sizeof err)) {

@@ -100,6 +100,22 @@ static int rules_version(const char *s) {
     return -1;
 }
 
+/* --rules (ch 'R'), --lr-groups ('g'), --eval-exclude ('E') into opt[0], [1], [2]; applied
+ * after the whole line is read, --rules first. 0, or -1 with a message. */
+static int parse_rule_opt(int ch, const char *arg, int opt[3]) {
+    int v = ch == 'E' ? eval_rule_parse(arg) : rules_version(arg);
+    if (v < 0) {
+        fprintf(stderr, "iisan train: %s wants %s, got '%s'\n",
+                ch == 'R'   ? "--rules"
+                : ch == 'g' ? "--lr-groups"
+                            : "--eval-exclude",
+                ch == 'E' ? "history or history-but-target" : "v1 or v2", arg);
+        return -1;
+    }
+    opt[ch == 'R' ? 0 : ch == 'g' ? 1 : 2] = v;
+    return 0;
+}
+
 static int parse_towers(const char *s, int *mask) {
     *mask = 0;
     char buf[64];
@@ -183,6 +199,62 @@ static int item_shapes(iisan_store *s, const char *dir, iisan_config *c, const c
     return 0;
 }
 
+/* after training: the interrupted run's message, the version stored (unless --no-save) with
+ * its meta (figures and rules), the summary line and --json's object. 0, or -1 (message
+ * printed) when nothing could be kept or storing failed. */
+static int store_and_report(const char *model, iisan_store *s, iisan_model *m,
+                            const iisan_dataset *ds, const iisan_config *c,
+                            const iisan_train_config *tc, const train_summary *sum, int save,
+                            int json) {
+    if (sum->interrupted && !sum->best_epoch) {
+        fprintf(stderr, "iisan train: interrupted during epoch 1, before any epoch was validated: "
+                        "nothing to keep\n");
+        return -1;
+    }
+    if (sum->interrupted)
+        fprintf(stderr,
+                "iisan train: interrupted after %d whole epochs; keeping the best, epoch %d "
+                "(valid HR@10 %.4f)%s\n",
+                sum->epochs_run, sum->best_epoch, sum->best_valid.hr10,
+                save ? "" : " (--no-save: not stored)");
+    uint32_t version = 0;
+    if (save) {
+        size_t len;
+        void *blob = ckpt_encode_model(m, ds->item_cat, ds->n_items, tc->min_len, &len);
+        char meta[768], rules[256];
+        train_rules_json(tc, c, rules, sizeof rules);
+        snprintf(meta, sizeof meta,
+                 "{\"model\":\"%s\",\"best_epoch\":%d,\"epochs_run\":%d,\"valid_hr10\":%.6f,"
+                 "\"valid_ndcg10\":%.6f,\"seconds_per_epoch\":%.3f,\"created\":%lld,%s%s}",
+                 model, sum->best_epoch, sum->epochs_run, sum->best_valid.hr10,
+                 sum->best_valid.ndcg10, sum->mean_epoch_seconds, (long long)time(NULL), rules,
+                 sum->interrupted ? ",\"interrupted\":true" : "");
+        int prc = blob ? store_ckpt_put(s, blob, len, meta, &version) : IISAN_ENOMEM;
+        free(blob);
+        if (prc) {
+            fprintf(stderr, "iisan train: saving the checkpoint failed: %s\n", iisan_strerror(prc));
+            return -1;
+        }
+    }
+    fprintf(stderr,
+            "trained %s: best epoch %d of %d, valid HR@10 %.4f NDCG@10 %.4f, %.2f s/epoch, "
+            "%zu parameters%s",
+            model, sum->best_epoch, sum->epochs_run, sum->best_valid.hr10, sum->best_valid.ndcg10,
+            sum->mean_epoch_seconds, model_param_count(m), save ? "" : ", not saved\n");
+    if (save) fprintf(stderr, ", saved as version %u\n", version);
+    if (json)
+        printf("{\"model\":\"%s\",\"version\":%u,\"best_epoch\":%d,\"epochs_run\":%d,"
+               "\"steps\":%ld,\"valid_hr10\":%.6f,\"valid_ndcg10\":%.6f,"
+               "\"seconds_per_epoch\":%.3f,\"first_loss\":%.6f,\"last_loss\":%.6f,"
+               "\"params\":%zu,\"peak_rss_mib\":%.1f,\"peak_device_mib\":%.1f,\"device\":\"%s\","
+               "\"interrupted\":%s}\n",
+               model, version, sum->best_epoch, sum->epochs_run, sum->steps, sum->best_valid.hr10,
+               sum->best_valid.ndcg10, sum->mean_epoch_seconds, sum->first_loss, sum->last_loss,
+               model_param_count(m), peak_rss_kib() / 1024.0, peak_device_mib(m->be), m->be->name,
+               sum->interrupted ? "true" : "false");
+    return 0;
+}
+
 int cmd_train(int argc, char **argv) {
     static const struct option opts[] = {{"data", 1, 0, 'D'},
                                          {"model", 1, 0, 'm'},
@@ -219,7 +291,7 @@ int cmd_train(int argc, char **argv) {
     iisan_train_config tc;
     config_default(&c);
     train_config_default(&tc);
-    int json = 0, save = 1, towers = c.towers, rules = 0, lr_groups = 0, eval_rule = 0;
+    int json = 0, save = 1, towers = c.towers, rule_opt[3] = {0, 0, 0};
     long v, threads = 0;
     double x;
     optind = 1;
@@ -315,25 +387,9 @@ int cmd_train(int argc, char **argv) {
             device = optarg;
             break;
         case 'g':
-            if ((lr_groups = rules_version(optarg)) < 0) {
-                fprintf(stderr, "iisan train: --lr-groups wants v1 or v2, got '%s'\n", optarg);
-                return 2;
-            }
-            break;
         case 'E':
-            if ((eval_rule = eval_rule_parse(optarg)) < 0) {
-                fprintf(stderr,
-                        "iisan train: --eval-exclude wants history or history-but-target, got "
-                        "'%s'\n",
-                        optarg);
-                return 2;
-            }
-            break;
         case 'R':
-            if ((rules = rules_version(optarg)) < 0) {
-                fprintf(stderr, "iisan train: --rules wants v1 or v2, got '%s'\n", optarg);
-                return 2;
-            }
+            if (parse_rule_opt(ch, optarg, rule_opt)) return 2;
             break;
         case 'z': save = 0; break;
         case 'j': json = 1; break;
@@ -360,9 +416,9 @@ int cmd_train(int argc, char **argv) {
     }
     c.towers = towers;
     /* --rules first, the single rules over it, whatever their order on the line */
-    if (rules) config_set_rules(&c, &tc, rules);
-    if (lr_groups) tc.lr_groups = lr_groups;
-    if (eval_rule) tc.eval_rule = eval_rule;
+    if (rule_opt[0]) config_set_rules(&c, &tc, rule_opt[0]);
+    if (rule_opt[1]) tc.lr_groups = rule_opt[1];
+    if (rule_opt[2]) tc.eval_rule = rule_opt[2];
 
     char err[512];
     iisan_store *s = NULL;
@@ -451,53 +507,10 @@ int cmd_train(int argc, char **argv) {
     if (backend_check("train", be) || trc) goto out;
     store_reader_end(rd);
     rd = NULL;
-    if (sum.interrupted && !sum.best_epoch) {
-        fprintf(stderr, "iisan train: interrupted during epoch 1, before any epoch was validated: "
-                        "nothing to keep\n");
-        rc = 130;
+    if (store_and_report(model, s, m, &ds, &c, &tc, &sum, save, json)) {
+        rc = sum.interrupted && !sum.best_epoch ? 130 : 1;
         goto out;
     }
-    if (sum.interrupted)
-        fprintf(stderr,
-                "iisan train: interrupted after %d whole epochs; keeping the best, epoch %d "
-                "(valid HR@10 %.4f)%s\n",
-                sum.epochs_run, sum.best_epoch, sum.best_valid.hr10,
-                save ? "" : " (--no-save: not stored)");
-    uint32_t version = 0;
-    if (save) {
-        size_t len;
-        void *blob = ckpt_encode_model(m, ds.item_cat, ds.n_items, tc.min_len, &len);
-        char meta[768], rules[256];
-        train_rules_json(&tc, &c, rules, sizeof rules);
-        snprintf(meta, sizeof meta,
-                 "{\"model\":\"%s\",\"best_epoch\":%d,\"epochs_run\":%d,\"valid_hr10\":%.6f,"
-                 "\"valid_ndcg10\":%.6f,\"seconds_per_epoch\":%.3f,\"created\":%lld,%s%s}",
-                 model, sum.best_epoch, sum.epochs_run, sum.best_valid.hr10, sum.best_valid.ndcg10,
-                 sum.mean_epoch_seconds, (long long)time(NULL), rules,
-                 sum.interrupted ? ",\"interrupted\":true" : "");
-        int prc = blob ? store_ckpt_put(s, blob, len, meta, &version) : IISAN_ENOMEM;
-        free(blob);
-        if (prc) {
-            fprintf(stderr, "iisan train: saving the checkpoint failed: %s\n", iisan_strerror(prc));
-            goto out;
-        }
-    }
-    fprintf(stderr,
-            "trained %s: best epoch %d of %d, valid HR@10 %.4f NDCG@10 %.4f, %.2f s/epoch, "
-            "%zu parameters%s",
-            model, sum.best_epoch, sum.epochs_run, sum.best_valid.hr10, sum.best_valid.ndcg10,
-            sum.mean_epoch_seconds, model_param_count(m), save ? "" : ", not saved\n");
-    if (save) fprintf(stderr, ", saved as version %u\n", version);
-    if (json)
-        printf("{\"model\":\"%s\",\"version\":%u,\"best_epoch\":%d,\"epochs_run\":%d,"
-               "\"steps\":%ld,\"valid_hr10\":%.6f,\"valid_ndcg10\":%.6f,"
-               "\"seconds_per_epoch\":%.3f,\"first_loss\":%.6f,\"last_loss\":%.6f,"
-               "\"params\":%zu,\"peak_rss_mib\":%.1f,\"peak_device_mib\":%.1f,\"device\":\"%s\","
-               "\"interrupted\":%s}\n",
-               model, version, sum.best_epoch, sum.epochs_run, sum.steps, sum.best_valid.hr10,
-               sum.best_valid.ndcg10, sum.mean_epoch_seconds, sum.first_loss, sum.last_loss,
-               model_param_count(m), peak_rss_kib() / 1024.0, peak_device_mib(be), be->name,
-               sum.interrupted ? "true" : "false");
     rc = sum.interrupted ? 130 : 0;
 out:
     if (rd) store_reader_end(rd);

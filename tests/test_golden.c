@@ -91,6 +91,27 @@ static void check_adam(iisan_model *m, const char *cs, int rules) {
     free(w0);
 }
 
+/* every parameter gradient against the reference's */
+static void check_gradients(iisan_model *m, const char *cs) {
+    int bad = 0;
+    for (int i = 0; i < m->pt.n; i++) {
+        const param_info *p = &m->pt.t[i];
+        char nm[128];
+        snprintf(nm, sizeof nm, "grad.%s", p->name);
+        const st_tensor *t = T(cs, nm);
+        if (!t || st_numel(t) != p->size) {
+            bad++;
+            continue;
+        }
+        double e = rel_err(m->g + p->offset, t->data, p->size);
+        if (e >= 1e-4) {
+            bad++;
+            fprintf(stderr, "  %s grad %s: normalised error %.3g\n", cs, p->name, e);
+        }
+    }
+    CHECKF(bad == 0, "%s: %d gradients off", cs, bad);
+}
+
 static void run_case(const char *cs) {
     char key[32];
     snprintf(key, sizeof key, "%s.config", cs);
@@ -219,24 +240,7 @@ static void run_case(const char *cs) {
         CHECK(masked > 0 && masked < Q * C);
         free(raw);
     }
-    /* every parameter gradient */
-    int bad = 0;
-    for (int i = 0; i < m->pt.n; i++) {
-        const param_info *p = &m->pt.t[i];
-        char nm[128];
-        snprintf(nm, sizeof nm, "grad.%s", p->name);
-        const st_tensor *t = T(cs, nm);
-        if (!t || st_numel(t) != p->size) {
-            bad++;
-            continue;
-        }
-        double e = rel_err(m->g + p->offset, t->data, p->size);
-        if (e >= 1e-4) {
-            bad++;
-            fprintf(stderr, "  %s grad %s: normalised error %.3g\n", cs, p->name, e);
-        }
-    }
-    CHECKF(bad == 0, "%s: %d gradients off", cs, bad);
+    check_gradients(m, cs);
     if (!strcmp(cs, "a")) {
         check_adam(m, cs, IISAN_RULES_V1);
         check_adam(m, cs, IISAN_RULES_V2);
