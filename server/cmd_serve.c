@@ -269,6 +269,7 @@ static void reload(const args *a) {
                      nc.max_exclude != old->max_exclude || nc.max_batch != old->max_batch;
         serve_config_release(old);
         serve_config_set(&nc);
+        log_set_level(nc.log_level);
         writer_set_batch(g_srv.writer, nc.commit_batch);
         batcher_set(g_srv.batcher, (int)nc.max_batch, nc.batch_wait_us);
         scheduler_wake(); /* retrain_every_min / retrain_after may have changed */
@@ -357,6 +358,7 @@ int cmd_serve(int argc, char **argv) {
     struct MHD_Daemon *d = NULL;
     g_srv.started = serve_now();
     serve_config_set(&cfg);
+    log_set_level(cfg.log_level);
     log_event("info", "starting", "data=%s pid=%d threads=%ld device=%s",
               log_q(cfg.data, b, sizeof b), (int)getpid(), cfg.threads, cfg.device);
     /* one daemon per store: the lock first, before anything of the store is opened */

@@ -50,6 +50,7 @@ typedef struct {
     long connection_timeout_s;
     long shutdown_timeout_s;
     long log_requests;
+    char log_level[8]; /* debug, info, warn, error: the lowest logged */
     char admin_token[256];
     char admin_token_file[PATH_MAX];
     long retrain_every_min; /* 0 = no scheduled retraining */
@@ -101,6 +102,10 @@ void log_event(const char *level, const char *event, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* quotes v for a log value when needed (into buf) */
 const char *log_q(const char *v, char *buf, size_t cap);
+/* a level's rank (debug 0 .. error 3), -1 for an unknown name */
+int log_level_rank(const char *level);
+/* events below level (a known name) are dropped from then on; any thread */
+void log_set_level(const char *level);
 
 /* ---------------- metrics ---------------- */
 

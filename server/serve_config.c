@@ -81,6 +81,8 @@ const serve_option serve_options[] = {
      "IISAN_SHUTDOWN_TIMEOUT_S", 1, "how long a stop waits for in-flight requests"},
     {"log_requests", CFG_BOOL, OPT(log_requests), 0, "true", 0, 1, "IISAN_LOG_REQUESTS", 1,
      "one log line per request"},
+    {"log_level", CFG_STR, OPT(log_level), SZ(log_level), "info", 0, 0, "IISAN_LOG_LEVEL", 1,
+     "the lowest level logged: debug, info, warn or error"},
     {"admin_token", CFG_STR, OPT(admin_token), SZ(admin_token), "", 0, 0, "IISAN_ADMIN_TOKEN", 1,
      "bearer token of /admin/*, /users/* and the catalogue changes; empty disables them (never "
      "logged)"},
@@ -318,6 +320,10 @@ int serve_config_build(serve_config *c, const char *path, int nflags, const char
                  path, (unsigned)(st.st_mode & 0777));
     if (strcmp(c->device, "cpu") && strcmp(c->device, "cuda") && strcmp(c->device, "auto")) {
         snprintf(err, errlen, "device wants cpu, cuda or auto, got '%s'", c->device);
+        return -1;
+    }
+    if (log_level_rank(c->log_level) < 0) {
+        snprintf(err, errlen, "log_level wants debug, info, warn or error, got '%s'", c->log_level);
         return -1;
     }
     return 0;

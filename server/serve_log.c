@@ -7,6 +7,20 @@
 
 #include "server/serve.h"
 
+static atomic_int min_rank = 1; /* info */
+
+int log_level_rank(const char *level) {
+    static const char *const names[] = {"debug", "info", "warn", "error"};
+    for (int i = 0; i < 4; i++)
+        if (level && !strcmp(level, names[i])) return i;
+    return -1;
+}
+
+void log_set_level(const char *level) {
+    int r = log_level_rank(level);
+    if (r >= 0) atomic_store(&min_rank, r);
+}
+
 const char *log_q(const char *v, char *buf, size_t cap) {
     if (!v) return "-";
     int plain = *v != '\0';
@@ -35,6 +49,7 @@ const char *log_q(const char *v, char *buf, size_t cap) {
 }
 
 void log_event(const char *level, const char *event, const char *fmt, ...) {
+    if (log_level_rank(level) < atomic_load(&min_rank)) return;
     char line[2048];
     struct timeval tv;
     gettimeofday(&tv, NULL);
