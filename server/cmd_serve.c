@@ -65,6 +65,7 @@ int serve_config_set(const serve_config *c) {
     serve_cfg_ref *old = g_srv.cfg;
     g_srv.cfg = r;
     pthread_mutex_unlock(&g_srv.mu);
+    log_set_level(c->log_level);
     if (old) serve_config_release(&old->c);
     return 0;
 }
@@ -269,7 +270,6 @@ static void reload(const args *a) {
                      nc.max_exclude != old->max_exclude || nc.max_batch != old->max_batch;
         serve_config_release(old);
         serve_config_set(&nc);
-        log_set_level(nc.log_level);
         writer_set_batch(g_srv.writer, nc.commit_batch);
         batcher_set(g_srv.batcher, (int)nc.max_batch, nc.batch_wait_us);
         scheduler_wake(); /* retrain_every_min / retrain_after may have changed */
@@ -358,7 +358,6 @@ int cmd_serve(int argc, char **argv) {
     struct MHD_Daemon *d = NULL;
     g_srv.started = serve_now();
     serve_config_set(&cfg);
-    log_set_level(cfg.log_level);
     log_event("info", "starting", "data=%s pid=%d threads=%ld device=%s",
               log_q(cfg.data, b, sizeof b), (int)getpid(), cfg.threads, cfg.device);
     /* one daemon per store: the lock first, before anything of the store is opened */

@@ -239,7 +239,8 @@ infer_model *serve_model_get(void);
 /* swaps in m (retained by the callee's reference), releasing the old one */
 void serve_model_set(infer_model *m);
 /* the current configuration, retained: read it through the pointer, then
- * serve_config_release it. serve_config_set publishes a copy of c. */
+ * serve_config_release it. serve_config_set publishes a copy of c and applies
+ * its log level. */
 const serve_config *serve_config_acquire(void);
 void serve_config_release(const serve_config *c);
 int serve_config_set(const serve_config *c);
