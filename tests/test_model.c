@@ -11,6 +11,7 @@
 #include "core/model.h"
 #include "kernels/half.h"
 #include "kernels/rng.h"
+#include "tests/model_fd.h"
 #include "tests/test.h"
 
 #define NCAT 9 /* catalogue items 1..9 */
@@ -53,105 +54,15 @@ static void small_config(iisan_config *c) {
     c->sched[2] = 4;
 }
 
-/* model items 1..7 map to catalogue 2..8 (a non-trivial mapping) */
-static const uint32_t item_cat[8] = {0, 2, 3, 4, 5, 6, 7, 8};
-static const int32_t seqs[3 * 5] = {0, 0, 1, 2, 3, 4, 5, 6, 7, 2, 0, 3, 3, 6, 1};
-static float logpop[8];
-
-static void make_logpop(void) {
-    double cnt[8] = {0}, tot = 0;
-    for (int i = 0; i < 15; i++)
-        if (seqs[i]) cnt[seqs[i]]++, tot++;
-    for (int i = 0; i < 8; i++)
-        logpop[i] = cnt[i] ? (float)log(cnt[i] / tot) : 0.0f;
-    logpop[0] = 0;
-}
-
-/* random parameters far from the near-identity init, so every path matters */
-static void randomise(iisan_model *m, uint64_t seed) {
-    size_t P = m->pt.total;
-    float *h = malloc(P * sizeof *h);
-    for (int i = 0; i < m->pt.n; i++) {
-        const param_info *p = &m->pt.t[i];
-        float sd = strstr(p->name, "gate") ? 0.05f : 0.3f;
-        if (p->ndim == 2 && !strstr(p->name, "block") && !strstr(p->name, "seq"))
-            sd = 1.0f / sqrtf((float)p->shape[1]);
-        for (size_t j = 0; j < p->size; j++) {
-            float z = sd * iisan_rng_normal(seed + i, j);
-            h[p->offset + j] =
-                strstr(p->name, "ln") && strstr(p->name, "weight") ? 1.0f + 0.3f * z : z;
-        }
-    }
-    m->be->upload(m->be, m->w, h, P * sizeof *h);
-    free(h);
-}
-
-static float loss_at(iisan_model *m, const iisan_states *st, int train) {
-    return model_loss_grad(m, seqs, 3, logpop, item_cat, st, train, 1234);
-}
-
-/* directional derivative of the loss along a random direction, per tensor,
- * plus three single elements */
+/* every tensor: a directional derivative and three single elements */
 static void check_grads(iisan_model *m, const iisan_states *st, int train, const char *what) {
     size_t P = m->pt.total;
     float *g = malloc(P * sizeof *g);
     loss_at(m, st, train);
     memcpy(g, m->g, P * sizeof *g);
-    const float eps = 1e-3f;
     int bad = 0;
-    for (int i = 0; i < m->pt.n; i++) {
-        const param_info *p = &m->pt.t[i];
-        float *w = m->w + p->offset;
-        double gmax = 0;
-        for (size_t j = 0; j < p->size; j++)
-            gmax = fmax(gmax, fabs(g[p->offset + j]));
-        /* directional */
-        float *dir = malloc(p->size * sizeof *dir);
-        double an = 0, nrm = 0;
-        for (size_t j = 0; j < p->size; j++) {
-            dir[j] = iisan_rng_normal(77 + i, j);
-            nrm += (double)dir[j] * dir[j];
-        }
-        for (size_t j = 0; j < p->size; j++) {
-            dir[j] /= (float)sqrt(nrm); /* unit direction */
-            an += dir[j] * g[p->offset + j];
-        }
-        for (size_t j = 0; j < p->size; j++)
-            w[j] += eps * dir[j];
-        double lp = loss_at(m, st, train);
-        for (size_t j = 0; j < p->size; j++)
-            w[j] -= 2 * eps * dir[j];
-        double lm = loss_at(m, st, train);
-        for (size_t j = 0; j < p->size; j++)
-            w[j] += eps * dir[j];
-        double fd = (lp - lm) / (2 * eps);
-        double tol = 2e-3 + 3e-2 * fabs(an) + 1e-3 * gmax;
-        if (fabs(fd - an) > tol) {
-            bad++;
-            fprintf(stderr, "  %s %s: directional fd %.6g analytic %.6g\n", what, p->name, fd, an);
-        }
-        CHECK(fabs(fd - an) <= tol);
-        /* single elements: the largest gradient entry and two random ones */
-        size_t jmax = 0;
-        for (size_t j = 0; j < p->size; j++)
-            if (fabs(g[p->offset + j]) > fabs(g[p->offset + jmax])) jmax = j;
-        size_t picks[3] = {jmax, iisan_rng_u64(5, i) % p->size, iisan_rng_u64(6, i) % p->size};
-        for (int q = 0; q < 3; q++) {
-            size_t j = picks[q];
-            float w0 = w[j];
-            w[j] = w0 + eps;
-            double a = loss_at(m, st, train);
-            w[j] = w0 - eps;
-            double b = loss_at(m, st, train);
-            w[j] = w0;
-            double fe = (a - b) / (2 * eps), ae = g[p->offset + j];
-            double te = 2e-3 + 5e-2 * fabs(ae) + 2e-2 * gmax;
-            if (fabs(fe - ae) > te)
-                fprintf(stderr, "  %s %s[%zu]: fd %.6g analytic %.6g\n", what, p->name, j, fe, ae);
-            CHECK(fabs(fe - ae) <= te);
-        }
-        free(dir);
-    }
+    for (int i = 0; i < m->pt.n; i++)
+        bad += fd_check_tensor(m, st, train, g, i, 1e-3f, 3, what);
     if (bad) fprintf(stderr, "  %s: %d tensors off\n", what, bad);
     free(g);
 }
