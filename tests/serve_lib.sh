@@ -68,3 +68,16 @@ jcheck() {
 status() { [ "$S" = "$1" ] && ok || bad "$2: status $S, wanted $1: $(head -c 300 "$T/body")"; }
 errcode() { status "$1" "$3"; jcheck "d['error']['code'] == '$2' and len(d['error']['message']) > 0" "$3 ($2)"; }
 
+# small_catalogue SEED: $T/items.tsv (40 items, I000..I039) and $T/users.tsv (30 users of
+# 6 random items each, drawn with SEED)
+small_catalogue() {
+  python3 - "$T" "$1" <<'PY'
+import random, sys
+d = sys.argv[1]; random.seed(int(sys.argv[2]))
+with open(f"{d}/items.tsv", "w") as f:
+    for i in range(40): f.write(f"I{i:03d}\tItem {i}\n")
+with open(f"{d}/users.tsv", "w") as f:
+    for u in range(30):
+        f.write(f"U{u:03d}\t" + " ".join(f"I{random.randrange(40):03d}" for _ in range(6)) + "\n")
+PY
+}

@@ -16,10 +16,6 @@
 # Ends with "N passed, N failed".
 set -u
 cd "$(dirname "$0")/.."
-if ! command -v redis-server >/dev/null; then
-  echo "SKIP: redis-server is not installed (deploy/install-deps.sh installs it)"
-  echo "0 passed, 0 failed"; exit 0
-fi
 source tests/cluster_lib.sh
 
 cluster_seed || die

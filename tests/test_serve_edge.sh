@@ -19,15 +19,7 @@ pycheck() {
 }
 hdr() { curl -s -D "$T/hdr" -o "$T/body" -w '%{http_code}' "$@"; }
 
-python3 - "$T" <<'PY'
-import random, sys
-d = sys.argv[1]; random.seed(11)
-with open(f"{d}/items.tsv", "w") as f:
-    for i in range(40): f.write(f"I{i:03d}\tItem {i}\n")
-with open(f"{d}/users.tsv", "w") as f:
-    for u in range(30):
-        f.write(f"U{u:03d}\t" + " ".join(f"I{random.randrange(40):03d}" for _ in range(6)) + "\n")
-PY
+small_catalogue 11
 D="$T/d"
 check "import" -- "$BIN" import --data "$D" --items "$T/items.tsv" --users "$T/users.tsv" 2>/dev/null
 check "import a store without a model" -- "$BIN" import --data "$T/nomodel" --items "$T/items.tsv" 2>/dev/null

@@ -11,15 +11,7 @@ source tests/serve_lib.sh
 PLAIN_BIN=${IISAN_PLAIN_BIN:-build/iisan}
 
 # ---- a small store (40 items, 30 users) with a SASRec-ID checkpoint ----
-python3 - "$T" <<'PY'
-import random, sys
-d = sys.argv[1]; random.seed(7)
-with open(f"{d}/items.tsv", "w") as f:
-    for i in range(40): f.write(f"I{i:03d}\tItem {i}\n")
-with open(f"{d}/users.tsv", "w") as f:
-    for u in range(30):
-        f.write(f"U{u:03d}\t" + " ".join(f"I{random.randrange(40):03d}" for _ in range(6)) + "\n")
-PY
+small_catalogue 7
 D="$T/d"
 check "import" -- "$BIN" import --data "$D" --items "$T/items.tsv" --users "$T/users.tsv" 2>/dev/null
 check "train" -- "$BIN" train --data "$D" --model sasrec-id --epochs 1 --d 8 --json >/dev/null 2>&1
