@@ -114,20 +114,26 @@ static void brute_force(iisan_model *m, const iisan_dataset *ds, int split, int 
     be->free(be, all);
 }
 
-static void test_model_both_rules(void) {
-    iisan_dataset ds;
-    build(&ds);
+/* a small SASRec-ID over the synthetic dataset (built into ds), on be */
+static iisan_model *small_model(iisan_dataset *ds, iisan_backend *be, int no_dropout) {
+    build(ds);
     iisan_config c;
     config_default(&c);
     c.kind = MODEL_SASREC_ID;
-    c.n_items = ds.n_items;
+    c.n_items = ds->n_items;
     c.n = 3;
     c.d = 8;
-    c.dropout = 0;
-    iisan_backend *be = iisan_backend_cpu(1);
+    if (no_dropout) c.dropout = 0;
     char err[256];
     iisan_model *m = model_create(&c, be, 8, 3, err, sizeof err);
     CHECKF(m != NULL, "%s", err);
+    return m;
+}
+
+static void test_model_both_rules(void) {
+    iisan_dataset ds;
+    iisan_backend *be = iisan_backend_cpu(1);
+    iisan_model *m = small_model(&ds, be, 1);
     if (!m) {
         be->destroy(be);
         dataset_free(&ds);
@@ -172,17 +178,8 @@ static void test_model_both_rules(void) {
  * patience-th. A zero learning rate keeps every epoch's validation equal to the first's. */
 static void test_early_stopping(void) {
     iisan_dataset ds;
-    build(&ds);
-    iisan_config c;
-    config_default(&c);
-    c.kind = MODEL_SASREC_ID;
-    c.n_items = ds.n_items;
-    c.n = 3;
-    c.d = 8;
     iisan_backend *be = iisan_backend_cpu(1);
-    char err[256];
-    iisan_model *m = model_create(&c, be, 8, 3, err, sizeof err);
-    CHECKF(m != NULL, "%s", err);
+    iisan_model *m = small_model(&ds, be, 0);
     for (int rule = IISAN_RULES_V1; m && rule <= IISAN_RULES_V2; rule++) {
         iisan_train_config tc;
         train_config_default(&tc);
