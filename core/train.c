@@ -17,6 +17,15 @@ void train_rules_json(const iisan_train_config *tc, const iisan_config *c, char 
              c->inter_start, c->pv_init);
 }
 
+/* why a training step or a validation went wrong: it failed itself (out of memory), the
+ * backend holds a failure, or a state read failed; 0 when none did */
+static int train_error(int failed, iisan_backend *be, const iisan_states *st) {
+    if (failed) return TRAIN_ENOMEM;
+    if (be->status(be, NULL, 0)) return TRAIN_EBACKEND;
+    if (states_check(st, NULL, 0)) return TRAIN_ESTATES;
+    return 0;
+}
+
 int train_run(iisan_model *m, const iisan_dataset *ds, const iisan_states *st,
               const iisan_train_config *tc, int validate, epoch_hook hook, void *arg,
               train_summary *sum) {
@@ -41,6 +50,7 @@ int train_run(iisan_model *m, const iisan_dataset *ds, const iisan_states *st,
     double best_hr = -1, total_sec = 0;
     int since_best = 0;
     long step = 0;
+    int err = 0;
     for (int ep = 1; ep <= tc->epochs; ep++) {
         /* seeded Fisher-Yates shuffle of the users */
         for (int u = 0; u < ds->n_users; u++)
@@ -62,16 +72,7 @@ int train_run(iisan_model *m, const iisan_dataset *ds, const iisan_states *st,
                                          iisan_rng_u64(tc->seed, (uint64_t)step));
             /* a step that failed has no gradient (an Adam step would apply the previous one's
              * again), and a failed backend's parameters are garbage from then on */
-            int err = loss < 0                    ? TRAIN_ENOMEM
-                      : be->status(be, NULL, 0)   ? TRAIN_EBACKEND
-                      : states_check(st, NULL, 0) ? TRAIN_ESTATES
-                                                  : 0;
-            if (err) {
-                free(order);
-                free(seqs);
-                free(best);
-                return err;
-            }
+            if ((err = train_error(loss < 0, be, st))) goto out;
             model_adam(m, lr, tc->beta1, tc->beta2, tc->eps);
             if (step == 0) sum->first_loss = loss;
             sum->last_loss = loss;
@@ -93,16 +94,8 @@ int train_run(iisan_model *m, const iisan_dataset *ds, const iisan_states *st,
         r.steps = step;
         total_sec += r.seconds;
         if (validate) {
-            int err = model_evaluate(m, ds, SPLIT_VALID, tc->eval_rule, st, &r.valid) ? TRAIN_ENOMEM
-                      : be->status(be, NULL, 0)   ? TRAIN_EBACKEND
-                      : states_check(st, NULL, 0) ? TRAIN_ESTATES
-                                                  : 0;
-            if (err) {
-                free(order);
-                free(seqs);
-                free(best);
-                return err;
-            }
+            int failed = model_evaluate(m, ds, SPLIT_VALID, tc->eval_rule, st, &r.valid) != 0;
+            if ((err = train_error(failed, be, st))) goto out;
             r.eval_seconds = r.valid.seconds;
         }
         r.best = !validate || r.valid.hr10 > best_hr;
@@ -123,8 +116,9 @@ int train_run(iisan_model *m, const iisan_dataset *ds, const iisan_states *st,
     sum->steps = step;
     sum->mean_epoch_seconds = sum->epochs_run ? total_sec / sum->epochs_run : 0;
     if (sum->best_epoch) be->upload(be, m->w, best, P * sizeof(float));
+out:
     free(order);
     free(seqs);
     free(best);
-    return 0;
+    return err;
 }
