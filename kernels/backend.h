@@ -24,6 +24,13 @@ enum iisan_act { IISAN_ACT_RELU = 0, IISAN_ACT_GELU = 1 };
 
 typedef struct iisan_backend iisan_backend;
 
+/* time spent inside one op (see op_times) */
+typedef struct {
+    const char *op; /* the slot's name: "gemm", "layernorm_bwd" */
+    unsigned long long calls;
+    double seconds;
+} iisan_op_time;
+
 /* What a backend can do: callers ask these, never the name. */
 typedef struct {
     /* backend memory is host memory: ops read plain host pointers (hidden states in place in
@@ -176,6 +183,13 @@ struct iisan_backend {
     void (*topk)(iisan_backend *be, int *out_idx, float *out_score, const float *scores, int R,
                  int N, int k, const int *excl, int ne);
 
+    /* ---- time per op (NULL where a backend does not keep it) ----
+     * Copies up to max entries {op, calls, seconds inside it} counted since the backend was
+     * made, ops never called left out, and returns how many. The CPU backend times every
+     * op's call on the one clock (kernels/clock.h), some 40 ns a call; CUDA ops return
+     * before they run, so it keeps none. */
+    int (*op_times)(iisan_backend *be, iisan_op_time *out, int max);
+
     void (*destroy)(iisan_backend *be);
 };
 
@@ -183,5 +197,8 @@ struct iisan_backend {
  * IISAN_CPU_FAULT_FILE=PATH in the environment: once PATH exists, every GEMM leaves NaN in its
  * output and counts a failure, which is how the tests drive the status checks. */
 iisan_backend *iisan_backend_cpu(int nthreads);
+/* the threads the CPU backend's own ops run on (its worker pool, the caller's thread
+ * included): nthreads, or every core when 0 */
+int iisan_backend_cpu_threads(const iisan_backend *be);
 
 #endif

@@ -62,6 +62,45 @@ static double sgemm_rate(iisan_backend *be, int D) {
     return 20 * 2 * 2.0 * U * 64 * D / best / 1e9;
 }
 
+/* seconds inside the ops per epoch, from the backend's counters: GEMM (gemm, gemm_batched,
+ * ger) into *gemm; prints the non-GEMM ops taking most, at least 1% of the epoch */
+typedef struct {
+    iisan_op_time t[64];
+    int n;
+} op_snapshot;
+
+static void snapshot(iisan_backend *be, op_snapshot *s) {
+    s->n = be->op_times ? be->op_times(be, s->t, 64) : 0;
+}
+
+static double op_since(const op_snapshot *a, const op_snapshot *b, int i) {
+    for (int j = 0; j < a->n; j++)
+        if (!strcmp(a->t[j].op, b->t[i].op)) return b->t[i].seconds - a->t[j].seconds;
+    return b->t[i].seconds;
+}
+
+static double op_breakdown(const op_snapshot *a, const op_snapshot *b, int epochs, double epoch_s) {
+    double gemm = 0;
+    for (int i = 0; i < b->n; i++)
+        if (!strcmp(b->t[i].op, "gemm") || !strcmp(b->t[i].op, "gemm_batched") ||
+            !strcmp(b->t[i].op, "ger"))
+            gemm += op_since(a, b, i) / epochs;
+    printf("  non-GEMM ops, s/epoch:");
+    int shown[64] = {0};
+    for (;;) { /* largest first */
+        int best = -1;
+        for (int i = 0; i < b->n; i++)
+            if (!shown[i] && strncmp(b->t[i].op, "gemm", 4) && strcmp(b->t[i].op, "ger") &&
+                (best < 0 || op_since(a, b, i) > op_since(a, b, best)))
+                best = i;
+        if (best < 0 || op_since(a, b, best) / epochs < 0.01 * epoch_s) break;
+        shown[best] = 1;
+        printf(" %s %.2f", b->t[best].op, op_since(a, b, best) / epochs);
+    }
+    printf("\n");
+    return gemm;
+}
+
 /* distinct items per batch, counted once over an epoch's batches; *slots gets all slots */
 static long distinct_items(const iisan_dataset *ds, long *slots) {
     const int L = 11;
@@ -156,8 +195,14 @@ int main(int argc, char **argv) {
     store_reader_begin(s, &r);
     iisan_states st = states_from_reader(r);
     train_summary sum;
+    op_snapshot ops0, ops1;
+    snapshot(be, &ops0);
     if (train_run(m, &ds, &st, &tc, 0, hook, NULL, &sum)) return 1;
     store_reader_end(r);
+    snapshot(be, &ops1);
+    double mean_s = 0;
+    for (int i = 0; i < n_epochs; i++)
+        mean_s += epoch_times[i] / n_epochs;
     qsort(epoch_times, n_epochs, sizeof(double), cmp_d);
     double med = epoch_times[n_epochs / 2];
     long slots, distinct = distinct_items(&ds, &slots);
@@ -176,12 +221,18 @@ int main(int argc, char **argv) {
     printf("  %zu trainable parameters\n", model_param_count(m));
     printf("  sgemm %.1f GFLOP/s on the SAN shapes: GEMM floor %.2f s/epoch, epoch/floor %.2fx\n",
            gflops, floor_s, med / floor_s);
+    double gemm_s = op_breakdown(&ops0, &ops1, n_epochs, mean_s), rest_s = mean_s - gemm_s;
+    printf("  time in GEMM %.2f s/epoch, the rest %.2f s/epoch = %.2fx the floor (mean of %d "
+           "epochs, %d threads)\n",
+           gemm_s, rest_s, rest_s / floor_s, n_epochs, iisan_backend_cpu_threads(be));
     printf("{\"bench\":\"train\",\"arch\":\"%s\",\"text\":[%d,%d],\"image\":[%d,%d],"
            "\"epochs\":%d,\"seconds_per_epoch\":%.3f,\"sequences_per_s\":%.1f,"
            "\"items_per_s\":%.1f,\"peak_rss_mib\":%.1f,\"state_store_mib\":%.1f,"
-           "\"params\":%zu,\"sgemm_gflops\":%.2f,\"floor_seconds\":%.3f}\n",
+           "\"params\":%zu,\"sgemm_gflops\":%.2f,\"floor_seconds\":%.3f,"
+           "\"gemm_seconds\":%.3f,\"rest_seconds\":%.3f}\n",
            versa ? "versa" : "iisan", NS[0], D[0], NS[1], D[1], n_epochs, med, ds.n_users / med,
-           distinct / med, rss_mib, store_mib, model_param_count(m), gflops, floor_s);
+           distinct / med, rss_mib, store_mib, model_param_count(m), gflops, floor_s, gemm_s,
+           rest_s);
     model_destroy(m);
     be->destroy(be);
     dataset_free(&ds);

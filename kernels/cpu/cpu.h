@@ -21,10 +21,73 @@
 
 /* ---- cpu_half.c: bulk fp16 conversion, declared in kernels/half.h ---- */
 
+/* ---- cpu_pool.c: the persistent worker pool ---- */
+/* the body of a parallel loop: elements [lo, hi) of the loop */
+typedef void (*cpu_range_fn)(void *arg, size_t lo, size_t hi);
+typedef struct cpu_pool cpu_pool;
+/* nthreads threads in all, the caller's included (fewer when some cannot start); NULL when
+ * out of memory */
+cpu_pool *cpu_pool_create(int nthreads);
+void cpu_pool_destroy(cpu_pool *p);
+int cpu_pool_threads(const cpu_pool *p);
+/* runs fn over [0, n) in pieces of whole grains, one per thread, and returns when all are
+ * done; inline when n is under two grains, the pool is busy or p is NULL */
+void cpu_pool_for(cpu_pool *p, size_t n, size_t grain, cpu_range_fn fn, void *arg);
+
+/* ---- cpu_profile.c: time per op ---- */
+/* the ops timed, in the order op_times lists them */
+enum {
+    CPU_OP_GEMM,
+    CPU_OP_GEMM_BATCHED,
+    CPU_OP_GER,
+    CPU_OP_AXPBY,
+    CPU_OP_ADD_BIAS,
+    CPU_OP_BIAS_GRAD,
+    CPU_OP_ACT_FWD,
+    CPU_OP_ACT_BWD,
+    CPU_OP_DROPOUT_FWD,
+    CPU_OP_DROPOUT_BWD,
+    CPU_OP_GATE_FWD,
+    CPU_OP_GATE_BWD,
+    CPU_OP_LAYERNORM_FWD,
+    CPU_OP_LAYERNORM_BWD,
+    CPU_OP_ATTENTION_FWD,
+    CPU_OP_SOFTMAX_ROWS,
+    CPU_OP_ATTENTION_BWD,
+    CPU_OP_INBATCH_CE,
+    CPU_OP_ADAM,
+    CPU_OP_GATHER_HALF,
+    CPU_OP_GATHER_ROWS,
+    CPU_OP_SCATTER_ADD_ROWS,
+    CPU_OP_RANK_TARGETS,
+    CPU_OP_TOPK,
+    CPU_OP_COPY,
+    CPU_OP_ZERO,
+    CPU_OP_UPLOAD,
+    CPU_OP_DOWNLOAD,
+    CPU_N_OPS
+};
+typedef struct {
+    _Atomic unsigned long long ns[CPU_N_OPS], calls[CPU_N_OPS];
+} cpu_prof;
+/* replaces be's op slots by timed wrappers of the plain table's (cpu_plain) and fills op_times */
+void cpu_profile_install(iisan_backend *be);
+
 /* ---- cpu_backend.c ---- */
+/* the backend's private state */
+typedef struct {
+    char *fault_file;     /* the fault hook's trigger file, NULL: none */
+    _Atomic int failures; /* failures counted since it fired */
+    cpu_pool *pool;
+    cpu_prof prof;
+} cpu_ctx;
+/* the table without timing: what the timed wrappers call */
+extern const iisan_backend cpu_plain;
 /* 1 when the fault hook (IISAN_CPU_FAULT_FILE) has fired: the op must leave garbage (NaN)
  * instead of its result; counts one failure */
 int cpu_fault(iisan_backend *be);
+/* cpu_pool_for on be's pool */
+void cpu_par(iisan_backend *be, size_t n, size_t grain, cpu_range_fn fn, void *arg);
 
 /* ---- cpu_blas.c ---- */
 void cpu_gemm(iisan_backend *be, int ta, int tb, int M, int N, int K, float alpha, const float *A,

@@ -47,18 +47,22 @@ static void cpu_zero(iisan_backend *be, void *p, size_t bytes) {
 
 static void cpu_sync(iisan_backend *be) {}
 
-/* the fault hook: a trigger file (NULL: none) and the failures counted since it fired */
-typedef struct {
-    char *fault_file;
-    atomic_int failures;
-} cpu_ctx;
-
 int cpu_fault(iisan_backend *be) {
     cpu_ctx *cx = be->ctx;
     if (!cx->fault_file) return 0;
     if (!atomic_load(&cx->failures) && access(cx->fault_file, F_OK)) return 0;
     atomic_fetch_add(&cx->failures, 1);
     return 1;
+}
+
+void cpu_par(iisan_backend *be, size_t n, size_t grain, cpu_range_fn fn, void *arg) {
+    cpu_ctx *cx = be->ctx;
+    cpu_pool_for(cx->pool, n, grain, fn, arg);
+}
+
+int iisan_backend_cpu_threads(const iisan_backend *be) {
+    const cpu_ctx *cx = be->ctx;
+    return cpu_pool_threads(cx->pool);
 }
 
 static int cpu_status(iisan_backend *be, char *msg, size_t len) {
@@ -71,12 +75,13 @@ static int cpu_status(iisan_backend *be, char *msg, size_t len) {
 
 static void cpu_destroy(iisan_backend *be) {
     cpu_ctx *cx = be->ctx;
+    cpu_pool_destroy(cx->pool);
     free(cx->fault_file);
     free(cx);
     free(be);
 }
 
-static const iisan_backend cpu_table = {
+const iisan_backend cpu_plain = {
     .name = "cpu",
     .ctx = NULL,
     .caps = {.host_memory = 1, .parallel_ops = 1},
@@ -126,8 +131,14 @@ iisan_backend *iisan_backend_cpu(int nthreads) {
         free(cx);
         return NULL;
     }
-    *be = cpu_table;
+    *be = cpu_plain;
     be->ctx = cx;
     if (nthreads > 0) openblas_set_num_threads(nthreads);
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    if (!(cx->pool = cpu_pool_create(nthreads > 0 ? nthreads : cores > 0 ? (int)cores : 1))) {
+        cpu_destroy(be);
+        return NULL;
+    }
+    cpu_profile_install(be);
     return be;
 }
