@@ -31,7 +31,7 @@ cpu_pool *cpu_pool_create(int nthreads);
 void cpu_pool_destroy(cpu_pool *p);
 int cpu_pool_threads(const cpu_pool *p);
 /* runs fn over [0, n) in pieces of whole grains, one per thread, and returns when all are
- * done; inline when n is under two grains, the pool is busy or p is NULL */
+ * done; inline when n fits one grain, the pool is busy or p is NULL */
 void cpu_pool_for(cpu_pool *p, size_t n, size_t grain, cpu_range_fn fn, void *arg);
 
 /* ---- cpu_profile.c: time per op ---- */

@@ -32,14 +32,27 @@ static float dot(const float *restrict a, const float *restrict b, int n) {
     return s;
 }
 
-void cpu_attention_fwd(iisan_backend *be, float *out, float *probs, const float *qkv,
-                       const float *mask, int B, int n, int H, int dh, float p, uint64_t seed) {
-    const int d = H * dh;
+/* the operands of an attention op; the pool cuts the batch into ranges of
+ * sequences, each sequence's rows of out / dqkv written by one thread */
+typedef struct {
+    float *out;
+    const float *probs_in, *qkv, *mask, *dout;
+    float *probs;
+    int n, H, dh;
+    float p;
+    uint64_t seed;
+} att_args;
+
+static void att_fwd_range(void *va, size_t b0, size_t b1) {
+    const att_args *a = va;
+    const int n = a->n, H = a->H, dh = a->dh, d = H * dh;
+    const float p = a->p, *mask = a->mask, *qkv = a->qkv;
+    float *out = a->out, *probs = a->probs;
     const size_t ld = (size_t)3 * d;
     const float sc = 1.0f / sqrtf((float)dh);
     const float inv_keep = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
-    const uint64_t key = iisan_rng_key(seed);
-    for (int b = 0; b < B; b++) {
+    const uint64_t key = iisan_rng_key(a->seed);
+    for (size_t b = b0; b < b1; b++) {
         const float *mk = mask + (size_t)b * n;
         const float *base = qkv + (size_t)b * n * ld;
         for (int h = 0; h < H; h++) {
@@ -85,19 +98,35 @@ void cpu_attention_fwd(iisan_backend *be, float *out, float *probs, const float 
     }
 }
 
+void cpu_attention_fwd(iisan_backend *be, float *out, float *probs, const float *qkv,
+                       const float *mask, int B, int n, int H, int dh, float p, uint64_t seed) {
+    att_args a = {.out = out,
+                  .probs = probs,
+                  .qkv = qkv,
+                  .mask = mask,
+                  .n = n,
+                  .H = H,
+                  .dh = dh,
+                  .p = p,
+                  .seed = seed};
+    if (B > 0) cpu_par(be, (size_t)B, 2, att_fwd_range, &a);
+}
+
 /* With Pd = dropout(P): dV_j = sum_i Pd_ij dout_i; dP_ij = keep_ij (dout_i . v_j);
  * dS_ij = P_ij (dP_ij - sum_j' P_ij' dP_ij'); dq_i = sc sum_j dS_ij k_j;
  * dk_j = sc sum_i dS_ij q_i. Masked entries have P_ij = 0, hence dS_ij = 0. */
-void cpu_attention_bwd(iisan_backend *be, float *dqkv, const float *dout, const float *qkv,
-                       const float *probs, int B, int n, int H, int dh, float p, uint64_t seed) {
-    const int d = H * dh;
+static void att_bwd_range(void *va, size_t b0, size_t b1) {
+    const att_args *a = va;
+    const int n = a->n, H = a->H, dh = a->dh, d = H * dh;
+    const float p = a->p, *qkv = a->qkv, *probs = a->probs_in, *dout = a->dout;
+    float *dqkv = a->out;
     const size_t ld = (size_t)3 * d;
     const float sc = 1.0f / sqrtf((float)dh);
     const float inv_keep = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
-    const uint64_t key = iisan_rng_key(seed);
-    memset(dqkv, 0, (size_t)B * n * ld * sizeof *dqkv);
+    const uint64_t key = iisan_rng_key(a->seed);
+    memset(dqkv + b0 * n * ld, 0, (b1 - b0) * n * ld * sizeof *dqkv);
     float dP[n > 0 ? n : 1];
-    for (int b = 0; b < B; b++) {
+    for (size_t b = b0; b < b1; b++) {
         const float *base = qkv + (size_t)b * n * ld;
         float *dbase = dqkv + (size_t)b * n * ld;
         for (int h = 0; h < H; h++) {
@@ -134,12 +163,32 @@ void cpu_attention_bwd(iisan_backend *be, float *dqkv, const float *dout, const 
     }
 }
 
-void cpu_softmax_rows(iisan_backend *be, float *s, int R, int len, const int *keymask,
-                      int rows_per_mask) {
-    (void)be;
-    for (int r = 0; r < R; r++) {
-        float *row = s + (size_t)r * len;
-        const int *mk = keymask ? keymask + (size_t)(r / rows_per_mask) * len : NULL;
+void cpu_attention_bwd(iisan_backend *be, float *dqkv, const float *dout, const float *qkv,
+                       const float *probs, int B, int n, int H, int dh, float p, uint64_t seed) {
+    att_args a = {.out = dqkv,
+                  .probs_in = probs,
+                  .qkv = qkv,
+                  .dout = dout,
+                  .n = n,
+                  .H = H,
+                  .dh = dh,
+                  .p = p,
+                  .seed = seed};
+    if (B > 0 && n > 0) cpu_par(be, (size_t)B, 2, att_bwd_range, &a);
+}
+
+typedef struct {
+    float *s;
+    const int *keymask;
+    int len, rows_per_mask;
+} softmax_args;
+
+static void softmax_range(void *va, size_t lo, size_t hi) {
+    const softmax_args *a = va;
+    const int len = a->len;
+    for (size_t r = lo; r < hi; r++) {
+        float *row = a->s + r * len;
+        const int *mk = a->keymask ? a->keymask + (r / a->rows_per_mask) * len : NULL;
         float mx = -INFINITY;
         for (int j = 0; j < len; j++)
             if ((!mk || mk[j]) && row[j] > mx) mx = row[j];
@@ -153,4 +202,10 @@ void cpu_softmax_rows(iisan_backend *be, float *s, int R, int len, const int *ke
         for (int j = 0; j < len; j++)
             row[j] *= inv;
     }
+}
+
+void cpu_softmax_rows(iisan_backend *be, float *s, int R, int len, const int *keymask,
+                      int rows_per_mask) {
+    softmax_args a = {s, keymask, len, rows_per_mask};
+    if (R > 0 && len > 0) cpu_par(be, (size_t)R, 16, softmax_range, &a);
 }

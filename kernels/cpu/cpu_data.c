@@ -7,32 +7,63 @@
 #include "kernels/cpu/cpu.h"
 #include "kernels/topk_heap.h"
 
-void cpu_gather_half(iisan_backend *be, float *dst, const uint16_t *const *rows, int n, int cols) {
-    for (int i = 0; i < n; i++) {
-        float *d = dst + (size_t)i * cols;
-        if (rows[i])
-            iisan_cpu_half_to_float(d, rows[i], (size_t)cols);
+/* the operands of a row op, cut into ranges of rows (or of columns, for
+ * scatter_add_rows) by the pool */
+typedef struct {
+    float *dst;
+    const float *src;
+    const uint16_t *const *rows;
+    const int *idx;
+    int cols;
+    int n; /* rows, for scatter_add_rows */
+} rows_args;
+
+static void gather_half_range(void *va, size_t lo, size_t hi) {
+    const rows_args *a = va;
+    for (size_t i = lo; i < hi; i++) {
+        float *d = a->dst + i * a->cols;
+        if (a->rows[i])
+            iisan_cpu_half_to_float(d, a->rows[i], (size_t)a->cols);
         else
-            memset(d, 0, (size_t)cols * sizeof *d);
+            memset(d, 0, (size_t)a->cols * sizeof *d);
     }
+}
+
+void cpu_gather_half(iisan_backend *be, float *dst, const uint16_t *const *rows, int n, int cols) {
+    rows_args a = {.dst = dst, .rows = rows, .cols = cols};
+    if (n > 0 && cols > 0) cpu_par(be, (size_t)n, 8, gather_half_range, &a);
+}
+
+static void gather_rows_range(void *va, size_t lo, size_t hi) {
+    const rows_args *a = va;
+    size_t bytes = (size_t)a->cols * sizeof *a->dst;
+    for (size_t i = lo; i < hi; i++)
+        memcpy(a->dst + i * a->cols, a->src + (size_t)a->idx[i] * a->cols, bytes);
 }
 
 void cpu_gather_rows(iisan_backend *be, float *dst, const float *src, const int *idx, int n,
                      int cols) {
-    size_t bytes = (size_t)cols * sizeof *dst;
-    for (int i = 0; i < n; i++)
-        if (bytes) memcpy(dst + (size_t)i * cols, src + (size_t)idx[i] * cols, bytes);
+    rows_args a = {.dst = dst, .src = src, .idx = idx, .cols = cols};
+    if (n > 0 && cols > 0) cpu_par(be, (size_t)n, 32, gather_rows_range, &a);
 }
 
-/* sequential over i, so repeated indexes add up */
-CPU_VEC void cpu_scatter_add_rows(iisan_backend *be, float *dst, const float *src, const int *idx,
-                                  int n, int cols) {
-    for (int i = 0; i < n; i++) {
-        float *restrict d = dst + (size_t)idx[i] * cols;
-        const float *restrict s = src + (size_t)i * cols;
-        for (int c = 0; c < cols; c++)
+/* columns [lo, hi) of every row, sequential over i, so repeated indexes add up in
+ * the same order whichever thread owns the columns */
+static CPU_VEC void scatter_add_range(void *va, size_t lo, size_t hi) {
+    const rows_args *a = va;
+    const size_t cols = (size_t)a->cols;
+    for (int i = 0; i < a->n; i++) {
+        float *restrict d = a->dst + (size_t)a->idx[i] * cols;
+        const float *restrict s = a->src + (size_t)i * cols;
+        for (size_t c = lo; c < hi; c++)
             d[c] += s[c];
     }
+}
+
+void cpu_scatter_add_rows(iisan_backend *be, float *dst, const float *src, const int *idx, int n,
+                          int cols) {
+    rows_args a = {.dst = dst, .src = src, .idx = idx, .cols = cols, .n = n};
+    if (n > 0 && cols > 0) cpu_par(be, (size_t)cols, 16, scatter_add_range, &a);
 }
 
 static CPU_VEC int count_greater(const float *restrict s, int n, float thr) {
@@ -49,14 +80,23 @@ static int listed(const int *ex, int ne, int c) {
     return 0;
 }
 
+typedef struct {
+    int *rank, *out_idx;
+    float *out_score;
+    const float *scores;
+    const int *target, *excl;
+    int N, ne, k;
+} eval_args;
+
 /* Count every column 1..N-1 above the target's score (the target itself never
  * is), then take back the excluded columns that were counted, each once. */
-void cpu_rank_targets(iisan_backend *be, int *rank, const float *scores, int R, int N,
-                      const int *target, const int *excl, int ne) {
-    for (int r = 0; r < R; r++) {
-        const float *row = scores + (size_t)r * N;
-        const int *ex = excl ? excl + (size_t)r * ne : NULL;
-        const int t = target[r];
+static void rank_range(void *va, size_t lo, size_t hi) {
+    const eval_args *a = va;
+    const int N = a->N, ne = a->ne;
+    for (size_t r = lo; r < hi; r++) {
+        const float *row = a->scores + r * N;
+        const int *ex = a->excl ? a->excl + r * ne : NULL;
+        const int t = a->target[r];
         const float st = row[t];
         int cnt = N > 1 ? count_greater(row + 1, N - 1, st) : 0;
         for (int e = 0; ex && e < ne; e++) {
@@ -64,8 +104,15 @@ void cpu_rank_targets(iisan_backend *be, int *rank, const float *scores, int R, 
             if (c <= 0 || c >= N || c == t || listed(ex, e, c)) continue;
             if (row[c] > st) cnt--;
         }
-        rank[r] = 1 + cnt;
+        a->rank[r] = 1 + cnt;
     }
+}
+
+void cpu_rank_targets(iisan_backend *be, int *rank, const float *scores, int R, int N,
+                      const int *target, const int *excl, int ne) {
+    eval_args a = {
+        .rank = rank, .scores = scores, .target = target, .excl = excl, .N = N, .ne = ne};
+    if (R > 0) cpu_par(be, (size_t)R, 4, rank_range, &a);
 }
 
 /* ---- top-k: kernels/topk_heap.h ---- */
@@ -82,44 +129,59 @@ static int any_above(const float *x, float t) {
  * the heap's worst never displaces it (the tie goes to the lower index). NaN
  * scores are skipped. Rows with fewer than k eligible columns end in
  * index -1, score -INFINITY. */
-void cpu_topk(iisan_backend *be, int *out_idx, float *out_score, const float *scores, int R, int N,
-              int k, const int *excl, int ne) {
-    if (k <= 0) return;
+static void topk_row(topk_item *heap, int *oi, float *os, const float *row, int N, int k,
+                     const int *ex, int ne) {
+    int cnt = 0, c = 1;
+    for (; c < N && cnt < k; c++) { /* filling the heap */
+        float s = row[c];
+        if (isnan(s) || (ex && listed(ex, ne, c))) continue;
+        heap[cnt] = (topk_item){s, c};
+        topk_sift_up(heap, cnt++);
+    }
+    /* full: only a score above the worst kept enters; eight at a time, most
+     * columns are passed over by one comparison of eight (NaN compares false) */
+    for (; c < N; c++) {
+        if ((c & 7) == 0)
+            while (c + 8 <= N && !any_above(row + c, heap[0].s))
+                c += 8;
+        if (c >= N) break;
+        float s = row[c];
+        if (!(s > heap[0].s)) continue;
+        if (ex && listed(ex, ne, c)) continue;
+        heap[0] = (topk_item){s, c};
+        topk_sift_down(heap, k, 0);
+    }
+    for (int j = cnt; j < k; j++)
+        oi[j] = -1, os[j] = -INFINITY;
+    topk_drain(heap, cnt, oi, os); /* best first */
+}
+
+static void topk_range(void *va, size_t lo, size_t hi) {
+    const eval_args *a = va;
+    const int k = a->k;
     topk_item stack_heap[256];
     topk_item *heap = k <= 256 ? stack_heap : malloc((size_t)k * sizeof *heap);
-    for (int r = 0; r < R; r++) {
-        int *oi = out_idx + (size_t)r * k;
-        float *os = out_score + (size_t)r * k;
-        if (!heap) { /* out of memory for a huge k: report nothing found */
+    for (size_t r = lo; r < hi; r++) {
+        int *oi = a->out_idx + r * k;
+        float *os = a->out_score + r * k;
+        if (heap)
+            topk_row(heap, oi, os, a->scores + r * a->N, a->N, k,
+                     a->excl ? a->excl + r * a->ne : NULL, a->ne);
+        else /* out of memory for a huge k: report nothing found */
             for (int j = 0; j < k; j++)
                 oi[j] = -1, os[j] = -INFINITY;
-            continue;
-        }
-        const float *row = scores + (size_t)r * N;
-        const int *ex = excl ? excl + (size_t)r * ne : NULL;
-        int cnt = 0, c = 1;
-        for (; c < N && cnt < k; c++) { /* filling the heap */
-            float s = row[c];
-            if (isnan(s) || (ex && listed(ex, ne, c))) continue;
-            heap[cnt] = (topk_item){s, c};
-            topk_sift_up(heap, cnt++);
-        }
-        /* full: only a score above the worst kept enters; eight at a time, most
-         * columns are passed over by one comparison of eight (NaN compares false) */
-        for (; c < N; c++) {
-            if ((c & 7) == 0)
-                while (c + 8 <= N && !any_above(row + c, heap[0].s))
-                    c += 8;
-            if (c >= N) break;
-            float s = row[c];
-            if (!(s > heap[0].s)) continue;
-            if (ex && listed(ex, ne, c)) continue;
-            heap[0] = (topk_item){s, c};
-            topk_sift_down(heap, k, 0);
-        }
-        for (int j = cnt; j < k; j++)
-            oi[j] = -1, os[j] = -INFINITY;
-        topk_drain(heap, cnt, oi, os); /* best first */
     }
     if (heap != stack_heap) free(heap);
+}
+
+void cpu_topk(iisan_backend *be, int *out_idx, float *out_score, const float *scores, int R, int N,
+              int k, const int *excl, int ne) {
+    eval_args a = {.out_idx = out_idx,
+                   .out_score = out_score,
+                   .scores = scores,
+                   .excl = excl,
+                   .N = N,
+                   .ne = ne,
+                   .k = k};
+    if (k > 0 && R > 0) cpu_par(be, (size_t)R, 4, topk_range, &a);
 }

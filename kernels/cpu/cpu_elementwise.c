@@ -8,39 +8,69 @@
 #include "kernels/cpu/cpu.h"
 #include "kernels/rng.h"
 
-CPU_VEC void cpu_act_fwd(iisan_backend *be, int act, float *y, const float *x, size_t n) {
-    if (act == IISAN_ACT_GELU)
-        for (size_t i = 0; i < n; i++)
+/* the operands of one elementwise op, cut into ranges by the pool */
+typedef struct {
+    int act;
+    float *y;
+    const float *x, *dy, *c, *b;
+    float p, sx, sy;
+    uint64_t seed;
+} ew_args;
+
+enum { EW_GRAIN = 8192 }; /* elements: a piece's work well above the pool's hand-off */
+
+static CPU_VEC void act_fwd_range(void *va, size_t lo, size_t hi) {
+    const ew_args *a = va;
+    float *y = a->y;
+    const float *x = a->x;
+    if (a->act == IISAN_ACT_GELU)
+        for (size_t i = lo; i < hi; i++)
             y[i] = iisan_gelu(x[i]);
     else
-        for (size_t i = 0; i < n; i++)
+        for (size_t i = lo; i < hi; i++)
             y[i] = iisan_relu(x[i]);
 }
 
-CPU_VEC void cpu_act_bwd(iisan_backend *be, int act, float *dx, const float *dy, const float *x,
-                         size_t n) {
-    if (act == IISAN_ACT_GELU)
-        for (size_t i = 0; i < n; i++)
+void cpu_act_fwd(iisan_backend *be, int act, float *y, const float *x, size_t n) {
+    ew_args a = {.act = act, .y = y, .x = x};
+    cpu_par(be, n, EW_GRAIN, act_fwd_range, &a);
+}
+
+static CPU_VEC void act_bwd_range(void *va, size_t lo, size_t hi) {
+    const ew_args *a = va;
+    float *dx = a->y;
+    const float *dy = a->dy, *x = a->x;
+    if (a->act == IISAN_ACT_GELU)
+        for (size_t i = lo; i < hi; i++)
             dx[i] = dy[i] * iisan_gelu_grad(x[i]);
     else
-        for (size_t i = 0; i < n; i++)
+        for (size_t i = lo; i < hi; i++)
             dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
 }
 
-/* y = x * keep / (1 - p), keep = uniform(seed, i) >= p. Forward and backward are
- * the same linear map, so both slots share it. */
-static CPU_VEC void dropout_apply(float *y, const float *x, size_t n, float p, uint64_t seed) {
+void cpu_act_bwd(iisan_backend *be, int act, float *dx, const float *dy, const float *x, size_t n) {
+    ew_args a = {.act = act, .y = dx, .dy = dy, .x = x};
+    cpu_par(be, n, EW_GRAIN, act_bwd_range, &a);
+}
+
+/* y = x * keep / (1 - p), keep = uniform(seed, i) >= p, over [lo, hi). Forward
+ * and backward are the same linear map, so both slots share it. */
+static CPU_VEC void dropout_range(void *va, size_t lo, size_t hi) {
+    const ew_args *a = va;
+    float *y = a->y;
+    const float *x = a->x;
+    const float p = a->p;
     if (p <= 0.0f) {
-        if (n && y != x) memcpy(y, x, n * sizeof *y);
+        if (y != x) memcpy(y + lo, x + lo, (hi - lo) * sizeof *y);
         return;
     }
     if (p >= 1.0f) { /* nothing is kept */
-        if (n) memset(y, 0, n * sizeof *y);
+        memset(y + lo, 0, (hi - lo) * sizeof *y);
         return;
     }
     float scale = 1.0f / (1.0f - p);
-    uint64_t key = iisan_rng_key(seed);
-    for (size_t i = 0; i < n; i++) {
+    uint64_t key = iisan_rng_key(a->seed);
+    for (size_t i = lo; i < hi; i++) {
         float m = iisan_rng_uniform_key(key, i) >= p ? scale : 0.0f; /* as x * mask / (1-p) */
         y[i] = x[i] * m;
     }
@@ -48,12 +78,14 @@ static CPU_VEC void dropout_apply(float *y, const float *x, size_t n, float p, u
 
 void cpu_dropout_fwd(iisan_backend *be, float *y, const float *x, size_t n, float p,
                      uint64_t seed) {
-    dropout_apply(y, x, n, p, seed);
+    ew_args a = {.y = y, .x = x, .p = p, .seed = seed};
+    cpu_par(be, n, EW_GRAIN, dropout_range, &a);
 }
 
 void cpu_dropout_bwd(iisan_backend *be, float *dx, const float *dy, size_t n, float p,
                      uint64_t seed) {
-    dropout_apply(dx, dy, n, p, seed);
+    ew_args a = {.y = dx, .x = dy, .p = p, .seed = seed};
+    cpu_par(be, n, EW_GRAIN, dropout_range, &a);
 }
 
 /* out = c + sx * x + sy * y, where c, x or y may be NULL (= zeros) and out may
@@ -82,10 +114,17 @@ static CPU_VEC void lin3(float *out, const float *c, const float *x, float sx, c
         memset(out, 0, n * sizeof *out);
 }
 
+static void lin3_range(void *va, size_t lo, size_t hi) {
+    const ew_args *a = va;
+    lin3(a->y + lo, a->c ? a->c + lo : NULL, a->x ? a->x + lo : NULL, a->sx,
+         a->b ? a->b + lo : NULL, a->sy, hi - lo);
+}
+
 void cpu_gate_fwd(iisan_backend *be, float *out, const float *c, const float *a, const float *b,
                   const float *p, float temp, size_t n) {
     float s = iisan_sigmoid(*p / temp);
-    lin3(out, c, a, s, b, 1.0f - s, n);
+    ew_args g = {.y = out, .c = c, .x = a, .sx = s, .b = b, .sy = 1.0f - s};
+    cpu_par(be, n, EW_GRAIN, lin3_range, &g);
 }
 
 /* sum_i dout[i] * (x[i] - y[i]) (x or y NULL = zeros) over one block, in 16
@@ -128,17 +167,47 @@ static CPU_VEC void scale_into(float *y, const float *x, float s, size_t n) {
 
 /* Block by block (so dout is still in cache for the second use): the block's
  * share of the dp sum, then da and db. a and b are read before da / db are
- * written in each block. */
+ * written in each block. The blocks' sums are added in block order, whichever
+ * thread computed each: up to MAX_BLOCKS blocks at a time go to the pool. */
+enum { GATE_BLOCK = 2048, MAX_BLOCKS = 1024 };
+
+typedef struct {
+    float *da, *db;
+    const float *dout, *a, *b;
+    float s;
+    size_t n;     /* elements */
+    double *part; /* one sum per block */
+} gate_bwd_args;
+
+static void gate_bwd_range(void *va, size_t lo, size_t hi) {
+    const gate_bwd_args *g = va;
+    for (size_t blk = lo; blk < hi; blk++) {
+        size_t i = blk * GATE_BLOCK, len = g->n - i < GATE_BLOCK ? g->n - i : GATE_BLOCK;
+        g->part[blk] = dot_diff(g->dout + i, g->a ? g->a + i : NULL, g->b ? g->b + i : NULL, len);
+        if (g->da) scale_into(g->da + i, g->dout + i, g->s, len);
+        if (g->db) scale_into(g->db + i, g->dout + i, 1.0f - g->s, len);
+    }
+}
+
 void cpu_gate_bwd(iisan_backend *be, float *da, float *db, float *dp, const float *dout,
                   const float *a, const float *b, const float *p, float temp, size_t n) {
-    enum { BLOCK = 2048 };
     float s = iisan_sigmoid(*p / temp);
-    double sum = 0.0;
-    for (size_t i = 0; i < n; i += BLOCK) {
-        size_t len = n - i < BLOCK ? n - i : BLOCK;
-        sum += dot_diff(dout + i, a ? a + i : NULL, b ? b + i : NULL, len);
-        if (da) scale_into(da + i, dout + i, s, len);
-        if (db) scale_into(db + i, dout + i, 1.0f - s, len);
+    double part[MAX_BLOCKS], sum = 0.0;
+    for (size_t at = 0; at < n; at += (size_t)MAX_BLOCKS * GATE_BLOCK) {
+        size_t len =
+            n - at < (size_t)MAX_BLOCKS * GATE_BLOCK ? n - at : (size_t)MAX_BLOCKS * GATE_BLOCK;
+        size_t nblk = (len + GATE_BLOCK - 1) / GATE_BLOCK;
+        gate_bwd_args g = {da ? da + at : NULL,
+                           db ? db + at : NULL,
+                           dout + at,
+                           a ? a + at : NULL,
+                           b ? b + at : NULL,
+                           s,
+                           len,
+                           part};
+        cpu_par(be, nblk, 4, gate_bwd_range, &g);
+        for (size_t k = 0; k < nblk; k++)
+            sum += part[k];
     }
     *dp += (float)(sum * (double)s * (1.0 - (double)s) / (double)temp);
 }

@@ -8,19 +8,24 @@
 
 #define MASKED_LOGIT (-1e4f)
 
-void cpu_inbatch_ce(iisan_backend *be, float *logits, float *loss, const float *logpop,
-                    const int *cand_item, const unsigned char *umask, const int *quser,
-                    const int *qtarget, int Q, int C) {
-    if (Q <= 0) {
-        *loss = 0.0f;
-        return;
-    }
-    double total = 0.0;
-    const float invq = 1.0f / (float)Q;
-    for (int q = 0; q < Q; q++) {
-        float *row = logits + (size_t)q * C;
-        const unsigned char *um = umask + (size_t)quser[q] * C;
-        const int t = qtarget[q];
+typedef struct {
+    float *logits;
+    const float *logpop;
+    const int *cand_item, *quser, *qtarget;
+    const unsigned char *umask;
+    int Q, C;
+    double *qloss; /* each query's loss, added in query order by the caller */
+} ce_args;
+
+static void ce_range(void *va, size_t lo, size_t hi) {
+    const ce_args *a = va;
+    const int C = a->C;
+    const float invq = 1.0f / (float)a->Q, *logpop = a->logpop;
+    const int *cand_item = a->cand_item;
+    for (size_t q = lo; q < hi; q++) {
+        float *row = a->logits + q * C;
+        const unsigned char *um = a->umask + (size_t)a->quser[q] * C;
+        const int t = a->qtarget[q];
         /* masked logits and their maximum */
         float mx = -INFINITY;
         for (int c = 0; c < C; c++) {
@@ -34,13 +39,41 @@ void cpu_inbatch_ce(iisan_backend *be, float *logits, float *loss, const float *
             row[c] = expf(row[c] - mx);
             sum += row[c];
         }
-        total += (double)mx + log(sum) - (double)zt; /* log-sum-exp minus the target logit */
+        a->qloss[q] = (double)mx + log(sum) - (double)zt; /* log-sum-exp minus the target logit */
         const float scale = (float)(1.0 / sum) * invq;
         for (int c = 0; c < C; c++) {
             int masked = cand_item[c] == 0 || (um[c] != 0 && c != t);
             row[c] = masked ? 0.0f : row[c] * scale;
         }
         if (cand_item[t] != 0) row[t] -= invq; /* a padding target stays constant */
+    }
+}
+
+/* queries at a time, each query's loss kept on the stack until they are added */
+enum { CE_CHUNK = 1024 };
+
+void cpu_inbatch_ce(iisan_backend *be, float *logits, float *loss, const float *logpop,
+                    const int *cand_item, const unsigned char *umask, const int *quser,
+                    const int *qtarget, int Q, int C) {
+    if (Q <= 0) {
+        *loss = 0.0f;
+        return;
+    }
+    double qloss[CE_CHUNK], total = 0.0;
+    for (int q0 = 0; q0 < Q; q0 += CE_CHUNK) {
+        int nq = Q - q0 < CE_CHUNK ? Q - q0 : CE_CHUNK;
+        ce_args a = {logits + (size_t)q0 * C,
+                     logpop,
+                     cand_item,
+                     quser + q0,
+                     qtarget + q0,
+                     umask,
+                     Q,
+                     C,
+                     qloss};
+        cpu_par(be, (size_t)nq, 16, ce_range, &a);
+        for (int q = 0; q < nq; q++)
+            total += qloss[q];
     }
     *loss = (float)(total / Q);
 }
