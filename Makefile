@@ -91,7 +91,7 @@ test-coretype: $(TESTS)
 # under valgrind (memcheck, leaks fatal). Built for x86-64-v2: valgrind 3.19 does not decode
 # AVX-512, which -march=native emits on such CPUs (SIGILL); OpenBLAS picks its kernels from
 # the CPU valgrind reports, so it needs no such care.
-VG_TESTS := test_ops test_golden test_golden_versa test_model test_safetensors test_store test_dataset test_image test_serve_units test_repo
+VG_TESTS := test_ops test_pool test_golden test_golden_versa test_model test_safetensors test_store test_dataset test_image test_serve_units test_repo
 valgrind:
 	$(MAKE) BUILD=build/vg SAN= ARCH=x86-64-v2 $(VG_TESTS:%=build/vg/test/%)
 	OPENBLAS_NUM_THREADS=1 TEST_WRAPPER="valgrind -q --error-exitcode=3 --leak-check=full --errors-for-leak-kinds=definite" \
