@@ -10,6 +10,7 @@
 #include "cluster/repo.h"
 #include "server/ckpt_file.h"
 #include "server/serve.h"
+#include "server/serve_state.h"
 #include "store/safetensors.h"
 
 cluster_cfg g_cl;

@@ -10,6 +10,7 @@
 
 #include "cluster/cluster_internal.h"
 #include "server/serve.h"
+#include "server/serve_state.h"
 
 #define POS_KEY "bus_pos"
 

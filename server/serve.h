@@ -1,8 +1,11 @@
-/* The serving daemon (`iisan serve`), internal interfaces: configuration
- * (serve_config.c), key=value logging (serve_log.c), Prometheus metrics
- * (serve_metrics.c), the group-commit writer (serve_writer.c) and the HTTP
- * side (serve_http.c); cmd_serve.c ties them together. docs/operations.md
- * describes the configuration, signals and logs; docs/api.md the API. */
+/* The serving daemon (`iisan serve`), internal interfaces, one section per file:
+ * configuration (serve_config.c), key=value logging (serve_log.c), Prometheus metrics
+ * (serve_metrics.c), the group-commit writer (serve_writer.c), the /recommend batch
+ * threads (serve_batch.c), POST /items (serve_items.c), model loads and the loader thread
+ * (serve_load.c), the daemon's start and stop (serve_daemon.c), admin jobs
+ * (serve_admin.c), the main thread's loop (serve_loop.c), the HTTP side (serve_http.c,
+ * serve_edge.c). The state they share is serve_state.h; cmd_serve.c is only the CLI.
+ * docs/operations.md describes the configuration, signals and logs; docs/api.md the API. */
 #ifndef IISAN_SERVER_SERVE_H
 #define IISAN_SERVER_SERVE_H
 
@@ -16,11 +19,12 @@
 
 #include "core/infer.h"
 #include "proto/request.h"
+#include "server/serve_state.h"
 #include "store/interactions.h"
 
 /* ---------------- configuration ---------------- */
 
-typedef struct {
+struct serve_config {
     char data[PATH_MAX];
     char bind[64];
     long port;
@@ -67,7 +71,7 @@ typedef struct {
     long bus_wait_replicas;
     long bus_wait_ms;
     char warning[400]; /* not an option: what serve_config_build warns about ("": none) */
-} serve_config;
+};
 
 enum { CFG_INT, CFG_STR, CFG_BOOL };
 
@@ -213,40 +217,11 @@ const char *serve_image_encoder_backbone(void); /* NULL without an image encoder
  * current model; returns the HTTP status and sets *body (NULL: out of memory) */
 int items_post(const items_request *q, json_t **body);
 
-/* ---------------- the daemon ---------------- */
+/* ---------------- model loads (serve_load.c) ---------------- */
 
-typedef struct serve_cfg_ref serve_cfg_ref; /* a refcounted configuration snapshot */
-
-typedef struct {
-    pthread_mutex_t mu; /* guards the two pointers below (held only to copy + retain) */
-    infer_model *model;
-    serve_cfg_ref *cfg;
-    store_ix *ix;
-    ix_writer *writer;
-    rec_batcher *batcher;
-    iisan_backend *be;
-    atomic_long in_flight;
-    atomic_int stopping;
-    double started;
-    pthread_mutex_t load_mu; /* one model load at a time; POST /items holds it too */
-    atomic_uint pinned;      /* version chosen by a rollback (0: follow the latest) */
-} serve_state;
-
-extern serve_state g_srv;
-
-/* the current model, retained (NULL when none); release with infer_release */
-infer_model *serve_model_get(void);
-/* swaps in m (retained by the callee's reference), releasing the old one */
-void serve_model_set(infer_model *m);
-/* the current configuration, retained: read it through the pointer, then
- * serve_config_release it. serve_config_set publishes a copy of c and applies
- * its log level. */
-const serve_config *serve_config_acquire(void);
-void serve_config_release(const serve_config *c);
-int serve_config_set(const serve_config *c);
-/* loads checkpoint version (0 = the pinned one, else the latest) and swaps it
- * in when it differs from the current one (or force). 0 loaded / 1 unchanged /
- * -1 failed (logged). */
+/* loads checkpoint version (0 = the pinned one, else the latest) on the caller's thread and
+ * swaps it in when it differs from the current one (or force). 0 loaded / 1 unchanged /
+ * -1 failed (logged, the previous model still served). */
 int serve_reload_model(uint32_t version, int force);
 /* where serve_reload_model gets a version's precomputed item table (infer_options.table):
  * cluster mode sets it (the model repository's items.safetensors); get fills opt's table
@@ -258,6 +233,25 @@ typedef struct {
 extern serve_table_source g_table_source;
 /* bans the store's deleted items in m */
 void serve_apply_deleted(infer_model *m);
+/* The loader thread: SIGHUP's loads (the loop only asks for them). loader_request asks for
+ * serve_reload_model(0, force) there and returns at once; requests made while a load runs
+ * coalesce into one more load after it (force if any asked). loader_stop waits for the load
+ * under way, drops a queued one and joins the thread. loader_start: 0 or -1. */
+int loader_start(void);
+void loader_request(int force);
+void loader_stop(void);
+/* a test's hook: IISAN_TEST_LOAD_DELAY_MS=N makes every load sleep N ms inside the load */
+
+/* ---------------- the daemon (serve_daemon.c) ---------------- */
+
+/* runs the daemon with configuration c (which it publishes: serve_config_set) until
+ * SIGTERM / SIGINT: opens the store, loads the model, starts the threads, serves, stops
+ * gracefully. SIGHUP calls on_hup(arg) on the main thread. Returns the exit status. */
+int serve_daemon_run(const serve_config *c, void (*on_hup)(void *), void *arg);
+/* applies a configuration re-read on SIGHUP (its options that cannot change while running
+ * are kept, and logged) and asks the loader thread for the model: the latest version, or a
+ * forced load when the new limits resize the inference contexts */
+void serve_config_reload(serve_config *nc, const char *file);
 
 /* ---------------- admin: retraining and rollback (serve_admin.c) ---------------- */
 
@@ -334,8 +328,6 @@ int edge_has_body(struct MHD_Connection *c);  /* Content-Length > 0 or Transfer-
 int edge_length_conflict(struct MHD_Connection *c, char *msg, size_t cap);
 /* the request's X-Request-Id when it is a usable one, else a new one */
 void edge_request_id(struct MHD_Connection *c, char *out, size_t cap);
-double serve_now(void); /* monotonic seconds */
-
 /* the build's version and `git describe` (server/version.c, baked in by the Makefile) */
 extern const char iisan_version[], iisan_git_describe[];
 

@@ -26,6 +26,7 @@
 #include "core/states.h"
 #include "core/train.h"
 #include "server/serve.h"
+#include "server/serve_state.h"
 
 #define MAX_JOBS 64
 

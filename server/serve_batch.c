@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "server/serve.h"
+#include "server/serve_state.h"
 
 struct rec_batcher {
     pthread_t *threads;

@@ -16,6 +16,7 @@
 #include <sys/socket.h>
 
 #include "server/serve.h"
+#include "server/serve_state.h"
 
 /* ---------------- connections per client address ---------------- */
 

@@ -22,8 +22,8 @@
 #include <unistd.h>
 
 #include "cluster/cluster.h"
-#include "kernels/clock.h"
 #include "server/serve.h"
+#include "server/serve_state.h"
 #include "store/store_ext.h"
 
 enum { ST_NEW = 0, ST_BODY, ST_WAIT, ST_DONE };
@@ -85,8 +85,6 @@ static void rec_free(rec_state *st) {
     rec_request_free(&st->q);
     free(st);
 }
-
-double serve_now(void) { return iisan_now(); }
 
 /* ---------------- responses ---------------- */
 

@@ -1,9 +1,10 @@
 /* The daemon's main thread: a libuv loop for signals, the retraining
  * scheduler's timer and its wake-ups from other threads.
  *
- *   SIGHUP            the reload callback (configuration, then the model), then
+ *   SIGHUP            the reload callback (the configuration; it hands the model
+ *                     load to the loader thread, serve_load.c, and returns), then
  *                     a scheduler check (its settings may have changed)
- *   SIGTERM, SIGINT   the loop stops; cmd_serve.c then stops the daemon
+ *   SIGTERM, SIGINT   the loop stops; serve_daemon.c then stops the daemon
  *   wake (uv_async)   sent by any thread (the writer after a commit, a reload):
  *                     a scheduler check
  *   timer             re-armed after every check for the time the scheduler

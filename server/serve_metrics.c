@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "server/serve.h"
+#include "server/serve_state.h"
 #include "store/store_ext.h"
 
 const char *const route_name[N_ROUTES] = {
