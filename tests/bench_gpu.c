@@ -321,6 +321,84 @@ static int skip(const char *why) {
     return 0;
 }
 
+/* the benchmark's backend into *be: -1, or the exit status when there is none (a skip: 0) */
+static int open_backend(int want_cpu, iisan_backend **be) {
+    char err[512];
+    if (want_cpu) {
+        *be = iisan_backend_cpu(0);
+    } else {
+#ifdef IISAN_CUDA
+        if (!iisan_cuda_available()) return skip("no CUDA device");
+        *be = iisan_backend_cuda(0, err, sizeof err);
+        if (!*be) {
+            fprintf(stderr, "bench_gpu: %s\n", err);
+            return 1;
+        }
+        on_gpu = 1;
+#else
+        (void)err;
+        return skip("this build has no CUDA backend: build with make CUDA=1");
+#endif
+    }
+    if (!*be) {
+        fprintf(stderr, "bench_gpu: no backend\n");
+        return 1;
+    }
+    return -1;
+}
+
+/* the figures main prints beside the serving ones */
+typedef struct {
+    int epochs;
+    double median_s;
+    long steps;
+    double eval_s, hr10;
+    int eval_users;
+    double resident_mib, upload_s;
+    size_t train_peak;
+    double train_dev_mib, base_mib, enc_rate;
+    int n_titles, cuda_errors;
+} gpu_figures;
+
+/* the figures as sentences, then as one JSON line */
+static void report(const iisan_backend *be, const iisan_model *m, const iisan_dataset *ds,
+                   const gpu_figures *g, const serve_figures *sf) {
+    const char *tf32 = getenv("IISAN_CUDA_TF32");
+    int tf = on_gpu && tf32 && !strcmp(tf32, "1");
+    double peak_mib = g->train_peak / 1048576.0, med = g->median_s;
+    printf("bench-gpu (%s%s): %d epochs, median %.3f s/epoch (min %.3f, max %.3f), %ld steps\n",
+           be->name, tf ? ", TF32" : "", g->epochs, med, epoch_times[0], epoch_times[g->epochs - 1],
+           g->steps);
+    printf("  %.0f sequences/s; validation evaluation %.3f s (HR@10 %.4f over %d users)\n",
+           ds->n_users / med, g->eval_s, g->hr10, g->eval_users);
+    printf("  %zu trainable parameters; %.1f MiB of resident states uploaded in %.2f s\n",
+           model_param_count(m), g->resident_mib, g->upload_s);
+    printf("  serving: model loaded in %.2f s; /recommend core %.0f requests/s in batches of 32, "
+           "%.0f/s one at a time (%.3f ms each), k = 10 over %d items\n",
+           sf->load_s, sf->batched_per_s, sf->single_per_s, sf->single_ms, ds->n_items);
+    if (g->enc_rate > 0)
+        printf("  encoding: %.1f titles/s (%d Scientific titles, a MiniLM-shaped BERT with random "
+               "weights)\n",
+               g->enc_rate, g->n_titles);
+    printf("  backend allocations peak %.1f MiB", peak_mib);
+    if (on_gpu)
+        printf("; device memory in use at most %.0f MiB of %.0f (%.0f MiB before the model)",
+               g->train_dev_mib, dev_total_mib, g->base_mib);
+    printf("\n");
+    printf("{\"bench\":\"gpu\",\"backend\":\"%s\",\"tf32\":%d,\"epochs\":%d,\"steps\":%ld,"
+           "\"seconds_per_epoch\":%.4f,\"sequences_per_s\":%.1f,\"eval_seconds\":%.4f,"
+           "\"valid_hr10\":%.6f,\"params\":%zu,\"resident_mib\":%.1f,"
+           "\"resident_upload_seconds\":%.3f,\"backend_peak_mib\":%.1f,"
+           "\"device_used_max_mib\":%.1f,\"device_used_base_mib\":%.1f,"
+           "\"device_total_mib\":%.1f,\"serve_load_seconds\":%.3f,"
+           "\"recommend_batched_per_s\":%.1f,\"recommend_single_per_s\":%.1f,"
+           "\"recommend_single_ms\":%.4f,\"encode_items_per_s\":%.1f,\"cuda_errors\":%d}\n",
+           be->name, tf, g->epochs, g->steps, med, ds->n_users / med, g->eval_s, g->hr10,
+           model_param_count(m), g->resident_mib, g->upload_s, peak_mib, g->train_dev_mib,
+           g->base_mib, dev_total_mib, sf->load_s, sf->batched_per_s, sf->single_per_s,
+           sf->single_ms, g->enc_rate > 0 ? g->enc_rate : 0.0, g->cuda_errors);
+}
+
 int main(int argc, char **argv) {
     const char *users = argc > 1 ? argv[1] : "../shared/data/amazon/scientific/users.tsv";
     int epochs = argc > 2 ? atoi(argv[2]) : 3;
@@ -331,25 +409,8 @@ int main(int argc, char **argv) {
     char err[512];
 
     iisan_backend *be = NULL;
-    if (want_cpu) {
-        be = iisan_backend_cpu(0);
-    } else {
-#ifdef IISAN_CUDA
-        if (!iisan_cuda_available()) return skip("no CUDA device");
-        be = iisan_backend_cuda(0, err, sizeof err);
-        if (!be) {
-            fprintf(stderr, "bench_gpu: %s\n", err);
-            return 1;
-        }
-        on_gpu = 1;
-#else
-        return skip("this build has no CUDA backend: build with make CUDA=1");
-#endif
-    }
-    if (!be) {
-        fprintf(stderr, "bench_gpu: no backend\n");
-        return 1;
-    }
+    int rc = open_backend(want_cpu, &be);
+    if (rc >= 0) return rc;
     sample_device();
     const double base_mib = dev_used_max_mib;
     trk.alloc = be->alloc;
@@ -434,40 +495,10 @@ int main(int argc, char **argv) {
     if (cuda_errors)
         fprintf(stderr, "bench_gpu: %d CUDA errors, the first: %s\n", cuda_errors, err);
 #endif
-    const char *tf32 = getenv("IISAN_CUDA_TF32");
-    int tf = on_gpu && tf32 && !strcmp(tf32, "1");
-    double peak_mib = train_peak / 1048576.0;
-    printf("bench-gpu (%s%s): %d epochs, median %.3f s/epoch (min %.3f, max %.3f), %ld steps\n",
-           be->name, tf ? ", TF32" : "", n_epochs, med, epoch_times[0], epoch_times[n_epochs - 1],
-           sum.steps);
-    printf("  %.0f sequences/s; validation evaluation %.3f s (HR@10 %.4f over %d users)\n",
-           ds.n_users / med, ev.seconds, ev.hr10, ev.users);
-    printf("  %zu trainable parameters; %.1f MiB of resident states uploaded in %.2f s\n",
-           model_param_count(m), res_mib, upload_s);
-    printf("  serving: model loaded in %.2f s; /recommend core %.0f requests/s in batches of 32, "
-           "%.0f/s one at a time (%.3f ms each), k = 10 over %d items\n",
-           sf.load_s, sf.batched_per_s, sf.single_per_s, sf.single_ms, ds.n_items);
-    if (enc_rate > 0)
-        printf("  encoding: %.1f titles/s (%d Scientific titles, a MiniLM-shaped BERT with random "
-               "weights)\n",
-               enc_rate, n_titles);
-    printf("  backend allocations peak %.1f MiB", peak_mib);
-    if (on_gpu)
-        printf("; device memory in use at most %.0f MiB of %.0f (%.0f MiB before the model)",
-               train_dev_mib, dev_total_mib, base_mib);
-    printf("\n");
-    printf("{\"bench\":\"gpu\",\"backend\":\"%s\",\"tf32\":%d,\"epochs\":%d,\"steps\":%ld,"
-           "\"seconds_per_epoch\":%.4f,\"sequences_per_s\":%.1f,\"eval_seconds\":%.4f,"
-           "\"valid_hr10\":%.6f,\"params\":%zu,\"resident_mib\":%.1f,"
-           "\"resident_upload_seconds\":%.3f,\"backend_peak_mib\":%.1f,"
-           "\"device_used_max_mib\":%.1f,\"device_used_base_mib\":%.1f,"
-           "\"device_total_mib\":%.1f,\"serve_load_seconds\":%.3f,"
-           "\"recommend_batched_per_s\":%.1f,\"recommend_single_per_s\":%.1f,"
-           "\"recommend_single_ms\":%.4f,\"encode_items_per_s\":%.1f,\"cuda_errors\":%d}\n",
-           be->name, tf, n_epochs, sum.steps, med, ds.n_users / med, ev.seconds, ev.hr10,
-           model_param_count(m), res_mib, upload_s, peak_mib, train_dev_mib, base_mib,
-           dev_total_mib, sf.load_s, sf.batched_per_s, sf.single_per_s, sf.single_ms,
-           enc_rate > 0 ? enc_rate : 0.0, cuda_errors);
+    gpu_figures g = {n_epochs, med,      sum.steps, ev.seconds, ev.hr10,
+                     ev.users, res_mib,  upload_s,  train_peak, train_dev_mib,
+                     base_mib, enc_rate, n_titles,  cuda_errors};
+    report(be, m, &ds, &g, &sf);
     states_resident_free(rs);
     model_destroy(m);
     be->alloc = trk.alloc;
