@@ -24,6 +24,9 @@ DUR=${DURATION:-10}
 CONNS=${CONNS:-16}
 THREADS=${THREADS:-$(nproc)}
 command -v wrk >/dev/null || { echo "bench-serve: wrk is missing (deploy/install-deps.sh)" >&2; exit 1; }
+# the BLAS's kernels and sgemm rate at the daemon's 1 BLAS thread (blas_threads); refuses
+# (exit 3) on generic kernels (kernels/blas_info.h)
+"$BIN" blas --check --threads 1 >&2
 T=$(mktemp -d /tmp/iisan-bench-serve-XXXXXX)
 PID=""
 trap '[ -n "$PID" ] && kill -9 "$PID" 2>/dev/null; rm -rf "$T"' EXIT

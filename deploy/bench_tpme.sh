@@ -18,6 +18,8 @@ EPOCHS=${EPOCHS:-3}
 THREADS=${THREADS:-0}
 DEVICE=${DEVICE:-cpu}
 BIN=${IISAN_BIN:-build/iisan}
+# the BLAS's kernels and sgemm rate; refuses (exit 3) on generic kernels (kernels/blas_info.h)
+"$BIN" blas --check --threads "$THREADS" >&2
 T=$(mktemp -d /tmp/iisan-tpme-XXXXXX)
 trap 'rm -rf "$T"' EXIT
 

@@ -13,5 +13,6 @@ int cmd_export(int argc, char **argv);      /* checkpoint -> safetensors */
 int cmd_import_ckpt(int argc, char **argv); /* safetensors -> checkpoint */
 int cmd_encode(int argc, char **argv);      /* text states from a BERT checkpoint */
 int cmd_serve(int argc, char **argv);       /* the HTTP daemon (server/cmd_serve.c) */
+int cmd_blas(int argc, char **argv);        /* the BLAS's kernels and sgemm rate */
 
 #endif

@@ -11,6 +11,7 @@
 #ifdef IISAN_CUDA
 #include "kernels/cuda/cuda_backend.h"
 #endif
+#include "kernels/blas_info.h"
 #include "kernels/clock.h"
 #include "store/lock.h"
 
@@ -73,6 +74,13 @@ static iisan_backend *cpu_backend(const char *cmd, int threads, const char *why)
                 why);
     else
         fprintf(stderr, "backend: cpu, BLAS threads for all cores%s\n", why);
+    blas_info bi; /* which kernels the GEMMs run, and how fast (about 0.15 s) */
+    char line[640];
+    blas_info_probe(&bi, 0.15);
+    blas_info_line(&bi, line, sizeof line);
+    fprintf(stderr, "%s\n", line);
+    const char *warn = blas_generic_warning(&bi);
+    if (warn) fprintf(stderr, "\n*** iisan %s: %s ***\n\n", cmd, warn);
     return be;
 }
 

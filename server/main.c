@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "kernels/blas_info.h"
 #include "server/cli.h"
 #include "server/serve.h"
 
@@ -18,6 +19,7 @@ static const struct {
     {"import-ckpt", cmd_import_ckpt, "store a safetensors checkpoint as a new version"},
     {"encode", cmd_encode, "text states of the catalogue's titles from a BERT checkpoint"},
     {"serve", cmd_serve, "the HTTP daemon: recommendations, interactions, metrics"},
+    {"blas", cmd_blas, "the BLAS's kernels on this CPU and its sgemm rate"},
 };
 
 static void usage(FILE *f) {
@@ -28,6 +30,7 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
+    blas_guard(argv); /* OpenBLAS on SSE kernels on an AVX2 / AVX-512 CPU: restart on the right */
     if (argc < 2) {
         usage(stderr);
         return 2;

@@ -106,6 +106,8 @@ void log_event(const char *level, const char *event, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* quotes v for a log value when needed (into buf) */
 const char *log_q(const char *v, char *buf, size_t cap);
+/* logs the BLAS's kernels and sgemm rate at start (serve_metrics.c), kept for /metrics */
+void serve_blas_probe(void);
 /* a level's rank (debug 0 .. error 3), -1 for an unknown name */
 int log_level_rank(const char *level);
 /* events below level (a known name) are dropped from then on; any thread */

@@ -93,6 +93,7 @@ static int open_compute(const serve_config *c) {
         log_event("error", "backend_failed", "device=%s", c->device);
         return -1;
     }
+    serve_blas_probe();
     if (cluster_configure(err, sizeof err)) { /* the role, before the first load */
         log_event("error", "cluster_failed", "error=%s", log_q(err, b, sizeof b));
         return -1;

@@ -9,6 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "kernels/blas_info.h"
 #include "server/serve.h"
 #include "server/serve_state.h"
 #include "store/store_ext.h"
@@ -196,12 +197,34 @@ static void render_process(sbuf *b) {
         cpu, rss * sysconf(_SC_PAGESIZE), fds, start);
 }
 
+/* at start: which kernels the BLAS runs and its sgemm rate (about 0.15 s), logged and kept
+ * for iisan_build_info's labels and the iisan_blas_sgemm_gflops gauge */
+void serve_blas_probe(void) {
+    blas_info bi;
+    char q[256], w[700];
+    blas_info_probe(&bi, 0.15);
+    log_event("info", "blas",
+              "library=%s core=%s core_level=%s cpu_level=%s threads=%d "
+              "sgemm_san_gflops=%.1f",
+              log_q(bi.library, q, sizeof q), bi.core, blas_tier_name(bi.core_tier),
+              blas_tier_name(bi.cpu_tier), bi.threads, bi.sgemm_gflops);
+    const char *warn = blas_generic_warning(&bi);
+    if (warn) log_event("warn", "blas_generic_kernels", "message=%s", log_q(warn, w, sizeof w));
+}
+
 /* build, model loads, retraining jobs, the store, the edge, batch sizes */
 static void render_ops(sbuf *b) {
+    const blas_info *bi = blas_info_last();
     put(b,
-        "# HELP iisan_build_info The build: version and git describe.\n"
-        "# TYPE iisan_build_info gauge\niisan_build_info{version=\"%s\",git=\"%s\"} 1\n",
-        iisan_version, iisan_git_describe);
+        "# HELP iisan_build_info The build: version, git describe, the BLAS and its kernels.\n"
+        "# TYPE iisan_build_info gauge\niisan_build_info{version=\"%s\",git=\"%s\",blas=\"%s\","
+        "blas_core=\"%s\"} 1\n",
+        iisan_version, iisan_git_describe, bi ? bi->library : "", bi ? bi->core : "");
+    if (bi)
+        put(b,
+            "# HELP iisan_blas_sgemm_gflops The BLAS's sgemm rate on the SAN shapes, measured "
+            "at start.\n# TYPE iisan_blas_sgemm_gflops gauge\niisan_blas_sgemm_gflops %.2f\n",
+            bi->sgemm_gflops);
     put(b,
         "# HELP iisan_model_loads_total Model loads (startup, reloads, jobs, rollbacks) by "
         "result.\n# TYPE iisan_model_loads_total counter\n"

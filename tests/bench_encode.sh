@@ -12,6 +12,8 @@ THREADS="${BENCH_THREADS:-2}"
 PY="$ROOT/build/golden-venv/bin/python"
 [ -x "$PY" ] && "$PY" -c 'import transformers' 2>/dev/null ||
   { echo "bench-encode: run tests/golden_encoder/gen.sh once (torch + transformers venv)" >&2; exit 1; }
+# the BLAS's kernels and sgemm rate; refuses (exit 3) on generic kernels (kernels/blas_info.h)
+"$BIN" blas --check --threads "$THREADS" >&2
 MODEL="$("$ROOT/deploy/install-minilm.sh")"
 T=$(mktemp -d /tmp/iisan-bench-encode-XXXXXX)
 trap 'rm -rf "$T"' EXIT

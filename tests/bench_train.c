@@ -27,6 +27,7 @@
 #include "core/dataset.h"
 #include "core/model.h"
 #include "core/train.h"
+#include "kernels/blas_info.h"
 #include "kernels/half.h"
 #include "kernels/rng.h"
 #include "store/store.h"
@@ -38,28 +39,6 @@ static void hook(void *arg, const epoch_report *r) {
     (void)arg;
     epoch_times[n_epochs++] = r->seconds;
     fprintf(stderr, "epoch %d: %.2f s, loss %.4f\n", r->epoch, r->seconds, r->loss);
-}
-
-/* sgemm GFLOP/s on a SAN block's shapes (640 rows, width D, r = 64), best of 5 */
-static double sgemm_rate(iisan_backend *be, int D) {
-    int U = 640;
-    float *a = be->alloc(be, (size_t)U * D * 4), *w = be->alloc(be, (size_t)64 * D * 4),
-          *o = be->alloc(be, (size_t)U * 64 * 4), *h = be->alloc(be, (size_t)U * D * 4);
-    double best = 1e9;
-    for (int rep = 0; rep < 5; rep++) {
-        double t = iisan_now();
-        for (int it = 0; it < 20; it++) {
-            be->gemm(be, 0, 1, U, 64, D, 1, a, D, w, D, 0, o, 64);
-            be->gemm(be, 0, 1, U, D, 64, 1, o, 64, w, 64, 1, h, D);
-        }
-        t = iisan_now() - t;
-        if (t < best) best = t;
-    }
-    be->free(be, a);
-    be->free(be, w);
-    be->free(be, o);
-    be->free(be, h);
-    return 20 * 2 * 2.0 * U * 64 * D / best / 1e9;
 }
 
 /* seconds inside the ops per epoch, from the backend's counters: GEMM (gemm, gemm_batched,
@@ -163,6 +142,14 @@ static void bench_config(iisan_config *c, int versa, int *NS, int *D) {
 }
 
 int main(int argc, char **argv) {
+    blas_guard(argv); /* OpenBLAS's fallback to SSE kernels on a CPU it does not know */
+    iisan_backend *be = iisan_backend_cpu(0);
+    blas_info bi;
+    char line[640];
+    blas_info_probe(&bi, 0.15);
+    blas_info_line(&bi, line, sizeof line);
+    fprintf(stderr, "%s\n", line);
+    if (blas_refuse_generic(&bi, "bench-train")) return 3;
     int versa = argc > 1 && !strcmp(argv[1], "versa");
     if (versa) argc--, argv++;
     const char *users = argc > 1 ? argv[1] : "../shared/data/amazon/scientific/users.tsv";
@@ -184,13 +171,12 @@ int main(int argc, char **argv) {
     iisan_train_config tc;
     train_config_default(&tc);
     tc.epochs = epochs;
-    iisan_backend *be = iisan_backend_cpu(0);
     iisan_model *m = model_create(&c, be, tc.batch, tc.seed, err, sizeof err);
     if (!m) {
         fprintf(stderr, "bench: %s\n", err);
         return 1;
     }
-    double gflops = sgemm_rate(be, D[0]);
+    double gflops = blas_sgemm_rate(D[0], 1.0); /* the floor's rate, on this width */
     store_reader *r;
     store_reader_begin(s, &r);
     iisan_states st = states_from_reader(r);
@@ -225,14 +211,16 @@ int main(int argc, char **argv) {
     printf("  time in GEMM %.2f s/epoch, the rest %.2f s/epoch = %.2fx the floor (mean of %d "
            "epochs, %d threads)\n",
            gemm_s, rest_s, rest_s / floor_s, n_epochs, iisan_backend_cpu_threads(be));
+    printf("  %s\n", line);
+    blas_info_json(&bi, line, sizeof line);
     printf("{\"bench\":\"train\",\"arch\":\"%s\",\"text\":[%d,%d],\"image\":[%d,%d],"
            "\"epochs\":%d,\"seconds_per_epoch\":%.3f,\"sequences_per_s\":%.1f,"
            "\"items_per_s\":%.1f,\"peak_rss_mib\":%.1f,\"state_store_mib\":%.1f,"
            "\"params\":%zu,\"sgemm_gflops\":%.2f,\"floor_seconds\":%.3f,"
-           "\"gemm_seconds\":%.3f,\"rest_seconds\":%.3f}\n",
+           "\"gemm_seconds\":%.3f,\"rest_seconds\":%.3f,%s}\n",
            versa ? "versa" : "iisan", NS[0], D[0], NS[1], D[1], n_epochs, med, ds.n_users / med,
            distinct / med, rss_mib, store_mib, model_param_count(m), gflops, floor_s, gemm_s,
-           rest_s);
+           rest_s, line);
     model_destroy(m);
     be->destroy(be);
     dataset_free(&ds);
