@@ -257,7 +257,7 @@ static int batch_flush(ix_batch *b) {
         b->failed = 1;
         return -1;
     }
-    if (b->n) scheduler_notify(b->n);
+    if (b->n) serve_committed(b->n);
     set_applied(b->last_id);
     atomic_fetch_add(&applied_entries, (long)b->nsrc);
     for (size_t i = 0; i < b->nsrc; i++)

@@ -273,11 +273,10 @@ long admin_interactions_since_run(void);
  * (serve_loop.c): a check starts a job (trigger "schedule" or "interactions")
  * when retrain_every_min minutes passed since the last job started, or
  * retrain_after interactions were committed since then, and no job is
- * running. scheduler_notify is called by the writer after a commit;
+ * running. serve_committed (serve_state.h) counts the commits and wakes it;
  * scheduler_wake (any thread) asks the loop for a check; scheduler_stop makes
  * later checks start nothing. */
 void scheduler_start(void);
-void scheduler_notify(size_t committed);
 void scheduler_wake(void);
 void scheduler_stop(void);
 /* one check, on the loop's thread: seconds until the next one is due, or -1
@@ -286,11 +285,12 @@ double scheduler_tick(void);
 
 /* the main thread's libuv loop (serve_loop.c): SIGHUP calls on_hup(arg),
  * SIGTERM / SIGINT end serve_loop_run (returning the signal), wake-ups and
- * the scheduler's timer run scheduler_tick. serve_loop_init before anything
- * can send a signal; serve_loop_close at the end (scheduler_wake is a no-op
- * from then on). */
+ * the timer run tick (the scheduler's check: scheduler_tick), which returns the
+ * seconds until the next one (-1: none until a wake-up). serve_loop_init before
+ * anything can send a signal; serve_loop_close at the end (scheduler_wake is a
+ * no-op from then on). */
 int serve_loop_init(void);
-int serve_loop_run(void (*on_hup)(void *), void *arg);
+int serve_loop_run(void (*on_hup)(void *), void *arg, double (*tick)(void));
 void serve_loop_close(void);
 
 /* the job's JSON (new reference), NULL for an unknown id */

@@ -11,7 +11,9 @@
  * live in memory; every job's record is also written to the store's "jobs"
  * database at each change of state (queued, running, its outcome), so GET
  * /admin/jobs/{id} answers across restarts, and a job that a restart or a
- * crash interrupted is recorded as failed when the daemon starts again. */
+ * crash interrupted is recorded as failed when the daemon starts again. The
+ * retraining scheduler (its check runs on the loop's timer, serve_loop.c) starts
+ * the same jobs. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,7 +51,6 @@ static int next_id = 1, running;
 static pthread_t trainer;
 static int trainer_joinable;
 static volatile int trainer_stop; /* set at the daemon's stop: the job ends after its batch */
-static atomic_long since_run;     /* interactions committed since the last job started */
 static double last_run_mono = -1; /* serve_now() of the last job's start (-1: startup) */
 
 static double wall(void) {
@@ -513,7 +514,7 @@ int admin_retrain_start(const retrain_request *p, const char *trigger, int *job_
         return -1;
     }
     trainer_joinable = 1;
-    atomic_store(&since_run, 0);
+    atomic_store(&g_srv.since_run, 0);
     last_run_mono = serve_now();
     pthread_mutex_unlock(&jobs_mu);
     log_event("info", "retrain_queued", "job=%d trigger=%s", id, trigger);
@@ -529,17 +530,12 @@ int admin_last_job(void) {
     return id;
 }
 
-long admin_interactions_since_run(void) { return atomic_load(&since_run); }
+long admin_interactions_since_run(void) { return atomic_load(&g_srv.since_run); }
 
 /* ---------------- the retraining scheduler ---------------- */
 
 static double sched_started_at = -1; /* serve_now() at scheduler_start */
 static atomic_int sched_off;         /* scheduler_stop: no job from here on */
-
-void scheduler_notify(size_t committed) {
-    atomic_fetch_add(&since_run, (long)committed);
-    scheduler_wake();
-}
 
 void scheduler_start(void) {
     sched_started_at = serve_now();
@@ -558,7 +554,7 @@ double scheduler_tick(void) {
     double last = last_run_mono >= 0 ? last_run_mono : sched_started_at;
     pthread_mutex_unlock(&jobs_mu);
     const double now = serve_now(), period = (double)every * 60.0;
-    long since = atomic_load(&since_run);
+    long since = atomic_load(&g_srv.since_run);
     const char *trigger = NULL;
     if (after > 0 && since >= after)
         trigger = "interactions";

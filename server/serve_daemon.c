@@ -251,7 +251,7 @@ int serve_daemon_run(const serve_config *c, void (*on_hup)(void *), void *arg) {
               log_q(c->data, b, sizeof b), (int)getpid(), c->threads, c->device);
     if (!open_store(c, &lockfd, &s) && !open_compute(c) && !first_load(s) &&
         !start_threads(c, &d)) {
-        serve_loop_run(on_hup, arg); /* until SIGTERM or SIGINT */
+        serve_loop_run(on_hup, arg, scheduler_tick); /* until SIGTERM or SIGINT */
         rc = stop_gracefully(&d);
     }
     teardown(d, s, lockfd);

@@ -5,7 +5,7 @@
  *                     load to the loader thread, serve_load.c, and returns), then
  *                     a scheduler check (its settings may have changed)
  *   SIGTERM, SIGINT   the loop stops; serve_daemon.c then stops the daemon
- *   wake (uv_async)   sent by any thread (the writer after a commit, a reload):
+ *   wake (uv_async)   sent by any thread (a commit: serve_committed, a reload):
  *                     a scheduler check
  *   timer             re-armed after every check for the time the scheduler
  *                     asks for (the next every-T-minutes deadline, or a second
@@ -28,12 +28,13 @@ static int wake_ok; /* the async handle may be sent to (guarded by wake_mu) */
 static int got_signal;
 static void (*hup_cb)(void *);
 static void *hup_arg;
+static double (*tick_cb)(void); /* the scheduler's check */
 
 static void on_timer(uv_timer_t *t);
 
 /* one scheduler check, and the timer for the next */
 static void check(void) {
-    double s = scheduler_tick();
+    double s = tick_cb ? tick_cb() : -1;
     if (s < 0)
         uv_timer_stop(&timer);
     else
@@ -76,9 +77,10 @@ int serve_loop_init(void) {
     return 0;
 }
 
-int serve_loop_run(void (*on_hup)(void *), void *arg) {
+int serve_loop_run(void (*on_hup)(void *), void *arg, double (*tick)(void)) {
     hup_cb = on_hup;
     hup_arg = arg;
+    tick_cb = tick;
     got_signal = 0;
     check();
     while (!got_signal)

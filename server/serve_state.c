@@ -57,6 +57,11 @@ int serve_config_set(const serve_config *c) {
     return 0;
 }
 
+void serve_committed(size_t n) {
+    atomic_fetch_add(&g_srv.since_run, (long)n);
+    scheduler_wake();
+}
+
 void serve_config_clear(void) {
     pthread_mutex_lock(&g_srv.mu);
     serve_cfg_ref *r = g_srv.cfg;

@@ -2,8 +2,8 @@
  * interaction log, the backend, the writer and batch threads, and the two published
  * snapshots every thread reads, the served model and the configuration, each refcounted and
  * swapped atomically. It depends on no other file of the daemon but the log level
- * (serve_log.c); the CLI (cmd_serve.c) only parses the arguments and starts the daemon
- * (serve_daemon.c). */
+ * (serve_log.c) and the loop's wake-up (serve_loop.c); the CLI (cmd_serve.c) only parses the
+ * arguments and starts the daemon (serve_daemon.c). */
 #ifndef IISAN_SERVER_SERVE_STATE_H
 #define IISAN_SERVER_SERVE_STATE_H
 
@@ -35,6 +35,9 @@ typedef struct {
     /* one model load at a time; POST /items holds it while it stores and publishes items */
     pthread_mutex_t load_mu;
     atomic_uint pinned; /* version chosen by a rollback (0: follow the latest) */
+    /* interactions committed since the latest retraining job started (or since startup):
+     * the scheduler's retrain_after (serve_admin.c) */
+    atomic_long since_run;
 } serve_state;
 
 extern serve_state g_srv;
@@ -51,6 +54,10 @@ const serve_config *serve_config_acquire(void);
 void serve_config_release(const serve_config *c);
 int serve_config_set(const serve_config *c);
 void serve_config_clear(void);
+
+/* n interactions were committed (the writer, cluster mode's consumer): counted in
+ * g_srv.since_run, and the scheduler woken (serve_loop.c) */
+void serve_committed(size_t n);
 
 static inline double serve_now(void) { return iisan_now(); } /* monotonic seconds */
 

@@ -71,7 +71,7 @@ static void *writer_main(void *arg) {
         if (!rc) rc = store_ix_append(w->x, buf, n, &seq, err, sizeof err);
         double dt = iisan_now() - t0;
         metrics_commit(n, dt, rc == 0);
-        if (!rc) scheduler_notify(n);
+        if (!rc) serve_committed(n);
         int nt = 0;
         for (ix_ticket *t = first; t; t = t->next)
             nt++;
