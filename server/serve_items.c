@@ -282,6 +282,7 @@ static int job_sent_states(items_job *j) {
  * workspaces), without the model-load lock: 0 or -1 (422, 503, 500; nothing stored) */
 static int job_encode(items_job *j) {
     if (!j->nenc[0] && !j->nenc[1]) return 0;
+    double t0 = serve_now();
     pthread_mutex_lock(&g_enc.mu);
     int rc = 0;
     char eerr[300] = "";
@@ -298,7 +299,11 @@ static int job_encode(items_job *j) {
             bad = i;
         }
     pthread_mutex_unlock(&g_enc.mu);
-    if (!rc) return 0;
+    if (!rc) {
+        log_event("debug", "items_encoded", "text=%d image=%d seconds=%.3f", j->nenc[0], j->nenc[1],
+                  serve_now() - t0);
+        return 0;
+    }
     return job_fail(j,
                     rc == IISAN_EFORMAT    ? 422
                     : rc == IISAN_EBACKEND ? 503

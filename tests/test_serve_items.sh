@@ -4,7 +4,9 @@
 #      spot, recommended and usable in histories, the shape checked against
 #      the store; after kill -9 and a restart the item is still served;
 #   2. a title only, with the tiny committed BERT configured as text_model:
-#      the daemon encodes the title, stores the states and embeds the item;
+#      the daemon encodes the title, stores the states and embeds the item; during a
+#      reload (slowed by IISAN_TEST_LOAD_DELAY_MS) the encoding runs while the load holds
+#      the model-load lock, and the item is published into the new model;
 #   3. an image (base64 JPEG / PNG), with the tiny committed ViT as
 #      image_model: encoded like `iisan encode --images`, corrupt ones refused.
 # Ends with "N passed, N failed".
@@ -105,6 +107,26 @@ req POST /recommend '{"history":["T1","T2"],"k":5}'; jcheck "'warnings' not in d
 req POST /recommend '{"history":["I002"],"k":40,"exclude_history":false}'
 jcheck "{'T1','T2'} <= {i['item_id'] for i in d['items']}" "encoded items recommended"
 stop
+# during a (slowed) reload: the title is encoded while the load holds the model-load lock, the
+# item is stored and embedded once the new model is in, and that model serves it
+cp "$T/serve.conf" "$T/serve.conf.orig"
+printf 'log_level = "debug"\nmax_k = 20\n' >>"$T/serve.conf"
+IISAN_TEST_LOAD_DELAY_MS=2000 start --text-model "$MODEL" || exit 1
+sed -i 's/^max_k = 20$/max_k = 21/' "$T/serve.conf"
+kill -HUP "$PID"
+for _ in $(seq 1 200); do [ "$(grep -c 'event=model_loading' "$LOG")" -ge 2 ] && break; sleep 0.05; done
+req POST /items '{"item_id":"T3","title":"small steel flask"}' "${AUTH[@]}"
+status 200 "POST /items during a reload"
+jcheck "d['items'][0]['encoded'] == ['text'] and d['items'][0]['embedded']" "encoded, and embedded into the new model"
+enc=$(grep -n 'event=items_encoded text=1' "$LOG" | head -1 | cut -d: -f1)
+loaded=$(grep -n 'event=model_loaded' "$LOG" | sed -n 2p | cut -d: -f1)
+posted=$(grep -n 'event=request method=POST path=/items ' "$LOG" | head -1 | cut -d: -f1)
+[ -n "$enc" ] && [ -n "$loaded" ] && [ -n "$posted" ] && [ "$enc" -lt "$loaded" ] && [ "$loaded" -lt "$posted" ] &&
+  ok || bad "encoded during the load (line $enc), answered after it (load done at $loaded, answer at $posted)"
+req GET /items/T3; jcheck "d['in_model']" "the reloaded model serves T3"
+req POST /recommend '{"history":["T3"],"k":21}'; jcheck "'warnings' not in d and len(d['items']) == 21" "T3 as history, k = 21 from the new model"
+stop
+cp "$T/serve.conf.orig" "$T/serve.conf"
 
 # ---- 3. images encoded by the daemon ----
 VIT=tests/golden_encoder/tiny-vit
