@@ -2,7 +2,8 @@
 # No function of the project's own C / CUDA code is longer than MAX lines (150 by default),
 # generated code aside (core/wordpiece_unicode.h). A function starts at a line that begins
 # in column 0 with no leading '#', '/', '}' or space and ends with '{' (clang-format's style:
-# the signature then its brace), and ends at the next line that is exactly '}'. The functions
+# the signature then its brace), or at such a line that opens a signature whose last line
+# (indented) ends with '{', and ends at the next line that is exactly '}'. The functions
 # listed in tests/function_length_allow.txt ("file name cap") may be up to their cap until
 # they are split. Prints "file:line name lines" for each one over, then "N passed, N failed"
 # (one check per file). Run by make test.
@@ -15,8 +16,14 @@ for f in $(git ls-files '*.c' '*.h' '*.cu' '*.cuh' | grep -v '^core/wordpiece_un
     BEGIN { while ((getline l < allow) > 0) { split(l, a, " "); if (a[1] == file) cap[a[2]] = a[3] } }
     /^[A-Za-z_].*\{$/ && !/^(typedef|struct|enum|union|static const|const|extern)[^(]*$/ && !/=/ {
       if (start == 0) { start = NR; sig = $0 }
+      pend = 0
       next
     }
+    # a signature over several lines: its first line opens the parenthesis, the last one ends
+    # with the brace
+    /^[A-Za-z_][^=;]*\([^;]*$/ && !/^(typedef|struct|enum|union|extern)/ { if (start == 0) { pend = NR; psig = $0 }; next }
+    pend && /^[ \t].*\{$/ { start = pend; sig = psig; pend = 0; next }
+    pend && (/;$/ || /^$/ || /^[^ \t]/) { pend = 0 }
     /^}/ { if (start) { n = NR - start + 1; if (n > max) { name = sig; sub(/\(.*/, "", name); k = split(name, w, /[ *]+/); if (!(w[k] in cap) || n > cap[w[k]]) printf "%s:%d %s %d lines\n", file, start, w[k], n } start = 0 } }
   ' "$f")
   if [ -n "$out" ]; then echo "$out"; fail=$((fail+1)); else pass=$((pass+1)); fi
