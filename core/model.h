@@ -117,10 +117,17 @@ void tower_forward(iisan_model *m, const int32_t *items, const uint32_t *cat, in
 void tower_backward(iisan_model *m, int U);
 
 /* pieces tower.c shares with IISAN-Versa's towers (tower_versa.c), on rows r0..r0+R-1 of
- * a D-wide tower: one SAN block forward (ws->in[k] -> ws->h[k]); one block backward, from
- * cur = dL/dh[k] to cur = dL/din[k] (overwritten in place) with its parameter gradients */
+ * a D-wide tower: one SAN block forward (its gate's operands -> ws->in[k] -> ws->h[k]); one
+ * block backward, from cur = dL/dh[k] to cur = dL/din[k] (overwritten in place) with its
+ * parameter gradients */
+/* a SAN block's gate operands (gate_fwd's c, a, b and its scalar p): in = c + s a + (1-s) b */
+typedef struct {
+    const float *c, *a, *b, *gate;
+} tower_gate_in;
+/* one SAN block on rows r0 .. r0+R-1: in = the gate's mix of g, saved in ws->in[k], then
+ * h = in + W_up act(W_down in + b_down) + b_up into ws->h[k] */
 void tower_block_forward(iisan_model *m, const san_block_v *w, tower_ws *ws, int k, int r0, int R,
-                         int D);
+                         int D, const tower_gate_in *g);
 void tower_block_backward(iisan_model *m, const san_block_v *w, const san_block_v *g,
                           const tower_ws *ws, int k, int r0, int R, int D, float *cur);
 /* the batch's heads: M = P_w F_w and c = P_w F_b + P_b per tower (forward); the heads'

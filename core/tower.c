@@ -32,18 +32,18 @@ static void gather_states(iisan_model *m, const uint32_t *cat, int U, const iisa
     }
 }
 
-/* one SAN block on rows r0 .. r0+R-1: h = in + W_up act(W_down in + b_down) + b_up */
 void tower_block_forward(iisan_model *m, const san_block_v *w, tower_ws *ws, int k, int r0, int R,
-                         int D) {
+                         int D, const tower_gate_in *g) {
     iisan_backend *be = m->be;
     const int r = m->c.r;
     const size_t o = (size_t)r0 * D, orr = (size_t)r0 * r;
+    /* in, and h = in + b_up, in one pass */
+    be->gate_bias_fwd(be, ws->in[k] + o, ws->h[k] + o, g->c, g->a, g->b, g->gate, m->c.gate_temp,
+                      w->up_b, R, D);
     be->gemm(be, 0, 1, R, r, D, 1, ws->in[k] + o, D, w->down_w, D, 0, ws->a[k] + orr, r);
     be->add_bias(be, ws->a[k] + orr, r, w->down_b, R, r);
     be->act_fwd(be, m->c.act, ws->act[k] + orr, ws->a[k] + orr, (size_t)R * r);
-    be->copy(be, ws->h[k] + o, ws->in[k] + o, (size_t)R * D * sizeof(float));
     be->gemm(be, 0, 1, R, D, r, 1, ws->act[k] + orr, r, w->up_w, r, 1, ws->h[k] + o, D);
-    be->add_bias(be, ws->h[k] + o, D, w->up_b, R, D);
 }
 
 /* tower t on rows r0 .. r0+R-1, its z into columns off .. off+d-1 of zcat */
@@ -62,18 +62,16 @@ static void rows_forward(iisan_model *m, int t, int r0, int R, int off) {
             prev = ws->h0 + o;
         }
         for (int k = 0; k < c->K; k++) {
-            be->gate_fwd(be, ws->in[k] + o, prev, m->xs[MOD_IMAGE][k] + o, m->xs[MOD_TEXT][k] + o,
-                         w->gate + k, c->gate_temp, RD);
-            tower_block_forward(m, &w->blk[k], ws, k, r0, R, D);
+            tower_gate_in g = {prev, m->xs[MOD_IMAGE][k] + o, m->xs[MOD_TEXT][k] + o, w->gate + k};
+            tower_block_forward(m, &w->blk[k], ws, k, r0, R, D, &g);
             prev = ws->h[k] + o;
         }
     } else {
         int mod = tower_mod(t);
         if (c->remove_first) prev = m->x0[mod] + o;
         for (int k = 0; k < c->K; k++) {
-            be->gate_fwd(be, ws->in[k] + o, NULL, m->xs[mod][k] + o, prev, w->gate + k,
-                         c->gate_temp, RD);
-            tower_block_forward(m, &w->blk[k], ws, k, r0, R, D);
+            tower_gate_in g = {NULL, m->xs[mod][k] + o, prev, w->gate + k};
+            tower_block_forward(m, &w->blk[k], ws, k, r0, R, D, &g);
             prev = ws->h[k] + o;
         }
     }

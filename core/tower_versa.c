@@ -62,7 +62,7 @@ static void versa_rows_forward(iisan_model *m, int t, int r0, int R, int off) {
     iisan_backend *be = m->be;
     const int D = config_tower_width(c, t), K = config_tower_depth(c, t), d = c->d;
     const int ntd = config_ntowers(c) * d;
-    const size_t o = (size_t)r0 * D, RD = (size_t)R * D;
+    const size_t o = (size_t)r0 * D;
     const tower_v *w = &m->pw.tower[t];
     tower_ws *ws = &m->tw[t];
     const float *prev = NULL; /* u_0 = 0 */
@@ -72,12 +72,12 @@ static void versa_rows_forward(iisan_model *m, int t, int r0, int R, int off) {
         if (t == TOWER_INTER) { /* in = u_{k-1} + g v_k + (1 - g) t_k */
             const float *tk, *vk;
             inter_inputs(m, k, r0, R, 1, &tk, &vk);
-            be->gate_fwd(be, ws->in[k] + o, prev, vk, tk, w->gate + k, c->gate_temp, RD);
+            tower_gate_in g = {prev, vk, tk, w->gate + k};
+            tower_block_forward(m, &w->blk[k], ws, k, r0, R, D, &g);
         } else { /* in = g X[s_k] + (1 - g) h_{k-1} */
-            be->gate_fwd(be, ws->in[k] + o, NULL, m->xs[mod][k] + o, prev, w->gate + k,
-                         c->gate_temp, RD);
+            tower_gate_in g = {NULL, m->xs[mod][k] + o, prev, w->gate + k};
+            tower_block_forward(m, &w->blk[k], ws, k, r0, R, D, &g);
         }
-        tower_block_forward(m, &w->blk[k], ws, k, r0, R, D);
         prev = ws->h[k] + o;
     }
     /* z = P(F h_K) = h_K M^T + c */

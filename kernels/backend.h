@@ -110,6 +110,14 @@ struct iisan_backend {
      * a == NULL or b == NULL means zeros. out may equal c. */
     void (*gate_fwd)(iisan_backend *be, float *out, const float *c, const float *a, const float *b,
                      const float *p, float temp, size_t n);
+    /* gate_fwd's mix into out [rows, cols] and, in the same pass, h = out + bias (bias
+     * [cols], added to every row): a SAN block's input and the start of its residual sum
+     * h = in + b_up + up(act(...)) (core/tower.c), one pass where gate_fwd, a copy and
+     * add_bias took three. out may equal c; h overlaps no operand. The backward is
+     * gate_bwd's with bias_grad's. */
+    void (*gate_bias_fwd)(iisan_backend *be, float *out, float *h, const float *c, const float *a,
+                          const float *b, const float *p, float temp, const float *bias, int rows,
+                          int cols);
     /* given dout: da = s*dout, db = (1-s)*dout (OVERWRITE; skipped when NULL),
      * *dp += sum(dout * (a - b)) * s * (1 - s) / temp. (dc == dout: caller's.) */
     void (*gate_bwd)(iisan_backend *be, float *da, float *db, float *dp, const float *dout,

@@ -406,6 +406,29 @@ static void test_gate(void) {
     gpu->gate_fwd(gpu, FG(c), FG(c), FG(a), FG(b), FG(p), temp, n);
     cmp_f("gate_fwd out == c", c, EW_ATOL, EW_RTOL);
 
+    /* the fused gate + residual + bias: out as gate_fwd's, h = out + bias per row */
+    {
+        const int cols = 97, rows = (int)(n / cols);
+        dbuf bias = drandn(cols, 364, 1.0f), h = dput(NULL, n * sizeof(float));
+        for (int m = 0; m < 8; m++) {
+            const float *ac = m & 1 ? FC(a) : NULL, *bc = m & 2 ? FC(b) : NULL,
+                        *cc = m & 4 ? FC(c) : NULL;
+            const float *ag = m & 1 ? FG(a) : NULL, *bg = m & 2 ? FG(b) : NULL,
+                        *cg = m & 4 ? FG(c) : NULL;
+            cpu->gate_bias_fwd(cpu, FC(out), FC(h), cc, ac, bc, FC(p), temp, FC(bias), rows, cols);
+            gpu->gate_bias_fwd(gpu, FG(out), FG(h), cg, ag, bg, FG(p), temp, FG(bias), rows, cols);
+            char what[64];
+            snprintf(what, sizeof what, "gate_bias_fwd out a=%d b=%d c=%d", m & 1, !!(m & 2),
+                     !!(m & 4));
+            cmp_f(what, out, EW_ATOL, EW_RTOL);
+            snprintf(what, sizeof what, "gate_bias_fwd h a=%d b=%d c=%d", m & 1, !!(m & 2),
+                     !!(m & 4));
+            cmp_f(what, h, EW_ATOL, EW_RTOL);
+        }
+        dfree(&bias);
+        dfree(&h);
+    }
+
     /* backward: dp accumulates onto 0.25; da / db each present or NULL; a / b each present
      * or NULL */
     dbuf dout = drandn(n, 363, 1.0f), da = dput(NULL, n * sizeof(float)),

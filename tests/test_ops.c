@@ -649,6 +649,39 @@ static void test_gate(void) {
         bfree(t), bfree(db2), bfree(la), bfree(lb), bfree(ld);
 }
 
+/* the fused gate + residual + bias against its unfused composition (gate_fwd, copy,
+ * add_bias): the same bits, every combination of NULL operands, out == c too */
+static void test_gate_bias(void) {
+    enum { ROWS = 7, COLS = 13, N = ROWS * COLS };
+    float *c = falloc(N), *a = falloc(N), *b = falloc(N), *p = falloc(1), *bias = falloc(COLS);
+    float *out = falloc(N), *h = falloc(N), *wout = falloc(N), *wh = falloc(N);
+    fill(c, N, 110, -1, 1);
+    fill(a, N, 111, -1, 1);
+    fill(b, N, 112, -1, 1);
+    fill(bias, COLS, 113, -1, 1);
+    p[0] = -0.4f;
+    for (int mask = 0; mask < 8; mask++) {
+        const float *cc = mask & 1 ? c : NULL, *aa = mask & 2 ? a : NULL, *bb = mask & 4 ? b : NULL;
+        be->gate_fwd(be, wout, cc, aa, bb, p, 0.5f, N);
+        be->copy(be, wh, wout, N * sizeof *wh);
+        be->add_bias(be, wh, COLS, bias, ROWS, COLS);
+        fill(out, N, 114, -9, 9); /* garbage that must be overwritten */
+        fill(h, N, 115, -9, 9);
+        be->gate_bias_fwd(be, out, h, cc, aa, bb, p, 0.5f, bias, ROWS, COLS);
+        char what[48];
+        snprintf(what, sizeof what, "gate_bias_fwd out, mask %d", mask);
+        check_same(what, out, wout, N);
+        snprintf(what, sizeof what, "gate_bias_fwd h, mask %d", mask);
+        check_same(what, h, wh, N);
+    }
+    memcpy(out, c, N * sizeof *c); /* out == c */
+    be->gate_bias_fwd(be, out, h, out, a, b, p, 0.5f, bias, ROWS, COLS);
+    be->gate_fwd(be, wout, c, a, b, p, 0.5f, N);
+    check_same("gate_bias_fwd out == c", out, wout, N);
+    bfree(c), bfree(a), bfree(b), bfree(p), bfree(bias), bfree(out), bfree(h), bfree(wout),
+        bfree(wh);
+}
+
 /* ----------------------------------------------------------- normalisation */
 
 typedef struct {
@@ -1198,6 +1231,7 @@ int main(int argc, char **argv) {
     RUN(test_act);
     RUN(test_dropout);
     RUN(test_gate);
+    RUN(test_gate_bias);
     RUN(test_layernorm);
     RUN(test_softmax_rows);
     RUN(test_attention);

@@ -48,6 +48,7 @@ enum {
     CPU_OP_DROPOUT_FWD,
     CPU_OP_DROPOUT_BWD,
     CPU_OP_GATE_FWD,
+    CPU_OP_GATE_BIAS_FWD,
     CPU_OP_GATE_BWD,
     CPU_OP_LAYERNORM_FWD,
     CPU_OP_LAYERNORM_BWD,
@@ -109,6 +110,9 @@ void cpu_dropout_bwd(iisan_backend *be, float *dx, const float *dy, size_t n, fl
                      uint64_t seed);
 void cpu_gate_fwd(iisan_backend *be, float *out, const float *c, const float *a, const float *b,
                   const float *p, float temp, size_t n);
+void cpu_gate_bias_fwd(iisan_backend *be, float *out, float *h, const float *c, const float *a,
+                       const float *b, const float *p, float temp, const float *bias, int rows,
+                       int cols);
 void cpu_gate_bwd(iisan_backend *be, float *da, float *db, float *dp, const float *dout,
                   const float *a, const float *b, const float *p, float temp, size_t n);
 

@@ -106,6 +106,7 @@ const iisan_backend cpu_plain = {
     .dropout_fwd = cpu_dropout_fwd,
     .dropout_bwd = cpu_dropout_bwd,
     .gate_fwd = cpu_gate_fwd,
+    .gate_bias_fwd = cpu_gate_bias_fwd,
     .gate_bwd = cpu_gate_bwd,
     .layernorm_fwd = cpu_layernorm_fwd,
     .layernorm_bwd = cpu_layernorm_bwd,

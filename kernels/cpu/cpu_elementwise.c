@@ -127,6 +127,38 @@ void cpu_gate_fwd(iisan_backend *be, float *out, const float *c, const float *a,
     cpu_par(be, n, EW_GRAIN, lin3_range, &g);
 }
 
+typedef struct {
+    float *out, *h;
+    const float *c, *a, *b, *bias;
+    float s;
+    int cols;
+} gate_bias_args;
+
+static CPU_VEC void add_row(float *restrict h, const float *restrict x, const float *restrict bias,
+                            int cols) {
+    for (int j = 0; j < cols; j++)
+        h[j] = x[j] + bias[j];
+}
+
+/* row by row: the row's mix (lin3, as gate_fwd) then, while it is in cache, h */
+static void gate_bias_range(void *va, size_t lo, size_t hi) {
+    const gate_bias_args *g = va;
+    const size_t cols = (size_t)g->cols;
+    for (size_t r = lo; r < hi; r++) {
+        size_t o = r * cols;
+        lin3(g->out + o, g->c ? g->c + o : NULL, g->a ? g->a + o : NULL, g->s,
+             g->b ? g->b + o : NULL, 1.0f - g->s, cols);
+        add_row(g->h + o, g->out + o, g->bias, g->cols);
+    }
+}
+
+void cpu_gate_bias_fwd(iisan_backend *be, float *out, float *h, const float *c, const float *a,
+                       const float *b, const float *p, float temp, const float *bias, int rows,
+                       int cols) {
+    gate_bias_args g = {out, h, c, a, b, bias, iisan_sigmoid(*p / temp), cols};
+    if (rows > 0 && cols > 0) cpu_par(be, (size_t)rows, 8, gate_bias_range, &g);
+}
+
 /* sum_i dout[i] * (x[i] - y[i]) (x or y NULL = zeros) over one block, in 16
  * float lanes; the caller adds the blocks in double so that millions of terms
  * keep their precision */

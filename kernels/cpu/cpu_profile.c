@@ -64,6 +64,10 @@ TIMED(gate_fwd, CPU_OP_GATE_FWD,
       (iisan_backend * be, float *out, const float *c, const float *a, const float *b,
        const float *p, float temp, size_t n),
       (be, out, c, a, b, p, temp, n))
+TIMED(gate_bias_fwd, CPU_OP_GATE_BIAS_FWD,
+      (iisan_backend * be, float *out, float *h, const float *c, const float *a, const float *b,
+       const float *p, float temp, const float *bias, int rows, int cols),
+      (be, out, h, c, a, b, p, temp, bias, rows, cols))
 TIMED(gate_bwd, CPU_OP_GATE_BWD,
       (iisan_backend * be, float *da, float *db, float *dp, const float *dout, const float *a,
        const float *b, const float *p, float temp, size_t n),
@@ -142,6 +146,7 @@ void cpu_profile_install(iisan_backend *be) {
     be->dropout_fwd = t_dropout_fwd;
     be->dropout_bwd = t_dropout_bwd;
     be->gate_fwd = t_gate_fwd;
+    be->gate_bias_fwd = t_gate_bias_fwd;
     be->gate_bwd = t_gate_bwd;
     be->layernorm_fwd = t_layernorm_fwd;
     be->layernorm_bwd = t_layernorm_bwd;

@@ -173,6 +173,9 @@ void cuda_dropout_fwd(iisan_backend *be, float *y, const float *x, size_t n, flo
                       uint64_t seed);
 void cuda_dropout_bwd(iisan_backend *be, float *dx, const float *dy, size_t n, float p,
                       uint64_t seed);
+void cuda_gate_bias_fwd(iisan_backend *be, float *out, float *h, const float *c, const float *a,
+                        const float *b, const float *p, float temp, const float *bias, int rows,
+                        int cols);
 void cuda_gate_fwd(iisan_backend *be, float *out, const float *c, const float *a, const float *b,
                    const float *p, float temp, size_t n);
 void cuda_gate_bwd(iisan_backend *be, float *da, float *db, float *dp, const float *dout,

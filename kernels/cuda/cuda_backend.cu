@@ -283,6 +283,7 @@ extern "C" iisan_backend *iisan_backend_cuda(int device, char *err, size_t errle
     be->dropout_fwd = cuda_dropout_fwd;
     be->dropout_bwd = cuda_dropout_bwd;
     be->gate_fwd = cuda_gate_fwd;
+    be->gate_bias_fwd = cuda_gate_bias_fwd;
     be->gate_bwd = cuda_gate_bwd;
     be->layernorm_fwd = cuda_layernorm_fwd;
     be->layernorm_bwd = cuda_layernorm_bwd;

@@ -194,6 +194,47 @@ void cuda_gate_fwd(iisan_backend *be, float *out, const float *c, const float *a
     LAUNCH(cx, k_gate_fwd, ew_grid(n), EW_THREADS, 0, out, c, a, b, p, temp, n);
 }
 
+/* k_gate_fwd's mix into out and, per element, h = out + bias[column] (the CPU's order) */
+static __global__ void k_gate_bias_fwd(float *out, float *h, const float *c, const float *a,
+                                       const float *b, const float *p, float temp,
+                                       const float *bias, int cols, size_t n) {
+    float s = iisan_sigmoid(*p / temp);
+    float sa = s, sb = 1.0f - s;
+    if (!a) {
+        a = b;
+        sa = sb;
+        b = NULL;
+    }
+    FOR_EACH(i, n) {
+        float v;
+        if (c && a && b)
+            v = c[i] + sa * a[i] + sb * b[i];
+        else if (c && a)
+            v = c[i] + sa * a[i];
+        else if (a && b)
+            v = sa * a[i] + sb * b[i];
+        else if (a)
+            v = sa * a[i];
+        else if (c)
+            v = c[i];
+        else
+            v = 0.0f;
+        out[i] = v;
+        h[i] = v + bias[i % cols];
+    }
+}
+
+void cuda_gate_bias_fwd(iisan_backend *be, float *out, float *h, const float *c, const float *a,
+                        const float *b, const float *p, float temp, const float *bias, int rows,
+                        int cols) {
+    if (rows <= 0 || cols <= 0) return;
+    CUDA_OP(be);
+    cuda_ctx *cx = cuda_enter(be);
+    size_t n = (size_t)rows * cols;
+    LAUNCH(cx, k_gate_bias_fwd, ew_grid(n), EW_THREADS, 0, out, h, c, a, b, p, temp, bias, cols,
+           n);
+}
+
 /* da = s dout, db = (1 - s) dout (when wanted) and, per block, the partial sum of
  * dout (a - b) in double. a, b and dout of element i are read before its da / db are
  * written, so da / db may alias them. */
