@@ -40,10 +40,10 @@ void tower_block_forward(iisan_model *m, const san_block_v *w, tower_ws *ws, int
     /* in, and h = in + b_up, in one pass */
     be->gate_bias_fwd(be, ws->in[k] + o, ws->h[k] + o, g->c, g->a, g->b, g->gate, m->c.gate_temp,
                       w->up_b, R, D);
-    be->gemm(be, 0, 1, R, r, D, 1, ws->in[k] + o, D, w->down_w, D, 0, ws->a[k] + orr, r);
+    be->gemm_mixed(be, 0, 1, R, r, D, 1, ws->in[k] + o, D, w->down_w, D, 0, ws->a[k] + orr, r);
     be->add_bias(be, ws->a[k] + orr, r, w->down_b, R, r);
     be->act_fwd(be, m->c.act, ws->act[k] + orr, ws->a[k] + orr, (size_t)R * r);
-    be->gemm(be, 0, 1, R, D, r, 1, ws->act[k] + orr, r, w->up_w, r, 1, ws->h[k] + o, D);
+    be->gemm_mixed(be, 0, 1, R, D, r, 1, ws->act[k] + orr, r, w->up_w, r, 1, ws->h[k] + o, D);
 }
 
 /* tower t on rows r0 .. r0+R-1, its z into columns off .. off+d-1 of zcat */
@@ -77,7 +77,7 @@ static void rows_forward(iisan_model *m, int t, int r0, int R, int off) {
     }
     /* z = P(F h_K) = h_K M^T + c */
     float *z = m->zcat + (size_t)r0 * ntd + off;
-    be->gemm(be, 0, 1, R, d, D, 1, ws->h[c->K - 1] + o, D, ws->M, D, 0, z, ntd);
+    be->gemm_mixed(be, 0, 1, R, d, D, 1, ws->h[c->K - 1] + o, D, ws->M, D, 0, z, ntd);
     be->add_bias(be, z, ntd, ws->c, R, d);
 }
 
@@ -92,7 +92,7 @@ void tower_heads_forward(iisan_model *m) {
         tower_ws *ws = &m->tw[t];
         int fo, di;
         params_head_dims(c, t, &fo, &di);
-        be->gemm(be, 0, 0, d, di, fo, 1, w->proj_w, fo, w->fc_w, di, 0, ws->M, di);
+        be->gemm_mixed(be, 0, 0, d, di, fo, 1, w->proj_w, fo, w->fc_w, di, 0, ws->M, di);
         be->gemm(be, 0, 0, d, 1, fo, 1, w->proj_w, fo, w->fc_b, 1, 0, ws->c, 1);
         be->axpby(be, d, 1, w->proj_b, 1, ws->c);
     }
@@ -139,12 +139,12 @@ void tower_block_backward(iisan_model *m, const san_block_v *bw, const san_block
     const size_t o = (size_t)r0 * D, orr = (size_t)r0 * r;
     /* h = in + up(act(down(in))) */
     be->bias_grad(be, bg->up_b, cur, D, R, D);
-    be->gemm(be, 1, 0, D, r, R, 1, cur, D, ws->act[k] + orr, r, 1, bg->up_w, r);
-    be->gemm(be, 0, 0, R, r, D, 1, cur, D, bw->up_w, r, 0, m->dact, r);
+    be->gemm_mixed(be, 1, 0, D, r, R, 1, cur, D, ws->act[k] + orr, r, 1, bg->up_w, r);
+    be->gemm_mixed(be, 0, 0, R, r, D, 1, cur, D, bw->up_w, r, 0, m->dact, r);
     be->act_bwd(be, m->c.act, m->dpre, m->dact, ws->a[k] + orr, (size_t)R * r);
     be->bias_grad(be, bg->down_b, m->dpre, r, R, r);
-    be->gemm(be, 1, 0, r, D, R, 1, m->dpre, r, ws->in[k] + o, D, 1, bg->down_w, D);
-    be->gemm(be, 0, 0, R, D, r, 1, m->dpre, r, bw->down_w, D, 1, cur, D); /* d in */
+    be->gemm_mixed(be, 1, 0, r, D, R, 1, m->dpre, r, ws->in[k] + o, D, 1, bg->down_w, D);
+    be->gemm_mixed(be, 0, 0, R, D, r, 1, m->dpre, r, bw->down_w, D, 1, cur, D); /* d in */
 }
 
 /* tower t's backward on rows r0 .. r0+R-1 from dz (columns off.. of dzcat):
@@ -159,10 +159,10 @@ static void rows_backward(iisan_model *m, int t, int r0, int R, int off) {
     tower_ws *ws = &m->tw[t];
     const float *dz = m->dzcat + (size_t)r0 * ntd + off;
     /* heads: dM += dz^T h_K, dc += colsum dz, dh_K = dz M */
-    be->gemm(be, 1, 0, d, D, R, 1, dz, ntd, ws->h[c->K - 1] + o, D, 1, ws->dM, D);
+    be->gemm_mixed(be, 1, 0, d, D, R, 1, dz, ntd, ws->h[c->K - 1] + o, D, 1, ws->dM, D);
     be->bias_grad(be, ws->dc, dz, ntd, R, d);
     float *cur = m->dh[0], *other = m->dh[1];
-    be->gemm(be, 0, 0, R, D, d, 1, dz, ntd, ws->M, D, 0, cur, D);
+    be->gemm_mixed(be, 0, 0, R, D, d, 1, dz, ntd, ws->M, D, 0, cur, D);
     int mod = tower_mod(t);
     for (int k = c->K - 1; k >= 0; k--) {
         tower_block_backward(m, &w->blk[k], &g->blk[k], ws, k, r0, R, D, cur);
@@ -235,9 +235,9 @@ void tower_heads_backward(iisan_model *m) {
         const tower_ws *ws = &m->tw[t];
         int fo, di;
         params_head_dims(c, t, &fo, &di);
-        be->gemm(be, 0, 1, d, fo, di, 1, ws->dM, di, w->fc_w, di, 1, g->proj_w, fo);
+        be->gemm_mixed(be, 0, 1, d, fo, di, 1, ws->dM, di, w->fc_w, di, 1, g->proj_w, fo);
         be->ger(be, d, fo, 1, ws->dc, w->fc_b, g->proj_w);
-        be->gemm(be, 1, 0, fo, di, d, 1, w->proj_w, fo, ws->dM, di, 1, g->fc_w, di);
+        be->gemm_mixed(be, 1, 0, fo, di, d, 1, w->proj_w, fo, ws->dM, di, 1, g->fc_w, di);
         be->gemm(be, 1, 0, fo, 1, d, 1, w->proj_w, fo, ws->dc, 1, 1, g->fc_b, 1);
         be->axpby(be, d, 1, ws->dc, 1, g->proj_b);
     }

@@ -82,7 +82,7 @@ static void versa_rows_forward(iisan_model *m, int t, int r0, int R, int off) {
     }
     /* z = P(F h_K) = h_K M^T + c */
     float *z = m->zcat + (size_t)r0 * ntd + off;
-    be->gemm(be, 0, 1, R, d, D, 1, ws->h[K - 1] + o, D, ws->M, D, 0, z, ntd);
+    be->gemm_mixed(be, 0, 1, R, d, D, 1, ws->h[K - 1] + o, D, ws->M, D, 0, z, ntd);
     be->add_bias(be, z, ntd, ws->c, R, d);
 }
 
@@ -132,10 +132,10 @@ static void versa_rows_backward(iisan_model *m, int t, int r0, int R, int off) {
     tower_ws *ws = &m->tw[t];
     const float *dz = m->dzcat + (size_t)r0 * ntd + off;
     /* heads: dM += dz^T h_K, dc += colsum dz, dh_K = dz M */
-    be->gemm(be, 1, 0, d, D, R, 1, dz, ntd, ws->h[K - 1] + o, D, 1, ws->dM, D);
+    be->gemm_mixed(be, 1, 0, d, D, R, 1, dz, ntd, ws->h[K - 1] + o, D, 1, ws->dM, D);
     be->bias_grad(be, ws->dc, dz, ntd, R, d);
     float *cur = m->dh[0], *other = m->dh[1];
-    be->gemm(be, 0, 0, R, D, d, 1, dz, ntd, ws->M, D, 0, cur, D);
+    be->gemm_mixed(be, 0, 0, R, D, d, 1, dz, ntd, ws->M, D, 0, cur, D);
     const int mod = t == TOWER_TEXT ? MOD_TEXT : MOD_IMAGE;
     for (int k = K - 1; k >= 0; k--) {
         tower_block_backward(m, &w->blk[k], &g->blk[k], ws, k, r0, R, D, cur);

@@ -22,6 +22,9 @@
 
 enum iisan_act { IISAN_ACT_RELU = 0, IISAN_ACT_GELU = 1 };
 
+/* the precision of gemm_mixed (set_precision): fp32, or bf16 inputs with fp32 accumulation */
+enum iisan_precision { IISAN_PREC_FP32 = 0, IISAN_PREC_BF16 = 1 };
+
 typedef struct iisan_backend iisan_backend;
 
 /* time spent inside one op (see op_times) */
@@ -39,6 +42,9 @@ typedef struct {
     /* ops called from several threads run at once; 0: they queue on one device stream, so a
      * second thread (an inference context, a batch thread) adds nothing */
     int parallel_ops;
+    /* set_precision(IISAN_PREC_BF16) succeeds: gemm_mixed can round its inputs to bf16 and
+     * sum in fp32 at a higher rate than gemm (CPU: AVX512-BF16) */
+    int bf16;
 } iisan_backend_caps;
 
 struct iisan_backend {
@@ -75,6 +81,16 @@ struct iisan_backend {
      * op(B) is [K,N]. */
     void (*gemm)(iisan_backend *be, int ta, int tb, int M, int N, int K, float alpha,
                  const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
+    /* As gemm, for the products that may run in the training precision (the SAN blocks and
+     * the heads): in IISAN_PREC_BF16, op(A) and op(B) are rounded to bf16 (round to nearest
+     * even) and their products summed in fp32; C, alpha and beta stay fp32. In fp32 (the
+     * default) it is gemm. core/ calls it without knowing the precision. */
+    void (*gemm_mixed)(iisan_backend *be, int ta, int tb, int M, int N, int K, float alpha,
+                       const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                       int ldc);
+    /* Sets gemm_mixed's precision (IISAN_PREC_*) for every later call. Returns 0, or -1 with
+     * the reason in err (the backend or this CPU cannot run it; the precision is unchanged). */
+    int (*set_precision)(iisan_backend *be, int precision, char *err, size_t len);
     /* batch independent GEMMs; matrix i starts at A + i*sa, B + i*sb, C + i*sc */
     void (*gemm_batched)(iisan_backend *be, int ta, int tb, int M, int N, int K, float alpha,
                          const float *A, int lda, long sa, const float *B, int ldb, long sb,
@@ -208,5 +224,7 @@ iisan_backend *iisan_backend_cpu(int nthreads);
 /* the threads the CPU backend's own ops run on (its worker pool, the caller's thread
  * included): nthreads, or every core when 0 */
 int iisan_backend_cpu_threads(const iisan_backend *be);
+/* caps.bf16 of the CPU backend: the CPU has AVX512-BF16 (kernels/cpu/cpu_bf16.c), unless the
+ * test hook IISAN_CPU_NO_BF16=1 is in the environment, which makes it answer as a CPU without. */
 
 #endif

@@ -12,6 +12,10 @@
  * state 2,048 -> 384. make bench-train runs both, as separate processes, so
  * that each peak RSS is its own.
  *
+ * `bench_train [versa] bf16` runs the SAN and head GEMMs in bf16 (--precision bf16; CPUs with
+ * AVX512-BF16) and prints the bf16 GEMM rate beside the sgemm rate; the floor is then the
+ * epoch's work at the bf16 rate.
+ *
  * Prints seconds per epoch (median), sequences and item encodings per
  * second, peak RSS against the hidden-state store's size, trainable
  * parameters, and the GEMM floor: the epoch's multiply-add work divided by
@@ -42,7 +46,7 @@ static void hook(void *arg, const epoch_report *r) {
 }
 
 /* seconds inside the ops per epoch, from the backend's counters: GEMM (gemm, gemm_batched,
- * ger) into *gemm; prints the non-GEMM ops taking most, at least 1% of the epoch */
+ * gemm_mixed, ger) into *gemm; prints the non-GEMM ops taking most, at least 1% of the epoch */
 typedef struct {
     iisan_op_time t[64];
     int n;
@@ -61,8 +65,7 @@ static double op_since(const op_snapshot *a, const op_snapshot *b, int i) {
 static double op_breakdown(const op_snapshot *a, const op_snapshot *b, int epochs, double epoch_s) {
     double gemm = 0;
     for (int i = 0; i < b->n; i++)
-        if (!strcmp(b->t[i].op, "gemm") || !strcmp(b->t[i].op, "gemm_batched") ||
-            !strcmp(b->t[i].op, "ger"))
+        if (!strncmp(b->t[i].op, "gemm", 4) || !strcmp(b->t[i].op, "ger"))
             gemm += op_since(a, b, i) / epochs;
     printf("  non-GEMM ops, s/epoch:");
     int shown[64] = {0};
@@ -78,6 +81,35 @@ static double op_breakdown(const op_snapshot *a, const op_snapshot *b, int epoch
     }
     printf("\n");
     return gemm;
+}
+
+/* bench_train bf16: gemm_mixed in bf16, its GFLOP/s on the same SAN shapes as the sgemm rate
+ * (640 x 64 x D and 640 x D x 64, best of 20 rounds of 5); exits when this CPU cannot */
+static double bf16_rate(iisan_backend *be, int D) {
+    char err[256];
+    if (be->set_precision(be, IISAN_PREC_BF16, err, sizeof err)) {
+        fprintf(stderr, "bench: %s\n", err);
+        exit(1);
+    }
+    const int U = 640, R = 64;
+    float *a = be->alloc(be, (size_t)U * D * 4), *w = be->alloc(be, (size_t)R * D * 4),
+          *o = be->alloc(be, (size_t)U * R * 4), *h = be->alloc(be, (size_t)U * D * 4);
+    for (size_t i = 0; i < (size_t)U * D; i++)
+        a[i] = (float)(i % 13) * 0.01f;
+    for (size_t i = 0; i < (size_t)R * D; i++)
+        w[i] = (float)(i % 7) * 0.01f;
+    double best = 1e30;
+    for (int rep = 0; rep < 20; rep++) {
+        double t = iisan_now();
+        for (int it = 0; it < 5; it++) {
+            be->gemm_mixed(be, 0, 1, U, R, D, 1, a, D, w, D, 0, o, R);
+            be->gemm_mixed(be, 0, 1, U, D, R, 1, o, R, w, R, 1, h, D);
+        }
+        t = iisan_now() - t;
+        if (rep > 0 && t < best) best = t;
+    }
+    be->free(be, a), be->free(be, w), be->free(be, o), be->free(be, h);
+    return 5 * 2 * 2.0 * U * R * D / best / 1e9;
 }
 
 /* distinct items per batch, counted once over an epoch's batches; *slots gets all slots */
@@ -152,6 +184,8 @@ int main(int argc, char **argv) {
     if (blas_refuse_generic(&bi, "bench-train")) return 3;
     int versa = argc > 1 && !strcmp(argv[1], "versa");
     if (versa) argc--, argv++;
+    int bf16 = argc > 1 && !strcmp(argv[1], "bf16"); /* the SAN and head GEMMs in bf16 */
+    if (bf16) argc--, argv++;
     const char *users = argc > 1 ? argv[1] : "../shared/data/amazon/scientific/users.tsv";
     int epochs = argc > 2 ? atoi(argv[2]) : 3;
     if (epochs < 1 || epochs > 64) epochs = 3;
@@ -177,6 +211,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     double gflops = blas_sgemm_rate(D[0], 1.0); /* the floor's rate, on this width */
+    double bf16_gflops = bf16 ? bf16_rate(be, D[0]) : 0, floor_gflops = bf16 ? bf16_gflops : gflops;
     store_reader *r;
     store_reader_begin(s, &r);
     iisan_states st = states_from_reader(r);
@@ -192,21 +227,25 @@ int main(int argc, char **argv) {
     qsort(epoch_times, n_epochs, sizeof(double), cmp_d);
     double med = epoch_times[n_epochs / 2];
     long slots, distinct = distinct_items(&ds, &slots);
-    double floor_s = epoch_flop(&c, distinct, (ds.n_users + 63) / 64) / (gflops * 1e9);
+    double floor_s = epoch_flop(&c, distinct, (ds.n_users + 63) / 64) / (floor_gflops * 1e9);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     double rss_mib = ru.ru_maxrss / 1024.0;
-    printf("bench-train %s (text %d x %d, image %d x %d): %d epochs, median %.2f s/epoch (min "
-           "%.2f, max %.2f)\n",
-           name, NS[0], D[0], NS[1], D[1], n_epochs, med, epoch_times[0],
+    printf("bench-train %s %s (text %d x %d, image %d x %d): %d epochs, median %.2f s/epoch "
+           "(min %.2f, max %.2f)\n",
+           name, bf16 ? "bf16" : "fp32", NS[0], D[0], NS[1], D[1], n_epochs, med, epoch_times[0],
            epoch_times[n_epochs - 1]);
     printf("  %.0f sequences/s, %.0f item encodings/s (%ld distinct item-batches of %ld slots)\n",
            ds.n_users / med, distinct / med, distinct, slots);
     printf("  peak RSS %.0f MiB for a %.0f MiB hidden-state store (%.2fx)\n", rss_mib, store_mib,
            rss_mib / store_mib);
     printf("  %zu trainable parameters\n", model_param_count(m));
-    printf("  sgemm %.1f GFLOP/s on the SAN shapes: GEMM floor %.2f s/epoch, epoch/floor %.2fx\n",
-           gflops, floor_s, med / floor_s);
+    if (bf16)
+        printf("  bf16 GEMM %.1f GFLOP/s beside sgemm %.1f on the SAN shapes (%.2fx): ",
+               bf16_gflops, gflops, bf16_gflops / gflops);
+    else
+        printf("  sgemm %.1f GFLOP/s on the SAN shapes: ", gflops);
+    printf("GEMM floor %.2f s/epoch, epoch/floor %.2fx\n", floor_s, med / floor_s);
     double gemm_s = op_breakdown(&ops0, &ops1, n_epochs, mean_s), rest_s = mean_s - gemm_s;
     printf("  time in GEMM %.2f s/epoch, the rest %.2f s/epoch = %.2fx the floor (mean of %d "
            "epochs, %d threads)\n",
@@ -217,10 +256,11 @@ int main(int argc, char **argv) {
            "\"epochs\":%d,\"seconds_per_epoch\":%.3f,\"sequences_per_s\":%.1f,"
            "\"items_per_s\":%.1f,\"peak_rss_mib\":%.1f,\"state_store_mib\":%.1f,"
            "\"params\":%zu,\"sgemm_gflops\":%.2f,\"floor_seconds\":%.3f,"
-           "\"gemm_seconds\":%.3f,\"rest_seconds\":%.3f,%s}\n",
+           "\"gemm_seconds\":%.3f,\"rest_seconds\":%.3f,\"precision\":\"%s\","
+           "\"bf16_gflops\":%.2f,%s}\n",
            versa ? "versa" : "iisan", NS[0], D[0], NS[1], D[1], n_epochs, med, ds.n_users / med,
            distinct / med, rss_mib, store_mib, model_param_count(m), gflops, floor_s, gemm_s,
-           rest_s, line);
+           rest_s, bf16 ? "bf16" : "fp32", bf16_gflops, line);
     model_destroy(m);
     be->destroy(be);
     dataset_free(&ds);

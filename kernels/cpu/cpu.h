@@ -39,6 +39,7 @@ void cpu_pool_for(cpu_pool *p, size_t n, size_t grain, cpu_range_fn fn, void *ar
 enum {
     CPU_OP_GEMM,
     CPU_OP_GEMM_BATCHED,
+    CPU_OP_GEMM_MIXED,
     CPU_OP_GER,
     CPU_OP_AXPBY,
     CPU_OP_ADD_BIAS,
@@ -81,6 +82,7 @@ typedef struct {
     _Atomic int failures; /* failures counted since it fired */
     cpu_pool *pool;
     cpu_prof prof;
+    int precision; /* gemm_mixed's: IISAN_PREC_* */
 } cpu_ctx;
 /* the table without timing: what the timed wrappers call */
 extern const iisan_backend cpu_plain;
@@ -101,6 +103,12 @@ void cpu_add_bias(iisan_backend *be, float *x, int ldx, const float *bias, int r
 void cpu_bias_grad(iisan_backend *be, float *dbias, const float *dy, int ldy, int rows, int cols);
 void cpu_ger(iisan_backend *be, int M, int N, float alpha, const float *x, const float *y,
              float *A);
+
+/* ---- cpu_bf16.c (kernels/cpu/cpu_bf16.h): gemm_mixed and set_precision ---- */
+void cpu_gemm_mixed(iisan_backend *be, int ta, int tb, int M, int N, int K, float alpha,
+                    const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                    int ldc);
+int cpu_set_precision(iisan_backend *be, int precision, char *err, size_t len);
 
 /* ---- cpu_elementwise.c ---- */
 void cpu_act_fwd(iisan_backend *be, int act, float *y, const float *x, size_t n);

@@ -10,6 +10,7 @@
 #include <cblas.h>
 
 #include "kernels/cpu/cpu.h"
+#include "kernels/cpu/cpu_bf16.h"
 
 #define CPU_ALIGN 64
 
@@ -96,6 +97,8 @@ const iisan_backend cpu_plain = {
     .zero = cpu_zero,
     .sync = cpu_sync,
     .gemm = cpu_gemm,
+    .gemm_mixed = cpu_gemm_mixed,
+    .set_precision = cpu_set_precision,
     .gemm_batched = cpu_gemm_batched,
     .axpby = cpu_axpby,
     .add_bias = cpu_add_bias,
@@ -134,6 +137,7 @@ iisan_backend *iisan_backend_cpu(int nthreads) {
     }
     *be = cpu_plain;
     be->ctx = cx;
+    be->caps.bf16 = bf16_supported();
     if (nthreads > 0) openblas_set_num_threads(nthreads);
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     if (!(cx->pool = cpu_pool_create(nthreads > 0 ? nthreads : cores > 0 ? (int)cores : 1))) {

@@ -7,12 +7,14 @@
 #include "kernels/cpu/cpu.h"
 
 static const char *const op_name[CPU_N_OPS] = {
-    "gemm",         "gemm_batched",     "ger",           "axpby",         "add_bias",
-    "bias_grad",    "act_fwd",          "act_bwd",       "dropout_fwd",   "dropout_bwd",
-    "gate_fwd",     "gate_bwd",         "layernorm_fwd", "layernorm_bwd", "attention_fwd",
-    "softmax_rows", "attention_bwd",    "inbatch_ce",    "adam",          "gather_half",
-    "gather_rows",  "scatter_add_rows", "rank_targets",  "topk",          "copy",
-    "zero",         "upload",           "download"};
+    "gemm",          "gemm_batched", "gemm_mixed",    "ger",
+    "axpby",         "add_bias",     "bias_grad",     "act_fwd",
+    "act_bwd",       "dropout_fwd",  "dropout_bwd",   "gate_fwd",
+    "gate_bias_fwd", "gate_bwd",     "layernorm_fwd", "layernorm_bwd",
+    "attention_fwd", "softmax_rows", "attention_bwd", "inbatch_ce",
+    "adam",          "gather_half",  "gather_rows",   "scatter_add_rows",
+    "rank_targets",  "topk",         "copy",          "zero",
+    "upload",        "download"};
 
 static void count(iisan_backend *be, int op, double t0) {
     cpu_prof *p = &((cpu_ctx *)be->ctx)->prof;
@@ -37,6 +39,10 @@ TIMED(gemm_batched, CPU_OP_GEMM_BATCHED,
        int lda, long sa, const float *B, int ldb, long sb, float beta, float *C, int ldc, long sc,
        int batch),
       (be, ta, tb, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc, sc, batch))
+TIMED(gemm_mixed, CPU_OP_GEMM_MIXED,
+      (iisan_backend * be, int ta, int tb, int M, int N, int K, float alpha, const float *A,
+       int lda, const float *B, int ldb, float beta, float *C, int ldc),
+      (be, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
 TIMED(ger, CPU_OP_GER,
       (iisan_backend * be, int M, int N, float alpha, const float *x, const float *y, float *A),
       (be, M, N, alpha, x, y, A))
@@ -136,6 +142,7 @@ static int op_times(iisan_backend *be, iisan_op_time *out, int max) {
 
 void cpu_profile_install(iisan_backend *be) {
     be->gemm = t_gemm;
+    be->gemm_mixed = t_gemm_mixed;
     be->gemm_batched = t_gemm_batched;
     be->ger = t_ger;
     be->axpby = t_axpby;

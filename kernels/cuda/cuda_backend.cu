@@ -177,6 +177,15 @@ static void cuda_sync(iisan_backend *be) {
     CK(cudaDeviceSynchronize());
 }
 
+/* bf16 is CPU-only for now: cuBLAS would need bf16 copies of the operands (cublasGemmEx,
+ * CUDA_R_16BF, CUBLAS_COMPUTE_32F) that no op keeps yet */
+static int cuda_set_precision(iisan_backend *be, int precision, char *err, size_t len) {
+    if (precision == IISAN_PREC_FP32) return 0;
+    if (err && len)
+        snprintf(err, len, "bf16 is CPU-only for now: the cuda backend runs fp32 (--precision fp32)");
+    return -1;
+}
+
 static void cuda_destroy(iisan_backend *be) {
     if (!be) return;
     cuda_ctx *cx = (cuda_ctx *)be->ctx;
@@ -273,6 +282,8 @@ extern "C" iisan_backend *iisan_backend_cuda(int device, char *err, size_t errle
     be->zero = cuda_zero;
     be->sync = cuda_sync;
     be->gemm = cuda_gemm;
+    be->gemm_mixed = cuda_gemm; /* fp32 only: set_precision refuses bf16 */
+    be->set_precision = cuda_set_precision;
     be->gemm_batched = cuda_gemm_batched;
     be->axpby = cuda_axpby;
     be->add_bias = cuda_add_bias;

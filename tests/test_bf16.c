@@ -1,0 +1,232 @@
+/* The bf16 GEMM (kernels/cpu/cpu_bf16.c, gemm_mixed in IISAN_PREC_BF16) against fp32, and
+ * the setting's refusal on a CPU without AVX512-BF16 (the IISAN_CPU_NO_BF16 hook). On such a
+ * CPU the kernel checks are skipped, said on stderr, and the refusal is checked alone.
+ *
+ * Tolerances. bf16 keeps 8 significant bits: rounding to nearest, |bf16(x) - x| <= u |x| with
+ * u = 2^-8. A product of two rounded inputs is exact in fp32 (8 + 8 bits) and off the exact
+ * a b by at most (2u + u^2) |a b|; summing K of them in fp32 (unit roundoff e = 2^-24) adds at
+ * most (K + 2) e times the sum of their magnitudes (the K - 1 additions, alpha's product and
+ * the add into C). So, elementwise,
+ *   |C - C_exact| <= ((2u + u^2)(1 + (K + 2) e) + (K + 2) e) |alpha| (|A| |B|)_ij
+ *                    + 2 e |beta C0_ij|,
+ * checked against a double reference. Inputs that are small integers are exact in bf16 and
+ * their sums exact in fp32: there the result must equal the reference exactly, which checks
+ * every index of the packing and the tiles. */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/backend.h"
+#include "kernels/rng.h"
+#include "tests/test.h"
+
+static iisan_backend *be;
+
+static float *falloc(size_t n) { return be->alloc(be, (n ? n : 1) * sizeof(float)); }
+
+/* C = alpha op(A) op(B) + beta C0 in double, and |alpha| |op(A)| |op(B)| into mag */
+static void ref_gemm(int ta, int tb, int M, int N, int K, double alpha, const float *A, int lda,
+                     const float *B, int ldb, double beta, const float *C0, int ldc, double *C,
+                     double *mag) {
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            double s = 0.0, m = 0.0;
+            for (int k = 0; k < K; k++) {
+                double a = ta ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k];
+                double b = tb ? B[(size_t)j * ldb + k] : B[(size_t)k * ldb + j];
+                s += a * b;
+                m += fabs(a * b);
+            }
+            double c0 = C0[(size_t)i * ldc + j];
+            C[(size_t)i * ldc + j] = alpha * s + (beta != 0.0 ? beta * c0 : 0.0);
+            mag[(size_t)i * ldc + j] = fabs(alpha) * m;
+        }
+}
+
+typedef struct {
+    int ta, tb, M, N, K, pad;
+    float alpha, beta;
+} gcase;
+
+typedef struct {
+    int bad;           /* elements past the bound (or, for integers, not exact) */
+    double worst;      /* largest |err| / bound */
+    double max_rel;    /* largest |err| / (|alpha| |A||B|) */
+    size_t differ_f32; /* elements where gemm_mixed's result differs from gemm's */
+} gstats;
+
+/* one case: integers in [-4, 4] (exact) or uniform floats in [-1, 1); C starts as NaN when
+ * beta == 0 (must not be read), else random; padding columns of C must stay untouched */
+static gstats run_case(const gcase *g, int ints, uint64_t seed) {
+    int lda = (g->ta ? g->M : g->K) + g->pad, ldb = (g->tb ? g->K : g->N) + g->pad + 1,
+        ldc = g->N + g->pad + 2;
+    size_t na = (size_t)(g->ta ? g->K : g->M) * lda, nb = (size_t)(g->tb ? g->N : g->K) * ldb,
+           nc = (size_t)g->M * ldc;
+    float *A = falloc(na), *B = falloc(nb), *C = falloc(nc), *C0 = falloc(nc), *F = falloc(nc);
+    double *want = calloc(nc, sizeof *want), *mag = calloc(nc, sizeof *mag);
+    for (size_t i = 0; i < na; i++)
+        A[i] = ints ? (float)(iisan_rng_u64(seed, i) % 9) - 4 : 2 * iisan_rng_uniform(seed, i) - 1;
+    for (size_t i = 0; i < nb; i++)
+        B[i] = ints ? (float)(iisan_rng_u64(seed + 1, i) % 9) - 4
+                    : 2 * iisan_rng_uniform(seed + 1, i) - 1;
+    for (size_t i = 0; i < nc; i++)
+        C0[i] = g->beta == 0.0f && i % (size_t)ldc < (size_t)g->N
+                    ? NAN
+                    : (ints ? (float)(iisan_rng_u64(seed + 2, i) % 9) - 4
+                            : 2 * iisan_rng_uniform(seed + 2, i) - 1);
+    memcpy(C, C0, nc * sizeof *C);
+    memcpy(F, C0, nc * sizeof *F);
+    ref_gemm(g->ta, g->tb, g->M, g->N, g->K, g->alpha, A, lda, B, ldb, g->beta, C0, ldc, want, mag);
+    be->gemm_mixed(be, g->ta, g->tb, g->M, g->N, g->K, g->alpha, A, lda, B, ldb, g->beta, C, ldc);
+    be->gemm(be, g->ta, g->tb, g->M, g->N, g->K, g->alpha, A, lda, B, ldb, g->beta, F, ldc);
+    const double u = 1.0 / 256, e = 1.0 / 16777216, ke = (g->K + 2) * e;
+    gstats st = {0};
+    for (int i = 0; i < g->M; i++)
+        for (int j = 0; j < ldc; j++) {
+            size_t x = (size_t)i * ldc + j;
+            if (j >= g->N) { /* padding */
+                st.bad += memcmp(&C[x], &C0[x], sizeof(float)) != 0;
+                continue;
+            }
+            double err = fabs(C[x] - want[x]);
+            double bound = ints ? 0.0
+                                : ((2 * u + u * u) * (1 + ke) + ke) * mag[x] +
+                                      (g->beta != 0.0f ? 2 * e * fabs(g->beta * C0[x]) : 0);
+            if (!(err <= bound)) st.bad++; /* NaN too */
+            if (bound > 0 && err / bound > st.worst) st.worst = err / bound;
+            if (mag[x] > 0 && err / mag[x] > st.max_rel) st.max_rel = err / mag[x];
+            st.differ_f32 += C[x] != F[x];
+        }
+    be->free(be, A), be->free(be, B), be->free(be, C), be->free(be, C0), be->free(be, F);
+    free(want), free(mag);
+    return st;
+}
+
+static const gcase cases[] = {
+    /* the SAN block's shapes as core/tower.c calls them (R = 640, D = 768, r = 64) */
+    {0, 1, 640, 64, 768, 0, 1, 0}, /* down: in . W_down^T */
+    {0, 1, 640, 768, 64, 0, 1, 1}, /* up: h += act . W_up^T */
+    {1, 0, 768, 64, 640, 0, 1, 1}, /* dW_up += dh^T . act */
+    {0, 0, 640, 64, 768, 0, 1, 0}, /* d act = dh . W_up */
+    {1, 0, 64, 768, 640, 0, 1, 1}, /* dW_down += dpre^T . in */
+    {0, 0, 640, 768, 64, 0, 1, 1}, /* d in += dpre . W_down */
+    {0, 0, 64, 384, 768, 0, 1, 0}, /* a head's M = P_w F_w */
+    /* edges: one element, K odd, M not a multiple of 12, N not of 32, K past one block */
+    {0, 0, 1, 1, 1, 0, 1, 0},
+    {0, 1, 1, 1, 2, 1, 1, 1},
+    {1, 1, 13, 7, 5, 3, 0.5f, 2},
+    {1, 0, 25, 33, 3, 2, -1.5f, 0},
+    {0, 1, 12, 32, 257, 0, 2, -1},
+    {1, 1, 37, 65, 301, 5, 1, 0.5f},
+    {0, 0, 11, 31, 255, 1, 0.25f, 0},
+    {1, 0, 70, 17, 1, 0, 1, 1},
+};
+#define NCASES (int)(sizeof cases / sizeof cases[0])
+
+static void describe(char *out, size_t cap, const gcase *g, const char *what) {
+    snprintf(out, cap, "%s ta=%d tb=%d %dx%dx%d pad %d alpha %g beta %g", what, g->ta, g->tb, g->M,
+             g->N, g->K, g->pad, g->alpha, g->beta);
+}
+
+static void test_bf16_exact_ints(void) {
+    char what[160];
+    for (int c = 0; c < NCASES; c++) {
+        gstats st = run_case(&cases[c], 1, 100 + c);
+        describe(what, sizeof what, &cases[c], "integers exact");
+        CHECKF(st.bad == 0, "%s: %d elements off", what, st.bad);
+    }
+}
+
+static void test_bf16_bound(void) {
+    char what[160];
+    double worst_rel = 0;
+    size_t differ = 0;
+    for (int c = 0; c < NCASES; c++) {
+        gstats st = run_case(&cases[c], 0, 200 + c);
+        describe(what, sizeof what, &cases[c], "within the bf16 bound");
+        CHECKF(st.bad == 0, "%s: %d elements past it (worst %.3g x the bound)", what, st.bad,
+               st.worst);
+        if (st.max_rel > worst_rel) worst_rel = st.max_rel;
+        differ += st.differ_f32;
+    }
+    fprintf(stderr, "  bf16 vs exact: largest |err| / (|A||B|) %.2e (bound ~ 2^-7 = 7.8e-3)\n",
+            worst_rel);
+    /* it really ran in bf16: rounding 8 significant bits shows in most results */
+    CHECKF(differ > 1000, "gemm_mixed differs from gemm in %zu elements only", differ);
+    CHECKF(worst_rel > 1e-4, "largest relative error %.3g: not bf16-like", worst_rel);
+}
+
+/* one thread and several give the same bits: each element is summed by one thread, in one order */
+static void test_bf16_threads(void) {
+    iisan_backend *one = iisan_backend_cpu(1);
+    char err[256];
+    CHECK(one && one->set_precision(one, IISAN_PREC_BF16, err, sizeof err) == 0);
+    const int M = 100, N = 70, K = 300;
+    float *A = falloc((size_t)M * K), *B = falloc((size_t)N * K), *C1 = falloc((size_t)M * N),
+          *C2 = falloc((size_t)M * N);
+    for (int i = 0; i < M * K; i++)
+        A[i] = iisan_rng_normal(5, i);
+    for (int i = 0; i < N * K; i++)
+        B[i] = iisan_rng_normal(6, i);
+    be->gemm_mixed(be, 0, 1, M, N, K, 1, A, K, B, K, 0, C1, N);
+    one->gemm_mixed(one, 0, 1, M, N, K, 1, A, K, B, K, 0, C2, N);
+    CHECK(memcmp(C1, C2, (size_t)M * N * sizeof(float)) == 0);
+    be->free(be, A), be->free(be, B), be->free(be, C1), be->free(be, C2);
+    one->destroy(one);
+}
+
+/* fp32 (the default, and after switching back) is gemm, bit for bit */
+static void test_fp32_is_gemm(iisan_backend *b) {
+    const int M = 33, N = 17, K = 45;
+    float *A = falloc((size_t)M * K), *B = falloc((size_t)K * N), *C1 = falloc((size_t)M * N),
+          *C2 = falloc((size_t)M * N);
+    for (int i = 0; i < M * K; i++)
+        A[i] = iisan_rng_normal(8, i);
+    for (int i = 0; i < K * N; i++)
+        B[i] = iisan_rng_normal(9, i);
+    b->gemm_mixed(b, 0, 0, M, N, K, 1, A, K, B, N, 0, C1, N);
+    b->gemm(b, 0, 0, M, N, K, 1, A, K, B, N, 0, C2, N);
+    CHECK(memcmp(C1, C2, (size_t)M * N * sizeof(float)) == 0);
+    be->free(be, A), be->free(be, B), be->free(be, C1), be->free(be, C2);
+}
+
+/* the fallback: on a CPU without AVX512-BF16, bf16 is refused with a reason, fp32 goes on */
+static void test_refusal(void) {
+    setenv("IISAN_CPU_NO_BF16", "1", 1);
+    iisan_backend *b = iisan_backend_cpu(1);
+    unsetenv("IISAN_CPU_NO_BF16");
+    char err[256] = "";
+    CHECK(b && !b->caps.bf16);
+    CHECK(b->set_precision(b, IISAN_PREC_BF16, err, sizeof err) == -1);
+    CHECKF(strstr(err, "AVX512-BF16") != NULL, "message: %s", err);
+    CHECK(b->set_precision(b, 7, err, sizeof err) == -1);
+    CHECK(b->set_precision(b, IISAN_PREC_FP32, err, sizeof err) == 0);
+    test_fp32_is_gemm(b);
+    b->destroy(b);
+}
+
+int main(int argc, char **argv) {
+    TEST_MAIN_BEGIN(argc, argv);
+    be = iisan_backend_cpu(2);
+    if (!be) {
+        printf("0 passed, 1 failed\n");
+        return 1;
+    }
+    test_fp32_is_gemm(be);
+    RUN(test_refusal);
+    char err[256];
+    if (!be->caps.bf16) {
+        fprintf(stderr, "skipped: this CPU has no AVX512-BF16, the bf16 kernel cannot run\n");
+    } else {
+        CHECK(be->set_precision(be, IISAN_PREC_BF16, err, sizeof err) == 0);
+        RUN(test_bf16_exact_ints);
+        RUN(test_bf16_bound);
+        RUN(test_bf16_threads);
+        CHECK(be->set_precision(be, IISAN_PREC_FP32, err, sizeof err) == 0);
+        test_fp32_is_gemm(be);
+    }
+    be->destroy(be);
+    TEST_MAIN_END();
+}
