@@ -88,6 +88,9 @@ typedef struct {
     uint64_t seed;
     int min_len;    /* 5 */
     long max_steps; /* stop after this many optimiser steps (0 = no limit) */
+    /* the SAN and head GEMMs' precision, IISAN_PREC_* of kernels/backend.h (0: fp32); the
+     * caller sets it on the backend (set_precision), train_run only records it */
+    int precision;
     /* when not NULL and set (by another thread), training stops after the current batch,
      * without finishing the epoch or validating: train_summary.interrupted */
     const volatile int *stop;

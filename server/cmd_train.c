@@ -59,6 +59,8 @@ static void help(FILE *f) {
                "                     share)\n"
                "  --device D         cpu, cuda or auto (default: cuda when this build has it\n"
                "                     and a GPU is usable, else cpu)\n"
+               "  --precision P      fp32 (default) or bf16: the SAN and head GEMMs with bf16\n"
+               "                     inputs, fp32 sums and weights (CPUs with AVX512-BF16)\n"
                "  --no-save          do not store a checkpoint\n"
                "  --json             print one JSON object with the figures as the last line\n");
 }
@@ -225,10 +227,11 @@ static int store_and_report(const char *model, iisan_store *s, iisan_model *m,
         train_rules_json(tc, c, rules, sizeof rules);
         snprintf(meta, sizeof meta,
                  "{\"model\":\"%s\",\"best_epoch\":%d,\"epochs_run\":%d,\"valid_hr10\":%.6f,"
-                 "\"valid_ndcg10\":%.6f,\"seconds_per_epoch\":%.3f,\"created\":%lld,%s%s}",
+                 "\"valid_ndcg10\":%.6f,\"seconds_per_epoch\":%.3f,\"created\":%lld,%s%s%s}",
                  model, sum->best_epoch, sum->epochs_run, sum->best_valid.hr10,
                  sum->best_valid.ndcg10, sum->mean_epoch_seconds, (long long)time(NULL), rules,
-                 sum->interrupted ? ",\"interrupted\":true" : "");
+                 sum->interrupted ? ",\"interrupted\":true" : "",
+                 tc->precision == IISAN_PREC_BF16 ? ",\"precision\":\"bf16\"" : "");
         int prc = blob ? store_ckpt_put(s, blob, len, meta, &version) : IISAN_ENOMEM;
         free(blob);
         if (prc) {
@@ -247,11 +250,11 @@ static int store_and_report(const char *model, iisan_store *s, iisan_model *m,
                "\"steps\":%ld,\"valid_hr10\":%.6f,\"valid_ndcg10\":%.6f,"
                "\"seconds_per_epoch\":%.3f,\"first_loss\":%.6f,\"last_loss\":%.6f,"
                "\"params\":%zu,\"peak_rss_mib\":%.1f,\"peak_device_mib\":%.1f,\"device\":\"%s\","
-               "\"interrupted\":%s}\n",
+               "\"interrupted\":%s,\"precision\":\"%s\"}\n",
                model, version, sum->best_epoch, sum->epochs_run, sum->steps, sum->best_valid.hr10,
                sum->best_valid.ndcg10, sum->mean_epoch_seconds, sum->first_loss, sum->last_loss,
                model_param_count(m), peak_rss_kib() / 1024.0, peak_device_mib(m->be), m->be->name,
-               sum->interrupted ? "true" : "false");
+               sum->interrupted ? "true" : "false", precision_name(tc->precision));
     return 0;
 }
 
@@ -284,6 +287,7 @@ int cmd_train(int argc, char **argv) {
                                          {"lr-groups", 1, 0, 'g'},
                                          {"eval-exclude", 1, 0, 'E'},
                                          {"rules", 1, 0, 'R'},
+                                         {"precision", 1, 0, 'P'},
                                          {0, 0, 0, 0}};
     const char *dir = NULL, *model = "iisan", *schedule = "every2", *device = NULL;
     const char *sched_mod[N_MODS] = {NULL, NULL};
@@ -391,6 +395,9 @@ int cmd_train(int argc, char **argv) {
         case 'R':
             if (parse_rule_opt(ch, optarg, rule_opt)) return 2;
             break;
+        case 'P':
+            if (opt_precision("train", optarg, &tc.precision)) return 2;
+            break;
         case 'z': save = 0; break;
         case 'j': json = 1; break;
         case 'h': help(stdout); return 0;
@@ -469,7 +476,7 @@ int cmd_train(int argc, char **argv) {
         c.n_items = ds.n_items;
     }
     be = backend_choose("train", device, (int)threads);
-    if (!be) goto out;
+    if (!be || backend_set_precision("train", be, tc.precision)) goto out;
     m = model_create(&c, be, tc.batch, tc.seed, err, sizeof err);
     if (!m) {
         fprintf(stderr, "iisan train: %s\n", err);

@@ -63,6 +63,28 @@ int opt_device(const char *cmd, const char *s) {
     return -1;
 }
 
+int opt_precision(const char *cmd, const char *s, int *out) {
+    if (!strcmp(s, "fp32") || !strcmp(s, "bf16")) {
+        *out = !strcmp(s, "bf16") ? IISAN_PREC_BF16 : IISAN_PREC_FP32;
+        return 0;
+    }
+    fprintf(stderr, "iisan %s: --precision wants fp32 or bf16, got '%s'\n", cmd, s);
+    return -1;
+}
+
+const char *precision_name(int precision) { return precision == IISAN_PREC_BF16 ? "bf16" : "fp32"; }
+
+int backend_set_precision(const char *cmd, iisan_backend *be, int precision) {
+    char err[256];
+    if (be->set_precision(be, precision, err, sizeof err)) {
+        fprintf(stderr, "iisan %s: --precision %s: %s\n", cmd, precision_name(precision), err);
+        return -1;
+    }
+    if (precision == IISAN_PREC_BF16)
+        fprintf(stderr, "precision: bf16 SAN and head GEMMs (fp32 accumulation, fp32 weights)\n");
+    return 0;
+}
+
 static iisan_backend *cpu_backend(const char *cmd, int threads, const char *why) {
     iisan_backend *be = iisan_backend_cpu(threads);
     if (!be) {

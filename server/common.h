@@ -35,6 +35,15 @@ int opt_device(const char *cmd, const char *s);
  * NULL with a message printed for cmd when the asked-for backend cannot be had. */
 iisan_backend *backend_choose(const char *cmd, const char *device, int threads);
 
+/* --precision: 0 with *out = IISAN_PREC_FP32 or IISAN_PREC_BF16 for "fp32" / "bf16", else -1
+ * (message printed for cmd) */
+int opt_precision(const char *cmd, const char *s, int *out);
+const char *precision_name(int precision); /* "fp32", "bf16" */
+
+/* sets be's GEMM precision (IISAN_PREC_*): 0, or -1 with the reason printed for cmd (bf16 on a
+ * CPU without AVX512-BF16, or on the cuda backend); one line says when bf16 is on */
+int backend_set_precision(const char *cmd, iisan_backend *be, int precision);
+
 /* 0 when the backend recorded no failure (be->status); else -1 with the first failure
  * printed for cmd (ops return nothing, so callers ask after a run). */
 int backend_check(const char *cmd, iisan_backend *be);

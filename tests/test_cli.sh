@@ -90,8 +90,26 @@ expect 0 "eval iisan" -- "$BIN" eval --data "$T/d" --json
 [ "$(json_field model)" = "iisan" ] && ok || bad "latest version is not iisan"
 expect 0 "train text-only, remove-first" -- "$BIN" train --data "$T/d" --towers text --schedule remove-first --epochs 1 --r 4 --d 8 --no-save
 
+# --precision: fp32 by default and in --json; bf16 refused with the reason on a CPU without
+# AVX512-BF16 (IISAN_CPU_NO_BF16 makes this one answer as such), run where the CPU has it
+expect 2 "bad --precision" -- "$BIN" train --data "$T/d" --precision fp16
+has "$T/err" "fp32 or bf16" "bad --precision names the choices"
+expect 1 "bf16 without AVX512-BF16" -- env IISAN_CPU_NO_BF16=1 "$BIN" train --data "$T/d" --precision bf16 --epochs 1 --r 4 --d 8 --no-save
+has "$T/err" "AVX512-BF16" "the refusal names the missing instructions"
+if grep -q avx512_bf16 /proc/cpuinfo; then
+  expect 0 "train --precision bf16" -- "$BIN" train --data "$T/d" --precision bf16 --epochs 2 --r 4 --d 8 --schedule 0,2,4 --json
+  eq "$(json_field precision)" bf16 "train --json records bf16"
+  first=$(json_field first_loss); last=$(json_field last_loss)
+  python3 -c "import sys; sys.exit(0 if float('$last') < float('$first') else 1)" && ok || bad "bf16 loss did not fall: $first -> $last"
+  expect 0 "info after a bf16 version" -- "$BIN" info --data "$T/d"
+  has "$T/out" '"precision":"bf16"' "the checkpoint's meta records bf16"
+else
+  echo "skipped: no AVX512-BF16 on this CPU, --precision bf16 cannot run" >&2
+fi
+
 # the three TPME figures on every run (seconds per epoch, trainable parameters, peak memory)
 expect 0 "train --json carries TPME's figures" -- "$BIN" train --data "$T/d" --model sasrec-id --epochs 1 --d 8 --no-save --json
+eq "$(json_field precision)" fp32 "train --json records fp32 by default"
 python3 -c 'import json,sys; d=json.loads(open(sys.argv[1]).read().splitlines()[-1]); sys.exit(0 if d["seconds_per_epoch"] > 0 and d["params"] > 0 and d["peak_rss_mib"] > 0 and d["device"] == "cpu" and d["peak_device_mib"] == -1 else 1)' "$T/out" && ok || bad "TPME fields: $(tail -1 "$T/out")"
 
 # spec rules: version 2 by default, version 1 as options, recorded and shown
