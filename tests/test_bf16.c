@@ -18,8 +18,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/model.h"
 #include "kernels/backend.h"
+#include "kernels/half.h"
 #include "kernels/rng.h"
+#include "tests/model_fd.h"
 #include "tests/test.h"
 
 static iisan_backend *be;
@@ -177,6 +180,69 @@ static void test_bf16_threads(void) {
     one->destroy(one);
 }
 
+/* ---------------------------------------------------------------- the model in bf16 */
+
+/* hidden states of catalogue items 1..8, both modalities: [9][2][NS * D] normal draws */
+#define NS 5
+#define DW 64
+static uint16_t *states_mem;
+static const uint16_t *states_get(void *ctx, int mod, uint32_t cat) {
+    return cat >= 1 && cat <= 8 ? states_mem + ((size_t)cat * 2 + mod) * NS * DW : NULL;
+}
+
+/* the whole model's loss and gradient (model_fd.h's three users, dropout on) with the SAN and
+ * head GEMMs in bf16 against fp32, from the same parameters: bf16's 8 bits give each GEMM a
+ * relative error near 2^-8, a few such products deep; the loss must agree to 1e-2 relatively
+ * and every tensor's gradient to 5e-2 in norm (||g16 - g32|| / ||g32||), the whole gradient
+ * to 2e-2. FD checks of the gradients themselves are test_model's, in fp32. */
+static void test_bf16_model_grads(void) {
+    (void)fd_check_tensor; /* the fixture's FD check runs in test_model (fp32) */
+    states_mem = malloc((size_t)9 * 2 * NS * DW * sizeof *states_mem);
+    for (size_t i = 0; i < (size_t)9 * 2 * NS * DW; i++)
+        states_mem[i] = iisan_float_to_half(iisan_rng_normal(31, i));
+    iisan_states st = {states_get, NULL, NULL};
+    iisan_config c;
+    config_default(&c);
+    c.D = DW, c.nstates = NS, c.r = 16, c.d = 16, c.n = 4, c.heads = 2, c.K = 3;
+    c.sched[0] = 0, c.sched[1] = 2, c.sched[2] = 4;
+    char err[256];
+    iisan_model *m = model_create(&c, be, 3, 7, err, sizeof err);
+    CHECKF(m != NULL, "%s", err);
+    if (!m) return;
+    make_logpop();
+    randomise(m, 11);
+    size_t P = m->pt.total;
+    float *g32 = malloc(P * sizeof *g32);
+    CHECK(be->set_precision(be, IISAN_PREC_FP32, err, sizeof err) == 0);
+    double l32 = loss_at(m, &st, 1);
+    memcpy(g32, m->g, P * sizeof *g32);
+    CHECK(be->set_precision(be, IISAN_PREC_BF16, err, sizeof err) == 0);
+    double l16 = loss_at(m, &st, 1);
+    CHECKF(fabs(l16 - l32) <= 1e-2 * fabs(l32), "loss bf16 %.6f fp32 %.6f", l16, l32);
+    double dall = 0, nall = 0, worst = 0;
+    int differs = 0;
+    for (int i = 0; i < m->pt.n; i++) {
+        const param_info *p = &m->pt.t[i];
+        double dn = 0, n = 0;
+        for (size_t j = p->offset; j < p->offset + p->size; j++) {
+            dn += ((double)m->g[j] - g32[j]) * ((double)m->g[j] - g32[j]);
+            n += (double)g32[j] * g32[j];
+            differs |= m->g[j] != g32[j];
+        }
+        dall += dn, nall += n;
+        double rel = n > 0 ? sqrt(dn / n) : sqrt(dn);
+        if (rel > worst) worst = rel;
+        CHECKF(rel <= 5e-2, "%s: ||g_bf16 - g_fp32|| / ||g_fp32|| = %.3g", p->name, rel);
+    }
+    fprintf(stderr, "  model gradient bf16 vs fp32: %.2e overall, worst tensor %.2e; loss %.3g\n",
+            sqrt(dall / nall), worst, fabs(l16 - l32) / fabs(l32));
+    CHECK(sqrt(dall / nall) <= 2e-2);
+    CHECK(differs); /* the SAN really ran in bf16 */
+    free(g32);
+    model_destroy(m);
+    free(states_mem);
+}
+
 /* fp32 (the default, and after switching back) is gemm, bit for bit */
 static void test_fp32_is_gemm(iisan_backend *b) {
     const int M = 33, N = 17, K = 45;
@@ -224,6 +290,7 @@ int main(int argc, char **argv) {
         RUN(test_bf16_exact_ints);
         RUN(test_bf16_bound);
         RUN(test_bf16_threads);
+        RUN(test_bf16_model_grads);
         CHECK(be->set_precision(be, IISAN_PREC_FP32, err, sizeof err) == 0);
         test_fp32_is_gemm(be);
     }
