@@ -40,6 +40,7 @@ struct serve_config {
     char image_backbone[128];
     long blas_threads;
     char device[16];
+    char precision[8]; /* fp32 or bf16: the backend's set_precision (kernels/backend.h) */
     long max_body_bytes;
     long max_k;
     long max_history;

@@ -47,6 +47,8 @@ const serve_option serve_options[] = {
      "OpenBLAS threads per call (0 = all cores)"},
     {"device", CFG_STR, OPT(device), SZ(device), "cpu", 0, 0, "IISAN_DEVICE", 0,
      "compute backend: cpu, cuda or auto"},
+    {"precision", CFG_STR, OPT(precision), SZ(precision), "fp32", 0, 0, "IISAN_PRECISION", 0,
+     "the SAN and head GEMMs (retraining, item encoding): fp32 or bf16 (AVX512-BF16 CPUs)"},
     {"max_body_bytes", CFG_INT, OPT(max_body_bytes), 0, "1048576", 64, 1L << 30,
      "IISAN_MAX_BODY_BYTES", 1, "largest request body (413 beyond)"},
     {"max_k", CFG_INT, OPT(max_k), 0, "1000", 1, 100000, "IISAN_MAX_K", 1,
@@ -320,6 +322,10 @@ int serve_config_build(serve_config *c, const char *path, int nflags, const char
                  path, (unsigned)(st.st_mode & 0777));
     if (strcmp(c->device, "cpu") && strcmp(c->device, "cuda") && strcmp(c->device, "auto")) {
         snprintf(err, errlen, "device wants cpu, cuda or auto, got '%s'", c->device);
+        return -1;
+    }
+    if (strcmp(c->precision, "fp32") && strcmp(c->precision, "bf16")) {
+        snprintf(err, errlen, "precision wants fp32 or bf16, got '%s'", c->precision);
         return -1;
     }
     if (log_level_rank(c->log_level) < 0) {

@@ -93,6 +93,12 @@ static int open_compute(const serve_config *c) {
         log_event("error", "backend_failed", "device=%s", c->device);
         return -1;
     }
+    int prec = strcmp(c->precision, "bf16") ? IISAN_PREC_FP32 : IISAN_PREC_BF16;
+    if (g_srv.be->set_precision(g_srv.be, prec, err, sizeof err)) {
+        log_event("error", "precision_failed", "precision=%s error=%s", c->precision,
+                  log_q(err, b, sizeof b));
+        return -1;
+    }
     serve_blas_probe();
     if (cluster_configure(err, sizeof err)) { /* the role, before the first load */
         log_event("error", "cluster_failed", "error=%s", log_q(err, b, sizeof b));
