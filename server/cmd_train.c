@@ -258,6 +258,22 @@ static int store_and_report(const char *model, iisan_store *s, iisan_model *m,
     return 0;
 }
 
+/* --model into c->kind: 0, or -1 (message printed) */
+static int model_kind(const char *model, iisan_config *c) {
+    if (!strcmp(model, "iisan"))
+        c->kind = MODEL_IISAN;
+    else if (!strcmp(model, "sasrec-id"))
+        c->kind = MODEL_SASREC_ID;
+    else if (!strcmp(model, "popularity"))
+        c->kind = MODEL_POPULARITY;
+    else {
+        fprintf(stderr, "iisan train: --model wants iisan, sasrec-id or popularity, got '%s'\n",
+                model);
+        return -1;
+    }
+    return 0;
+}
+
 int cmd_train(int argc, char **argv) {
     static const struct option opts[] = {{"data", 1, 0, 'D'},
                                          {"model", 1, 0, 'm'},
@@ -410,17 +426,7 @@ int cmd_train(int argc, char **argv) {
         help(stderr);
         return 2;
     }
-    if (!strcmp(model, "iisan"))
-        c.kind = MODEL_IISAN;
-    else if (!strcmp(model, "sasrec-id"))
-        c.kind = MODEL_SASREC_ID;
-    else if (!strcmp(model, "popularity"))
-        c.kind = MODEL_POPULARITY;
-    else {
-        fprintf(stderr, "iisan train: --model wants iisan, sasrec-id or popularity, got '%s'\n",
-                model);
-        return 2;
-    }
+    if (model_kind(model, &c)) return 2;
     c.towers = towers;
     /* --rules first, the single rules over it, whatever their order on the line */
     if (rule_opt[0]) config_set_rules(&c, &tc, rule_opt[0]);
