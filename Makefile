@@ -98,7 +98,7 @@ valgrind:
 	  tests/run_tests.sh $(VG_TESTS:%=build/vg/test/%)
 
 bench-train: $(BUILD)/bench_train
-	$(BUILD)/bench_train
+	tests/bench_train.sh $(BUILD)/bench_train
 	$(BUILD)/bench_train versa
 
 # all-MiniLM-L6-v2: iisan encode vs Hugging Face on Scientific titles (developers: needs torch)
