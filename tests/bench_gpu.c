@@ -204,7 +204,7 @@ static int write_random_bert(const char *dir, int *vocab_out) {
     uint64_t salt = 1;
 #define ADD(name, rows, cols, kind)                                                                \
     do {                                                                                           \
-        size_t cnt_ = (size_t)(rows) * (cols);                                                     \
+        size_t cnt_ = (size_t)((rows) ? (rows) : 1) * (cols); /* rows 0: a vector */               \
         float *b_ = bufs[nb++] = malloc(cnt_ * sizeof(float));                                     \
         for (size_t e_ = 0; e_ < cnt_; e_++)                                                       \
             b_[e_] = (kind) == 0 ? 0.02f * iisan_rng_normal(salt, e_) : (kind) == 1 ? 1.0f : 0.0f; \
