@@ -132,6 +132,13 @@ static void run_elementwise(iisan_backend *be, outputs *o) {
     keep(o, out, NE);
     be->gate_fwd(be, out, c, x, y, p, 0.7f, NE);
     keep(o, out, NE);
+    float *h = rnd(be, NE, 21), *bias = rnd(be, 100, 22);
+    be->gate_bias_fwd(be, out, h, c, x, y, p, 0.7f, bias, NE / 100, 100);
+    keep(o, out, NE);
+    keep(o, h, NE);
+    be->gate_bias_fwd(be, out, h, NULL, NULL, y, p, 0.7f, bias, NE / 100, 100);
+    keep(o, h, NE);
+    be->free(be, h), be->free(be, bias);
     be->gate_bwd(be, out, c, &dp, y, x, c, p, 0.7f, NE);
     keep(o, out, NE);
     keep(o, c, NE);

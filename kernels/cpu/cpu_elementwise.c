@@ -140,12 +140,38 @@ static CPU_VEC void add_row(float *restrict h, const float *restrict x, const fl
         h[j] = x[j] + bias[j];
 }
 
-/* row by row: the row's mix (lin3, as gate_fwd) then, while it is in cache, h */
+/* one row, the gate's usual operands, out and h in one loop (the order of lin3's float
+ * operations, so the same bits): a and b (an intra-modal tower), c, a and b (the inter-modal
+ * one). out may equal c: each element is read before it is written. */
+static CPU_VEC void mix_bias_row(float *out, float *restrict h, const float *c,
+                                 const float *restrict a, float sa, const float *restrict b,
+                                 float sb, const float *restrict bias, int cols) {
+    if (c)
+        for (int j = 0; j < cols; j++) {
+            float v = c[j] + sa * a[j] + sb * b[j];
+            out[j] = v;
+            h[j] = v + bias[j];
+        }
+    else
+        for (int j = 0; j < cols; j++) {
+            float v = sa * a[j] + sb * b[j];
+            out[j] = v;
+            h[j] = v + bias[j];
+        }
+}
+
+/* row by row: the usual operands in one loop; any other combination as lin3 (as gate_fwd)
+ * then, while the row is in cache, h */
 static void gate_bias_range(void *va, size_t lo, size_t hi) {
     const gate_bias_args *g = va;
     const size_t cols = (size_t)g->cols;
     for (size_t r = lo; r < hi; r++) {
         size_t o = r * cols;
+        if (g->a && g->b) {
+            mix_bias_row(g->out + o, g->h + o, g->c ? g->c + o : NULL, g->a + o, g->s, g->b + o,
+                         1.0f - g->s, g->bias, g->cols);
+            continue;
+        }
         lin3(g->out + o, g->c ? g->c + o : NULL, g->a ? g->a + o : NULL, g->s,
              g->b ? g->b + o : NULL, 1.0f - g->s, cols);
         add_row(g->h + o, g->out + o, g->bias, g->cols);
