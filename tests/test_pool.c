@@ -147,6 +147,15 @@ static void run_elementwise(iisan_backend *be, outputs *o) {
     keep(o, x, NE);
     keep(o, c, NE);
     keep(o, out, NE);
+    be->copy(be, out, x, NE * sizeof *x); /* 195 KiB: pieces of 64 KiB */
+    float c0 = c[0], cl = c[NE - 1];
+    be->zero(be, c + 1, (NE - 2) * sizeof *c);
+    int zeros = 1;
+    for (int i = 1; i < NE - 1; i++)
+        zeros &= c[i] == 0.0f;
+    CHECK(!memcmp(out, x, NE * sizeof *x) && zeros && c[0] == c0 && c[NE - 1] == cl);
+    keep(o, out, NE);
+    keep(o, c, NE);
     be->free(be, x), be->free(be, y), be->free(be, c), be->free(be, out), be->free(be, p);
 }
 

@@ -30,6 +30,28 @@ static void cpu_memcpy(void *dst, const void *src, size_t bytes) {
     if (bytes && dst != src) memcpy(dst, src, bytes);
 }
 
+/* large copies and zero-fills (the gradient buffer every step) split over the pool, in
+ * pieces of whole 64 KiB; smaller ones on the caller's thread */
+typedef struct {
+    char *dst;
+    const char *src; /* NULL: zero-fill */
+} bytes_args;
+
+enum { BYTES_GRAIN = 1 << 16 };
+
+static void bytes_range(void *va, size_t lo, size_t hi) {
+    const bytes_args *a = va;
+    if (a->src)
+        memcpy(a->dst + lo, a->src + lo, hi - lo);
+    else
+        memset(a->dst + lo, 0, hi - lo);
+}
+
+static void bytes_par(iisan_backend *be, void *dst, const void *src, size_t bytes) {
+    bytes_args a = {dst, src};
+    cpu_par(be, bytes, BYTES_GRAIN, bytes_range, &a);
+}
+
 static void cpu_upload(iisan_backend *be, void *dst, const void *src_host, size_t bytes) {
     cpu_memcpy(dst, src_host, bytes);
 }
@@ -39,11 +61,11 @@ static void cpu_download(iisan_backend *be, void *dst_host, const void *src, siz
 }
 
 static void cpu_copy(iisan_backend *be, void *dst, const void *src, size_t bytes) {
-    cpu_memcpy(dst, src, bytes);
+    if (bytes && dst != src) bytes_par(be, dst, src, bytes);
 }
 
 static void cpu_zero(iisan_backend *be, void *p, size_t bytes) {
-    if (bytes) memset(p, 0, bytes);
+    if (bytes) bytes_par(be, p, NULL, bytes);
 }
 
 static void cpu_sync(iisan_backend *be) {}
