@@ -5,11 +5,12 @@
  * multiples of the caller's grain, piece i run by thread i. Every op gives each
  * output element to exactly one piece and computes it in a fixed order, and
  * every reduction sums fixed blocks in block order, so a result does not
- * depend on T (tests/test_ops.c checks 1, 2 and 3 threads bit for bit).
+ * depend on T (tests/test_pool.c checks 1, 2 and 3 threads bit for bit).
  *
  * Sharing the cores with the BLAS. The BLAS's own threads run inside the GEMMs
- * and ours between them; an idle worker of ours sleeps on a condition variable
- * (it never spins), so the two sets never compete for the cores.
+ * and ours between them: an idle worker of ours spins for at most 20 us (the
+ * next op often follows at once), then sleeps on a condition variable, so the
+ * two sets do not compete for the cores during a GEMM.
  *
  * One caller at a time: the serving daemon calls ops from several threads at
  * once. A caller that finds the pool taken (or calls from inside a pool task)
@@ -18,7 +19,14 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 
+#include "kernels/clock.h"
 #include "kernels/cpu/cpu.h"
+
+/* how long a thread spins before it sleeps: a worker waiting for the next loop (ops often
+ * follow each other closely), the caller waiting for the workers' pieces (about as long as
+ * its own). Short enough not to take a core from the BLAS's threads during a GEMM. */
+#define SPIN_NEXT_S 20e-6
+#define SPIN_DONE_S 50e-6
 
 struct cpu_pool {
     int T; /* threads taking part, the caller's included */
@@ -26,13 +34,13 @@ struct cpu_pool {
     int started; /* workers actually running */
     pthread_mutex_t mu;
     pthread_cond_t go, done;
-    /* the loop being run, valid while busy */
+    /* the loop being run: written before gen moves, read after */
     cpu_range_fn fn;
     void *arg;
     size_t n, per;
-    unsigned long gen; /* counts the loops handed out; a worker runs each once */
-    int pending;       /* workers yet to finish the current loop */
-    int quit;
+    _Atomic unsigned long gen; /* counts the loops handed out; a worker runs each once */
+    _Atomic int pending;       /* workers yet to finish the current loop */
+    _Atomic int quit;
     atomic_flag busy; /* a caller owns the pool */
 };
 
@@ -40,6 +48,26 @@ typedef struct {
     cpu_pool *p;
     int id; /* 1 .. T-1 */
 } worker_arg;
+
+static inline void relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* spins up to `seconds` until done(p, arg) holds; 1 if it did */
+static int spin_until(cpu_pool *p, int (*done)(cpu_pool *, unsigned long), unsigned long arg,
+                      double seconds) {
+    double t0 = iisan_now();
+    for (int i = 1;; i++) {
+        if (done(p, arg)) return 1;
+        if (!(i & 63) && iisan_now() - t0 > seconds) return 0;
+        relax();
+    }
+}
+
+static int moved(cpu_pool *p, unsigned long seen) { return p->gen != seen || p->quit; }
+static int all_done(cpu_pool *p, unsigned long unused) { return p->pending == 0; }
 
 static void run_piece(cpu_pool *p, int id) {
     size_t lo = (size_t)id * p->per, hi = lo + p->per;
@@ -53,18 +81,23 @@ static void *worker(void *va) {
     int id = wa->id;
     free(wa);
     unsigned long seen = 0;
-    pthread_mutex_lock(&p->mu);
     for (;;) {
-        while (!p->quit && p->gen == seen)
-            pthread_cond_wait(&p->go, &p->mu);
+        if (!spin_until(p, moved, seen, SPIN_NEXT_S)) {
+            pthread_mutex_lock(&p->mu);
+            while (!moved(p, seen))
+                pthread_cond_wait(&p->go, &p->mu);
+            pthread_mutex_unlock(&p->mu);
+        }
         if (p->quit) break;
         seen = p->gen;
-        pthread_mutex_unlock(&p->mu);
         run_piece(p, id);
-        pthread_mutex_lock(&p->mu);
-        if (--p->pending == 0) pthread_cond_signal(&p->done);
+        /* the last piece done wakes the caller (if it sleeps: it checks under the lock) */
+        if (atomic_fetch_sub(&p->pending, 1) == 1) {
+            pthread_mutex_lock(&p->mu);
+            pthread_cond_signal(&p->done);
+            pthread_mutex_unlock(&p->mu);
+        }
     }
-    pthread_mutex_unlock(&p->mu);
     return NULL;
 }
 
@@ -118,19 +151,21 @@ void cpu_pool_for(cpu_pool *p, size_t n, size_t grain, cpu_range_fn fn, void *ar
         return;
     }
     size_t T = (size_t)p->T < grains ? (size_t)p->T : grains;
-    pthread_mutex_lock(&p->mu);
     p->fn = fn;
     p->arg = arg;
     p->n = n;
     p->per = (grains + T - 1) / T * grain;
     p->pending = p->started;
+    pthread_mutex_lock(&p->mu); /* a worker about to sleep checks gen under it */
     p->gen++;
     pthread_cond_broadcast(&p->go);
     pthread_mutex_unlock(&p->mu);
     run_piece(p, 0);
-    pthread_mutex_lock(&p->mu);
-    while (p->pending)
-        pthread_cond_wait(&p->done, &p->mu);
-    pthread_mutex_unlock(&p->mu);
+    if (!spin_until(p, all_done, 0, SPIN_DONE_S)) {
+        pthread_mutex_lock(&p->mu);
+        while (p->pending)
+            pthread_cond_wait(&p->done, &p->mu);
+        pthread_mutex_unlock(&p->mu);
+    }
     atomic_flag_clear(&p->busy);
 }
