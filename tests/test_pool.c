@@ -280,15 +280,20 @@ static void test_op_times(void) {
     for (int i = 0; i < 3; i++)
         be->gemm(be, 0, 0, 64, 64, 64, 1, a, 64, a, 64, 0, c, 64);
     be->act_fwd(be, IISAN_ACT_RELU, c, c, 64 * 64);
+    float *h = rnd(be, 64 * 64, 3);
+    be->gate_bias_fwd(be, c, h, NULL, c, NULL, a, 1.0f, a, 64, 64);
     iisan_op_time t[64];
-    int n = be->op_times(be, t, 64), gemm = 0, act = 0;
+    int n = be->op_times(be, t, 64), gemm = 0, act = 0, gate = 0, named = 1;
     for (int i = 0; i < n; i++) {
+        named &= t[i].op != NULL;
+        if (!t[i].op) continue;
         if (!strcmp(t[i].op, "gemm")) gemm = t[i].calls == 3 && t[i].seconds > 0;
         if (!strcmp(t[i].op, "act_fwd")) act = t[i].calls == 1;
+        if (!strcmp(t[i].op, "gate_bias_fwd")) gate = t[i].calls == 1;
     }
-    CHECK(gemm && act);
+    CHECK(named && n == 3 && gemm && act && gate);
     CHECK(be->op_times(be, t, 1) == 1);
-    be->free(be, a), be->free(be, c);
+    be->free(be, a), be->free(be, c), be->free(be, h);
     be->destroy(be);
 }
 

@@ -6,7 +6,7 @@
 #include "kernels/clock.h"
 #include "kernels/cpu/cpu.h"
 
-static const char *const op_name[CPU_N_OPS] = {
+static const char *const op_name[] = {
     "gemm",          "gemm_batched", "gemm_mixed",    "ger",
     "axpby",         "add_bias",     "bias_grad",     "act_fwd",
     "act_bwd",       "dropout_fwd",  "dropout_bwd",   "gate_fwd",
@@ -15,6 +15,8 @@ static const char *const op_name[CPU_N_OPS] = {
     "adam",          "gather_half",  "gather_rows",   "scatter_add_rows",
     "rank_targets",  "topk",         "copy",          "zero",
     "upload",        "download"};
+
+_Static_assert(sizeof op_name / sizeof *op_name == CPU_N_OPS, "one name per timed op");
 
 static void count(iisan_backend *be, int op, double t0) {
     cpu_prof *p = &((cpu_ctx *)be->ctx)->prof;
