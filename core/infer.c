@@ -17,6 +17,7 @@
 #include "core/params.h"
 #include "core/resident.h"
 #include "core/score_cpu.h"
+#include "core/session.h"
 #include "core/states.h"
 #include "kernels/clock.h"
 
@@ -68,7 +69,7 @@ struct infer_model {
     atomic_int nbanned;
     /* IISAN: the item tower, kept to embed added items; guarded by add_mu */
     iisan_model *tower;
-    uint16_t *stage; /* backend: one item's states, both modalities */
+    resident_states *stage; /* a chunk of added items' states, in backend memory */
     pthread_mutex_t add_mu;
     /* the context pool */
     infer_ctx *ctx;
@@ -178,7 +179,7 @@ static void destroy(infer_model *im) {
     free(im->free_list);
     if (im->all) be->free(be, im->all);
     score_table_free(im->table);
-    if (im->stage) be->free(be, im->stage);
+    states_resident_free(im->stage);
     model_destroy(im->tower);
     if (im->ids)
         for (int i = 0; i <= im->cap; i++)
@@ -199,21 +200,6 @@ static void destroy(infer_model *im) {
 
 void infer_release(infer_model *im) {
     if (im && atomic_fetch_sub(&im->refs, 1) == 1) destroy(im);
-}
-
-/* the model with the checkpoint's parameters (its item tower embeds items) */
-static iisan_model *full_model(infer_model *im, const iisan_ckpt *ck, char *err, int errlen) {
-    iisan_backend *be = im->be;
-    iisan_model *m = model_create(&ck->c, be, 64, 0, err, errlen);
-    if (!m) return NULL;
-    if (m->pt.total != ck->nparams) {
-        snprintf(err, errlen, "checkpoint holds %llu parameters, its config wants %zu",
-                 (unsigned long long)ck->nparams, m->pt.total);
-        model_destroy(m);
-        return NULL;
-    }
-    be->upload(be, m->w, ck->params, ck->nparams * sizeof(float));
-    return m;
 }
 
 /* 1 when the load's table has a row for every model row 1..N0 (then, on the CPU, only the
@@ -246,82 +232,25 @@ static int apply_table(infer_model *im) {
     return 0;
 }
 
-/* e_i of model items 0..N0 into im->all; IISAN keeps the model as im->tower */
-static int embed_items(infer_model *im, iisan_store *s, const iisan_ckpt *ck, char *err,
-                       int errlen) {
+/* e_i of model items 0..N0 into im->all with the session's model and states; IISAN keeps
+ * the model as im->tower (taken from the session) */
+static int embed_items(infer_model *im, iisan_session *ss, char *err, int errlen) {
     iisan_backend *be = im->be;
-    iisan_model *m = full_model(im, ck, err, errlen);
-    if (!m) return IISAN_EFORMAT;
-    store_reader *r = NULL;
-    resident_states *rs = NULL;
-    iisan_states st = {NULL, NULL, NULL};
-    int rc = 0;
-    if (ck->c.kind == MODEL_IISAN) {
-        if (store_reader_begin(s, &r)) {
-            snprintf(err, errlen, "cannot read the hidden states");
-            model_destroy(m);
-            return IISAN_EIO;
-        }
-        st = states_from_reader(r);
-        if (states_fit(r, &ck->c, err, (size_t)errlen)) {
-            rc = IISAN_EFORMAT;
-            goto out;
-        }
-        if (!be->caps.host_memory) { /* the GPU gathers states from its own memory */
-            iisan_dataset fake = {0};
-            fake.n_items = im->N0;
-            fake.item_cat = im->item_cat;
-            if (states_resident_create(be, &fake, &st, &ck->c, &rs, err, errlen)) {
-                rc = states_check(&st, NULL, 0) ? IISAN_EIO : IISAN_ENOMEM;
-                goto out;
-            }
-            st = resident_states_source(rs);
-        }
-    }
-    model_item_embeddings(m, table_covers(im) ? 0 : im->N0, im->item_cat, &st, im->all);
+    model_item_embeddings(ss->m, table_covers(im) ? 0 : im->N0, im->item_cat, &ss->st, im->all);
     be->sync(be);
-    if (apply_table(im)) rc = IISAN_ENOMEM;
-    if (states_check(&st, err, (size_t)errlen)) rc = IISAN_EIO;
-out:
-    states_resident_free(rs);
-    if (r) store_reader_end(r);
-    if (!rc && ck->c.kind == MODEL_IISAN)
-        im->tower = m;
-    else
-        model_destroy(m);
+    int rc = apply_table(im) ? IISAN_ENOMEM : 0;
+    if (states_check(&ss->st, err, (size_t)errlen)) rc = IISAN_EIO;
+    if (!rc && ss->c.kind == MODEL_IISAN) {
+        im->tower = ss->m;
+        ss->m = NULL;
+    }
     return rc;
 }
 
 static int make_ctx(infer_model *im, const iisan_ckpt *ck, infer_ctx *x, char *err, int errlen) {
     iisan_backend *be = im->be;
-    iisan_config c2 = ck->c;
-    c2.kind = MODEL_SASREC_ID;
-    c2.n_items = 1;
-    x->m = model_create(&c2, be, im->max_batch, 0, err, errlen);
+    x->m = session_seq_model(ck, be, im->max_batch, err, (size_t)errlen);
     if (!x->m) return -1;
-    param_table full;
-    if (params_build(&full, &ck->c)) {
-        snprintf(err, errlen, "cannot build the parameter table");
-        return -1;
-    }
-    const param_table *pt = &x->m->pt;
-    float *h = calloc(pt->total, sizeof *h);
-    int rc = h ? 0 : -1;
-    for (int i = 0; !rc && i < pt->n; i++) {
-        const param_info *p = &pt->t[i];
-        if (strncmp(p->name, "seq.", 4)) continue;
-        const param_info *q = params_find(&full, p->name);
-        if (!q || q->size != p->size) {
-            snprintf(err, errlen, "checkpoint lacks '%s' of the right size", p->name);
-            rc = -1;
-            break;
-        }
-        memcpy(h + p->offset, ck->params + q->offset, p->size * sizeof *h);
-    }
-    if (!rc) be->upload(be, x->m->w, h, pt->total * sizeof *h);
-    free(h);
-    params_free(&full);
-    if (rc) return -1;
     const size_t n = (size_t)ck->c.n, B = (size_t)im->max_batch,
                  ne = im->max_excl ? im->max_excl : 1;
     /* the backend top-k's buffers: the CPU ranks with score_topk into the requests' own */
@@ -356,20 +285,15 @@ static int by_count(const void *a, const void *b) {
 }
 
 /* popularity of the training parts of today's dataset, on the model's indexes */
-static int popularity(infer_model *im, iisan_store *s, const iisan_ckpt *ck, char *err,
-                      int errlen) {
+static int popularity(infer_model *im, const iisan_dataset *ds) {
     const int N = im->N0;
     im->pop_count = calloc((size_t)N + 1, sizeof *im->pop_count);
     im->pop_order = malloc(((size_t)N + 1) * sizeof *im->pop_order);
     if (!im->pop_count || !im->pop_order) return IISAN_ENOMEM;
-    iisan_dataset ds;
-    int rc = dataset_build(&ds, s, ck->c.n, ck->min_len, err, (size_t)errlen);
-    if (rc) return rc;
-    for (int j = 1; j <= ds.n_items; j++) {
-        int i = infer_lookup_cat(im, ds.item_cat[j]);
-        if (i) im->pop_count[i] += (float)ds.pop_count[j];
+    for (int j = 1; j <= ds->n_items; j++) {
+        int i = infer_lookup_cat(im, ds->item_cat[j]);
+        if (i) im->pop_count[i] += (float)ds->pop_count[j];
     }
-    dataset_free(&ds);
     for (int i = 0; i < N; i++)
         im->pop_order[i] = i + 1;
     pthread_mutex_lock(&g_sort_mu);
@@ -405,12 +329,32 @@ static int table_extras(infer_model *im, iisan_store *s, unsigned char *mark, ui
     return 0;
 }
 
+/* the catalogue items 1..ncat with hidden states that are neither in the checkpoint nor
+ * marked, appended to extra */
+static int state_extras(infer_model *im, store_reader *r, uint32_t ncat, const unsigned char *mark,
+                        uint32_t **extra, size_t *nextra, char *err, int errlen) {
+    for (uint32_t cat = 1; cat <= ncat; cat++) {
+        if (im->of_cat[cat] || mark[cat]) continue;
+        if (!store_reader_states(r, IISAN_TEXT, cat) && !store_reader_states(r, IISAN_IMAGE, cat)) {
+            if (store_reader_error(r, err, (size_t)errlen)) return IISAN_EIO;
+            continue;
+        }
+        uint32_t *p = realloc(*extra, (*nextra + 1) * sizeof *p);
+        if (!p) return IISAN_ENOMEM;
+        *extra = p;
+        p[(*nextra)++] = cat;
+    }
+    store_reader_release(r);
+    return 0;
+}
+
 /* The rows of the checkpoint's items, then (IISAN) the catalogue items with
  * hidden states that the checkpoint does not know: added after its training,
  * they are served with its item tower as infer_add_items would. Fills
  * item_cat[0..N0], ids, the id and catalogue maps. */
-static int build_maps(infer_model *im, iisan_store *s, const iisan_ckpt *ck, char *err,
-                      int errlen) {
+static int build_maps(infer_model *im, iisan_store *s, store_reader *r, const iisan_ckpt *ck,
+                      char *err, int errlen) {
+    int rc;
     const int Nck = (int)ck->n_cat - 1;
     uint32_t ncat = store_item_count(s);
     im->max_cat = ncat;
@@ -429,34 +373,10 @@ static int build_maps(infer_model *im, iisan_store *s, const iisan_ckpt *ck, cha
         free(extra);
         return IISAN_ENOMEM;
     }
-    if (ck->c.kind == MODEL_IISAN) {
-        store_reader *r = NULL;
-        if (store_reader_begin(s, &r)) {
-            snprintf(err, errlen, "cannot read the hidden states");
-            free(mark);
-            free(extra);
-            return IISAN_EIO;
-        }
-        for (uint32_t cat = 1; cat <= ncat; cat++) {
-            if (im->of_cat[cat] || mark[cat]) continue;
-            if (!store_reader_states(r, IISAN_TEXT, cat) &&
-                !store_reader_states(r, IISAN_IMAGE, cat)) {
-                if (!store_reader_error(r, err, (size_t)errlen)) continue;
-                free(extra);
-                store_reader_end(r);
-                return IISAN_EIO;
-            }
-            uint32_t *p = realloc(extra, (nextra + 1) * sizeof *extra);
-            if (!p) {
-                free(extra);
-                free(mark);
-                store_reader_end(r);
-                return IISAN_ENOMEM;
-            }
-            extra = p;
-            extra[nextra++] = cat;
-        }
-        store_reader_end(r);
+    if (r && (rc = state_extras(im, r, ncat, mark, &extra, &nextra, err, errlen))) {
+        free(mark);
+        free(extra);
+        return rc;
     }
     free(mark);
     const int N = Nck + (int)nextra;
@@ -480,7 +400,7 @@ static int build_maps(infer_model *im, iisan_store *s, const iisan_ckpt *ck, cha
     free(extra);
     char id[1024];
     for (int i = 1; i <= N; i++) {
-        int rc = store_item_get(s, im->item_cat[i], id, sizeof id, NULL, 0);
+        rc = store_item_get(s, im->item_cat[i], id, sizeof id, NULL, 0);
         if (rc) {
             snprintf(err, errlen, "model item %d (catalogue index %u) is not in the catalogue: %s",
                      i, im->item_cat[i], iisan_strerror(rc));
@@ -498,32 +418,18 @@ int infer_load(iisan_store *s, uint32_t version, iisan_backend *be, const infer_
                infer_model **out, char *err, int errlen) {
     *out = NULL;
     double t0 = iisan_now();
-    void *blob = NULL;
-    size_t len = 0;
-    char *meta = NULL;
-    uint32_t ver = 0;
-    int rc = store_ckpt_get(s, version, &blob, &len, &meta, &ver);
-    if (rc) {
-        if (rc == IISAN_ENOTFOUND)
-            snprintf(err, errlen, "%s",
-                     version ? "no such checkpoint version" : "the store holds no checkpoint");
-        else
-            snprintf(err, errlen, "reading the checkpoint: %s", iisan_strerror(rc));
-        return rc;
-    }
-    iisan_ckpt ck = {0};
-    char e2[400];
-    rc = ckpt_decode(blob, len, &ck, e2, sizeof e2);
-    free(blob);
-    if (rc) {
-        snprintf(err, errlen, "checkpoint %u: %s", ver, e2);
-        free(meta);
-        return IISAN_EFORMAT;
-    }
+    /* the checkpoint as it was stored, today's dataset (popularity), the model whose item
+     * tower embeds the items, and the states of the whole catalogue */
+    iisan_session ss;
+    session_options so = {.mode = SESSION_SERVE, .version = version, .cap_users = 64};
+    int rc = session_open(&ss, s, be, &so, err, (size_t)errlen);
+    if (rc) return rc;
+    const iisan_ckpt *ck = &ss.ck;
+    const uint32_t ver = ss.version;
+    const char *meta = ss.meta;
     infer_model *im = calloc(1, sizeof *im);
     if (!im) {
-        free(meta);
-        ckpt_free(&ck);
+        session_close(&ss);
         snprintf(err, errlen, "out of memory");
         return IISAN_ENOMEM;
     }
@@ -533,71 +439,64 @@ int infer_load(iisan_store *s, uint32_t version, iisan_backend *be, const infer_
     pthread_cond_init(&im->cv, NULL);
     pthread_mutex_init(&im->add_mu, NULL);
     im->be = be;
-    im->c = ck.c;
+    im->c = ck->c;
     im->max_k = opt->max_k > 0 ? opt->max_k : 1;
     im->max_excl = opt->max_exclude > 0 ? opt->max_exclude : 0;
     im->max_batch = opt->max_batch > 0 ? opt->max_batch : 1;
     im->exhaustive = opt->exhaustive;
     im->info.version = ver;
-    im->info.kind = ck.c.kind;
-    im->info.n = ck.c.n;
-    im->info.d = ck.c.d;
+    im->info.kind = ck->c.kind;
+    im->info.n = ck->c.n;
+    im->info.d = ck->c.d;
     for (int mod = 0; mod < N_MODS; mod++) {
-        im->info.nstates[mod] = ck.c.kind == MODEL_IISAN ? config_nstates(&ck.c, mod) : 0;
-        im->info.D[mod] = ck.c.kind == MODEL_IISAN ? config_width(&ck.c, mod) : 0;
+        im->info.nstates[mod] = ck->c.kind == MODEL_IISAN ? config_nstates(&ck->c, mod) : 0;
+        im->info.D[mod] = ck->c.kind == MODEL_IISAN ? config_width(&ck->c, mod) : 0;
     }
-    im->info.params = ck.nparams;
-    im->info.headroom = ck.c.kind == MODEL_IISAN && opt->headroom > 0 ? opt->headroom : 0;
+    im->info.params = ck->nparams;
+    im->info.headroom = ck->c.kind == MODEL_IISAN && opt->headroom > 0 ? opt->headroom : 0;
     snprintf(im->info.meta, sizeof im->info.meta, "%s", meta ? meta : "{}");
-    config_describe(&ck.c, im->info.describe, sizeof im->info.describe);
-    free(meta);
-    if (ck.c.kind != MODEL_IISAN && ck.c.kind != MODEL_SASREC_ID) {
+    config_describe(&ck->c, im->info.describe, sizeof im->info.describe);
+    if (ck->c.kind != MODEL_IISAN && ck->c.kind != MODEL_SASREC_ID) {
         snprintf(err, errlen, "checkpoint %u is of a kind that cannot be served", ver);
         rc = IISAN_EFORMAT;
         goto fail;
     }
-    if (ck.n_cat < 2) {
+    if (ck->n_cat < 2) {
         snprintf(err, errlen, "checkpoint %u has no items", ver);
         rc = IISAN_EFORMAT;
         goto fail;
     }
-    if (opt->table && opt->table_d != ck.c.d) {
+    if (opt->table && opt->table_d != ck->c.d) {
         snprintf(err, errlen, "the item table's rows are %d wide, checkpoint %u's d is %d",
-                 opt->table_d, ver, ck.c.d);
+                 opt->table_d, ver, ck->c.d);
         rc = IISAN_EINVAL;
         goto fail;
     }
-    if ((rc = build_maps(im, s, &ck, err, errlen))) {
+    if ((rc = build_maps(im, s, ss.rd, ck, err, errlen))) {
         if (rc == IISAN_ENOMEM) snprintf(err, errlen, "out of memory for the item map");
         goto fail;
     }
     im->banned = calloc((size_t)im->cap + 1, sizeof *im->banned);
     atomic_init(&im->nbanned, 0);
-    im->all = be->alloc(be, ((size_t)im->cap + 1) * ck.c.d * sizeof(float));
+    im->all = be->alloc(be, ((size_t)im->cap + 1) * ck->c.d * sizeof(float));
     if (!im->all || !im->banned) {
         snprintf(err, errlen, "out of memory for %d item embeddings", im->cap + 1);
         rc = IISAN_ENOMEM;
         goto fail;
     }
-    if ((rc = popularity(im, s, &ck, err, errlen))) {
-        if (rc == IISAN_ENOMEM) snprintf(err, errlen, "out of memory for the popularity");
+    if ((rc = popularity(im, &ss.ds))) {
+        snprintf(err, errlen, "out of memory for the popularity");
         goto fail;
     }
-    if ((rc = embed_items(im, s, &ck, err, errlen))) goto fail;
-    if (be->caps.host_memory && !(im->table = score_table_build(im->all, im->N0, ck.c.d))) {
+    if ((rc = embed_items(im, &ss, err, errlen))) goto fail;
+    if (be->caps.host_memory && !(im->table = score_table_build(im->all, im->N0, ck->c.d))) {
         snprintf(err, errlen, "out of memory for the scoring table");
         rc = IISAN_ENOMEM;
         goto fail;
     }
-    if (im->tower) {
-        const size_t slot = (size_t)im->info.nstates[0] * im->info.D[0] +
-                            (size_t)im->info.nstates[1] * im->info.D[1];
-        im->stage = be->alloc(be, (size_t)ADD_CHUNK * slot * sizeof(uint16_t));
-        if (!im->stage) {
-            snprintf(err, errlen, "out of memory");
-            rc = IISAN_ENOMEM;
-            goto fail;
-        }
+    if (im->tower && states_resident_empty(be, ADD_CHUNK, &ck->c, &im->stage, err, errlen)) {
+        rc = IISAN_ENOMEM;
+        goto fail;
     }
     atomic_init(&im->n_items, im->N0);
     atomic_init(&im->n_added, 0);
@@ -611,7 +510,7 @@ int infer_load(iisan_store *s, uint32_t version, iisan_backend *be, const infer_
         goto fail;
     }
     for (int i = 0; i < im->nctx; i++) {
-        if (make_ctx(im, &ck, &im->ctx[i], err, errlen)) {
+        if (make_ctx(im, ck, &im->ctx[i], err, errlen)) {
             rc = IISAN_ENOMEM;
             goto fail;
         }
@@ -631,11 +530,11 @@ int infer_load(iisan_store *s, uint32_t version, iisan_backend *be, const infer_
     im->info.max_batch = im->max_batch;
     im->info.load_seconds = iisan_now() - t0;
     im->load_opt = NULL;
-    ckpt_free(&ck);
+    session_close(&ss);
     *out = im;
     return 0;
 fail:
-    ckpt_free(&ck);
+    session_close(&ss);
     destroy(im);
     return rc;
 }
@@ -761,20 +660,6 @@ int infer_recommend(infer_model *im, const int32_t *hist, int nh, const int32_t 
     return q.cnt;
 }
 
-/* the staged states of a chunk of items being embedded (backend memory) */
-typedef struct {
-    int n;
-    const uint32_t *cat;
-    const uint16_t *mod[2][ADD_CHUNK];
-} stage_src;
-
-static const uint16_t *stage_get(void *ctx, int modality, uint32_t cat) {
-    const stage_src *s = ctx;
-    for (int i = 0; i < s->n; i++)
-        if (s->cat[i] == cat) return s->mod[modality][i];
-    return NULL;
-}
-
 int infer_add_items(infer_model *im, const infer_new_item *v, int n, int32_t *out_idx, char *err,
                     int errlen) {
     if (!im->tower) {
@@ -787,8 +672,6 @@ int infer_add_items(infer_model *im, const infer_new_item *v, int n, int32_t *ou
     if (n < 1) return 0;
     iisan_backend *be = im->be;
     const int d = im->c.d;
-    const size_t blk[2] = {(size_t)im->info.nstates[0] * im->info.D[0],
-                           (size_t)im->info.nstates[1] * im->info.D[1]};
     pthread_mutex_lock(&im->add_mu);
     const int base = atomic_load(&im->n_items);
     if (base + n > im->cap) {
@@ -814,34 +697,33 @@ int infer_add_items(infer_model *im, const infer_new_item *v, int n, int32_t *ou
     infer_ctx *x = checkout(im);
     int32_t rows[ADD_CHUNK];
     uint32_t cats[ADD_CHUNK];
+    int oom = 0;
     for (int i0 = 0; i0 < n; i0 += ADD_CHUNK) {
         int U = n - i0 < ADD_CHUNK ? n - i0 : ADD_CHUNK;
-        stage_src src = {U, cats, {{NULL}}};
         for (int u = 0; u < U; u++) {
             const infer_new_item *it = &v[i0 + u];
             rows[u] = base + 1 + i0 + u;
             cats[u] = it->cat;
             im->item_cat[rows[u]] = it->cat;
-            for (int mod = 0; mod < 2; mod++)
-                if (it->states[mod]) {
-                    uint16_t *dst = im->stage + (size_t)u * (blk[0] + blk[1]) + (mod ? blk[0] : 0);
-                    be->upload(be, dst, it->states[mod], blk[mod] * sizeof(uint16_t));
-                    src.mod[mod][u] = dst;
-                }
+            oom |= states_resident_put(im->stage, u, it->cat, it->states) != 0;
         }
-        iisan_states st = {stage_get, &src, NULL};
+        iisan_states st = resident_states_source(im->stage);
         tower_forward(im->tower, rows, cats, U, &st);
         be->copy(be, im->all + (size_t)rows[0] * d, im->tower->emb, (size_t)U * d * sizeof(float));
     }
     be->sync(be);
     checkin(im, x);
     char bm[300];
-    if (be->status(be, bm, sizeof bm)) { /* garbage rows: none is published */
+    if (oom || be->status(be, bm, sizeof bm)) { /* garbage rows: none is published */
         for (int i = 0; i < n; i++) {
             free(im->ids[base + 1 + i]);
             im->ids[base + 1 + i] = NULL;
         }
         pthread_mutex_unlock(&im->add_mu);
+        if (oom) {
+            snprintf(err, errlen, "out of memory staging the items' states");
+            return IISAN_ENOMEM;
+        }
         snprintf(err, errlen, "the %s backend failed embedding the items: %s", be->name, bm);
         return IISAN_EBACKEND;
     }

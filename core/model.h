@@ -14,11 +14,15 @@
 /* Where the cached hidden states come from: get returns the fp16
  * [nstates * D] block of catalogue item cat for a modality, or NULL when the
  * item has none (zeros are used). error (NULL for a source that cannot fail)
- * reports a read that failed (core/states.h: states_check). */
+ * reports a read that failed (core/states.h: states_check). release (NULL when
+ * there is nothing to release) says that no block got so far is used any more:
+ * the towers call it after each batch's gather, and a store reader then ends its
+ * read transaction until the next get (core/states.h). */
 typedef struct {
     const uint16_t *(*get)(void *ctx, int modality, uint32_t cat);
     void *ctx;
     int (*error)(void *ctx, char *msg, size_t len);
+    void (*release)(void *ctx);
 } iisan_states;
 
 typedef struct {

@@ -11,13 +11,19 @@ static int reader_error(void *ctx, char *msg, size_t len) {
     return store_reader_error(ctx, msg, len);
 }
 
+static void reader_release(void *ctx) { store_reader_release(ctx); }
+
 iisan_states states_from_reader(store_reader *r) {
-    iisan_states st = {reader_get, r, reader_error};
+    iisan_states st = {reader_get, r, reader_error, reader_release};
     return st;
 }
 
 int states_check(const iisan_states *st, char *msg, size_t len) {
     return st && st->error ? st->error(st->ctx, msg, len) : 0;
+}
+
+void states_release(const iisan_states *st) {
+    if (st && st->release) st->release(st->ctx);
 }
 
 int states_fit(const store_reader *r, const iisan_config *c, char *msg, size_t len) {

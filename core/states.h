@@ -12,8 +12,13 @@
 
 /* The source of r's states: get returns an item's block in the map, NULL when it has none of
  * that modality; a failed read (LMDB, a value of the wrong size) also returns NULL and is
- * recorded, for states_check. Valid until store_reader_end(r). */
+ * recorded, for states_check. A block is valid until the next release (which ends the
+ * reader's read transaction: store_reader_release; the next get starts a fresh one); the
+ * source until store_reader_end(r). */
 iisan_states states_from_reader(store_reader *r);
+
+/* st's release, when it has one: every block got from st so far is no longer used */
+void states_release(const iisan_states *st);
 
 /* 0 when every state st was asked for was read (a missing modality is not a failure); else
  * the first failure's IISAN_E* code with its message in msg (len bytes; msg may be NULL).

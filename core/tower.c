@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "core/model.h"
+#include "core/states.h"
 
 static int tower_mod(int t) { return t == TOWER_TEXT ? MOD_TEXT : MOD_IMAGE; }
 
@@ -29,6 +30,10 @@ static void gather_states(iisan_model *m, const uint32_t *cat, int U, const iisa
                 rows[u] = m->rows[u] ? m->rows[u] + (size_t)s * c->D : NULL;
             be->gather_half(be, k < 0 ? m->x0[mod] : m->xs[mod][k], rows, U, c->D);
         }
+    }
+    if (st->release) { /* the blocks are copied: a store reader may end its transaction */
+        be->sync(be);
+        states_release(st);
     }
 }
 

@@ -4,6 +4,7 @@
  * modality, the wider one projected to Dx by its own Q_k; heads F: width -> d (intra) or
  * Dx -> Dx (inter), then P -> d. The SAN blocks, heads and fusion are tower.c's. */
 #include "core/model.h"
+#include "core/states.h"
 
 static int versa_need_mod(const iisan_config *c, int mod) {
     if ((c->towers >> TOWER_INTER) & 1) return 1;
@@ -27,6 +28,10 @@ static void versa_gather(iisan_model *m, const uint32_t *cat, int U, const iisan
                 rows[u] = m->rows[u] ? m->rows[u] + (size_t)s * v->D : NULL;
             be->gather_half(be, k < 0 ? m->x0[mod] : m->xs[mod][k], rows, U, v->D);
         }
+    }
+    if (st->release) { /* the blocks are copied: a store reader may end its transaction */
+        be->sync(be);
+        states_release(st);
     }
 }
 

@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "core/eval.h"
-#include "core/resident.h"
+#include "core/session.h"
 #include "core/states.h"
 #include "server/cli.h"
 #include "server/common.h"
@@ -103,56 +103,42 @@ int cmd_eval(int argc, char **argv) {
         return 1;
     }
     int rc = 1;
-    iisan_dataset ds = {0};
-    iisan_ckpt ck = {0};
-    iisan_model *m = NULL;
+    iisan_session ss = {0};
     iisan_backend *be = NULL;
-    store_reader *rd = NULL;
-    resident_states *rs = NULL;
     eval_result r;
-    uint32_t ver = 0;
     const char *name = "popularity";
+    iisan_config pc;
+    config_default(&pc);
+    pc.kind = MODEL_POPULARITY;
+    pc.n = (int)max_len;
+    session_options so = {.mode = model ? SESSION_NEW : SESSION_EVAL,
+                          .config = &pc,
+                          .min_len = (int)min_len,
+                          .version = (uint32_t)version};
+    if (!model && !(be = backend_choose("eval", device, (int)threads))) goto out;
+    int orc = session_open(&ss, s, be, &so, err, sizeof err);
+    if (orc) {
+        fprintf(stderr, "iisan eval: %s%s\n", err,
+                orc == IISAN_ENOTFOUND && !model ? "; train one with `iisan train`" : "");
+        goto out;
+    }
     if (model) {
-        if (dataset_build(&ds, s, (int)max_len, (int)min_len, err, sizeof err)) {
-            fprintf(stderr, "iisan eval: %s\n", err);
-            goto out;
-        }
-        popularity_evaluate(&ds, split, rule, &r);
+        popularity_evaluate(&ss.ds, split, rule, &r);
     } else {
-        be = backend_choose("eval", device, (int)threads);
-        if (!be) goto out;
-        if (load_checkpoint_model("eval", s, (uint32_t)version, be, &ck, &ds, &m, &ver)) goto out;
-        name = ck.c.kind != MODEL_IISAN  ? "sasrec-id"
-               : ck.c.arch == ARCH_VERSA ? "iisan-versa"
+        name = ss.c.kind != MODEL_IISAN  ? "sasrec-id"
+               : ss.c.arch == ARCH_VERSA ? "iisan-versa"
                                          : "iisan";
-        if (store_reader_begin(s, &rd)) {
-            fprintf(stderr, "iisan eval: cannot read the store\n");
-            goto out;
-        }
-        iisan_states st = states_from_reader(rd);
-        if (states_fit(rd, &ck.c, err, sizeof err)) {
-            fprintf(stderr, "iisan eval: version %u: %s\n", ver, err);
-            goto out;
-        }
-        if (ck.c.kind == MODEL_IISAN && !be->caps.host_memory) {
-            /* the GPU reads states from its own memory: every item's, uploaded once */
-            if (states_resident_create(be, &ds, &st, &ck.c, &rs, err, sizeof err)) {
-                fprintf(stderr, "iisan eval: %s\n", err);
-                goto out;
-            }
-            if (backend_check("eval", be)) goto out;
-            st = resident_states_source(rs);
-        }
-        if (model_evaluate(m, &ds, split, rule, &st, &r)) {
+        if (model_evaluate(ss.m, &ss.ds, split, rule, &ss.st, &r)) {
             fprintf(stderr, "iisan eval: out of memory\n");
             goto out;
         }
         if (backend_check("eval", be)) goto out;
-        if (states_check(&st, err, sizeof err)) {
+        if (states_check(&ss.st, err, sizeof err)) {
             fprintf(stderr, "iisan eval: %s\n", err);
             goto out;
         }
     }
+    const uint32_t ver = ss.version;
     const char *sp = split == SPLIT_TEST ? "test" : "valid";
     fprintf(stderr,
             "%s%s%.0u: %s HR@10 %.4f NDCG@10 %.4f over %d users (%.2f s; excluded: %s; %d "
@@ -163,16 +149,12 @@ int cmd_eval(int argc, char **argv) {
         printf("{\"model\":\"%s\",\"version\":%u,\"split\":\"%s\",\"hr10\":%.6f,"
                "\"ndcg10\":%.6f,\"users\":%d,\"items\":%d,\"seconds\":%.3f,"
                "\"eval_exclude\":\"%s\",\"repeated_targets\":%d}\n",
-               name, ver, sp, r.hr10, r.ndcg10, r.users, ds.n_items, r.seconds,
+               name, ver, sp, r.hr10, r.ndcg10, r.users, ss.ds.n_items, r.seconds,
                eval_rule_name(rule), r.repeated);
     rc = 0;
 out:
-    if (rd) store_reader_end(rd);
-    states_resident_free(rs);
-    model_destroy(m);
+    session_close(&ss);
     if (be) be->destroy(be);
-    ckpt_free(&ck);
-    dataset_free(&ds);
     store_close(s);
     return rc;
 }

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/dataset.h"
+#include "core/session.h"
 #include "server/cli.h"
 #include "server/common.h"
 #include "store/store.h"
@@ -110,7 +110,8 @@ int cmd_info(int argc, char **argv) {
     int rc = 1;
     json_t *j = json_object(), *jstates = json_object(), *jck = json_array();
     uint32_t *versions = NULL, nver = 0;
-    iisan_dataset ds = {0};
+    iisan_session ss = {0};
+    const iisan_dataset *ds = &ss.ds;
 
     store_usage us = {0};
     store_usage_get(s, &us);
@@ -164,18 +165,23 @@ int cmd_info(int argc, char **argv) {
         if (show_checkpoint(s, versions[i], jck)) goto out;
     json_object_set(j, "checkpoints", jck);
 
-    if (dataset_build(&ds, s, (int)max_len, (int)min_len, err, sizeof err)) {
+    iisan_config pc; /* the dataset alone: a popularity session */
+    config_default(&pc);
+    pc.kind = MODEL_POPULARITY;
+    pc.n = (int)max_len;
+    session_options so = {.mode = SESSION_NEW, .config = &pc, .min_len = (int)min_len};
+    if (session_open(&ss, s, NULL, &so, err, sizeof err)) {
         fail(err);
         goto out;
     }
     printf("dataset (n = %ld, users with >= %ld items, cut to the last %ld): %d users, %d items, "
            "%llu interactions\n",
-           max_len, min_len, max_len + 3, ds.n_users, ds.n_items,
-           (unsigned long long)ds.n_interactions);
+           max_len, min_len, max_len + 3, ds->n_users, ds->n_items,
+           (unsigned long long)ds->n_interactions);
     json_object_set_new(j, "dataset",
                         json_pack("{s:i, s:i, s:i, s:i, s:I}", "max_len", (int)max_len, "min_len",
-                                  (int)min_len, "users", ds.n_users, "items", ds.n_items,
-                                  "interactions", (json_int_t)ds.n_interactions));
+                                  (int)min_len, "users", ds->n_users, "items", ds->n_items,
+                                  "interactions", (json_int_t)ds->n_interactions));
     if (json) {
         char *txt = json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(15));
         if (!txt) {
@@ -188,7 +194,7 @@ int cmd_info(int argc, char **argv) {
     fflush(stdout);
     rc = 0;
 out:
-    dataset_free(&ds);
+    session_close(&ss);
     free(versions);
     json_decref(jstates);
     json_decref(jck);

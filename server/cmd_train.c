@@ -13,6 +13,7 @@
 #include "core/dataset.h"
 #include "core/eval.h"
 #include "core/resident.h"
+#include "core/session.h"
 #include "core/states.h"
 #include "core/train.h"
 #include "server/cli.h"
@@ -274,7 +275,104 @@ static int model_kind(const char *model, iisan_config *c) {
     return 0;
 }
 
-int cmd_train(int argc, char **argv) {
+/* what the command line asks for */
+typedef struct {
+    const char *dir, *model, *schedule, *device;
+    const char *sched_mod[N_MODS];
+    iisan_config c;
+    iisan_train_config tc;
+    int json, save, towers, rule_opt[3];
+    long threads;
+} train_args;
+
+/* --arch and --act; 0, or 2 after a message */
+static int parse_choice(int ch, const char *arg, iisan_config *c) {
+    const char *a = ch == 'A' ? "iisan" : "relu", *b = ch == 'A' ? "versa" : "gelu";
+    int *dst = ch == 'A' ? &c->arch : &c->act;
+    if (!strcmp(arg, a) || !strcmp(arg, b)) {
+        int first = !strcmp(arg, a);
+        *dst = ch == 'A' ? (first ? ARCH_IISAN : ARCH_VERSA)
+                         : (first ? IISAN_ACT_RELU : IISAN_ACT_GELU);
+        return 0;
+    }
+    fprintf(stderr, "iisan train: --%s wants %s or %s, got '%s'\n", ch == 'A' ? "arch" : "act", a,
+            b, arg);
+    return 2;
+}
+
+/* one option's value into a; 0, or the exit code after a message */
+static int parse_opt(int ch, const char *arg, train_args *a) {
+    iisan_config *c = &a->c;
+    iisan_train_config *tc = &a->tc;
+    long v = 0;
+    double x = 0;
+#define INT(name, lo, hi, dst)                                                                     \
+    if (opt_int("train", name, arg, lo, hi, &v)) return 2;                                         \
+    dst = (int)v;                                                                                  \
+    break
+#define FLT(name, lo, hi, dst)                                                                     \
+    if (opt_float("train", name, arg, lo, hi, &x)) return 2;                                       \
+    dst = (float)x;                                                                                \
+    break
+    switch (ch) {
+    case 'D': a->dir = arg; break;
+    case 'm': a->model = arg; break;
+    case 'e': INT("epochs", 1, 100000, tc->epochs);
+    case 'p': INT("patience", 0, 100000, tc->patience);
+    case 'b': INT("batch", 1, 4096, tc->batch);
+    case 'l': FLT("lr", 0, 1, tc->lr);
+    case 'L': FLT("lr-san", 0, 1, tc->lr_san);
+    case 's':
+        if (opt_int("train", "seed", arg, 0, 0x7fffffffL, &v)) return 2;
+        tc->seed = (uint64_t)v;
+        break;
+    case 'n': INT("max-len", 1, 200, c->n);
+    case 'N': INT("min-len", 3, 1000, tc->min_len);
+    case 'o': FLT("dropout", 0, 0.9, c->dropout);
+    case 'd': INT("d", 2, 4096, c->d);
+    case 'r': INT("r", 1, 4096, c->r);
+    case 'S': a->schedule = arg; break;
+    case 'X': a->sched_mod[MOD_TEXT] = arg; break;
+    case 'Y': a->sched_mod[MOD_IMAGE] = arg; break;
+    case 'A':
+    case 'a': return parse_choice(ch, arg, c);
+    case 't':
+        if (parse_towers(arg, &a->towers)) {
+            fprintf(stderr, "iisan train: --towers wants a list from image,text,inter, got '%s'\n",
+                    arg);
+            return 2;
+        }
+        break;
+    case 'x':
+        if (opt_int("train", "max-steps", arg, 0, 1L << 40, &v)) return 2;
+        tc->max_steps = v;
+        break;
+    case 'T':
+        if (opt_int("train", "threads", arg, 0, 1024, &a->threads)) return 2;
+        break;
+    case 'G':
+        if (opt_device("train", arg)) return 2;
+        a->device = arg;
+        break;
+    case 'g':
+    case 'E':
+    case 'R':
+        if (parse_rule_opt(ch, arg, a->rule_opt)) return 2;
+        break;
+    case 'P':
+        if (opt_precision("train", arg, &tc->precision)) return 2;
+        break;
+    case 'z': a->save = 0; break;
+    case 'j': a->json = 1; break;
+    default: return 2;
+    }
+#undef INT
+#undef FLT
+    return 0;
+}
+
+/* the whole command line into a; -1 to go on, else the exit code (0 after --help) */
+static int parse_args(int argc, char **argv, train_args *a) {
     static const struct option opts[] = {{"data", 1, 0, 'D'},
                                          {"model", 1, 0, 'm'},
                                          {"epochs", 1, 0, 'e'},
@@ -305,232 +403,140 @@ int cmd_train(int argc, char **argv) {
                                          {"rules", 1, 0, 'R'},
                                          {"precision", 1, 0, 'P'},
                                          {0, 0, 0, 0}};
-    const char *dir = NULL, *model = "iisan", *schedule = "every2", *device = NULL;
-    const char *sched_mod[N_MODS] = {NULL, NULL};
-    iisan_config c;
-    iisan_train_config tc;
-    config_default(&c);
-    train_config_default(&tc);
-    int json = 0, save = 1, towers = c.towers, rule_opt[3] = {0, 0, 0};
-    long v, threads = 0;
-    double x;
+    memset(a, 0, sizeof *a);
+    a->model = "iisan";
+    a->schedule = "every2";
+    config_default(&a->c);
+    train_config_default(&a->tc);
+    a->save = 1;
+    a->towers = a->c.towers;
     optind = 1;
     int ch;
     while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (ch) {
-        case 'D': dir = optarg; break;
-        case 'm': model = optarg; break;
-        case 'e':
-            if (opt_int("train", "epochs", optarg, 1, 100000, &v)) return 2;
-            tc.epochs = (int)v;
-            break;
-        case 'p':
-            if (opt_int("train", "patience", optarg, 0, 100000, &v)) return 2;
-            tc.patience = (int)v;
-            break;
-        case 'b':
-            if (opt_int("train", "batch", optarg, 1, 4096, &v)) return 2;
-            tc.batch = (int)v;
-            break;
-        case 'l':
-            if (opt_float("train", "lr", optarg, 0, 1, &x)) return 2;
-            tc.lr = (float)x;
-            break;
-        case 'L':
-            if (opt_float("train", "lr-san", optarg, 0, 1, &x)) return 2;
-            tc.lr_san = (float)x;
-            break;
-        case 's':
-            if (opt_int("train", "seed", optarg, 0, 0x7fffffffL, &v)) return 2;
-            tc.seed = (uint64_t)v;
-            break;
-        case 'n':
-            if (opt_int("train", "max-len", optarg, 1, 200, &v)) return 2;
-            c.n = (int)v;
-            break;
-        case 'N':
-            if (opt_int("train", "min-len", optarg, 3, 1000, &v)) return 2;
-            tc.min_len = (int)v;
-            break;
-        case 'o':
-            if (opt_float("train", "dropout", optarg, 0, 0.9, &x)) return 2;
-            c.dropout = (float)x;
-            break;
-        case 'd':
-            if (opt_int("train", "d", optarg, 2, 4096, &v)) return 2;
-            c.d = (int)v;
-            break;
-        case 'r':
-            if (opt_int("train", "r", optarg, 1, 4096, &v)) return 2;
-            c.r = (int)v;
-            break;
-        case 'S': schedule = optarg; break;
-        case 'X': sched_mod[MOD_TEXT] = optarg; break;
-        case 'Y': sched_mod[MOD_IMAGE] = optarg; break;
-        case 'A':
-            if (!strcmp(optarg, "iisan"))
-                c.arch = ARCH_IISAN;
-            else if (!strcmp(optarg, "versa"))
-                c.arch = ARCH_VERSA;
-            else {
-                fprintf(stderr, "iisan train: --arch wants iisan or versa, got '%s'\n", optarg);
-                return 2;
-            }
-            break;
-        case 'a':
-            if (!strcmp(optarg, "relu"))
-                c.act = IISAN_ACT_RELU;
-            else if (!strcmp(optarg, "gelu"))
-                c.act = IISAN_ACT_GELU;
-            else {
-                fprintf(stderr, "iisan train: --act wants relu or gelu, got '%s'\n", optarg);
-                return 2;
-            }
-            break;
-        case 't':
-            if (parse_towers(optarg, &towers)) {
-                fprintf(stderr,
-                        "iisan train: --towers wants a list from image,text,inter, got '%s'\n",
-                        optarg);
-                return 2;
-            }
-            break;
-        case 'x':
-            if (opt_int("train", "max-steps", optarg, 0, 1L << 40, &v)) return 2;
-            tc.max_steps = v;
-            break;
-        case 'T':
-            if (opt_int("train", "threads", optarg, 0, 1024, &threads)) return 2;
-            break;
-        case 'G':
-            if (opt_device("train", optarg)) return 2;
-            device = optarg;
-            break;
-        case 'g':
-        case 'E':
-        case 'R':
-            if (parse_rule_opt(ch, optarg, rule_opt)) return 2;
-            break;
-        case 'P':
-            if (opt_precision("train", optarg, &tc.precision)) return 2;
-            break;
-        case 'z': save = 0; break;
-        case 'j': json = 1; break;
-        case 'h': help(stdout); return 0;
-        default: help(stderr); return 2;
+        if (ch == 'h') {
+            help(stdout);
+            return 0;
+        }
+        int rc = parse_opt(ch, optarg, a);
+        if (rc) {
+            if (ch == '?' || ch == ':') help(stderr);
+            return rc;
         }
     }
-    if (optind < argc || !dir) {
+    if (optind < argc || !a->dir) {
         fprintf(stderr, "iisan train: %s\n",
-                !dir ? "--data DIR is required" : "unexpected argument");
+                !a->dir ? "--data DIR is required" : "unexpected argument");
         help(stderr);
         return 2;
     }
-    if (model_kind(model, &c)) return 2;
-    c.towers = towers;
+    if (model_kind(a->model, &a->c)) return 2;
+    a->c.towers = a->towers;
     /* --rules first, the single rules over it, whatever their order on the line */
-    if (rule_opt[0]) config_set_rules(&c, &tc, rule_opt[0]);
-    if (rule_opt[1]) tc.lr_groups = rule_opt[1];
-    if (rule_opt[2]) tc.eval_rule = rule_opt[2];
+    if (a->rule_opt[0]) config_set_rules(&a->c, &a->tc, a->rule_opt[0]);
+    if (a->rule_opt[1]) a->tc.lr_groups = a->rule_opt[1];
+    if (a->rule_opt[2]) a->tc.eval_rule = a->rule_opt[2];
+    return -1;
+}
 
+/* the popularity baseline's validation figures */
+static void report_popularity(const train_args *a, const iisan_dataset *ds) {
+    eval_result r;
+    popularity_evaluate(ds, SPLIT_VALID, a->tc.eval_rule, &r);
+    fprintf(stderr, "popularity: valid HR@10 %.4f NDCG@10 %.4f (%d users)\n", r.hr10, r.ndcg10,
+            r.users);
+    if (a->json)
+        printf("{\"model\":\"popularity\",\"valid_hr10\":%.6f,\"valid_ndcg10\":%.6f,"
+               "\"users\":%d}\n",
+               r.hr10, r.ndcg10, r.users);
+}
+
+/* the ready model's lines: dataset, states, model */
+static void report_session(const train_args *a, const iisan_session *ss, const char *model) {
+    fprintf(stderr, "dataset: %d users, %d items, %llu interactions (%.2f s)\n", ss->ds.n_users,
+            ss->ds.n_items, (unsigned long long)ss->ds.n_interactions, ss->dataset_seconds);
+    if (!ss->m) return;
+    if (ss->rs)
+        fprintf(stderr, "hidden states resident %s: %.1f MiB (%.2f s)\n",
+                resident_states_in_host(ss->rs) ? "in pinned host memory (too large for the device)"
+                                                : "on the device",
+                resident_states_bytes(ss->rs) / 1048576.0, ss->states_seconds);
+    fprintf(stderr, "model: %s, %zu trainable parameters, batch %d, up to %d epochs\n", model,
+            model_param_count(ss->m), a->tc.batch, a->tc.epochs);
+}
+
+/* training on the open session, then the version stored and the report; the exit code */
+static int train_session(train_args *a, iisan_store *s, iisan_session *ss, const char *model) {
+    char err[512];
+    train_summary sum;
+    g_stop = 0;
+    a->tc.stop = &g_stop;
+    catch_stop_signals();
+    int trc = train_run(ss->m, &ss->ds, &ss->st, &a->tc, 1, on_epoch, NULL, &sum);
+    if (trc == TRAIN_ENOMEM) fprintf(stderr, "iisan train: out of memory; nothing stored\n");
+    if (trc == TRAIN_ESTATES && states_check(&ss->st, err, sizeof err))
+        fprintf(stderr, "iisan train: %s; nothing stored\n", err);
+    if (backend_check("train", ss->m->be) || trc) return 1;
+    session_release_states(ss); /* storing the version may grow the map */
+    if (store_and_report(model, s, ss->m, &ss->ds, &ss->c, &a->tc, &sum, a->save, a->json))
+        return sum.interrupted && !sum.best_epoch ? 130 : 1;
+    return sum.interrupted ? 130 : 0;
+}
+
+/* the store open: the item side's shapes, the backend, the ready model, training */
+static int train_store(train_args *a, iisan_store *s) {
+    const char *model = a->model;
+    if (a->c.kind == MODEL_IISAN) {
+        int src = item_shapes(s, a->dir, &a->c, a->schedule, a->sched_mod);
+        if (src) return src;
+        if (a->c.arch == ARCH_VERSA) model = "iisan-versa";
+    }
+    iisan_backend *be = NULL;
+    if (a->c.kind != MODEL_POPULARITY) {
+        if (!(be = backend_choose("train", a->device, (int)a->threads))) return 1;
+        if (backend_set_precision("train", be, a->tc.precision)) {
+            be->destroy(be);
+            return 1;
+        }
+    }
+    session_options so = {.mode = SESSION_NEW,
+                          .config = &a->c,
+                          .min_len = a->tc.min_len,
+                          .cap_users = a->tc.batch,
+                          .seed = a->tc.seed,
+                          .need_users = 1};
+    iisan_session ss;
+    char err[512];
+    int rc = 1, orc = session_open(&ss, s, be, &so, err, sizeof err);
+    if (orc == IISAN_ENOTFOUND)
+        fprintf(stderr, "iisan train: %s has %s: import users.tsv\n", a->dir, err);
+    else if (orc)
+        fprintf(stderr, "iisan train: %s\n", err);
+    else if (!backend_check("train", be)) {
+        report_session(a, &ss, model);
+        if (!ss.m) {
+            report_popularity(a, &ss.ds);
+            rc = 0;
+        } else {
+            rc = train_session(a, s, &ss, model);
+        }
+    }
+    session_close(&ss);
+    if (be) be->destroy(be);
+    return rc;
+}
+
+int cmd_train(int argc, char **argv) {
+    train_args a;
+    int rc = parse_args(argc, argv, &a);
+    if (rc >= 0) return rc;
     char err[512];
     iisan_store *s = NULL;
-    if (cli_lock_store("train", dir, 0)) return 1;
-    if (store_open(&s, dir, 0, err, sizeof err)) {
+    if (cli_lock_store("train", a.dir, 0)) return 1;
+    if (store_open(&s, a.dir, 0, err, sizeof err)) {
         fprintf(stderr, "iisan train: %s\n", err);
         return 1;
     }
-    int rc = 1;
-    iisan_dataset ds = {0};
-    iisan_model *m = NULL;
-    iisan_backend *be = NULL;
-    store_reader *rd = NULL;
-    resident_states *rs = NULL;
-    double t0 = now_seconds();
-    if (dataset_build(&ds, s, c.n, tc.min_len, err, sizeof err)) {
-        fprintf(stderr, "iisan train: %s\n", err);
-        goto out;
-    }
-    if (ds.n_users == 0) {
-        fprintf(stderr, "iisan train: %s has no users with at least %d items: import users.tsv\n",
-                dir, tc.min_len);
-        goto out;
-    }
-    fprintf(stderr, "dataset: %d users, %d items, %llu interactions (%.2f s)\n", ds.n_users,
-            ds.n_items, (unsigned long long)ds.n_interactions, now_seconds() - t0);
-
-    if (c.kind == MODEL_POPULARITY) {
-        eval_result r;
-        popularity_evaluate(&ds, SPLIT_VALID, tc.eval_rule, &r);
-        fprintf(stderr, "popularity: valid HR@10 %.4f NDCG@10 %.4f (%d users)\n", r.hr10, r.ndcg10,
-                r.users);
-        if (json)
-            printf("{\"model\":\"popularity\",\"valid_hr10\":%.6f,\"valid_ndcg10\":%.6f,"
-                   "\"users\":%d}\n",
-                   r.hr10, r.ndcg10, r.users);
-        rc = 0;
-        goto out;
-    }
-    if (c.kind == MODEL_IISAN) {
-        int src = item_shapes(s, dir, &c, schedule, sched_mod);
-        if (src) {
-            rc = src;
-            goto out;
-        }
-        if (c.arch == ARCH_VERSA) model = "iisan-versa";
-    } else {
-        c.n_items = ds.n_items;
-    }
-    be = backend_choose("train", device, (int)threads);
-    if (!be || backend_set_precision("train", be, tc.precision)) goto out;
-    m = model_create(&c, be, tc.batch, tc.seed, err, sizeof err);
-    if (!m) {
-        fprintf(stderr, "iisan train: %s\n", err);
-        goto out;
-    }
-    fprintf(stderr, "model: %s, %zu trainable parameters, batch %d, up to %d epochs\n", model,
-            model_param_count(m), tc.batch, tc.epochs);
-    if (store_reader_begin(s, &rd)) {
-        fprintf(stderr, "iisan train: cannot read the store\n");
-        goto out;
-    }
-    iisan_states st = states_from_reader(rd);
-    if (c.kind == MODEL_IISAN && !be->caps.host_memory) {
-        /* the GPU reads states from its own memory: every item's, uploaded once */
-        double tr = now_seconds();
-        if (states_resident_create(be, &ds, &st, &c, &rs, err, sizeof err)) {
-            fprintf(stderr, "iisan train: %s\n", err);
-            goto out;
-        }
-        if (backend_check("train", be)) goto out;
-        st = resident_states_source(rs);
-        fprintf(stderr, "hidden states resident %s: %.1f MiB (%.2f s)\n",
-                resident_states_in_host(rs) ? "in pinned host memory (too large for the device)"
-                                            : "on the device",
-                resident_states_bytes(rs) / 1048576.0, now_seconds() - tr);
-    }
-    train_summary sum;
-    g_stop = 0;
-    tc.stop = &g_stop;
-    catch_stop_signals();
-    int trc = train_run(m, &ds, &st, &tc, 1, on_epoch, NULL, &sum);
-    if (trc == TRAIN_ENOMEM) fprintf(stderr, "iisan train: out of memory; nothing stored\n");
-    if (trc == TRAIN_ESTATES && states_check(&st, err, sizeof err))
-        fprintf(stderr, "iisan train: %s; nothing stored\n", err);
-    if (backend_check("train", be) || trc) goto out;
-    store_reader_end(rd);
-    rd = NULL;
-    if (store_and_report(model, s, m, &ds, &c, &tc, &sum, save, json)) {
-        rc = sum.interrupted && !sum.best_epoch ? 130 : 1;
-        goto out;
-    }
-    rc = sum.interrupted ? 130 : 0;
-out:
-    if (rd) store_reader_end(rd);
-    states_resident_free(rs);
-    model_destroy(m);
-    if (be) be->destroy(be);
-    dataset_free(&ds);
+    rc = train_store(&a, s);
     store_close(s);
     return rc;
 }

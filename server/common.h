@@ -1,5 +1,5 @@
-/* Helpers shared by the subcommands: reading numbers from options, the
- * store-backed hidden-state source, and loading checkpoints into models. */
+/* Helpers shared by the subcommands: reading numbers from options, the compute backend, the
+ * store's lock. (A ready model comes from core/session.h.) */
 #ifndef IISAN_SERVER_COMMON_H
 #define IISAN_SERVER_COMMON_H
 
@@ -49,10 +49,3 @@ int backend_set_precision(const char *cmd, iisan_backend *be, int precision);
 int backend_check(const char *cmd, iisan_backend *be);
 
 #endif
-
-/* Loads checkpoint version (0 = latest) from s into a new model on be, with
- * the dataset rebuilt as it was trained and checked against the checkpoint's
- * item mapping. Returns 0, or 1 with a message printed for cmd. */
-int load_checkpoint_model(const char *cmd, iisan_store *s, uint32_t version, iisan_backend *be,
-                          iisan_ckpt *ck, iisan_dataset *ds, iisan_model **m,
-                          uint32_t *version_out);

@@ -23,8 +23,7 @@
 #include "core/checkpoint.h"
 #include "core/dataset.h"
 #include "core/eval.h"
-#include "core/params.h"
-#include "core/resident.h"
+#include "core/session.h"
 #include "core/states.h"
 #include "core/train.h"
 #include "server/serve.h"
@@ -180,48 +179,6 @@ static void on_epoch(void *arg, const epoch_report *r) {
               r->epoch, r->loss, r->valid.hr10, r->best ? "true" : "false");
 }
 
-/* warm start: the checkpoint's parameters by name; SASRec-ID embedding rows
- * by catalogue index (items new to the dataset keep their initialisation) */
-static int warm_params(const iisan_ckpt *ck, const iisan_model *m, const iisan_dataset *ds,
-                       float *h, uint64_t seed, int *reused) {
-    param_table old;
-    if (params_build(&old, &ck->c)) return -1;
-    params_init(&m->pt, h, seed);
-    const int d = m->c.d;
-    *reused = 0;
-    for (int i = 0; i < m->pt.n; i++) {
-        const param_info *p = &m->pt.t[i];
-        const param_info *q = params_find(&old, p->name);
-        if (!q) continue;
-        if (!strcmp(p->name, "item_emb.weight")) {
-            uint32_t maxcat = 0;
-            for (uint32_t r = 0; r < ck->n_cat; r++)
-                if (ck->item_cat[r] > maxcat) maxcat = ck->item_cat[r];
-            int32_t *row = malloc(((size_t)maxcat + 1) * sizeof *row);
-            if (!row) {
-                params_free(&old);
-                return -1;
-            }
-            for (uint32_t c = 0; c <= maxcat; c++)
-                row[c] = -1;
-            for (uint32_t r = 0; r < ck->n_cat; r++)
-                row[ck->item_cat[r]] = (int32_t)r;
-            for (int r = 0; r <= ds->n_items; r++) {
-                uint32_t c = ds->item_cat[r];
-                if (c > maxcat || row[c] < 0) continue;
-                memcpy(h + p->offset + (size_t)r * d, ck->params + q->offset + (size_t)row[c] * d,
-                       (size_t)d * sizeof *h);
-                (*reused)++;
-            }
-            free(row);
-        } else if (q->size == p->size) {
-            memcpy(h + p->offset, ck->params + q->offset, p->size * sizeof *h);
-        }
-    }
-    params_free(&old);
-    return 0;
-}
-
 /* One job's run: what its steps share; run_free releases it. Each step returns 0, or -1
  * after setting the job's end state (job_set). */
 typedef struct {
@@ -229,24 +186,17 @@ typedef struct {
     int id;
     retrain_request p;
     double t0;
-    infer_info in; /* the served version it warm-starts from */
-    iisan_ckpt ck;
-    iisan_dataset ds;
-    iisan_config c;
+    infer_info in;    /* the served version it warm-starts from */
+    iisan_session ss; /* its checkpoint, today's dataset, the warm-started model, the states */
     iisan_train_config tc;
-    iisan_model *m;
-    store_reader *rd;
-    resident_states *rs;
-    iisan_states st;
-    int reused; /* SASRec-ID embedding rows warm-started */
     eval_result base;
     train_summary sum;
 } run_state;
 
-/* the served version's checkpoint and today's dataset */
+/* the served version's checkpoint, today's dataset, the model of its config on today's
+ * items warm-started from it, and the hidden states (core/session.h) */
 static int run_load_base(run_state *r) {
     store_ix *x = g_srv.ix;
-    iisan_store *s = store_ix_store(x);
     char err[512];
     infer_model *cur = serve_model_get();
     if (!cur) {
@@ -261,98 +211,38 @@ static int run_load_base(run_state *r) {
     pthread_mutex_unlock(&jobs_mu);
     log_event("info", "retrain_started", "job=%d base_version=%u epochs=%ld", r->id, r->in.version,
               r->p.epochs);
-    void *blob = NULL;
-    size_t len = 0;
-    char *meta = NULL;
-    store_ix_rdlock(x);
-    int rc = store_ckpt_get(s, r->in.version, &blob, &len, &meta, NULL);
-    store_ix_unlock(x);
-    free(meta);
-    if (rc) {
-        job_set(r->j, "failed", "reading checkpoint %u: %s", r->in.version, iisan_strerror(rc));
-        return -1;
-    }
-    rc = ckpt_decode(blob, len, &r->ck, err, sizeof err);
-    free(blob);
-    if (rc) {
-        job_set(r->j, "failed", "checkpoint %u: %s", r->in.version, err);
-        return -1;
-    }
-    store_ix_rdlock(x);
-    rc = dataset_build(&r->ds, s, r->ck.c.n, r->ck.min_len, err, sizeof err);
-    store_ix_unlock(x);
-    if (rc || r->ds.n_users == 0) {
-        job_set(r->j, "failed", "%s", rc ? err : "no user has enough items to train on");
-        return -1;
-    }
-    pthread_mutex_lock(&jobs_mu);
-    r->j->users = r->ds.n_users;
-    r->j->items = r->ds.n_items;
-    pthread_mutex_unlock(&jobs_mu);
-    return 0;
-}
-
-/* the model of the served version's config on today's items, warm-started from it */
-static int run_make_model(run_state *r) {
-    iisan_backend *be = g_srv.be;
-    char err[512];
-    r->c = r->ck.c;
-    if (r->c.kind == MODEL_SASREC_ID) r->c.n_items = r->ds.n_items;
     train_config_default(&r->tc);
     r->tc.epochs = (int)r->p.epochs;
     r->tc.patience = (int)r->p.patience;
     r->tc.max_steps = r->p.max_steps;
     r->tc.seed = (uint64_t)r->p.seed;
-    r->tc.min_len = r->ck.min_len;
-    r->m = model_create(&r->c, be, r->tc.batch, r->tc.seed, err, sizeof err);
-    if (!r->m) {
-        job_set(r->j, "failed", "%s", err);
-        return -1;
-    }
-    float *host = malloc(r->m->pt.total * sizeof *host);
-    if (!host || warm_params(&r->ck, r->m, &r->ds, host, r->tc.seed, &r->reused)) {
-        free(host);
-        job_set(r->j, "failed", "out of memory");
-        return -1;
-    }
-    be->upload(be, r->m->w, host, r->m->pt.total * sizeof *host);
-    free(host);
-    return 0;
-}
-
-/* IISAN: the hidden states, read in place or made resident on a GPU */
-static int run_open_states(run_state *r) {
-    iisan_backend *be = g_srv.be;
-    char err[512];
-    r->st = (iisan_states){NULL, NULL, NULL};
-    if (r->c.kind != MODEL_IISAN) return 0;
-    /* a reader for the whole run: the map cannot grow meanwhile (commits that need a larger
-     * map fail with 503 until the job ends) */
-    store_ix_rdlock(g_srv.ix);
-    int rc = store_reader_begin(store_ix_store(g_srv.ix), &r->rd);
-    store_ix_unlock(g_srv.ix);
+    session_options so = {.mode = SESSION_WARM,
+                          .version = r->in.version,
+                          .cap_users = r->tc.batch,
+                          .seed = r->tc.seed,
+                          .need_users = 1};
+    /* the reader stays open for the whole run, so the map cannot grow meanwhile (commits that
+     * need a larger map fail with 503 until the job ends); it holds a read transaction only
+     * while a batch gathers its states */
+    store_ix_rdlock(x);
+    int rc = session_open(&r->ss, store_ix_store(x), g_srv.be, &so, err, sizeof err);
+    store_ix_unlock(x);
     if (rc) {
-        job_set(r->j, "failed", "cannot read the hidden states");
-        return -1;
-    }
-    r->st = states_from_reader(r->rd);
-    if (states_fit(r->rd, &r->c, err, sizeof err)) {
         job_set(r->j, "failed", "%s", err);
         return -1;
     }
-    if (be->caps.host_memory) return 0;
-    if (states_resident_create(be, &r->ds, &r->st, &r->c, &r->rs, err, sizeof err)) {
-        job_set(r->j, "failed", "%s", err);
-        return -1;
-    }
-    r->st = resident_states_source(r->rs);
+    r->tc.min_len = r->ss.ck.min_len;
+    pthread_mutex_lock(&jobs_mu);
+    r->j->users = r->ss.ds.n_users;
+    r->j->items = r->ss.ds.n_items;
+    pthread_mutex_unlock(&jobs_mu);
     return 0;
 }
 
 /* the starting point's validation, then training; any failure is the job's */
 static int run_train(run_state *r) {
     iisan_backend *be = g_srv.be;
-    if (model_evaluate(r->m, &r->ds, SPLIT_VALID, r->tc.eval_rule, &r->st, &r->base)) {
+    if (model_evaluate(r->ss.m, &r->ss.ds, SPLIT_VALID, r->tc.eval_rule, &r->ss.st, &r->base)) {
         job_set(r->j, "failed", "out of memory evaluating the starting point");
         return -1;
     }
@@ -360,13 +250,13 @@ static int run_train(run_state *r) {
     r->j->base_hr10 = r->base.hr10;
     pthread_mutex_unlock(&jobs_mu);
     r->tc.stop = &trainer_stop;
-    int trc = train_run(r->m, &r->ds, &r->st, &r->tc, 1, on_epoch, r->j, &r->sum);
+    int trc = train_run(r->ss.m, &r->ss.ds, &r->ss.st, &r->tc, 1, on_epoch, r->j, &r->sum);
     char bm[300];
     if (trc == TRAIN_ENOMEM) {
         job_set(r->j, "failed", "out of memory training; nothing stored");
         return -1;
     }
-    if (trc == TRAIN_ESTATES && states_check(&r->st, bm, sizeof bm)) {
+    if (trc == TRAIN_ESTATES && states_check(&r->ss.st, bm, sizeof bm)) {
         job_set(r->j, "failed", "%s; nothing stored", bm);
         return -1;
     }
@@ -380,8 +270,7 @@ static int run_train(run_state *r) {
                 r->sum.epochs_run);
         return -1;
     }
-    if (r->rd) store_reader_end(r->rd);
-    r->rd = NULL;
+    session_release_states(&r->ss); /* storing the version may grow the map */
     return 0;
 }
 
@@ -400,14 +289,15 @@ static int run_promote(run_state *r) {
         return -1;
     }
     size_t len = 0;
-    void *blob = ckpt_encode_model(r->m, r->ds.item_cat, r->ds.n_items, r->ck.min_len, &len);
+    void *blob =
+        ckpt_encode_model(r->ss.m, r->ss.ds.item_cat, r->ss.ds.n_items, r->ss.ck.min_len, &len);
     char mj[800], err[512], rules[256];
-    train_rules_json(&r->tc, &r->c, rules, sizeof rules);
+    train_rules_json(&r->tc, &r->ss.c, rules, sizeof rules);
     snprintf(mj, sizeof mj,
              "{\"model\":\"%s\",\"best_epoch\":%d,\"epochs_run\":%d,\"valid_hr10\":%.6f,"
              "\"valid_ndcg10\":%.6f,\"seconds_per_epoch\":%.3f,\"created\":%lld,"
              "\"warm_start_from\":%u,\"job\":%d,\"base_valid_hr10\":%.6f,%s}",
-             r->c.kind == MODEL_IISAN ? "iisan" : "sasrec-id", sum->best_epoch, sum->epochs_run,
+             r->ss.c.kind == MODEL_IISAN ? "iisan" : "sasrec-id", sum->best_epoch, sum->epochs_run,
              sum->best_valid.hr10, sum->best_valid.ndcg10, sum->mean_epoch_seconds,
              (long long)time(NULL), r->in.version, r->id, base, rules);
     uint32_t ver = 0;
@@ -430,11 +320,12 @@ static int run_promote(run_state *r) {
         return -1;
     }
     double secs = serve_now() - r->t0;
-    if (r->c.kind == MODEL_SASREC_ID)
+    if (r->ss.c.kind == MODEL_SASREC_ID)
         job_set(r->j, "promoted",
                 "version %u (HR@10 %.4f; served version %u had %.4f) is served; %d of %d item "
                 "embeddings warm-started, the rest new; %.1f s",
-                ver, sum->best_valid.hr10, r->in.version, base, r->reused, r->ds.n_items + 1, secs);
+                ver, sum->best_valid.hr10, r->in.version, base, r->ss.reused, r->ss.ds.n_items + 1,
+                secs);
     else
         job_set(r->j, "promoted",
                 "version %u (HR@10 %.4f; served version %u had %.4f) is served; every "
@@ -448,13 +339,7 @@ static int run_promote(run_state *r) {
     return 0;
 }
 
-static void run_free(run_state *r) {
-    if (r->rd) store_reader_end(r->rd);
-    states_resident_free(r->rs);
-    model_destroy(r->m);
-    ckpt_free(&r->ck);
-    dataset_free(&r->ds);
-}
+static void run_free(run_state *r) { session_close(&r->ss); }
 
 static void *trainer_main(void *arg) {
     run_state r = {0};
@@ -467,8 +352,7 @@ static void *trainer_main(void *arg) {
     pthread_mutex_unlock(&jobs_mu);
     job_persist(r.id);
     r.t0 = serve_now();
-    if (!run_load_base(&r) && !run_make_model(&r) && !run_open_states(&r) && !run_train(&r))
-        run_promote(&r);
+    if (!run_load_base(&r) && !run_train(&r)) run_promote(&r);
     run_free(&r);
     pthread_mutex_lock(&jobs_mu);
     j->finished = wall();

@@ -586,6 +586,7 @@ struct store_reader {
     size_t bytes[2]; /* expected value size per modality, 0 when none */
     int shape[2][2]; /* nstates, width per modality (0, 0 when none) */
     int err;         /* the first failed read's IISAN_E* (0: none) */
+    int idle;        /* the transaction is reset (store_reader_release): renew before a read */
     char msg[200];
 };
 
@@ -611,10 +612,18 @@ int store_reader_begin(iisan_store *s, store_reader **out) {
     return 0;
 }
 
+void store_reader_release(store_reader *r) {
+    if (!r || r->idle) return;
+    mdb_txn_reset(r->txn);
+    r->idle = 1;
+}
+
 const uint16_t *store_reader_states(store_reader *r, int modality, uint32_t idx) {
     if ((unsigned)modality > 1 || !r->bytes[modality]) return NULL;
     MDB_val k = {4, &idx}, v;
-    int rc = mdb_get(r->txn, r->s->state[modality], &k, &v);
+    int rc = 0;
+    if (r->idle && !(rc = mdb_txn_renew(r->txn))) r->idle = 0;
+    if (!rc) rc = mdb_get(r->txn, r->s->state[modality], &k, &v);
     if (rc == MDB_NOTFOUND) return NULL;
     if (!rc && v.mv_size == r->bytes[modality]) return v.mv_data; /* LMDB: 2-byte aligned */
     if (!r->err) {

@@ -96,12 +96,18 @@ int store_put_states(iisan_store *s, int modality, const char *backbone, int nst
                      size_t errlen);
 
 /* ---- zero-copy reads for training and evaluation ----
- * A reader holds one read transaction; pointers it returns point into the
- * LMDB map and stay valid until store_reader_end. */
+ * A reader reads through one read transaction; pointers it returns point into the LMDB map
+ * and stay valid until store_reader_release or store_reader_end. A release ends the
+ * transaction's snapshot (mdb_txn_reset) and the next read takes a fresh one
+ * (mdb_txn_renew): a reader kept for a whole training job is released after each batch, so
+ * that LMDB can reuse the pages that writes free meanwhile. While a reader exists the
+ * process cannot grow the map (store_grow_map refuses). */
 typedef struct store_reader store_reader;
 int store_reader_begin(iisan_store *s, store_reader **r);
+void store_reader_release(store_reader *r);
 /* fp16 [nstates*width], or NULL when the item has no state of that modality (the store may
- * hold none of it) or when reading failed: an LMDB error or a value of the wrong size is
+ * hold none of it) or when reading failed: an LMDB error (renewing a released transaction
+ * included) or a value of the wrong size is
  * recorded in the reader (store_reader_error), a missing one is not */
 const uint16_t *store_reader_states(store_reader *r, int modality, uint32_t idx);
 /* the shape of a modality's states in the reader's snapshot: 0, or IISAN_ENOTFOUND when the

@@ -448,7 +448,7 @@ int main(int argc, char **argv) {
     iisan_states direct = states_from_reader(r);
     resident_states *rs;
     t0 = iisan_now();
-    if (states_resident_create(be, &ds, &direct, &c, &rs, err, sizeof err)) {
+    if (states_resident_create(be, ds.item_cat, ds.n_items, &direct, &c, &rs, err, sizeof err)) {
         fprintf(stderr, "bench_gpu: %s\n", err);
         return 1;
     }

@@ -203,7 +203,7 @@ static void test_resident_rows(void) {
     small_config(&c);
     host_states hs;
     host_states_init(&hs, &c);
-    iisan_states direct = {host_get, &hs, NULL};
+    iisan_states direct = {host_get, &hs, NULL, NULL};
     iisan_dataset ds;
     CHECK(make_dataset(&ds, c.n) == 0);
     CHECKF(ds.n_items > 20 && ds.n_items <= NUSED, "%d items", ds.n_items);
@@ -217,7 +217,8 @@ static void test_resident_rows(void) {
         /* both placements: the backend's memory, and pinned host memory (forced here; on a GPU
          * it is the fallback for catalogues larger than the device) */
         setenv("IISAN_STATES_IN_HOST", in_host ? "1" : "0", 1);
-        int rc = states_resident_create(cpu, &ds, &direct, &c, &rs, err, sizeof err);
+        int rc =
+            states_resident_create(cpu, ds.item_cat, ds.n_items, &direct, &c, &rs, err, sizeof err);
         unsetenv("IISAN_STATES_IN_HOST");
         CHECKF(rc == 0 && rs, "%s", err);
         CHECK(resident_states_in_host(rs) == in_host);
@@ -253,7 +254,8 @@ static void test_resident_rows(void) {
     err[0] = 0;
     iisan_config bad = c;
     bad.nstates = 0;
-    CHECK(states_resident_create(cpu, &ds, &direct, &bad, &rs, err, sizeof err) == -1);
+    CHECK(states_resident_create(cpu, ds.item_cat, ds.n_items, &direct, &bad, &rs, err,
+                                 sizeof err) == -1);
     CHECK(rs == NULL && err[0]);
     dataset_free(&ds);
     free(hs.data);
@@ -267,10 +269,12 @@ static void resident_exact(int which) {
     config_for(&c, which, ds.n_items);
     host_states hs;
     host_states_init(&hs, &c);
-    iisan_states direct = {host_get, &hs, NULL};
+    iisan_states direct = {host_get, &hs, NULL, NULL};
     resident_states *rs = NULL;
     char err[256] = "";
-    CHECKF(states_resident_create(cpu, &ds, &direct, &c, &rs, err, sizeof err) == 0, "%s", err);
+    CHECKF(states_resident_create(cpu, ds.item_cat, ds.n_items, &direct, &c, &rs, err,
+                                  sizeof err) == 0,
+           "%s", err);
     iisan_model *m[2];
     m[0] = model_create(&c, cpu, CAP, 7, err, sizeof err);
     m[1] = model_create(&c, cpu, CAP, 7, err, sizeof err);
@@ -418,7 +422,7 @@ static void cuda_vs_cpu_at(int which, int in_host) {
     config_for(&c, which, ds.n_items);
     host_states hs;
     host_states_init(&hs, &c);
-    iisan_states direct = {host_get, &hs, NULL};
+    iisan_states direct = {host_get, &hs, NULL, NULL};
     iisan_backend *be[2] = {cpu, gpu};
     resident_states *rs[2] = {NULL, NULL};
     iisan_model *m[2] = {NULL, NULL};
@@ -427,7 +431,8 @@ static void cuda_vs_cpu_at(int which, int in_host) {
     for (int k = 0; k < 2; k++) {
         if (c.kind == MODEL_IISAN) {
             setenv("IISAN_STATES_IN_HOST", in_host ? "1" : "0", 1);
-            int rc = states_resident_create(be[k], &ds, &direct, &c, &rs[k], err, sizeof err);
+            int rc = states_resident_create(be[k], ds.item_cat, ds.n_items, &direct, &c, &rs[k],
+                                            err, sizeof err);
             unsetenv("IISAN_STATES_IN_HOST");
             CHECK(rc || resident_states_in_host(rs[k]) == in_host);
             CHECKF(rc == 0, "%s on %s: %s", what, be[k]->name, err);

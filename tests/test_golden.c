@@ -180,7 +180,7 @@ static void run_case(const char *cs) {
         g_ns = c.nstates;
         g_D = c.D;
     }
-    iisan_states st = {get, NULL, NULL};
+    iisan_states st = {get, NULL, NULL, NULL};
     uint32_t cat[64];
     int32_t items[64];
     for (int i = 0; i <= NI; i++)

@@ -102,7 +102,7 @@ static void run_case(const char *cs) {
     }
     const iisan_config *c = &m->c;
     const int NI = (int)T(cs, "in.text")->shape[0] - 1;
-    iisan_states st = {get, NULL, NULL};
+    iisan_states st = {get, NULL, NULL, NULL};
     uint32_t cat[64];
     int32_t items[64];
     for (int i = 0; i <= NI; i++)

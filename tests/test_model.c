@@ -70,7 +70,7 @@ static void check_grads(iisan_model *m, const iisan_states *st, int train, const
 static void run_config(const iisan_config *c, const char *what) {
     mem_states ms;
     mem_init(&ms, c->nstates, c->D, 99);
-    iisan_states st = {mem_get, &ms, NULL};
+    iisan_states st = {mem_get, &ms, NULL, NULL};
     iisan_backend *be = iisan_backend_cpu(1);
     char err[256];
     iisan_model *m = model_create(c, be, 3, 7, err, sizeof err);
@@ -203,7 +203,7 @@ static void test_determinism_and_descent(void) {
     small_config(&c);
     mem_states ms;
     mem_init(&ms, c.nstates, c.D, 99);
-    iisan_states st = {mem_get, &ms, NULL};
+    iisan_states st = {mem_get, &ms, NULL, NULL};
     iisan_backend *be = iisan_backend_cpu(1);
     char err[256];
     float first[2] = {0}, last[2] = {0};
@@ -286,7 +286,7 @@ static void test_blocks(void) {
     c.act = IISAN_ACT_GELU;
     mem_states ms;
     mem_init(&ms, c.nstates, c.D, 99);
-    iisan_states st = {mem_get, &ms, NULL};
+    iisan_states st = {mem_get, &ms, NULL, NULL};
     iisan_backend *be = iisan_backend_cpu(1);
     char err[256];
     iisan_model *m = model_create(&c, be, 3, 7, err, sizeof err);
@@ -351,7 +351,7 @@ static void test_row_chunks(void) {
     c.sched[1] = 4;
     mem_states ms;
     mem_init(&ms, c.nstates, c.D, 99);
-    iisan_states st = {mem_get, &ms, NULL};
+    iisan_states st = {mem_get, &ms, NULL, NULL};
     iisan_backend *be = iisan_backend_cpu(1);
     char err[256];
     iisan_model *a = model_create(&c, be, 3, 7, err, sizeof err);

@@ -90,7 +90,7 @@ static int check_grads(iisan_model *m, const iisan_states *st, int train, int it
 static void run_pair(const iisan_config *c, const char *what, int want_q) {
     versa_states vs;
     vs_init(&vs, c, 99);
-    iisan_states st = {vs_get, &vs, NULL};
+    iisan_states st = {vs_get, &vs, NULL, NULL};
     iisan_backend *be = iisan_backend_cpu(1);
     char err[256];
     iisan_model *m = model_create(c, be, 3, 7, err, sizeof err);
@@ -151,7 +151,7 @@ static void test_row_chunks(void) {
     versa_config(&c, 12, 5, "every2", 20, 4, "rf:1,3");
     versa_states vs;
     vs_init(&vs, &c, 99);
-    iisan_states st = {vs_get, &vs, NULL};
+    iisan_states st = {vs_get, &vs, NULL, NULL};
     iisan_backend *be = iisan_backend_cpu(1);
     char err[256];
     iisan_model *a = model_create(&c, be, 3, 7, err, sizeof err);
