@@ -236,12 +236,26 @@ typedef struct {
 extern serve_table_source g_table_source;
 /* bans the store's deleted items in m */
 void serve_apply_deleted(infer_model *m);
-/* The loader thread: SIGHUP's loads (the loop only asks for them). loader_request asks for
- * serve_reload_model(0, force) there and returns at once; requests made while a load runs
- * coalesce into one more load after it (force if any asked). loader_stop waits for the load
- * under way, drops a queued one and joins the thread. loader_start: 0 or -1. */
+/* The loader thread: SIGHUP's loads (the loop only asks for them) and the jobs that load a
+ * model for an HTTP request (a rollback: the request's connection sleeps meanwhile).
+ * loader_request asks for serve_reload_model(0, force) there and returns at once; requests
+ * made while a load runs coalesce into one more load after it (force if any asked).
+ * loader_submit queues j: run(j) on the loader thread, then done is set and notify(j) called
+ * (0), or -1 when the loader is stopping. loader_drain waits for the run under way, refuses
+ * the queued jobs (refused = 1, notified) and every later one; loader_stop drains and joins
+ * the thread. loader_start: 0 or -1. */
+typedef struct loader_job {
+    struct loader_job *next;
+    void (*run)(struct loader_job *j);
+    void (*notify)(struct loader_job *j); /* after done is set; may free j */
+    atomic_int done;
+    int refused; /* not run: the loader was stopping */
+    void *arg;
+} loader_job;
 int loader_start(void);
 void loader_request(int force);
+int loader_submit(loader_job *j);
+void loader_drain(void);
 void loader_stop(void);
 /* a test's hook: IISAN_TEST_LOAD_DELAY_MS=N makes every load sleep N ms inside the load */
 

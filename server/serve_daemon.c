@@ -168,11 +168,11 @@ static int start_threads(const serve_config *c, struct MHD_Daemon **d) {
  * finish; then the writer and the batch threads drain (every queued ticket is
  * committed or computed, and its connection resumed) but stay allocated, so
  * a request thread still calling writer_submit / writer_pending gets a clean
- * refusal; then MHD_stop_daemon joins every HTTP thread. The writer and the
- * batcher are freed only after that (teardown). The listening
- * socket is never quiesced: MHD_quiesce_daemon races with the thread-pool
- * workers' epoll sets, and closing the socket with the daemon is enough.
- * Returns the requests still admitted at the deadline. */
+ * refusal; the loader thread finishes its load (a rollback's request is then
+ * answered) and refuses the queued ones; then MHD_stop_daemon joins every HTTP thread. The writer
+ * and the batcher are freed only after that (teardown). The listening socket is never quiesced:
+ * MHD_quiesce_daemon races with the thread-pool workers' epoll sets, and closing the socket with
+ * the daemon is enough. Returns the requests still admitted at the deadline. */
 static long serve_stop_http(struct MHD_Daemon **d) {
     atomic_store(&g_srv.stopping, 1);
     const serve_config *c2 = serve_config_acquire();
@@ -184,6 +184,7 @@ static long serve_stop_http(struct MHD_Daemon **d) {
     cluster_stop(); /* answers writes waiting on the bus; a trainer gives its lease up */
     writer_drain(g_srv.writer);
     batcher_drain(g_srv.batcher);
+    loader_drain(); /* a rollback's load under way ends and answers; queued ones are refused */
     deadline = serve_now() + 2.0;
     while (http_busy() > 0 && serve_now() < deadline)
         usleep(2000);

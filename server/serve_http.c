@@ -6,8 +6,10 @@
  * thread. The two waits do not hold a thread: a POST /interactions waiting
  * for its group commit's fsync (serve_writer.c) and a POST /recommend
  * waiting for its batch (serve_batch.c) suspend their connection
- * (MHD_suspend_connection); the writer or batch thread resumes it when its
- * work is done, and the HTTP thread serves other connections meanwhile. */
+ * (MHD_suspend_connection), and so does a POST /admin/rollback while the
+ * loader thread loads its version (serve_load.c); the writer, batch or loader
+ * thread resumes it when its work is done, and the HTTP thread serves other
+ * connections meanwhile. */
 #include <arpa/inet.h>
 #include <jansson.h>
 #include <microhttpd.h>
@@ -45,6 +47,8 @@ typedef struct {
     ix_ticket ticket;
     /* POST /recommend while its batch is pending */
     struct rec_state *rec;
+    /* POST /admin/rollback while its load runs on the loader thread */
+    struct rb_state *rb;
     int admitted;               /* counted in http_busy */
     int close;                  /* answer with Connection: close (a refusal before the body) */
     int too_large, over_memory; /* the body was dropped: answered 413 / 503 once it ends */
@@ -682,21 +686,58 @@ static enum MHD_Result do_job(req_ctx *r, const char *ids) {
     return send_json(r, 200, j);
 }
 
+/* A rollback loads a model: on the loader thread (serve_load.c), the connection asleep
+ * meanwhile, so that this HTTP thread keeps serving its other connections. */
+typedef struct rb_state {
+    loader_job job;
+    req_ctx *r;
+    uint32_t version, from, to;
+    int rc;
+    char err[300];
+} rb_state;
+
+static void rb_run(loader_job *j) {
+    rb_state *b = j->arg;
+    b->rc = admin_rollback(b->version, &b->from, &b->to, b->err, sizeof b->err);
+}
+
+static void rb_resume(loader_job *j) {
+    rb_state *b = j->arg;
+    MHD_resume_connection(b->r->conn);
+}
+
 static enum MHD_Result do_rollback(req_ctx *r) {
     rollback_request p;
     req_error e;
     if (rollback_request_parse(r->body ? r->body : "", r->len, &p, &e))
         return send_req_error(r, &e);
-    uint32_t from = 0, to = 0;
     char err[300];
     if (cluster_may_train(err, sizeof err))
         return send_error(r, 409, "not_trainer", NULL, "%s", err);
-    int rc = admin_rollback((uint32_t)p.version, &from, &to, err, sizeof err);
-    if (rc == IISAN_ENOTFOUND) return send_error(r, 404, "unknown_version", NULL, "%s", err);
-    if (rc) return send_error(r, 500, "model_load_failed", NULL, "%s", err);
+    rb_state *b = r->rb = calloc(1, sizeof *b);
+    if (!b) return send_error(r, 500, "internal", NULL, "out of memory");
+    *b = (rb_state){.job = {.run = rb_run, .notify = rb_resume, .arg = b},
+                    .r = r,
+                    .version = (uint32_t)p.version};
+    r->state = ST_WAIT;
+    MHD_suspend_connection(r->conn); /* first: the load may end as soon as it is queued */
+    if (loader_submit(&b->job)) {
+        b->job.refused = 1;
+        atomic_store(&b->job.done, 1);
+        MHD_resume_connection(r->conn);
+    }
+    return MHD_YES;
+}
+
+static enum MHD_Result finish_rollback(req_ctx *r) {
+    rb_state *b = r->rb;
+    if (b->job.refused)
+        return send_error(r, 503, "shutting_down", NULL, "the server is stopping; retry");
+    if (b->rc == IISAN_ENOTFOUND) return send_error(r, 404, "unknown_version", NULL, "%s", b->err);
+    if (b->rc) return send_error(r, 500, "model_load_failed", NULL, "%s", b->err);
     return send_json(r, 200,
-                     json_pack("{s:I,s:I,s:b}", "model_version", (json_int_t)to, "previous_version",
-                               (json_int_t)from, "pinned", 1));
+                     json_pack("{s:I,s:I,s:b}", "model_version", (json_int_t)b->to,
+                               "previous_version", (json_int_t)b->from, "pinned", 1));
 }
 
 /* ---------------- MHD callbacks ---------------- */
@@ -912,9 +953,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         *upload_data_size = 0;
         return body_piece(r, upload_data, n);
     }
-    if (r->state == ST_WAIT) { /* resumed by the writer or a batch thread */
+    if (r->state == ST_WAIT) { /* resumed by the writer, a batch thread or the loader */
         if (r->route == ROUTE_RECOMMEND)
             return atomic_load(&r->rec->t.done) ? finish_recommend(r) : MHD_YES;
+        if (r->route == ROUTE_ADMIN_ROLLBACK)
+            return atomic_load(&r->rb->job.done) ? finish_rollback(r) : MHD_YES;
         if (!r->ticket.done) return MHD_YES;
         return finish_interactions(r);
     }
@@ -958,6 +1001,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     free(r->ixv);
     ix_request_free(&r->ixr);
     rec_free(r->rec);
+    free(r->rb);
     if (r->admitted) atomic_fetch_sub(&busy, 1);
     edge_body_release(r->reserved);
     free(r);

@@ -4,6 +4,7 @@
  * pointer exchange (serve_model_set): requests that hold the previous model finish with
  * it, none is refused. */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -133,24 +134,45 @@ static struct {
     pthread_cond_t cv;
     pthread_t thread;
     int started, quit;
+    int draining;      /* loader_drain: jobs are refused from here on */
     int queued, force; /* a load asked for (forced when any request forced it) */
-    int running;       /* a load is under way */
-} L = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, 0, 0};
+    int running;       /* a load or a job is under way */
+    loader_job *head, *tail;
+} L = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
 
+/* a job's end: done, then its notify (which may free it) */
+static void job_end(loader_job *j, int refused) {
+    j->refused = refused;
+    atomic_store(&j->done, 1);
+    if (j->notify) j->notify(j);
+}
+
+/* Jobs first, in order, then the SIGHUP load (so that a rollback asked for before a SIGHUP
+ * is in place when the SIGHUP's load looks at the pinned version). */
 static void *loader_main(void *arg) {
     (void)arg;
     pthread_mutex_lock(&L.mu);
     for (;;) {
-        while (!L.queued && !L.quit)
+        while (!L.queued && !L.head && !L.quit)
             pthread_cond_wait(&L.cv, &L.mu);
         if (L.quit) break;
-        int force = L.force;
-        L.queued = L.force = 0;
         L.running = 1;
-        pthread_mutex_unlock(&L.mu);
-        serve_reload_model(0, force); /* requests made meanwhile queue one more */
+        loader_job *j = L.head;
+        if (j) {
+            L.head = j->next;
+            if (!L.head) L.tail = NULL;
+            pthread_mutex_unlock(&L.mu);
+            j->run(j);
+            job_end(j, 0);
+        } else {
+            int force = L.force;
+            L.queued = L.force = 0;
+            pthread_mutex_unlock(&L.mu);
+            serve_reload_model(0, force); /* requests made meanwhile queue one more */
+        }
         pthread_mutex_lock(&L.mu);
         L.running = 0;
+        pthread_cond_broadcast(&L.cv); /* loader_drain waits for the end of a run */
     }
     pthread_mutex_unlock(&L.mu);
     return NULL;
@@ -158,7 +180,7 @@ static void *loader_main(void *arg) {
 
 int loader_start(void) {
     pthread_mutex_lock(&L.mu);
-    L.quit = L.queued = L.force = 0;
+    L.quit = L.draining = L.queued = L.force = 0;
     int rc = pthread_create(&L.thread, NULL, loader_main, NULL) ? -1 : 0;
     L.started = rc == 0;
     pthread_mutex_unlock(&L.mu);
@@ -167,7 +189,7 @@ int loader_start(void) {
 
 void loader_request(int force) {
     pthread_mutex_lock(&L.mu);
-    if (L.started && !L.quit) {
+    if (L.started && !L.quit && !L.draining) {
         if (L.running || L.queued) /* one load after the one under way serves them all */
             log_event("info", "reload_coalesced", "force=%d queued_already=%d", force, L.queued);
         L.queued = 1;
@@ -177,7 +199,42 @@ void loader_request(int force) {
     pthread_mutex_unlock(&L.mu);
 }
 
+int loader_submit(loader_job *j) {
+    j->next = NULL;
+    j->refused = 0;
+    atomic_store(&j->done, 0);
+    pthread_mutex_lock(&L.mu);
+    int ok = L.started && !L.quit && !L.draining;
+    if (ok) {
+        if (L.tail)
+            L.tail->next = j;
+        else
+            L.head = j;
+        L.tail = j;
+        pthread_cond_signal(&L.cv);
+    }
+    pthread_mutex_unlock(&L.mu);
+    return ok ? 0 : -1;
+}
+
+void loader_drain(void) {
+    pthread_mutex_lock(&L.mu);
+    L.draining = 1;
+    L.queued = 0;
+    loader_job *j = L.head;
+    L.head = L.tail = NULL;
+    while (L.running)
+        pthread_cond_wait(&L.cv, &L.mu);
+    pthread_mutex_unlock(&L.mu);
+    while (j) { /* refused: their waiters answer at once */
+        loader_job *next = j->next;
+        job_end(j, 1);
+        j = next;
+    }
+}
+
 void loader_stop(void) {
+    loader_drain();
     pthread_mutex_lock(&L.mu);
     int started = L.started;
     L.quit = 1;

@@ -9,6 +9,8 @@
 #      ready; afterwards the new model serves k = 8;
 #   2. a load that fails (a hidden state cut short with mdb_load under the running daemon)
 #      leaves the old model serving, and the log and the metrics say why;
+#   1b. a rollback (POST /admin/rollback) loads on the loader thread too: with one HTTP
+#      thread, /livez and /recommend keep answering while its request waits;
 #   3. SIGTERM during a load: the stop waits for it and exits 0 (sanitizers clean).
 # Ends with "N passed, N failed".
 set -u
@@ -36,14 +38,18 @@ PY
 D="$T/d"
 check "import" -- "$BIN" import --data "$D" --items "$T/items.tsv" --users "$T/users.tsv" \
   --states "$T/states.safetensors" 2>/dev/null
-check "train version 1" -- "$BIN" train --data "$D" --model iisan --r 4 --d 8 --schedule 0,2,4 \
-  --epochs 1 >/dev/null 2>&1
-printf 'port = 0\nthreads = 4\nmax_k = 5\n' >"$T/serve.conf"
+for v in 1 2; do
+  check "train version $v" -- "$BIN" train --data "$D" --model iisan --r 4 --d 8 --schedule 0,2,4 \
+    --epochs 1 >/dev/null 2>&1
+done
+# one HTTP thread: a load on it would stall every other connection
+printf 'port = 0\nthreads = 1\nmax_k = 5\nadmin_token = "tok"\n' >"$T/serve.conf"
+AUTH=(-H "Authorization: Bearer tok")
 DELAY_MS=2000
 export IISAN_TEST_LOAD_DELAY_MS=$DELAY_MS
 start || exit 1
 unset IISAN_TEST_LOAD_DELAY_MS
-grep -q 'event=model_loaded version=1' "$LOG" && ok || bad "version 1 loaded at startup"
+grep -q 'event=model_loaded version=2' "$LOG" && ok || bad "version 2 loaded at startup"
 # wait_log PATTERN COUNT: until the log holds COUNT lines matching PATTERN (20 s at most)
 wait_log() {
   for _ in $(seq 1 400); do [ "$(grep -c -- "$1" "$LOG")" -ge "$2" ] && return 0; sleep 0.05; done
@@ -75,8 +81,8 @@ req POST /recommend '{"history":["I001","I002"],"k":5}'; status 200 "k = 5 durin
 wait_log 'event=model_loaded' 2 && ok || bad "the reload completed"
 sleep 0.5 # the coalesced request: one more look, which finds the version unchanged
 client_stop
-jcheck "d['errors'] == [] and list(d['recommend']) == ['200'] and d['versions'] == [1]" \
-  "every /recommend of the client answered 200 from version 1, none dropped"
+jcheck "d['errors'] == [] and list(d['recommend']) == ['200'] and d['versions'] == [2]" \
+  "every /recommend of the client answered 200 from version 2, none dropped"
 jcheck "d['livez'] >= 20 and d['livez_bad'] == [] and d['livez_max_s'] < 0.5" \
   "/livez answered quickly all along"
 echo "    client: $(cat "$T/body")" >&2
@@ -87,11 +93,24 @@ hup3=$(line_of 'event=signal signal=HUP' 3); done2=$(line_of 'event=model_loaded
 grep -q 'event=reload_coalesced' "$LOG" && ok || bad "reload_coalesced logged"
 [ "$(grep -c 'event=model_loading' "$LOG")" = 2 ] && ok ||
   bad "one load after the coalesced SIGHUPs found nothing new: $(grep -c 'event=model_loading' "$LOG") loads"
-grep 'event=model_loaded' "$LOG" | tail -1 | grep -q 'version=1 .*previous=1' && ok ||
+grep 'event=model_loaded' "$LOG" | tail -1 | grep -q 'version=2 .*previous=2' && ok ||
   bad "the forced reload: $(grep 'event=model_loaded' "$LOG" | tail -1)"
 req POST /recommend '{"history":["I001","I002"],"k":8}'; status 200 "k = 8 from the new model"
-jcheck "len(d['items']) == 8 and d['model_version'] == 1" "8 items from version 1"
+jcheck "len(d['items']) == 8 and d['model_version'] == 2" "8 items from version 2"
 req GET /metrics; grep -q '^iisan_model_loading 0$' "$T/body" && ok || bad "no load under way after it"
+
+# ---- 1b. a rollback's load runs on the loader thread: its HTTP thread (the only one) answers
+# the other connections meanwhile ----
+client_start
+sleep 0.3
+req POST /admin/rollback '{"version":1}' "${AUTH[@]}"; status 200 "rollback to version 1"
+jcheck "d['model_version'] == 1 and d['previous_version'] == 2 and d['pinned']" "rolled back from 2 to 1"
+client_stop
+jcheck "d['errors'] == [] and list(d['recommend']) == ['200'] and d['versions'] == [2, 1]" \
+  "the client's /recommend answered 200 throughout, from version 2 then 1"
+jcheck "d['livez'] >= 10 and d['livez_bad'] == [] and d['livez_max_s'] < 0.5" \
+  "/livez answered quickly on the one HTTP thread during the rollback's load"
+echo "    client: $(cat "$T/body")" >&2
 
 # ---- 2. a failed load: catalogue item 3's text states cut to 20 bytes under the daemon ----
 mdb_dump -s state_text "$D" | python3 -c '
@@ -116,7 +135,7 @@ grep -q '^iisan_model_loads_total{result="failed"} 1$' "$T/body" && ok || bad "t
 # ---- 3. SIGTERM during a load ----
 sed -i 's/^max_k = 9$/max_k = 10/' "$T/serve.conf"
 kill -HUP "$PID"
-wait_log 'event=model_loading' 4 && ok || bad "a third load started"
+wait_log 'event=model_loading' 5 && ok || bad "a third load started"
 kill -TERM "$PID"; wait "$PID"; STOP_RC=$?; PID=""
 sanitizer_check
 [ "$STOP_RC" = 0 ] && ok || bad "stop during a load: exit $STOP_RC"
