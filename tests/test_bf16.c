@@ -200,7 +200,7 @@ static void test_bf16_model_grads(void) {
     states_mem = malloc((size_t)9 * 2 * NS * DW * sizeof *states_mem);
     for (size_t i = 0; i < (size_t)9 * 2 * NS * DW; i++)
         states_mem[i] = iisan_float_to_half(iisan_rng_normal(31, i));
-    iisan_states st = {states_get, NULL, NULL};
+    iisan_states st = {states_get, NULL, NULL, NULL};
     iisan_config c;
     config_default(&c);
     c.D = DW, c.nstates = NS, c.r = 16, c.d = 16, c.n = 4, c.heads = 2, c.K = 3;
