@@ -205,9 +205,10 @@ void serve_blas_probe(void) {
     blas_info_probe(&bi, 0.15);
     log_event("info", "blas",
               "library=%s core=%s core_level=%s cpu_level=%s threads=%d "
-              "sgemm_san_gflops=%.1f",
+              "sgemm_san_gflops=%.1f guarded_from=%s",
               log_q(bi.library, q, sizeof q), bi.core, blas_tier_name(bi.core_tier),
-              blas_tier_name(bi.cpu_tier), bi.threads, bi.sgemm_gflops);
+              blas_tier_name(bi.cpu_tier), bi.threads, bi.sgemm_gflops,
+              bi.guarded ? bi.fallback : "-");
     const char *warn = blas_generic_warning(&bi);
     if (warn) log_event("warn", "blas_generic_kernels", "message=%s", log_q(warn, w, sizeof w));
 }

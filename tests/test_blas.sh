@@ -77,6 +77,14 @@ OPENBLAS_CORETYPE=Prescott start || { echo "$pass passed, $((fail + 1)) failed";
 grep -q 'event=blas .*core=Prescott core_level=SSE.*sgemm_san_gflops=' "$LOG" && ok ||
   bad "the daemon logs the BLAS: $(grep event=blas "$LOG")"
 grep -q 'event=blas_generic_kernels' "$LOG" && ok || bad "the daemon warns about SSE kernels"
+stop
+# the guard in the daemon: restarted on the CPU's kernels, and the log says from what
+IISAN_BLAS_GUARD_TEST=Prescott start || { echo "$pass passed, $((fail + 1)) failed"; exit 1; }
+grep -q 'event=blas .*core_level=AVX.*guarded_from=Prescott' "$LOG" && ok ||
+  bad "the daemon logs the guard's restart: $(grep event=blas "$LOG")"
+hasnt "$LOG" "blas_generic_kernels" "no warning after the guard's restart"
+stop
+OPENBLAS_CORETYPE=Prescott start || { echo "$pass passed, $((fail + 1)) failed"; exit 1; }
 curl -s "$B/metrics" >"$T/metrics"
 grep -q '^iisan_build_info{.*blas="OpenBLAS [0-9.]*",blas_core="Prescott"} 1' "$T/metrics" && ok ||
   bad "iisan_build_info's BLAS labels: $(grep build_info "$T/metrics")"
