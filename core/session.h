@@ -17,6 +17,11 @@
  *      the dataset's items, or for the whole catalogue (SESSION_SERVE: items the checkpoint
  *      does not know are embedded at load too).
  * A popularity config stops after step 2 (no backend needed).
+ *
+ * The store reader holds an LMDB read transaction only while a batch gathers its states: the
+ * towers call iisan_states.release after each gather (core/model.h), which ends the
+ * transaction (store_reader_release), and the next read renews it; so a training job never
+ * keeps the map from reusing the pages that writes free meanwhile (tests/test_session.c).
  */
 #ifndef IISAN_CORE_SESSION_H
 #define IISAN_CORE_SESSION_H
