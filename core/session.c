@@ -9,11 +9,6 @@
 #include "core/states.h"
 #include "kernels/clock.h"
 
-static int fail(char *err, size_t errlen, int code, const char *fmt, const char *a, unsigned u) {
-    snprintf(err, errlen, fmt, a, u);
-    return code;
-}
-
 /* step 1: the checkpoint and its meta */
 static int read_ckpt(iisan_session *ss, iisan_store *s, uint32_t version, char *err,
                      size_t errlen) {
@@ -21,9 +16,9 @@ static int read_ckpt(iisan_session *ss, iisan_store *s, uint32_t version, char *
     size_t len = 0;
     int rc = store_ckpt_get(s, version, &blob, &len, &ss->meta, &ss->version);
     if (rc == IISAN_ENOTFOUND)
-        return fail(err, errlen, rc, "%s",
-                    version ? "no such checkpoint version" : "the store holds no checkpoint", 0);
-    if (rc) return fail(err, errlen, rc, "reading the checkpoint: %s", iisan_strerror(rc), 0);
+        return iisan_fail(err, errlen, rc, "%s",
+                          version ? "no such checkpoint version" : "the store holds no checkpoint");
+    if (rc) return iisan_fail(err, errlen, rc, "reading the checkpoint: %s", iisan_strerror(rc));
     char e2[400];
     rc = ckpt_decode(blob, len, &ss->ck, e2, sizeof e2);
     free(blob);
@@ -97,13 +92,13 @@ static int make_model(iisan_session *ss, iisan_backend *be, const session_option
     if (o->mode == SESSION_NEW) return 0;
     const size_t bytes = ss->m->pt.total * sizeof(float);
     float *h = malloc(bytes);
-    if (!h) return fail(err, errlen, IISAN_ENOMEM, "%s", "out of memory", 0);
+    if (!h) return iisan_fail(err, errlen, IISAN_ENOMEM, "%s", "out of memory");
     be->download(be, h, ss->m->w, bytes);
     int missing;
     uint32_t first;
     if (overlay(&ss->m->pt, h, &ss->ck, rows, n_rows, NULL, &ss->reused, &missing, &first)) {
         free(h);
-        return fail(err, errlen, IISAN_ENOMEM, "%s", "out of memory", 0);
+        return iisan_fail(err, errlen, IISAN_ENOMEM, "%s", "out of memory");
     }
     if (missing && o->mode != SESSION_WARM) {
         free(h);
@@ -141,11 +136,11 @@ static int open_states(iisan_session *ss, iisan_store *s, iisan_backend *be,
     if (ss->c.kind != MODEL_IISAN) return 0;
     double t0 = iisan_now();
     if (store_reader_begin(s, &ss->rd))
-        return fail(err, errlen, IISAN_EIO, "%s", "cannot read the hidden states", 0);
+        return iisan_fail(err, errlen, IISAN_EIO, "%s", "cannot read the hidden states");
     ss->st = states_from_reader(ss->rd);
     char fit[400];
     if (states_fit(ss->rd, &ss->c, fit, sizeof fit)) {
-        if (o->mode == SESSION_NEW) return fail(err, errlen, IISAN_EFORMAT, "%s", fit, 0);
+        if (o->mode == SESSION_NEW) return iisan_fail(err, errlen, IISAN_EFORMAT, "%s", fit);
         snprintf(err, errlen, "version %u: %s", ss->version, fit);
         return IISAN_EFORMAT;
     }
@@ -155,7 +150,7 @@ static int open_states(iisan_session *ss, iisan_store *s, iisan_backend *be,
     int n = ss->ds.n_items;
     uint32_t *all = NULL;
     if (o->mode == SESSION_SERVE && !(rows = all = catalogue_rows(s, &ss->ck, &n)))
-        return fail(err, errlen, IISAN_ENOMEM, "%s", "out of memory", 0);
+        return iisan_fail(err, errlen, IISAN_ENOMEM, "%s", "out of memory");
     int rc = states_resident_create(be, rows, n, &ss->st, &ss->c, &ss->rs, err, (int)errlen);
     free(all);
     if (rc) return states_check(&ss->st, NULL, 0) ? IISAN_EIO : IISAN_ENOMEM;
