@@ -9,8 +9,10 @@ learning-rate table. The work is tests/bench_train.c's: the real Scientific sequ
 with at least 5 items, cut to their last 13, the training split: all but the last two, the
 last n + 1 left-padded), random fp16 hidden states for every item converted to float32 per
 batch, each batch's distinct items embedded once. Differences from iisan's training step,
-none of which changes the GEMM work: no dropout (the reference has none), and the loss's
-per-query masking loop is the reference's own (Python).
+none of which changes the GEMM work: no dropout (the reference has none), and the loss is
+computed for all queries at once (logits_and_loss_batched below) instead of gen_golden.py's
+per-query Python loop, which is written for clarity and would dominate the timing; the two
+are compared on the warm-up batch and the run stops if they differ.
 
 A full epoch of the reference takes minutes on 2 cores, so this times SAMPLES samples of
 BATCHES consecutive batches (after one warm-up batch) and scales each to the epoch's batch
@@ -86,17 +88,57 @@ def make_model(gen):
     return p, opt
 
 
-def step(p, opt, seqs, T, V, logpop):
-    """One training step on a batch: distinct items embedded once, loss, backward, Adam."""
+def logits_and_loss_batched(O, E, seqs, logpop):
+    """gen_golden.logits_and_loss for every query in one pass: the same candidates (the
+    batch's slots), the same masking (padding, and the user's own items except the target
+    slot) and the same mean of -log softmax at the target; no Python loop over queries."""
+    n, c = g.N, seqs.numel()
+    items = seqs.reshape(-1)
+    base = O.reshape(-1, g.DE) @ E[items].T - logpop[items]  # [B*N, C]
+    qi = torch.nonzero((seqs[:, :n] != 0).reshape(-1)).squeeze(1)  # query rows, row-major
+    u = qi // n
+    t = u * (n + 1) + qi % n + 1  # the target's slot
+    in_hist = (seqs[:, :, None] == items[None, None, :]).any(1)  # [B, C]
+    not_target = torch.arange(c)[None, :] != t[:, None]
+    mask = (items == 0)[None, :] | (in_hist[u] & not_target)
+    lg = torch.where(mask, g.MASKED_LOGIT, base[qi])
+    loss = (torch.logsumexp(lg, 1) - lg[torch.arange(qi.numel()), t]).mean()
+    return lg, loss
+
+
+def check_batched_loss(p, seqs, T, V, logpop):
+    """The batched loss against the reference's own loop on one batch (no gradients)."""
+    uniq, local = embed_batch(seqs)
+    g.B = seqs.shape[0]
+    with torch.no_grad():
+        E = g.item_embeddings(p, T[uniq].float(), V[uniq].float(), CFG)
+        O = g.encoder(p, E, local)
+        lg0, l0 = g.logits_and_loss(O, E, local, logpop[uniq])
+        lg1, l1 = logits_and_loss_batched(O, E, local, logpop[uniq])
+    if not torch.equal(lg0, lg1) or abs(l0.item() - l1.item()) > 1e-5 * max(1.0, abs(l0.item())):
+        sys.exit(f"bench_reference: the batched loss {l1.item()} differs from the reference's "
+                 f"{l0.item()}")
+    print(f"reference: batched loss equals gen_golden's loop on a batch ({l0.item():.6f})",
+          file=sys.stderr)
+
+
+def embed_batch(seqs):
+    """The batch's distinct items (0, the padding item, first) and the sequences over them."""
     uniq, local = torch.unique(seqs, return_inverse=True)  # uniq[0] == 0 (padding) when present
     if uniq[0] != 0:
         uniq = torch.cat([torch.zeros(1, dtype=uniq.dtype), uniq])
         local = local + 1
+    return uniq, local
+
+
+def step(p, opt, seqs, T, V, logpop):
+    """One training step on a batch: distinct items embedded once, loss, backward, Adam."""
+    uniq, local = embed_batch(seqs)
     g.B = seqs.shape[0]
     opt.zero_grad(set_to_none=True)
     E = g.item_embeddings(p, T[uniq].float(), V[uniq].float(), CFG)
     O = g.encoder(p, E, local)
-    _, loss = g.logits_and_loss(O, E, local, logpop[uniq])
+    _, loss = logits_and_loss_batched(O, E, local, logpop[uniq])
     loss.backward()
     opt.step()
     return loss.item()
@@ -124,6 +166,7 @@ def main():
     need = 1 + a.batches * a.samples
     if need > len(batches):
         sys.exit(f"bench_reference: {need} batches wanted, the epoch has {len(batches)}")
+    check_batched_loss(p, batches[0], T, V, logpop)
     step(p, opt, batches[0], T, V, logpop)  # warm-up
     per_epoch = []
     for s in range(a.samples):
