@@ -99,6 +99,8 @@ valgrind:
 
 bench-train: $(BUILD)/bench_train
 	tests/bench_train.sh $(BUILD)/bench_train
+	@if grep -q avx512_bf16 /proc/cpuinfo; then $(BUILD)/bench_train bf16; \
+	 else echo "bench-train bf16: not run (this CPU has no AVX512-BF16)"; fi
 	$(BUILD)/bench_train versa
 
 # all-MiniLM-L6-v2: iisan encode vs Hugging Face on Scientific titles (developers: needs torch)
