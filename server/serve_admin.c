@@ -96,8 +96,12 @@ json_t *admin_job_json(int id) {
     return o;
 }
 
-/* writes job id's record to the store (a failure is logged: the job goes on) */
+/* writes job id's record to the store (a failure is logged: the job goes on). The snapshot and
+ * its write happen under one lock, so records land in the order they were taken: the request
+ * thread's "queued" cannot overwrite the trainer thread's later "running" */
+static pthread_mutex_t persist_mu = PTHREAD_MUTEX_INITIALIZER;
 static void job_persist(int id) {
+    pthread_mutex_lock(&persist_mu);
     json_t *o = admin_job_json(id);
     char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
@@ -105,6 +109,7 @@ static void job_persist(int id) {
     if (!text || store_ix_job_put(g_srv.ix, (uint32_t)id, text, err, sizeof err))
         log_event("error", "job_record_failed", "job=%d error=%s", id,
                   log_q(text ? err : "out of memory", b, sizeof b));
+    pthread_mutex_unlock(&persist_mu);
     free(text);
 }
 

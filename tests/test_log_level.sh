@@ -9,7 +9,7 @@ printf 'I1\tone\nI2\ttwo\n' >"$T/items.tsv"
 D="$T/d"
 check "import" -- "$BIN" import --data "$D" --items "$T/items.tsv" 2>/dev/null
 printf 'port = 0\nthreads = 2\n' >"$T/serve.conf"
-IISAN_LOG_LEVEL=loud "$BIN" serve --data "$D" --config "$T/serve.conf" 2>"$T/err"; rc=$?
+IISAN_LOG_LEVEL=loud timeout -s KILL 60 "$BIN" serve --data "$D" --config "$T/serve.conf" 2>"$T/err"; rc=$?
 [ "$rc" = 2 ] && grep -q "log_level wants debug, info, warn or error, got 'loud'" "$T/err" && ok ||
   bad "IISAN_LOG_LEVEL=loud: exit $rc, $(cat "$T/err")"
 # from startup: warn drops every info event (the daemon runs: it answers, nothing is logged)
