@@ -224,6 +224,10 @@ iisan_backend *iisan_backend_cpu(int nthreads);
 /* the threads the CPU backend's own ops run on (its worker pool, the caller's thread
  * included): nthreads, or every core when 0 */
 int iisan_backend_cpu_threads(const iisan_backend *be);
+/* the pool's threads of the last CPU backend created (every core before the first), and
+ * whether it cuts GEMMs across them (0: IISAN_BLAS_OWN_THREADS=1, OpenBLAS's own threads) */
+int iisan_cpu_threads_last(void);
+int iisan_cpu_split_last(void);
 /* caps.bf16 of the CPU backend: the CPU has AVX512-BF16 (kernels/cpu/cpu_bf16.c), unless the
  * test hook IISAN_CPU_NO_BF16=1 is in the environment, which makes it answer as a CPU without. */
 

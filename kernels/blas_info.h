@@ -23,6 +23,7 @@ typedef struct {
     int core_tier;       /* BLAS_TIER_* of those kernels */
     int cpu_tier;        /* BLAS_TIER_* of this CPU (cpuid) */
     int threads;         /* the library's threads */
+    int split;           /* 1: GEMMs cut across the backend's pool (OpenBLAS one per call) */
     int guarded;         /* 1: blas_guard chose the core (the library fell back to SSE) */
     char fallback[32];   /* what the library had picked by itself when guarded */
     double sgemm_gflops; /* on the SAN shapes; 0 when not measured */

@@ -341,8 +341,26 @@ static void test_gemm(void) {
     gemm_case(0, 1, 4, 5, 0, 2, 1.0f, 0.5f, 41);  /* K = 0: C = beta C */
 }
 
-static void test_gemm_batched(void) {
-    const int M = 4, N = 6, K = 5, batch = 3;
+/* GEMMs large enough to be cut across the pool (cpu_blas.c: over 2^20 multiply-adds), by C's
+ * rows (M >= N) and by its columns (a weight gradient's shape), on this backend's threads and
+ * on 3 (more pieces than cores, a last piece short of 16) */
+static void test_gemm_split(void) {
+    iisan_backend *keep = be, *three = iisan_backend_cpu(3);
+    CHECK(three != NULL);
+    for (int pass = 0; pass < 2 && three; pass++) {
+        be = pass ? three : keep;
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++) {
+                gemm_case(ta, tb, 203, 70, 100, 1, 0.5f, 0.25f, 60 + ta * 2 + tb);
+                gemm_case(ta, tb, 40, 301, 100, 2, 1.0f, 0.0f, 70 + ta * 2 + tb);
+            }
+    }
+    be = keep;
+    if (three) three->destroy(three);
+}
+
+/* batch products of M x N x K; over 2^20 multiply-adds in all they run on the pool's threads */
+static void gemm_batched_case(int M, int N, int K, int batch) {
     for (int ta = 0; ta < 2; ta++)
         for (int tb = 0; tb < 2; tb++) {
             int lda = (ta ? M : K) + 2, ldb = (tb ? K : N) + 1, ldc = N + 3;
@@ -364,10 +382,16 @@ static void test_gemm_batched(void) {
             be->gemm_batched(be, ta, tb, M, N, K, 0.5f, A, lda, sa, B, ldb, sb, 2.0f, C, ldc, sc,
                              batch);
             char what[64];
-            snprintf(what, sizeof what, "gemm_batched ta=%d tb=%d", ta, tb);
+            snprintf(what, sizeof what, "gemm_batched ta=%d tb=%d %dx%dx%d x%d", ta, tb, M, N, K,
+                     batch);
             check_array(what, C, want, nc, 1e-5, 1e-5);
             bfree(A), bfree(B), bfree(C), bfree(C0), free(want);
         }
+}
+
+static void test_gemm_batched(void) {
+    gemm_batched_case(4, 6, 5, 3);
+    gemm_batched_case(30, 33, 32, 37); /* 1.2 M multiply-adds: on the pool */
 }
 
 /* the backward identities core relies on: for L = sum(R .* (A B)),
@@ -1225,6 +1249,7 @@ int main(int argc, char **argv) {
     RUN(test_half_bulk);
     RUN(test_rng);
     RUN(test_gemm);
+    RUN(test_gemm_split);
     RUN(test_gemm_batched);
     RUN(test_gemm_grad);
     RUN(test_vector_ops);

@@ -82,7 +82,8 @@ typedef struct {
     _Atomic int failures; /* failures counted since it fired */
     cpu_pool *pool;
     cpu_prof prof;
-    int precision; /* gemm_mixed's: IISAN_PREC_* */
+    int precision;  /* gemm_mixed's: IISAN_PREC_* */
+    int split_gemm; /* 1: OpenBLAS runs one thread per call and the pool cuts large GEMMs */
 } cpu_ctx;
 /* the table without timing: what the timed wrappers call */
 extern const iisan_backend cpu_plain;

@@ -148,6 +148,14 @@ const iisan_backend cpu_plain = {
     .destroy = cpu_destroy,
 };
 
+static _Atomic int threads_last, split_last = 1;
+int iisan_cpu_threads_last(void) {
+    int t = atomic_load(&threads_last);
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    return t > 0 ? t : cores > 0 ? (int)cores : 1;
+}
+int iisan_cpu_split_last(void) { return atomic_load(&split_last); }
+
 iisan_backend *iisan_backend_cpu(int nthreads) {
     iisan_backend *be = malloc(sizeof *be);
     cpu_ctx *cx = calloc(1, sizeof *cx);
@@ -160,12 +168,21 @@ iisan_backend *iisan_backend_cpu(int nthreads) {
     *be = cpu_plain;
     be->ctx = cx;
     be->caps.bf16 = bf16_supported();
-    if (nthreads > 0) openblas_set_num_threads(nthreads);
+    /* OpenBLAS runs one thread per call and the pool cuts large GEMMs (cpu_blas.c), unless
+     * IISAN_BLAS_OWN_THREADS=1 asks for OpenBLAS's own threads (for comparison) */
+    const char *own = getenv("IISAN_BLAS_OWN_THREADS");
+    cx->split_gemm = !(own && !strcmp(own, "1"));
+    if (cx->split_gemm)
+        openblas_set_num_threads(1);
+    else if (nthreads > 0)
+        openblas_set_num_threads(nthreads);
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     if (!(cx->pool = cpu_pool_create(nthreads > 0 ? nthreads : cores > 0 ? (int)cores : 1))) {
         cpu_destroy(be);
         return NULL;
     }
     cpu_profile_install(be);
+    atomic_store(&threads_last, cpu_pool_threads(cx->pool));
+    atomic_store(&split_last, cx->split_gemm);
     return be;
 }

@@ -17,29 +17,130 @@ static CPU_VEC void scale_rows(float *C, int ldc, int M, int N, float beta) {
     }
 }
 
-void cpu_gemm(iisan_backend *be, int ta, int tb, int M, int N, int K, float alpha, const float *A,
-              int lda, const float *B, int ldb, float beta, float *C, int ldc) {
-    if (M <= 0 || N <= 0) return;
-    if (cpu_fault(be)) { /* the test hook: a failed op's output is garbage */
+/* Large GEMMs are cut across the backend's pool: OpenBLAS runs one thread per call (set when
+ * the backend is created) and each of the pool's threads takes a block of C's rows, or of its
+ * columns when C is short and wide (a weight gradient). This replaces OpenBLAS's own threads,
+ * whose idle workers spin on sched_yield after every call and so compete with the pool's
+ * elementwise passes for the same cores (docs/benchmarks.md). Each element of C is still one
+ * sgemm's dot product over all of K; the kernel's blocking of a part may differ from the
+ * whole's, so results agree with an uncut call to rounding, not to the bit.
+ * IISAN_BLAS_OWN_THREADS=1 (read at the backend's creation) keeps OpenBLAS's threads instead,
+ * for comparison. */
+typedef struct {
+    CBLAS_TRANSPOSE ta, tb;
+    int M, N, K, lda, ldb, ldc, by_rows;
+    float alpha, beta;
+    const float *A, *B;
+    float *C;
+    long sa, sb, sc; /* gemm_batched's strides */
+} gemm_job;
+
+static void gemm_block(void *arg, size_t lo, size_t hi) {
+    const gemm_job *g = arg;
+    int n = (int)(hi - lo);
+    if (g->by_rows) /* rows [lo, hi) of C: rows of op(A) */
+        cblas_sgemm(CblasRowMajor, g->ta, g->tb, n, g->N, g->K, g->alpha,
+                    g->A + (g->ta == CblasTrans ? lo : lo * (size_t)g->lda), g->lda, g->B, g->ldb,
+                    g->beta, g->C + lo * (size_t)g->ldc, g->ldc);
+    else /* columns [lo, hi) of C: columns of op(B) */
+        cblas_sgemm(CblasRowMajor, g->ta, g->tb, g->M, n, g->K, g->alpha, g->A, g->lda,
+                    g->B + (g->tb == CblasTrans ? lo * (size_t)g->ldb : lo), g->ldb, g->beta,
+                    g->C + lo, g->ldc);
+}
+
+/* gemm_batched's products [lo, hi), each whole */
+static void gemm_products(void *arg, size_t lo, size_t hi) {
+    const gemm_job *g = arg;
+    for (size_t i = lo; i < hi; i++)
+        cblas_sgemm(CblasRowMajor, g->ta, g->tb, g->M, g->N, g->K, g->alpha, g->A + i * g->sa,
+                    g->lda, g->B + i * g->sb, g->ldb, g->beta, g->C + i * g->sc, g->ldc);
+}
+
+/* below this many multiply-adds a GEMM (or a batch of them) is not worth a hand-off */
+#define GEMM_SPLIT_MIN (1L << 20)
+
+static int split_threads(iisan_backend *be, long madds) {
+    const cpu_ctx *cx = be->ctx;
+    return cx->split_gemm && madds >= GEMM_SPLIT_MIN ? iisan_backend_cpu_threads(be) : 1;
+}
+
+/* 1 when nothing is left to multiply: an empty C, the fault hook (the op leaves NaN), or an
+ * empty product (C = beta C; BLAS may reject lda = 0 there) */
+static int gemm_trivial(iisan_backend *be, int M, int N, int K, float beta, float *C, int ldc) {
+    if (M <= 0 || N <= 0) return 1;
+    if (cpu_fault(be)) {
         for (int i = 0; i < M; i++)
             for (int j = 0; j < N; j++)
                 C[(size_t)i * ldc + j] = NAN;
-        return;
+        return 1;
     }
-    if (K <= 0) { /* an empty product: C = beta C (BLAS may reject lda = 0 here) */
+    if (K <= 0) {
         scale_rows(C, ldc, M, N, beta);
+        return 1;
+    }
+    return 0;
+}
+
+void cpu_gemm(iisan_backend *be, int ta, int tb, int M, int N, int K, float alpha, const float *A,
+              int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+    if (gemm_trivial(be, M, N, K, beta, C, ldc)) return;
+    gemm_job g = {ta ? CblasTrans : CblasNoTrans,
+                  tb ? CblasTrans : CblasNoTrans,
+                  M,
+                  N,
+                  K,
+                  lda,
+                  ldb,
+                  ldc,
+                  M >= N,
+                  alpha,
+                  beta,
+                  A,
+                  B,
+                  C,
+                  0,
+                  0,
+                  0};
+    int T = split_threads(be, (long)M * N * K);
+    if (T < 2) {
+        cblas_sgemm(CblasRowMajor, g.ta, g.tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
-    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N,
-                K, alpha, A, lda, B, ldb, beta, C, ldc);
+    size_t n = (size_t)(g.by_rows ? M : N), per = (n + (size_t)T - 1) / (size_t)T;
+    per = (per + 15) / 16 * 16; /* whole 16-wide blocks for the kernel */
+    cpu_par(be, n, per, gemm_block, &g);
 }
 
 void cpu_gemm_batched(iisan_backend *be, int ta, int tb, int M, int N, int K, float alpha,
                       const float *A, int lda, long sa, const float *B, int ldb, long sb,
                       float beta, float *C, int ldc, long sc, int batch) {
-    for (int i = 0; i < batch; i++)
-        cpu_gemm(be, ta, tb, M, N, K, alpha, A + i * sa, lda, B + i * sb, ldb, beta, C + i * sc,
-                 ldc);
+    if (batch <= 0 || M <= 0 || N <= 0) return;
+    if (K <= 0 || cpu_fault(be)) { /* each product trivial, as cpu_gemm would make it */
+        for (int i = 0; i < batch; i++)
+            cpu_gemm(be, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C + i * sc, ldc);
+        return;
+    }
+    gemm_job g = {ta ? CblasTrans : CblasNoTrans,
+                  tb ? CblasTrans : CblasNoTrans,
+                  M,
+                  N,
+                  K,
+                  lda,
+                  ldb,
+                  ldc,
+                  1,
+                  alpha,
+                  beta,
+                  A,
+                  B,
+                  C,
+                  sa,
+                  sb,
+                  sc};
+    if (split_threads(be, (long)M * N * K * batch) < 2)
+        gemm_products(&g, 0, (size_t)batch);
+    else
+        cpu_par(be, (size_t)batch, 1, gemm_products, &g); /* whole products per thread */
 }
 
 /* x may equal y: each element is read before it is written, so no restrict */

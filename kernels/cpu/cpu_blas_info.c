@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "kernels/backend.h"
 #include "kernels/blas_info.h"
 
 static double wall(void) {
@@ -83,12 +84,15 @@ const char *blas_tier_name(int tier) {
     }
 }
 
+/* measured through a CPU backend with the threads of the last one created, so through the
+ * same path as the model's GEMMs (cut across its pool, or OpenBLAS's own threads) */
 double blas_sgemm_rate(int D, double budget_s) {
     const int U = 640, R = 64, iters = 5;
+    iisan_backend *be = iisan_backend_cpu(iisan_cpu_threads_last());
     float *a = calloc((size_t)U * D, sizeof *a), *w = calloc((size_t)R * D, sizeof *w),
           *o = calloc((size_t)U * R, sizeof *o), *h = calloc((size_t)U * D, sizeof *h);
     double best = 1e30, start = wall();
-    if (!a || !w || !o || !h) goto out;
+    if (!be || !a || !w || !o || !h) goto out;
     for (size_t i = 0; i < (size_t)U * D; i++)
         a[i] = (float)(i % 13) * 0.01f;
     for (size_t i = 0; i < (size_t)R * D; i++)
@@ -96,14 +100,15 @@ double blas_sgemm_rate(int D, double budget_s) {
     for (int rep = 0; rep < 40; rep++) {
         double t = wall();
         for (int it = 0; it < iters; it++) {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, U, R, D, 1, a, D, w, D, 0, o, R);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, U, D, R, 1, o, R, w, R, 1, h, D);
+            be->gemm(be, 0, 1, U, R, D, 1, a, D, w, D, 0, o, R);
+            be->gemm(be, 0, 1, U, D, R, 1, o, R, w, R, 1, h, D);
         }
         t = wall() - t;
         if (rep > 0 && t < best) best = t; /* the first one warms caches and threads */
         if (rep >= 2 && wall() - start >= budget_s) break;
     }
 out:
+    if (be) be->destroy(be);
     free(a), free(w), free(o), free(h);
     return best < 1e30 ? iters * 2 * 2.0 * U * R * D / best / 1e9 : 0;
 }
@@ -123,7 +128,8 @@ void blas_info_probe(blas_info *bi, double measure_s) {
     snprintf(bi->core, sizeof bi->core, "%s", core ? core : "unknown");
     bi->core_tier = core_tier(bi->core);
     bi->cpu_tier = cpu_tier();
-    bi->threads = openblas_get_num_threads();
+    bi->threads = iisan_cpu_threads_last();
+    bi->split = iisan_cpu_split_last();
     const char *g = getenv("IISAN_BLAS_GUARDED");
     if (g && *g) {
         bi->guarded = 1;
@@ -149,9 +155,11 @@ void blas_info_line(const blas_info *bi, char *buf, size_t n) {
         snprintf(rate, sizeof rate, "; sgemm %.1f GFLOP/s on the SAN shapes", bi->sgemm_gflops);
     if (bi->guarded)
         snprintf(guard, sizeof guard, " (chosen by iisan: OpenBLAS fell back to %s)", bi->fallback);
-    snprintf(buf, n, "BLAS: %s, kernels %s (%s)%s on an %s CPU, %d thread%s%s [%s]", bi->library,
-             bi->core, blas_tier_name(bi->core_tier), guard, blas_tier_name(bi->cpu_tier),
-             bi->threads, bi->threads == 1 ? "" : "s", rate, bi->config);
+    snprintf(buf, n, "BLAS: %s, kernels %s (%s)%s on an %s CPU, %d thread%s (%s)%s [%s]",
+             bi->library, bi->core, blas_tier_name(bi->core_tier), guard,
+             blas_tier_name(bi->cpu_tier), bi->threads, bi->threads == 1 ? "" : "s",
+             bi->split ? "GEMMs cut across iisan's pool, OpenBLAS one per call" : "OpenBLAS's own",
+             rate, bi->config);
 }
 
 void blas_info_json(const blas_info *bi, char *buf, size_t n) {
