@@ -81,3 +81,25 @@ with open(f"{d}/users.tsv", "w") as f:
         f.write(f"U{u:03d}\t" + " ".join(f"I{random.randrange(40):03d}" for _ in range(6)) + "\n")
 PY
 }
+
+# states_catalogue: $T/items.tsv (40 items, I000..I039), $T/users.tsv (60 users of 5 to 9
+# random items) and $T/states.safetensors (16-wide random text states, 5 per item)
+states_catalogue() {
+  python3 - "$T" <<'PY'
+import json, random, struct, sys
+d = sys.argv[1]; random.seed(3)
+with open(f"{d}/items.tsv", "w") as f:
+    for i in range(40): f.write(f"I{i:03d}\tItem number {i}\n")
+with open(f"{d}/users.tsv", "w") as f:
+    for u in range(60):
+        f.write(f"U{u:03d}\t" + " ".join(f"I{random.randrange(40):03d}" for _ in range(random.randint(5, 9))) + "\n")
+N, S, D = 40, 5, 16
+ids = "\n".join(f"I{i:03d}" for i in range(N)).encode()
+text = b"".join(struct.pack("<e", random.gauss(0, 1)) for _ in range(N * S * D))
+hdr = {"text": {"dtype": "F16", "shape": [N, S, D], "data_offsets": [0, len(text)]},
+       "item_ids": {"dtype": "U8", "shape": [len(ids)], "data_offsets": [len(text), len(text) + len(ids)]},
+       "__metadata__": {"text_backbone": "test-random-16"}}
+h = json.dumps(hdr).encode(); h += b" " * (-len(h) % 8)
+open(f"{d}/states.safetensors", "wb").write(struct.pack("<Q", len(h)) + h + text + ids)
+PY
+}

@@ -18,23 +18,7 @@ cd "$(dirname "$0")/.."
 source tests/serve_lib.sh
 
 # ---- a small store: 40 items with 16-wide random hidden states, 60 users; one IISAN version ----
-python3 - "$T" <<'PY'
-import json, random, struct, sys
-d = sys.argv[1]; random.seed(3)
-with open(f"{d}/items.tsv", "w") as f:
-    for i in range(40): f.write(f"I{i:03d}\tItem number {i}\n")
-with open(f"{d}/users.tsv", "w") as f:
-    for u in range(60):
-        f.write(f"U{u:03d}\t" + " ".join(f"I{random.randrange(40):03d}" for _ in range(random.randint(5, 9))) + "\n")
-N, S, D = 40, 5, 16
-ids = "\n".join(f"I{i:03d}" for i in range(N)).encode()
-text = b"".join(struct.pack("<e", random.gauss(0, 1)) for _ in range(N * S * D))
-hdr = {"text": {"dtype": "F16", "shape": [N, S, D], "data_offsets": [0, len(text)]},
-       "item_ids": {"dtype": "U8", "shape": [len(ids)], "data_offsets": [len(text), len(text) + len(ids)]},
-       "__metadata__": {"text_backbone": "test-random-16"}}
-h = json.dumps(hdr).encode(); h += b" " * (-len(h) % 8)
-open(f"{d}/states.safetensors", "wb").write(struct.pack("<Q", len(h)) + h + text + ids)
-PY
+states_catalogue
 D="$T/d"
 check "import" -- "$BIN" import --data "$D" --items "$T/items.tsv" --users "$T/users.tsv" \
   --states "$T/states.safetensors" 2>/dev/null

@@ -157,33 +157,37 @@ void cuda_dropout_bwd(iisan_backend *be, float *dx, const float *dy, size_t n, f
 
 /* ---- IISAN gates ---- */
 
-/* out = c + s a + (1 - s) b, NULL operands being zeros; the terms present are added in the
- * CPU's order (c first, then a, then b). out may equal c. */
+/* The gate's weights s = sigmoid(p / temp) on a, 1 - s on b; the CPU's lin3 moves the one
+ * present operand first, so a NULL a takes b (and its weight) */
+static __device__ void gate_weights(const float **a, const float **b, const float *p, float temp,
+                                    float *sa, float *sb) {
+    float s = iisan_sigmoid(*p / temp);
+    *sa = s;
+    *sb = 1.0f - s;
+    if (!*a) {
+        *a = *b;
+        *sa = *sb;
+        *b = NULL;
+    }
+}
+
+/* element i of c + sa a + sb b, NULL operands being zeros; the terms present are added in the
+ * CPU's order (c first, then a, then b) */
+static __device__ float gate_mix(const float *c, const float *a, const float *b, float sa,
+                                 float sb, size_t i) {
+    if (c && a && b) return c[i] + sa * a[i] + sb * b[i];
+    if (c && a) return c[i] + sa * a[i];
+    if (a && b) return sa * a[i] + sb * b[i];
+    if (a) return sa * a[i];
+    return c ? c[i] : 0.0f;
+}
+
+/* out = c + s a + (1 - s) b (gate_weights, gate_mix). out may equal c. */
 static __global__ void k_gate_fwd(float *out, const float *c, const float *a, const float *b,
                                   const float *p, float temp, size_t n) {
-    float s = iisan_sigmoid(*p / temp);
-    float sa = s, sb = 1.0f - s;
-    if (!a) { /* the CPU's lin3 moves the one present operand first */
-        a = b;
-        sa = sb;
-        b = NULL;
-    }
-    FOR_EACH(i, n) {
-        float v;
-        if (c && a && b)
-            v = c[i] + sa * a[i] + sb * b[i];
-        else if (c && a)
-            v = c[i] + sa * a[i];
-        else if (a && b)
-            v = sa * a[i] + sb * b[i];
-        else if (a)
-            v = sa * a[i];
-        else if (c)
-            v = c[i];
-        else
-            v = 0.0f;
-        out[i] = v;
-    }
+    float sa, sb;
+    gate_weights(&a, &b, p, temp, &sa, &sb);
+    FOR_EACH(i, n) out[i] = gate_mix(c, a, b, sa, sb, i);
 }
 
 void cuda_gate_fwd(iisan_backend *be, float *out, const float *c, const float *a, const float *b,
@@ -198,27 +202,10 @@ void cuda_gate_fwd(iisan_backend *be, float *out, const float *c, const float *a
 static __global__ void k_gate_bias_fwd(float *out, float *h, const float *c, const float *a,
                                        const float *b, const float *p, float temp,
                                        const float *bias, int cols, size_t n) {
-    float s = iisan_sigmoid(*p / temp);
-    float sa = s, sb = 1.0f - s;
-    if (!a) {
-        a = b;
-        sa = sb;
-        b = NULL;
-    }
+    float sa, sb;
+    gate_weights(&a, &b, p, temp, &sa, &sb);
     FOR_EACH(i, n) {
-        float v;
-        if (c && a && b)
-            v = c[i] + sa * a[i] + sb * b[i];
-        else if (c && a)
-            v = c[i] + sa * a[i];
-        else if (a && b)
-            v = sa * a[i] + sb * b[i];
-        else if (a)
-            v = sa * a[i];
-        else if (c)
-            v = c[i];
-        else
-            v = 0.0f;
+        float v = gate_mix(c, a, b, sa, sb, i);
         out[i] = v;
         h[i] = v + bias[i % cols];
     }
