@@ -173,8 +173,8 @@ static __device__ void gate_weights(const float **a, const float **b, const floa
 
 /* element i of c + sa a + sb b, NULL operands being zeros; the terms present are added in the
  * CPU's order (c first, then a, then b) */
-static __device__ float gate_mix(const float *c, const float *a, const float *b, float sa,
-                                 float sb, size_t i) {
+static __device__ float gate_mix(const float *c, const float *a, const float *b, float sa, float sb,
+                                 size_t i) {
     if (c && a && b) return c[i] + sa * a[i] + sb * b[i];
     if (c && a) return c[i] + sa * a[i];
     if (a && b) return sa * a[i] + sb * b[i];
@@ -218,8 +218,7 @@ void cuda_gate_bias_fwd(iisan_backend *be, float *out, float *h, const float *c,
     CUDA_OP(be);
     cuda_ctx *cx = cuda_enter(be);
     size_t n = (size_t)rows * cols;
-    LAUNCH(cx, k_gate_bias_fwd, ew_grid(n), EW_THREADS, 0, out, h, c, a, b, p, temp, bias, cols,
-           n);
+    LAUNCH(cx, k_gate_bias_fwd, ew_grid(n), EW_THREADS, 0, out, h, c, a, b, p, temp, bias, cols, n);
 }
 
 /* da = s dout, db = (1 - s) dout (when wanted) and, per block, the partial sum of
