@@ -33,7 +33,7 @@ REDIS_PORT=$(free_port)
 redis_start() { # same directory and port each time: the AOF brings the data back
   mkdir -p "$T/redis"
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$T/redis" --appendonly yes \
-    --appendfsync always --save "" --daemonize no --loglevel warning >>"$T/redis.log" 2>&1 &
+    --appendfsync always --save "" --repl-diskless-sync-delay 0 --daemonize no --loglevel warning >>"$T/redis.log" 2>&1 &
   REDIS_PID=$!
   for _ in $(seq 1 100); do
     redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && return 0

@@ -17,7 +17,9 @@ repl_start() {
   redis-server --port "$REPL_PORT" --bind 127.0.0.1 --dir "$T/redis2" --replicaof 127.0.0.1 "$REDIS_PORT" \
     --appendonly yes --appendfsync always --save "" --loglevel warning >>"$T/redis2.log" 2>&1 &
   REPL_PID=$!
-  for _ in $(seq 1 100); do
+  # a full sync (the first, and after a restart); the primary starts it at once
+  # (repl-diskless-sync-delay 0, redis_start), the replica's cron connects within 1 s
+  for _ in $(seq 1 600); do
     rcli INFO replication | grep -q '^slave0:.*state=online' && return 0
     sleep 0.05
   done
