@@ -1,6 +1,7 @@
 /* iisan blas: which kernels the BLAS runs on this machine and its sgemm rate on the SAN
  * shapes (kernels/blas_info.h). The benchmark scripts run `iisan blas --check` first: it
- * exits 3 when the BLAS runs generic (SSE) kernels on a CPU with AVX2 or AVX-512. */
+ * exits 3 when the BLAS runs generic (SSE) kernels on a CPU with AVX2 or AVX-512, and warns
+ * when its kernels are below the CPU's level otherwise (AVX2 ones on an AVX-512 CPU). */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,7 +17,8 @@ static void help(FILE *f) {
                "(640 x 64 x 768 and back; about 0.2 s).\n\n"
                "  --threads N  BLAS threads (0, the default, takes every core)\n"
                "  --check      exit 3, saying why, when the BLAS runs generic (SSE) kernels\n"
-               "               on a CPU with AVX2 or AVX-512 (what every benchmark checks)\n"
+               "               on a CPU with AVX2 or AVX-512 (what every benchmark checks);\n"
+               "               kernels below the CPU's level otherwise (AVX2 on AVX-512) warn\n"
                "  --json       print the figures as one JSON object as the last line\n");
 }
 

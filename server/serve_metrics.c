@@ -210,7 +210,9 @@ void serve_blas_probe(void) {
               blas_tier_name(bi.cpu_tier), bi.threads, bi.sgemm_gflops,
               bi.guarded ? bi.fallback : "-");
     const char *warn = blas_generic_warning(&bi);
-    if (warn) log_event("warn", "blas_generic_kernels", "message=%s", log_q(warn, w, sizeof w));
+    if (warn)
+        log_event("warn", blas_info_generic(&bi) ? "blas_generic_kernels" : "blas_kernels_below_cpu",
+                  "message=%s", log_q(warn, w, sizeof w));
 }
 
 /* build, model loads, retraining jobs, the store, the edge, batch sizes */

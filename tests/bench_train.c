@@ -182,6 +182,8 @@ int main(int argc, char **argv) {
     blas_info_line(&bi, line, sizeof line);
     fprintf(stderr, "%s\n", line);
     if (blas_refuse_generic(&bi, "bench-train")) return 3;
+    const char *below = blas_generic_warning(&bi); /* AVX2 kernels on an AVX-512 CPU */
+    if (below) fprintf(stderr, "\n*** bench-train: %s ***\n\n", below);
     int versa = argc > 1 && !strcmp(argv[1], "versa");
     if (versa) argc--, argv++;
     int bf16 = argc > 1 && !strcmp(argv[1], "bf16"); /* the SAN and head GEMMs in bf16 */

@@ -1,8 +1,10 @@
 /* What the BLAS runs on this CPU (kernels/blas_info.h): OpenBLAS's own report (version,
  * build configuration, the core type its dynamic dispatch picked), the vector level of that
  * core against this CPU's (cpuid through the compiler's __builtin_cpu_supports), the sgemm
- * rate on the SAN shapes, and the guard against OpenBLAS's fallback to SSE kernels on a CPU
- * it does not know (a newer Intel model: its dispatch goes by model numbers). */
+ * rate on the SAN shapes, and the guard against OpenBLAS picking kernels below the CPU's
+ * vector level on a CPU its release does not know (its dispatch goes by vendor, family and
+ * model numbers): SSE kernels on a newer Intel model, AVX2 kernels on an AVX-512 CPU it
+ * takes for an older one. */
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -149,12 +151,18 @@ int blas_info_generic(const blas_info *bi) {
            bi->core_tier < BLAS_TIER_AVX2;
 }
 
+int blas_info_below(const blas_info *bi) {
+    return bi->cpu_tier >= BLAS_TIER_AVX2 && bi->core_tier != BLAS_TIER_UNKNOWN &&
+           bi->core_tier < bi->cpu_tier;
+}
+
 void blas_info_line(const blas_info *bi, char *buf, size_t n) {
-    char rate[96] = "", guard[96] = "";
+    char rate[96] = "", guard[128] = "";
     if (bi->sgemm_gflops > 0)
         snprintf(rate, sizeof rate, "; sgemm %.1f GFLOP/s on the SAN shapes", bi->sgemm_gflops);
     if (bi->guarded)
-        snprintf(guard, sizeof guard, " (chosen by iisan: OpenBLAS fell back to %s)", bi->fallback);
+        snprintf(guard, sizeof guard, " (chosen by iisan: OpenBLAS had picked %s, %s)",
+                 bi->fallback, blas_tier_name(core_tier(bi->fallback)));
     snprintf(buf, n, "BLAS: %s, kernels %s (%s)%s on an %s CPU, %d thread%s (%s)%s [%s]",
              bi->library, bi->core, blas_tier_name(bi->core_tier), guard,
              blas_tier_name(bi->cpu_tier), bi->threads, bi->threads == 1 ? "" : "s",
@@ -165,33 +173,11 @@ void blas_info_line(const blas_info *bi, char *buf, size_t n) {
 void blas_info_json(const blas_info *bi, char *buf, size_t n) {
     snprintf(buf, n,
              "\"blas\":\"%s\",\"blas_core\":\"%s\",\"blas_core_level\":\"%s\",\"cpu_level\":\"%s\","
-             "\"blas_threads\":%d,\"blas_guarded\":%s,\"sgemm_san_gflops\":%.2f",
+             "\"blas_threads\":%d,\"blas_guarded\":%s,\"blas_below_cpu\":%s,"
+             "\"sgemm_san_gflops\":%.2f",
              bi->library, bi->core, blas_tier_name(bi->core_tier), blas_tier_name(bi->cpu_tier),
-             bi->threads, bi->guarded ? "true" : "false", bi->sgemm_gflops);
-}
-
-int blas_refuse_generic(const blas_info *bi, const char *who) {
-    if (!blas_info_generic(bi)) return 0;
-    fprintf(stderr,
-            "%s: refusing to report figures: the BLAS (%s) runs its %s kernels (%s) on a CPU "
-            "with %s; every GEMM would run at a fraction of this machine's rate. Unset "
-            "OPENBLAS_CORETYPE if it is set (iisan then picks the core type from the CPU's "
-            "features), or set it to one this CPU can run (Haswell for AVX2, SkylakeX for "
-            "AVX-512, Cooperlake for AVX512-BF16).\n",
-            who, bi->library, bi->core, blas_tier_name(bi->core_tier),
-            blas_tier_name(bi->cpu_tier));
-    return 1;
-}
-
-const char *blas_generic_warning(const blas_info *bi) {
-    static char msg[512];
-    if (!blas_info_generic(bi)) return NULL;
-    snprintf(msg, sizeof msg,
-             "WARNING: the BLAS (%s) runs its %s kernels (%s) on a CPU with %s: every GEMM "
-             "runs at a fraction of this machine's rate. Unset OPENBLAS_CORETYPE, or set it to "
-             "Haswell (AVX2), SkylakeX (AVX-512) or Cooperlake (AVX512-BF16).",
-             bi->library, bi->core, blas_tier_name(bi->core_tier), blas_tier_name(bi->cpu_tier));
-    return msg;
+             bi->threads, bi->guarded ? "true" : "false", blas_info_below(bi) ? "true" : "false",
+             bi->sgemm_gflops);
 }
 
 /* the best OpenBLAS core type this CPU's features allow */
@@ -203,6 +189,31 @@ static const char *core_for_cpu(void) {
     return NULL;
 }
 
+int blas_refuse_generic(const blas_info *bi, const char *who) {
+    if (!blas_info_generic(bi)) return 0;
+    const char *want = core_for_cpu();
+    fprintf(stderr,
+            "%s: refusing to report figures: the BLAS (%s) runs its %s kernels (%s) on a CPU "
+            "with %s; every GEMM would run at a fraction of this machine's rate. Unset "
+            "OPENBLAS_CORETYPE if it is set (iisan then picks the core type from the CPU's "
+            "features), or set it to %s, the core type for this CPU.\n",
+            who, bi->library, bi->core, blas_tier_name(bi->core_tier),
+            blas_tier_name(bi->cpu_tier), want ? want : "one this CPU can run");
+    return 1;
+}
+
+const char *blas_generic_warning(const blas_info *bi) {
+    static char msg[512];
+    if (!blas_info_below(bi)) return NULL; /* generic kernels, or AVX2 ones on AVX-512 */
+    const char *want = core_for_cpu();
+    snprintf(msg, sizeof msg,
+             "WARNING: the BLAS (%s) runs its %s kernels (%s) on a CPU with %s: every GEMM "
+             "runs at %s of this machine's rate. Unset OPENBLAS_CORETYPE, or set it to %s.",
+             bi->library, bi->core, blas_tier_name(bi->core_tier), blas_tier_name(bi->cpu_tier),
+             blas_info_generic(bi) ? "a fraction" : "about half", want ? want : "this CPU's");
+    return msg;
+}
+
 void blas_guard(char **argv) {
     const char *set = getenv("OPENBLAS_CORETYPE");
     if (set && *set) return; /* the user's (or an earlier guard's) choice */
@@ -210,9 +221,9 @@ void blas_guard(char **argv) {
     /* IISAN_BLAS_GUARD_TEST=NAME: the test hook, acts as if OpenBLAS had picked NAME */
     const char *test = getenv("IISAN_BLAS_GUARD_TEST");
     if (test && *test) core = test;
-    if (!core || core_tier(core) == BLAS_TIER_UNKNOWN || core_tier(core) >= BLAS_TIER_AVX2) return;
     const char *want = core_for_cpu();
-    if (!want) return;
+    if (!core || !want || core_tier(core) == BLAS_TIER_UNKNOWN || core_tier(core) >= cpu_tier())
+        return;
     setenv("OPENBLAS_CORETYPE", want, 1);
     setenv("IISAN_BLAS_GUARDED", core, 1);
     execv("/proc/self/exe", argv);
