@@ -48,7 +48,7 @@ endif
 include kernels/cuda/cuda.mk
 endif
 
-.PHONY: all test test-coretype bench-train bench-encode bench-gpu bench-serve bench-tpme fuzz run clean format
+.PHONY: all test test-coretype bench-train bench-gemm bench-encode bench-gpu bench-serve bench-tpme fuzz run clean format
 .SECONDARY:
 all: $(BUILD)/iisan
 
@@ -102,6 +102,10 @@ bench-train: $(BUILD)/bench_train
 	@if grep -q avx512_bf16 /proc/cpuinfo; then $(BUILD)/bench_train bf16; \
 	 else echo "bench-train bf16: not run (this CPU has no AVX512-BF16)"; fi
 	$(BUILD)/bench_train versa
+
+# the training step's SAN and head GEMMs one shape at a time, fp32 and bf16 (developers)
+bench-gemm: $(BUILD)/bench_gemm
+	$(BUILD)/bench_gemm
 
 # all-MiniLM-L6-v2: iisan encode vs Hugging Face on Scientific titles (developers: needs torch)
 bench-encode: $(BUILD)/iisan

@@ -139,7 +139,9 @@ iisan_model *model_create(const iisan_config *c, iisan_backend *be, int cap_user
     m->be = be;
     m->cap_users = cap_users;
     m->cap_items = cap_users * (c->n + 1);
-    m->chunk_rows = m->cap_items < 256 ? m->cap_items : 256;
+    /* the towers run on chunks of rows (the backward's scratch is sized by one): a training
+     * batch's distinct items (at most 64 x 11) fit in one, so every GEMM sees all of them */
+    m->chunk_rows = m->cap_items < 1024 ? m->cap_items : 1024;
     if (params_build(&m->pt, c)) {
         snprintf(err, errlen, "cannot build the parameter table");
         free(m);

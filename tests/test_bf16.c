@@ -116,6 +116,10 @@ static const gcase cases[] = {
     {1, 0, 64, 768, 640, 0, 1, 1}, /* dW_down += dpre^T . in */
     {0, 0, 640, 768, 64, 0, 1, 1}, /* d in += dpre . W_down */
     {0, 0, 64, 384, 768, 0, 1, 0}, /* a head's M = P_w F_w */
+    {0, 1, 64, 768, 768, 0, 1, 1}, /* a head's dP_w += dM F_w^T */
+    /* op(B) = B^T: rows of B not a multiple of 16, pairs not of 16, an odd K */
+    {0, 1, 5, 40, 70, 2, 1, 0},
+    {1, 1, 3, 17, 33, 1, -1, 0.5f},
     /* edges: one element, K odd, M not a multiple of 12, N not of 32, K past one block */
     {0, 0, 1, 1, 1, 0, 1, 0},
     {0, 1, 1, 1, 2, 1, 1, 1},

@@ -98,14 +98,48 @@ BF16_TARGET static void pack_tiles(uint32_t *dst, const float *X, int ld, int K,
     }
 }
 
+/* the 16 x 16 words r[0..15] transposed in place: r[q] word i = the old r[i] word q */
+BF16_TARGET static inline void transpose16(__m512i r[16]) {
+    __m512i t[16], u[16];
+    for (int i = 0; i < 16; i += 2) { /* pairs of rows, word by word, within 128-bit lanes */
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int g = 0; g < 16; g += 4) { /* u[g + c]: rows g..g+3 of column 4 L + c, lane L */
+        u[g] = _mm512_unpacklo_epi64(t[g], t[g + 2]);
+        u[g + 1] = _mm512_unpackhi_epi64(t[g], t[g + 2]);
+        u[g + 2] = _mm512_unpacklo_epi64(t[g + 1], t[g + 3]);
+        u[g + 3] = _mm512_unpackhi_epi64(t[g + 1], t[g + 3]);
+    }
+    for (int c = 0; c < 4; c++) { /* the four row groups' lane L into column 4 L + c */
+        __m512i x0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x88);
+        __m512i y0 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x88);
+        __m512i x1 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xdd);
+        __m512i y1 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xdd);
+        r[c] = _mm512_shuffle_i32x4(x0, y0, 0x88);
+        r[8 + c] = _mm512_shuffle_i32x4(x0, y0, 0xdd);
+        r[4 + c] = _mm512_shuffle_i32x4(x1, y1, 0x88);
+        r[12 + c] = _mm512_shuffle_i32x4(x1, y1, 0xdd);
+    }
+}
+
 /* rows j0..j1-1 of X [N, K] (ld), that is columns of op(X) = X^T [K, N], into the pair-major
- * layout dst[p * Np + j]; tmp holds one converted row (P words) */
-BF16_TARGET static void pack_cols(uint32_t *dst, uint32_t *tmp, const float *X, int ld, int K,
-                                  int P, int Np, int j0, int j1) {
-    for (int j = j0; j < j1; j++) {
-        pack_rows(tmp, X + (size_t)j * ld, ld, K, P, 0, 1);
-        for (int p = 0; p < P; p++)
-            dst[(size_t)p * Np + j] = tmp[p];
+ * layout dst[p * Np + j]: 16 rows by 16 pairs at a time, converted as rows and transposed in
+ * registers, so that every store is 16 consecutive words */
+BF16_TARGET static void pack_cols(uint32_t *dst, const float *X, int ld, int K, int P, int Np,
+                                  int j0, int j1) {
+    __m512i r[16];
+    for (int j = j0; j < j1; j += 16) {
+        int rows = j1 - j < 16 ? j1 - j : 16;
+        __mmask16 m = (__mmask16)((1u << rows) - 1);
+        for (int p = 0; p < P; p += 16) {
+            int k = 2 * p, nk = K - k < 32 ? K - k : 32, pairs = P - p < 16 ? P - p : 16;
+            for (int i = 0; i < 16; i++)
+                r[i] = i < rows ? pack32(X + (size_t)(j + i) * ld + k, nk) : _mm512_setzero_si512();
+            transpose16(r);
+            for (int q = 0; q < pairs; q++)
+                _mm512_mask_storeu_epi32(dst + (size_t)(p + q) * Np + j, m, r[q]);
+        }
     }
 }
 
@@ -157,7 +191,7 @@ typedef struct {
     float alpha, beta;
     const float *A, *B;
     float *C;
-    uint32_t *Ap, *Bp, *tmp; /* tmp: P words per thread (pack_cols) */
+    uint32_t *Ap, *Bp;
 } job;
 
 static void share(int n, int tid, int nth, int *lo, int *hi) {
@@ -178,9 +212,10 @@ BF16_TARGET static void job_pack(void *q, size_t lo_, size_t hi_) {
             share(g->M, tid, NPACK, &lo, &hi);
             pack_rows(g->Ap, g->A, g->lda, g->K, g->P, lo, hi);
         }
-        if (g->tb) { /* B [N, K]: op(B)'s columns are B's rows */
-            share(g->N, tid, NPACK, &lo, &hi);
-            pack_cols(g->Bp, g->tmp + (size_t)tid * g->P, g->B, g->ldb, g->K, g->P, g->Np, lo, hi);
+        if (g->tb) { /* B [N, K]: op(B)'s columns are B's rows, in groups of 16 */
+            share((g->N + 15) / 16, tid, NPACK, &lo, &hi);
+            pack_cols(g->Bp, g->B, g->ldb, g->K, g->P, g->Np, 16 * lo,
+                      16 * hi < g->N ? 16 * hi : g->N);
         } else {
             share(g->P, tid, NPACK, &lo, &hi);
             pack_pairs(g->Bp, g->B, g->ldb, g->K, g->N, g->Np, lo, hi);
@@ -263,10 +298,10 @@ int cpu_gemm_bf16(cpu_pool *pool, int ta, int tb, int M, int N, int K, float alp
              .C = C};
     g.Mp = (M + MR - 1) / MR * MR;
     g.Np = (N + NR - 1) / NR * NR;
-    size_t na = (size_t)g.Mp * g.P, nb = (size_t)g.P * g.Np, nt = (size_t)NPACK * g.P;
-    uint32_t *buf = scratch_get((na + nb + nt) * sizeof(uint32_t));
+    size_t na = (size_t)g.Mp * g.P, nb = (size_t)g.P * g.Np;
+    uint32_t *buf = scratch_get((na + nb) * sizeof(uint32_t));
     if (!buf) return -1;
-    g.Ap = buf, g.Bp = buf + na, g.tmp = buf + na + nb;
+    g.Ap = buf, g.Bp = buf + na;
     if (!ta) /* rows M..Mp-1 of the row-major op(A) are zeros; pack_pairs zero-fills its own */
         memset(g.Ap + (size_t)M * g.P, 0, (size_t)(g.Mp - M) * g.P * sizeof(uint32_t));
     cpu_pool_for(pool, NPACK, 1, job_pack, &g);
