@@ -36,7 +36,10 @@ static void ce_range(void *va, size_t lo, size_t hi) {
         const float zt = row[t];
         double sum = 0.0;
         for (int c = 0; c < C; c++) {
-            row[c] = expf(row[c] - mx);
+            /* below -104 expf is +0 in fp32 (e^-104 < 2^-150); taking its underflow path for
+             * every masked candidate cost more than the rest of the loss */
+            float x = row[c] - mx;
+            row[c] = x < -104.0f ? 0.0f : expf(x);
             sum += row[c];
         }
         a->qloss[q] = (double)mx + log(sum) - (double)zt; /* log-sum-exp minus the target logit */
