@@ -50,7 +50,6 @@ static void layout(iisan_model *m, carver *cv) {
             int fo, di;
             params_head_dims(c, t, &fo, &di);
             for (int k = 0; k < config_tower_depth(c, t); k++) {
-                ws->in[k] = F(U * D);
                 ws->a[k] = F(U * r);
                 ws->act[k] = F(U * r);
                 ws->h[k] = F(U * D);
@@ -76,6 +75,7 @@ static void layout(iisan_model *m, carver *cv) {
         m->dzcat = F(U * ntd);
         m->dh[0] = F(ch * Dmax);
         m->dh[1] = F(ch * Dmax);
+        m->gin = F(ch * Dmax);
         m->dact = F(ch * r);
         m->dpre = F(ch * r);
     }

@@ -26,7 +26,6 @@ typedef struct {
 } iisan_states;
 
 typedef struct {
-    float *in[IISAN_MAX_SCHED];  /* (U, D) block inputs after the gate */
     float *a[IISAN_MAX_SCHED];   /* (U, r) pre-activation */
     float *act[IISAN_MAX_SCHED]; /* (U, r) post-activation */
     float *h[IISAN_MAX_SCHED];   /* (U, D) block outputs */
@@ -72,6 +71,8 @@ typedef struct iisan_model {
     float *xp[IISAN_MAX_SCHED]; /* Versa: (U, Dx) the wider modality projected, per step */
     float *dq;                  /* Versa: (chunk, Dx) gradient of a projected state */
     float *dh[2];               /* (chunk, D) */
+    float *gin;                 /* (chunk, D) the block input being used (in = the gate's mix):
+                                 * not kept per block; the backward recomputes it */
     float *dact, *dpre;         /* (U, r) */
     float *dzcat;               /* (U, nt*d) */
     float *demb;                /* (U, d) */
@@ -121,19 +122,23 @@ void tower_forward(iisan_model *m, const int32_t *items, const uint32_t *cat, in
 void tower_backward(iisan_model *m, int U);
 
 /* pieces tower.c shares with IISAN-Versa's towers (tower_versa.c), on rows r0..r0+R-1 of
- * a D-wide tower: one SAN block forward (its gate's operands -> ws->in[k] -> ws->h[k]); one
+ * a D-wide tower: one SAN block forward (its gate's operands -> in -> ws->h[k]); one
  * block backward, from cur = dL/dh[k] to cur = dL/din[k] (overwritten in place) with its
- * parameter gradients */
+ * parameter gradients. The block's input in is not kept: the forward mixes it into m->gin
+ * and the backward mixes it again from the same operands (the same op order, so the same
+ * bits), which keeps 21 (U, D) matrices of a batch out of memory */
 /* a SAN block's gate operands (gate_fwd's c, a, b and its scalar p): in = c + s a + (1-s) b */
 typedef struct {
     const float *c, *a, *b, *gate;
 } tower_gate_in;
-/* one SAN block on rows r0 .. r0+R-1: in = the gate's mix of g, saved in ws->in[k], then
+/* one SAN block on rows r0 .. r0+R-1: in = the gate's mix of g (into m->gin), then
  * h = in + W_up act(W_down in + b_down) + b_up into ws->h[k] */
 void tower_block_forward(iisan_model *m, const san_block_v *w, tower_ws *ws, int k, int r0, int R,
                          int D, const tower_gate_in *g);
+/* its backward; gi: the gate operands the forward had (rows r0.. as there) */
 void tower_block_backward(iisan_model *m, const san_block_v *w, const san_block_v *g,
-                          const tower_ws *ws, int k, int r0, int R, int D, float *cur);
+                          const tower_ws *ws, int k, int r0, int R, int D, const tower_gate_in *gi,
+                          float *cur);
 /* the batch's heads: M = P_w F_w and c = P_w F_b + P_b per tower (forward); the heads'
  * parameter gradients from dM and dc (backward) */
 void tower_heads_forward(iisan_model *m);

@@ -43,12 +43,31 @@ void tower_block_forward(iisan_model *m, const san_block_v *w, tower_ws *ws, int
     const int r = m->c.r;
     const size_t o = (size_t)r0 * D, orr = (size_t)r0 * r;
     /* in, and h = in + b_up, in one pass */
-    be->gate_bias_fwd(be, ws->in[k] + o, ws->h[k] + o, g->c, g->a, g->b, g->gate, m->c.gate_temp,
-                      w->up_b, R, D);
-    be->gemm_mixed(be, 0, 1, R, r, D, 1, ws->in[k] + o, D, w->down_w, D, 0, ws->a[k] + orr, r);
+    be->gate_bias_fwd(be, m->gin, ws->h[k] + o, g->c, g->a, g->b, g->gate, m->c.gate_temp, w->up_b,
+                      R, D);
+    be->gemm_mixed(be, 0, 1, R, r, D, 1, m->gin, D, w->down_w, D, 0, ws->a[k] + orr, r);
     be->add_bias(be, ws->a[k] + orr, r, w->down_b, R, r);
     be->act_fwd(be, m->c.act, ws->act[k] + orr, ws->a[k] + orr, (size_t)R * r);
     be->gemm_mixed(be, 0, 1, R, D, r, 1, ws->act[k] + orr, r, w->up_w, r, 1, ws->h[k] + o, D);
+}
+
+/* block k's gate operands in tower t, rows from offset o (r0 * D): the inter tower's
+ * in = u_{k-1} + g V[s_k] + (1 - g) T[s_k], an intra tower's in = g X[s_k] + (1 - g) h_{k-1};
+ * the running state before the first block is zeros, or (remove-first) X[0] in an intra
+ * tower and (T[0] + V[0]) / 2 (ws->h0) in the inter tower under version 1's rule */
+static tower_gate_in tower_gate_operands(const iisan_model *m, int t, int k, size_t o) {
+    const iisan_config *c = &m->c;
+    const tower_ws *ws = &m->tw[t];
+    const float *gate = m->pw.tower[t].gate + k, *prev = NULL;
+    if (k > 0)
+        prev = ws->h[k - 1] + o;
+    else if (t == TOWER_INTER && ws->h0)
+        prev = ws->h0 + o;
+    else if (t != TOWER_INTER && c->remove_first)
+        prev = m->x0[tower_mod(t)] + o;
+    if (t == TOWER_INTER)
+        return (tower_gate_in){prev, m->xs[MOD_IMAGE][k] + o, m->xs[MOD_TEXT][k] + o, gate};
+    return (tower_gate_in){NULL, m->xs[tower_mod(t)][k] + o, prev, gate};
 }
 
 /* tower t on rows r0 .. r0+R-1, its z into columns off .. off+d-1 of zcat */
@@ -57,28 +76,14 @@ static void rows_forward(iisan_model *m, int t, int r0, int R, int off) {
     iisan_backend *be = m->be;
     const int D = c->D, d = c->d, ntd = config_ntowers(c) * d;
     const size_t o = (size_t)r0 * D, RD = (size_t)R * D;
-    const tower_v *w = &m->pw.tower[t];
     tower_ws *ws = &m->tw[t];
-    const float *prev = NULL;
-    if (t == TOWER_INTER) {
-        if (c->remove_first && c->inter_start == IISAN_RULES_V1) { /* u_0 = (T[0] + V[0]) / 2 */
-            be->copy(be, ws->h0 + o, m->x0[MOD_TEXT] + o, RD * sizeof(float));
-            be->axpby(be, RD, 0.5f, m->x0[MOD_IMAGE] + o, 0.5f, ws->h0 + o);
-            prev = ws->h0 + o;
-        }
-        for (int k = 0; k < c->K; k++) {
-            tower_gate_in g = {prev, m->xs[MOD_IMAGE][k] + o, m->xs[MOD_TEXT][k] + o, w->gate + k};
-            tower_block_forward(m, &w->blk[k], ws, k, r0, R, D, &g);
-            prev = ws->h[k] + o;
-        }
-    } else {
-        int mod = tower_mod(t);
-        if (c->remove_first) prev = m->x0[mod] + o;
-        for (int k = 0; k < c->K; k++) {
-            tower_gate_in g = {NULL, m->xs[mod][k] + o, prev, w->gate + k};
-            tower_block_forward(m, &w->blk[k], ws, k, r0, R, D, &g);
-            prev = ws->h[k] + o;
-        }
+    if (ws->h0) { /* u_0 = (T[0] + V[0]) / 2 */
+        be->copy(be, ws->h0 + o, m->x0[MOD_TEXT] + o, RD * sizeof(float));
+        be->axpby(be, RD, 0.5f, m->x0[MOD_IMAGE] + o, 0.5f, ws->h0 + o);
+    }
+    for (int k = 0; k < c->K; k++) {
+        tower_gate_in g = tower_gate_operands(m, t, k, o);
+        tower_block_forward(m, &m->pw.tower[t].blk[k], ws, k, r0, R, D, &g);
     }
     /* z = P(F h_K) = h_K M^T + c */
     float *z = m->zcat + (size_t)r0 * ntd + off;
@@ -138,17 +143,20 @@ void tower_fuse_forward(iisan_model *m, int U) {
 }
 
 void tower_block_backward(iisan_model *m, const san_block_v *bw, const san_block_v *bg,
-                          const tower_ws *ws, int k, int r0, int R, int D, float *cur) {
+                          const tower_ws *ws, int k, int r0, int R, int D, const tower_gate_in *gi,
+                          float *cur) {
     iisan_backend *be = m->be;
     const int r = m->c.r;
-    const size_t o = (size_t)r0 * D, orr = (size_t)r0 * r;
+    const size_t orr = (size_t)r0 * r;
     /* h = in + up(act(down(in))) */
     be->bias_grad(be, bg->up_b, cur, D, R, D);
     be->gemm_mixed(be, 1, 0, D, r, R, 1, cur, D, ws->act[k] + orr, r, 1, bg->up_w, r);
     be->gemm_mixed(be, 0, 0, R, r, D, 1, cur, D, bw->up_w, r, 0, m->dact, r);
     be->act_bwd(be, m->c.act, m->dpre, m->dact, ws->a[k] + orr, (size_t)R * r);
     be->bias_grad(be, bg->down_b, m->dpre, r, R, r);
-    be->gemm_mixed(be, 1, 0, r, D, R, 1, m->dpre, r, ws->in[k] + o, D, 1, bg->down_w, D);
+    /* the block's input again, as the forward mixed it */
+    be->gate_fwd(be, m->gin, gi->c, gi->a, gi->b, gi->gate, m->c.gate_temp, (size_t)R * D);
+    be->gemm_mixed(be, 1, 0, r, D, R, 1, m->dpre, r, m->gin, D, 1, bg->down_w, D);
     be->gemm_mixed(be, 0, 0, R, D, r, 1, m->dpre, r, bw->down_w, D, 1, cur, D); /* d in */
 }
 
@@ -168,18 +176,16 @@ static void rows_backward(iisan_model *m, int t, int r0, int R, int off) {
     be->bias_grad(be, ws->dc, dz, ntd, R, d);
     float *cur = m->dh[0], *other = m->dh[1];
     be->gemm_mixed(be, 0, 0, R, D, d, 1, dz, ntd, ws->M, D, 0, cur, D);
-    int mod = tower_mod(t);
     for (int k = c->K - 1; k >= 0; k--) {
-        tower_block_backward(m, &w->blk[k], &g->blk[k], ws, k, r0, R, D, cur);
+        tower_gate_in gi = tower_gate_operands(m, t, k, o);
+        tower_block_backward(m, &w->blk[k], &g->blk[k], ws, k, r0, R, D, &gi, cur);
         if (t == TOWER_INTER) {
             /* in = u_{k-1} + s V + (1-s) T: d u_{k-1} = d in */
-            be->gate_bwd(be, NULL, NULL, g->gate + k, cur, m->xs[MOD_IMAGE][k] + o,
-                         m->xs[MOD_TEXT][k] + o, w->gate + k, c->gate_temp, RD);
-        } else {
-            const float *prev =
-                k > 0 ? ws->h[k - 1] + o : (c->remove_first ? m->x0[mod] + o : NULL);
-            be->gate_bwd(be, NULL, k > 0 ? other : NULL, g->gate + k, cur, m->xs[mod][k] + o, prev,
-                         w->gate + k, c->gate_temp, RD);
+            be->gate_bwd(be, NULL, NULL, g->gate + k, cur, gi.a, gi.b, w->gate + k, c->gate_temp,
+                         RD);
+        } else { /* in = s X + (1-s) h_{k-1}: d h_{k-1} = (1-s) d in, into the other buffer */
+            be->gate_bwd(be, NULL, k > 0 ? other : NULL, g->gate + k, cur, gi.a, gi.b, w->gate + k,
+                         c->gate_temp, RD);
             float *tmp = cur;
             cur = other;
             other = tmp;

@@ -143,15 +143,25 @@ static void versa_rows_backward(iisan_model *m, int t, int r0, int R, int off) {
     be->gemm_mixed(be, 0, 0, R, D, d, 1, dz, ntd, ws->M, D, 0, cur, D);
     const int mod = t == TOWER_TEXT ? MOD_TEXT : MOD_IMAGE;
     for (int k = K - 1; k >= 0; k--) {
-        tower_block_backward(m, &w->blk[k], &g->blk[k], ws, k, r0, R, D, cur);
+        /* the gate's operands as the forward had them (u_0 = 0; remove-first: h_0 = X[0]) */
+        const float *prev =
+            k > 0 ? ws->h[k - 1] + o
+                  : (t != TOWER_INTER && c->mods[mod].remove_first ? m->x0[mod] + o : NULL);
+        tower_gate_in gi;
+        if (t == TOWER_INTER) {
+            const float *tk, *vk;
+            inter_inputs(m, k, r0, R, 0, &tk, &vk);
+            gi = (tower_gate_in){prev, vk, tk, w->gate + k};
+        } else {
+            gi = (tower_gate_in){NULL, m->xs[mod][k] + o, prev, w->gate + k};
+        }
+        tower_block_backward(m, &w->blk[k], &g->blk[k], ws, k, r0, R, D, &gi, cur);
         if (t == TOWER_INTER) {
             inter_gate_backward(m, k, r0, R, cur);
             continue;
         }
-        const float *prev =
-            k > 0 ? ws->h[k - 1] + o : (c->mods[mod].remove_first ? m->x0[mod] + o : NULL);
-        be->gate_bwd(be, NULL, k > 0 ? other : NULL, g->gate + k, cur, m->xs[mod][k] + o, prev,
-                     w->gate + k, c->gate_temp, RD);
+        be->gate_bwd(be, NULL, k > 0 ? other : NULL, g->gate + k, cur, gi.a, gi.b, w->gate + k,
+                     c->gate_temp, RD);
         float *tmp = cur;
         cur = other;
         other = tmp;
