@@ -135,10 +135,12 @@ typedef struct {
  * h = in + W_up act(W_down in + b_down) + b_up into ws->h[k] */
 void tower_block_forward(iisan_model *m, const san_block_v *w, tower_ws *ws, int k, int r0, int R,
                          int D, const tower_gate_in *g);
-/* its backward; gi: the gate operands the forward had (rows r0.. as there) */
+/* its backward from cur (d h, which becomes d in), the gate's included: gi holds the gate
+ * operands the forward had (rows r0.. as there); *dgate += the gate's gradient, da / db (when
+ * not NULL) = the gradients of gi->a and gi->b (gate_bwd's); gi->c's is cur itself */
 void tower_block_backward(iisan_model *m, const san_block_v *w, const san_block_v *g,
                           const tower_ws *ws, int k, int r0, int R, int D, const tower_gate_in *gi,
-                          float *cur);
+                          float *dgate, float *da, float *db, float *cur);
 /* the batch's heads: M = P_w F_w and c = P_w F_b + P_b per tower (forward); the heads'
  * parameter gradients from dM and dc (backward) */
 void tower_heads_forward(iisan_model *m);

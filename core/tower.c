@@ -144,7 +144,7 @@ void tower_fuse_forward(iisan_model *m, int U) {
 
 void tower_block_backward(iisan_model *m, const san_block_v *bw, const san_block_v *bg,
                           const tower_ws *ws, int k, int r0, int R, int D, const tower_gate_in *gi,
-                          float *cur) {
+                          float *dgate, float *da, float *db, float *cur) {
     iisan_backend *be = m->be;
     const int r = m->c.r;
     const size_t orr = (size_t)r0 * r;
@@ -154,10 +154,12 @@ void tower_block_backward(iisan_model *m, const san_block_v *bw, const san_block
     be->gemm_mixed(be, 0, 0, R, r, D, 1, cur, D, bw->up_w, r, 0, m->dact, r);
     be->act_bwd(be, m->c.act, m->dpre, m->dact, ws->a[k] + orr, (size_t)R * r);
     be->bias_grad(be, bg->down_b, m->dpre, r, R, r);
-    /* the block's input again, as the forward mixed it */
-    be->gate_fwd(be, m->gin, gi->c, gi->a, gi->b, gi->gate, m->c.gate_temp, (size_t)R * D);
-    be->gemm_mixed(be, 1, 0, r, D, R, 1, m->dpre, r, m->gin, D, 1, bg->down_w, D);
     be->gemm_mixed(be, 0, 0, R, D, r, 1, m->dpre, r, bw->down_w, D, 1, cur, D); /* d in */
+    /* the gate's gradients from d in and, in the same pass, the block's input again as the
+     * forward mixed it (not kept), for dW_down */
+    be->gate_bwd_mix(be, m->gin, da, db, dgate, cur, gi->c, gi->a, gi->b, gi->gate, m->c.gate_temp,
+                     (size_t)R * D);
+    be->gemm_mixed(be, 1, 0, r, D, R, 1, m->dpre, r, m->gin, D, 1, bg->down_w, D);
 }
 
 /* tower t's backward on rows r0 .. r0+R-1 from dz (columns off.. of dzcat):
@@ -166,7 +168,7 @@ static void rows_backward(iisan_model *m, int t, int r0, int R, int off) {
     const iisan_config *c = &m->c;
     iisan_backend *be = m->be;
     const int D = c->D, d = c->d, ntd = config_ntowers(c) * d;
-    const size_t o = (size_t)r0 * D, RD = (size_t)R * D;
+    const size_t o = (size_t)r0 * D;
     const tower_v *w = &m->pw.tower[t];
     const tower_v *g = &m->pg.tower[t];
     tower_ws *ws = &m->tw[t];
@@ -178,14 +180,12 @@ static void rows_backward(iisan_model *m, int t, int r0, int R, int off) {
     be->gemm_mixed(be, 0, 0, R, D, d, 1, dz, ntd, ws->M, D, 0, cur, D);
     for (int k = c->K - 1; k >= 0; k--) {
         tower_gate_in gi = tower_gate_operands(m, t, k, o);
-        tower_block_backward(m, &w->blk[k], &g->blk[k], ws, k, r0, R, D, &gi, cur);
-        if (t == TOWER_INTER) {
-            /* in = u_{k-1} + s V + (1-s) T: d u_{k-1} = d in */
-            be->gate_bwd(be, NULL, NULL, g->gate + k, cur, gi.a, gi.b, w->gate + k, c->gate_temp,
-                         RD);
-        } else { /* in = s X + (1-s) h_{k-1}: d h_{k-1} = (1-s) d in, into the other buffer */
-            be->gate_bwd(be, NULL, k > 0 ? other : NULL, g->gate + k, cur, gi.a, gi.b, w->gate + k,
-                         c->gate_temp, RD);
+        /* inter: in = u_{k-1} + s V + (1-s) T, so d u_{k-1} = d in (cur, kept);
+         * intra: in = s X + (1-s) h_{k-1}, so d h_{k-1} = (1-s) d in, into the other buffer */
+        float *dprev = t != TOWER_INTER && k > 0 ? other : NULL;
+        tower_block_backward(m, &w->blk[k], &g->blk[k], ws, k, r0, R, D, &gi, g->gate + k, NULL,
+                             dprev, cur);
+        if (t != TOWER_INTER) {
             float *tmp = cur;
             cur = other;
             other = tmp;

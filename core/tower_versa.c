@@ -106,17 +106,13 @@ void versa_forward(iisan_model *m, const uint32_t *cat, int U, const iisan_state
     tower_fuse_forward(m, U);
 }
 
-/* the inter tower's gate at step k: d u_{k-1} = d in (cur, unchanged); the projected
- * modality's gradient flows on into Q_k */
-static void inter_gate_backward(iisan_model *m, int k, int r0, int R, const float *cur) {
+/* after the inter tower's block k (whose gate left the projected modality's gradient in
+ * m->dq): that gradient on into Q_k */
+static void inter_proj_backward(iisan_model *m, int k, int r0, int R) {
     const iisan_config *c = &m->c;
     iisan_backend *be = m->be;
     const int Dx = config_tower_width(c, TOWER_INTER), wide = config_versa_wide(c);
-    const tower_v *w = &m->pw.tower[TOWER_INTER], *g = &m->pg.tower[TOWER_INTER];
-    const float *tk, *vk;
-    inter_inputs(m, k, r0, R, 0, &tk, &vk);
-    float *dv = wide == MOD_IMAGE ? m->dq : NULL, *dt = wide == MOD_TEXT ? m->dq : NULL;
-    be->gate_bwd(be, dv, dt, g->gate + k, cur, vk, tk, w->gate + k, c->gate_temp, (size_t)R * Dx);
+    const tower_v *g = &m->pg.tower[TOWER_INTER];
     if (wide < 0) return;
     /* p = x_w Q_k^T + b_k: dQ_k += dp^T x_w, db_k += colsum dp */
     const iisan_modality *v = &c->mods[wide];
@@ -132,7 +128,7 @@ static void versa_rows_backward(iisan_model *m, int t, int r0, int R, int off) {
     iisan_backend *be = m->be;
     const int D = config_tower_width(c, t), K = config_tower_depth(c, t), d = c->d;
     const int ntd = config_ntowers(c) * d;
-    const size_t o = (size_t)r0 * D, RD = (size_t)R * D;
+    const size_t o = (size_t)r0 * D;
     const tower_v *w = &m->pw.tower[t], *g = &m->pg.tower[t];
     tower_ws *ws = &m->tw[t];
     const float *dz = m->dzcat + (size_t)r0 * ntd + off;
@@ -155,13 +151,16 @@ static void versa_rows_backward(iisan_model *m, int t, int r0, int R, int off) {
         } else {
             gi = (tower_gate_in){NULL, m->xs[mod][k] + o, prev, w->gate + k};
         }
-        tower_block_backward(m, &w->blk[k], &g->blk[k], ws, k, r0, R, D, &gi, cur);
-        if (t == TOWER_INTER) {
-            inter_gate_backward(m, k, r0, R, cur);
+        if (t == TOWER_INTER) { /* d u_{k-1} = d in (cur, kept); d p_k into m->dq */
+            const int wide = config_versa_wide(c);
+            float *dv = wide == MOD_IMAGE ? m->dq : NULL, *dt = wide == MOD_TEXT ? m->dq : NULL;
+            tower_block_backward(m, &w->blk[k], &g->blk[k], ws, k, r0, R, D, &gi, g->gate + k, dv,
+                                 dt, cur);
+            inter_proj_backward(m, k, r0, R);
             continue;
         }
-        be->gate_bwd(be, NULL, k > 0 ? other : NULL, g->gate + k, cur, gi.a, gi.b, w->gate + k,
-                     c->gate_temp, RD);
+        tower_block_backward(m, &w->blk[k], &g->blk[k], ws, k, r0, R, D, &gi, g->gate + k, NULL,
+                             k > 0 ? other : NULL, cur);
         float *tmp = cur;
         cur = other;
         other = tmp;

@@ -138,6 +138,12 @@ struct iisan_backend {
      * *dp += sum(dout * (a - b)) * s * (1 - s) / temp. (dc == dout: caller's.) */
     void (*gate_bwd)(iisan_backend *be, float *da, float *db, float *dp, const float *dout,
                      const float *a, const float *b, const float *p, float temp, size_t n);
+    /* gate_bwd and, in the same pass, the forward's mix again: out = gate_fwd(c, a, b) with
+     * gate_fwd's bits, for a backward that did not keep it (core/tower.c). out overlaps no
+     * operand; da / db may alias a / b as in gate_bwd. */
+    void (*gate_bwd_mix)(iisan_backend *be, float *out, float *da, float *db, float *dp,
+                         const float *dout, const float *c, const float *a, const float *b,
+                         const float *p, float temp, size_t n);
 
     /* ---- normalisation ---- */
     /* y = (x - mean) * rstd * g + b per row of [rows, cols]; saves mean, rstd [rows] */

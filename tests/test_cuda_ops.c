@@ -456,6 +456,34 @@ static void test_gate(void) {
     gpu->gate_bwd(gpu, NULL, NULL, FG(dp), FG(dout), FG(a), FG(b), FG(p), temp, n);
     cmp_f("gate_bwd dp only", dp, SUM_ATOL, SUM_RTOL);
     dfree(&dp);
+    /* gate_bwd_mix: gate_bwd's outputs and the forward's mix again, every NULL c / a / b */
+    dbuf mix = dput(NULL, n * sizeof(float));
+    for (int m = 0; m < 8; m++) {
+        dbuf mdp = dscalar(0.5f);
+        const float *cc = m & 1 ? FC(c) : NULL, *ac = m & 2 ? FC(a) : NULL,
+                    *bc = m & 4 ? FC(b) : NULL;
+        const float *cg = m & 1 ? FG(c) : NULL, *ag = m & 2 ? FG(a) : NULL,
+                    *bg = m & 4 ? FG(b) : NULL;
+        cpu->gate_bwd_mix(cpu, FC(mix), FC(da), FC(db), FC(mdp), FC(dout), cc, ac, bc, FC(p), temp,
+                          n);
+        gpu->gate_bwd_mix(gpu, FG(mix), FG(da), FG(db), FG(mdp), FG(dout), cg, ag, bg, FG(p), temp,
+                          n);
+        char what[64];
+        snprintf(what, sizeof what, "gate_bwd_mix out (c=%d a=%d b=%d)", m & 1, !!(m & 2),
+                 !!(m & 4));
+        cmp_f(what, mix, EW_ATOL, EW_RTOL);
+        snprintf(what, sizeof what, "gate_bwd_mix dp (c=%d a=%d b=%d)", m & 1, !!(m & 2),
+                 !!(m & 4));
+        cmp_f(what, mdp, SUM_ATOL, SUM_RTOL);
+        snprintf(what, sizeof what, "gate_bwd_mix da (c=%d a=%d b=%d)", m & 1, !!(m & 2),
+                 !!(m & 4));
+        cmp_f(what, da, EW_ATOL, EW_RTOL);
+        snprintf(what, sizeof what, "gate_bwd_mix db (c=%d a=%d b=%d)", m & 1, !!(m & 2),
+                 !!(m & 4));
+        cmp_f(what, db, EW_ATOL, EW_RTOL);
+        dfree(&mdp);
+    }
+    dfree(&mix);
     dfree(&p);
     dfree(&a);
     dfree(&b);

@@ -706,6 +706,51 @@ static void test_gate_bias(void) {
         bfree(wh);
 }
 
+/* gate_bwd_mix against its unfused composition (gate_fwd, gate_bwd): the same bits for out,
+ * da, db and dp, every combination of NULL operands, on a vector of several blocks (the
+ * pool's threads share it) and with da over a (the aliasing gate_bwd allows) */
+static void test_gate_bwd_mix(void) {
+    enum { N = 3 * 2048 + 77 };
+    float *c = falloc(N), *a = falloc(N), *b = falloc(N), *p = falloc(1), *dout = falloc(N);
+    float *out = falloc(N), *wout = falloc(N), *da = falloc(N), *db = falloc(N), *wda = falloc(N),
+          *wdb = falloc(N), *dp = falloc(1), *wdp = falloc(1), *a2 = falloc(N);
+    fill(c, N, 120, -1, 1);
+    fill(a, N, 121, -1, 1);
+    fill(b, N, 122, -1, 1);
+    fill(dout, N, 123, -1, 1);
+    p[0] = 0.6f;
+    for (int mask = 0; mask < 8; mask++) {
+        const float *cc = mask & 1 ? c : NULL, *aa = mask & 2 ? a : NULL, *bb = mask & 4 ? b : NULL;
+        be->gate_fwd(be, wout, cc, aa, bb, p, 0.8f, N);
+        wdp[0] = dp[0] = 0.25f;
+        be->gate_bwd(be, wda, wdb, wdp, dout, aa, bb, p, 0.8f, N);
+        fill(out, N, 124, -9, 9); /* garbage that must be overwritten */
+        fill(da, N, 125, -9, 9);
+        fill(db, N, 126, -9, 9);
+        be->gate_bwd_mix(be, out, da, db, dp, dout, cc, aa, bb, p, 0.8f, N);
+        char what[48];
+        snprintf(what, sizeof what, "gate_bwd_mix out, mask %d", mask);
+        check_same(what, out, wout, N);
+        snprintf(what, sizeof what, "gate_bwd_mix da, mask %d", mask);
+        check_same(what, da, wda, N);
+        snprintf(what, sizeof what, "gate_bwd_mix db, mask %d", mask);
+        check_same(what, db, wdb, N);
+        snprintf(what, sizeof what, "gate_bwd_mix dp, mask %d", mask);
+        check_same(what, dp, wdp, 1);
+    }
+    /* da == a: out is the mix of the a that was, da the gradient */
+    memcpy(a2, a, N * sizeof *a);
+    be->gate_fwd(be, wout, c, a, b, p, 0.8f, N);
+    wdp[0] = dp[0] = 0.0f;
+    be->gate_bwd(be, wda, NULL, wdp, dout, a, b, p, 0.8f, N);
+    be->gate_bwd_mix(be, out, a2, NULL, dp, dout, c, a2, b, p, 0.8f, N);
+    check_same("gate_bwd_mix out, da == a", out, wout, N);
+    check_same("gate_bwd_mix da == a", a2, wda, N);
+    check_same("gate_bwd_mix dp, da == a", dp, wdp, 1);
+    bfree(c), bfree(a), bfree(b), bfree(p), bfree(dout), bfree(out), bfree(wout), bfree(da),
+        bfree(db), bfree(wda), bfree(wdb), bfree(dp), bfree(wdp), bfree(a2);
+}
+
 /* ----------------------------------------------------------- normalisation */
 
 typedef struct {
@@ -1257,6 +1302,7 @@ int main(int argc, char **argv) {
     RUN(test_dropout);
     RUN(test_gate);
     RUN(test_gate_bias);
+    RUN(test_gate_bwd_mix);
     RUN(test_layernorm);
     RUN(test_softmax_rows);
     RUN(test_attention);

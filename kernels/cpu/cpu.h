@@ -51,6 +51,7 @@ enum {
     CPU_OP_GATE_FWD,
     CPU_OP_GATE_BIAS_FWD,
     CPU_OP_GATE_BWD,
+    CPU_OP_GATE_BWD_MIX,
     CPU_OP_LAYERNORM_FWD,
     CPU_OP_LAYERNORM_BWD,
     CPU_OP_ATTENTION_FWD,
@@ -124,6 +125,9 @@ void cpu_gate_bias_fwd(iisan_backend *be, float *out, float *h, const float *c, 
                        int cols);
 void cpu_gate_bwd(iisan_backend *be, float *da, float *db, float *dp, const float *dout,
                   const float *a, const float *b, const float *p, float temp, size_t n);
+void cpu_gate_bwd_mix(iisan_backend *be, float *out, float *da, float *db, float *dp,
+                      const float *dout, const float *c, const float *a, const float *b,
+                      const float *p, float temp, size_t n);
 
 /* ---- cpu_norm.c ---- */
 void cpu_layernorm_fwd(iisan_backend *be, float *y, float *mean, float *rstd, const float *x,

@@ -133,6 +133,7 @@ const iisan_backend cpu_plain = {
     .gate_fwd = cpu_gate_fwd,
     .gate_bias_fwd = cpu_gate_bias_fwd,
     .gate_bwd = cpu_gate_bwd,
+    .gate_bwd_mix = cpu_gate_bwd_mix,
     .layernorm_fwd = cpu_layernorm_fwd,
     .layernorm_bwd = cpu_layernorm_bwd,
     .attention_fwd = cpu_attention_fwd,

@@ -230,25 +230,32 @@ static CPU_VEC void scale_into(float *y, const float *x, float s, size_t n) {
 enum { GATE_BLOCK = 2048, MAX_BLOCKS = 1024 };
 
 typedef struct {
-    float *da, *db;
-    const float *dout, *a, *b;
+    float *da, *db, *out;
+    const float *dout, *a, *b, *c;
     float s;
     size_t n;     /* elements */
     double *part; /* one sum per block */
 } gate_bwd_args;
 
+static const float *at_or_null(const float *x, size_t i) { return x ? x + i : NULL; }
+
 static void gate_bwd_range(void *va, size_t lo, size_t hi) {
     const gate_bwd_args *g = va;
     for (size_t blk = lo; blk < hi; blk++) {
         size_t i = blk * GATE_BLOCK, len = g->n - i < GATE_BLOCK ? g->n - i : GATE_BLOCK;
-        g->part[blk] = dot_diff(g->dout + i, g->a ? g->a + i : NULL, g->b ? g->b + i : NULL, len);
+        const float *a = at_or_null(g->a, i), *b = at_or_null(g->b, i);
+        g->part[blk] = dot_diff(g->dout + i, a, b, len);
+        /* the forward's mix, by the function gate_fwd uses (so its bits), while a and b are in
+         * cache and before da / db (which may alias them) are written */
+        if (g->out) lin3(g->out + i, at_or_null(g->c, i), a, g->s, b, 1.0f - g->s, len);
         if (g->da) scale_into(g->da + i, g->dout + i, g->s, len);
         if (g->db) scale_into(g->db + i, g->dout + i, 1.0f - g->s, len);
     }
 }
 
-void cpu_gate_bwd(iisan_backend *be, float *da, float *db, float *dp, const float *dout,
-                  const float *a, const float *b, const float *p, float temp, size_t n) {
+static void gate_bwd_blocks(iisan_backend *be, float *out, float *da, float *db, float *dp,
+                            const float *dout, const float *c, const float *a, const float *b,
+                            const float *p, float temp, size_t n) {
     float s = iisan_sigmoid(*p / temp);
     double part[MAX_BLOCKS], sum = 0.0;
     for (size_t at = 0; at < n; at += (size_t)MAX_BLOCKS * GATE_BLOCK) {
@@ -257,9 +264,11 @@ void cpu_gate_bwd(iisan_backend *be, float *da, float *db, float *dp, const floa
         size_t nblk = (len + GATE_BLOCK - 1) / GATE_BLOCK;
         gate_bwd_args g = {da ? da + at : NULL,
                            db ? db + at : NULL,
+                           out ? out + at : NULL,
                            dout + at,
-                           a ? a + at : NULL,
-                           b ? b + at : NULL,
+                           at_or_null(a, at),
+                           at_or_null(b, at),
+                           at_or_null(c, at),
                            s,
                            len,
                            part};
@@ -268,4 +277,15 @@ void cpu_gate_bwd(iisan_backend *be, float *da, float *db, float *dp, const floa
             sum += part[k];
     }
     *dp += (float)(sum * (double)s * (1.0 - (double)s) / (double)temp);
+}
+
+void cpu_gate_bwd(iisan_backend *be, float *da, float *db, float *dp, const float *dout,
+                  const float *a, const float *b, const float *p, float temp, size_t n) {
+    gate_bwd_blocks(be, NULL, da, db, dp, dout, NULL, a, b, p, temp, n);
+}
+
+void cpu_gate_bwd_mix(iisan_backend *be, float *out, float *da, float *db, float *dp,
+                      const float *dout, const float *c, const float *a, const float *b,
+                      const float *p, float temp, size_t n) {
+    gate_bwd_blocks(be, out, da, db, dp, dout, c, a, b, p, temp, n);
 }

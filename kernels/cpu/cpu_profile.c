@@ -7,14 +7,13 @@
 #include "kernels/cpu/cpu.h"
 
 static const char *const op_name[] = {
-    "gemm",          "gemm_batched", "gemm_mixed",    "ger",
-    "axpby",         "add_bias",     "bias_grad",     "act_fwd",
-    "act_bwd",       "dropout_fwd",  "dropout_bwd",   "gate_fwd",
-    "gate_bias_fwd", "gate_bwd",     "layernorm_fwd", "layernorm_bwd",
-    "attention_fwd", "softmax_rows", "attention_bwd", "inbatch_ce",
-    "adam",          "gather_half",  "gather_rows",   "scatter_add_rows",
-    "rank_targets",  "topk",         "copy",          "zero",
-    "upload",        "download"};
+    "gemm",          "gemm_batched",  "gemm_mixed",    "ger",          "axpby",
+    "add_bias",      "bias_grad",     "act_fwd",       "act_bwd",      "dropout_fwd",
+    "dropout_bwd",   "gate_fwd",      "gate_bias_fwd", "gate_bwd",     "gate_bwd_mix",
+    "layernorm_fwd", "layernorm_bwd", "attention_fwd", "softmax_rows", "attention_bwd",
+    "inbatch_ce",    "adam",          "gather_half",   "gather_rows",  "scatter_add_rows",
+    "rank_targets",  "topk",          "copy",          "zero",         "upload",
+    "download"};
 
 _Static_assert(sizeof op_name / sizeof *op_name == CPU_N_OPS, "one name per timed op");
 
@@ -80,6 +79,10 @@ TIMED(gate_bwd, CPU_OP_GATE_BWD,
       (iisan_backend * be, float *da, float *db, float *dp, const float *dout, const float *a,
        const float *b, const float *p, float temp, size_t n),
       (be, da, db, dp, dout, a, b, p, temp, n))
+TIMED(gate_bwd_mix, CPU_OP_GATE_BWD_MIX,
+      (iisan_backend * be, float *out, float *da, float *db, float *dp, const float *dout,
+       const float *c, const float *a, const float *b, const float *p, float temp, size_t n),
+      (be, out, da, db, dp, dout, c, a, b, p, temp, n))
 TIMED(layernorm_fwd, CPU_OP_LAYERNORM_FWD,
       (iisan_backend * be, float *y, float *mean, float *rstd, const float *x, const float *g,
        const float *b, int rows, int cols, float eps),
@@ -157,6 +160,7 @@ void cpu_profile_install(iisan_backend *be) {
     be->gate_fwd = t_gate_fwd;
     be->gate_bias_fwd = t_gate_bias_fwd;
     be->gate_bwd = t_gate_bwd;
+    be->gate_bwd_mix = t_gate_bwd_mix;
     be->layernorm_fwd = t_layernorm_fwd;
     be->layernorm_bwd = t_layernorm_bwd;
     be->attention_fwd = t_attention_fwd;

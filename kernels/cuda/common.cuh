@@ -4,8 +4,8 @@
 #define IISAN_KERNELS_CUDA_COMMON_CUH
 
 #include <cublas_v2.h>
-#include <pthread.h>
 #include <cuda_runtime.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -180,6 +180,9 @@ void cuda_gate_fwd(iisan_backend *be, float *out, const float *c, const float *a
                    const float *p, float temp, size_t n);
 void cuda_gate_bwd(iisan_backend *be, float *da, float *db, float *dp, const float *dout,
                    const float *a, const float *b, const float *p, float temp, size_t n);
+void cuda_gate_bwd_mix(iisan_backend *be, float *out, float *da, float *db, float *dp,
+                       const float *dout, const float *c, const float *a, const float *b,
+                       const float *p, float temp, size_t n);
 void cuda_adam(iisan_backend *be, float *w, const float *g, float *m, float *v, size_t n, float lr,
                float b1, float b2, float eps, int t);
 void cuda_gather_half(iisan_backend *be, float *dst, const uint16_t *const *rows, int n, int cols);

@@ -182,7 +182,8 @@ static void cuda_sync(iisan_backend *be) {
 static int cuda_set_precision(iisan_backend *be, int precision, char *err, size_t len) {
     if (precision == IISAN_PREC_FP32) return 0;
     if (err && len)
-        snprintf(err, len, "bf16 is CPU-only for now: the cuda backend runs fp32 (--precision fp32)");
+        snprintf(err, len,
+                 "bf16 is CPU-only for now: the cuda backend runs fp32 (--precision fp32)");
     return -1;
 }
 
@@ -296,6 +297,7 @@ extern "C" iisan_backend *iisan_backend_cuda(int device, char *err, size_t errle
     be->gate_fwd = cuda_gate_fwd;
     be->gate_bias_fwd = cuda_gate_bias_fwd;
     be->gate_bwd = cuda_gate_bwd;
+    be->gate_bwd_mix = cuda_gate_bwd_mix;
     be->layernorm_fwd = cuda_layernorm_fwd;
     be->layernorm_bwd = cuda_layernorm_bwd;
     be->attention_fwd = cuda_attention_fwd;

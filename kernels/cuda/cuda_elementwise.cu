@@ -221,15 +221,18 @@ void cuda_gate_bias_fwd(iisan_backend *be, float *out, float *h, const float *c,
     LAUNCH(cx, k_gate_bias_fwd, ew_grid(n), EW_THREADS, 0, out, h, c, a, b, p, temp, bias, cols, n);
 }
 
-/* da = s dout, db = (1 - s) dout (when wanted) and, per block, the partial sum of
- * dout (a - b) in double. a, b and dout of element i are read before its da / db are
- * written, so da / db may alias them. */
+/* da = s dout, db = (1 - s) dout (when wanted), out = the forward's mix c + s a + (1 - s) b
+ * (when wanted: gate_bwd_mix) and, per block, the partial sum of dout (a - b) in double. a, b
+ * and dout of element i are read before its da / db are written, so da / db may alias them. */
 #define GATE_MAX_BLOCKS 1024
 
-static __global__ void k_gate_bwd(float *da, float *db, double *part, const float *dout,
-                                  const float *a, const float *b, const float *p, float temp,
-                                  size_t n) {
+static __global__ void k_gate_bwd(float *da, float *db, float *out, double *part, const float *dout,
+                                  const float *c, const float *a, const float *b, const float *p,
+                                  float temp, size_t n) {
     float s = iisan_sigmoid(*p / temp);
+    const float *ma = a, *mb = b;
+    float sa, sb;
+    gate_weights(&ma, &mb, p, temp, &sa, &sb);
     double acc = 0.0;
     FOR_EACH(i, n) {
         float d = dout[i];
@@ -239,6 +242,7 @@ static __global__ void k_gate_bwd(float *da, float *db, double *part, const floa
             acc += d * a[i];
         else if (b)
             acc -= d * b[i];
+        if (out) out[i] = gate_mix(c, ma, mb, sa, sb, i);
         if (da) da[i] = s * d;
         if (db) db[i] = (1.0f - s) * d;
     }
@@ -259,8 +263,9 @@ static __global__ void k_gate_dp(float *dp, const double *part, int nb, const fl
     }
 }
 
-void cuda_gate_bwd(iisan_backend *be, float *da, float *db, float *dp, const float *dout,
-                   const float *a, const float *b, const float *p, float temp, size_t n) {
+static void gate_bwd_launch(iisan_backend *be, float *out, float *da, float *db, float *dp,
+                            const float *dout, const float *c, const float *a, const float *b,
+                            const float *p, float temp, size_t n) {
     if (!n) return;
     CUDA_OP(be);
     cuda_ctx *cx = cuda_enter(be);
@@ -268,8 +273,19 @@ void cuda_gate_bwd(iisan_backend *be, float *da, float *db, float *dp, const flo
     if (nb > GATE_MAX_BLOCKS) nb = GATE_MAX_BLOCKS;
     double *part = (double *)cuda_scratch(&cx->red, &cx->red_bytes, nb * sizeof(double));
     if (!part) return;
-    LAUNCH(cx, k_gate_bwd, nb, EW_THREADS, 0, da, db, part, dout, a, b, p, temp, n);
+    LAUNCH(cx, k_gate_bwd, nb, EW_THREADS, 0, da, db, out, part, dout, c, a, b, p, temp, n);
     LAUNCH(cx, k_gate_dp, 1, 256, 0, dp, part, (int)nb, p, temp);
+}
+
+void cuda_gate_bwd(iisan_backend *be, float *da, float *db, float *dp, const float *dout,
+                   const float *a, const float *b, const float *p, float temp, size_t n) {
+    gate_bwd_launch(be, NULL, da, db, dp, dout, NULL, a, b, p, temp, n);
+}
+
+void cuda_gate_bwd_mix(iisan_backend *be, float *out, float *da, float *db, float *dp,
+                       const float *dout, const float *c, const float *a, const float *b,
+                       const float *p, float temp, size_t n) {
+    gate_bwd_launch(be, out, da, db, dp, dout, c, a, b, p, temp, n);
 }
 
 /* ---- Adam (PyTorch's single-tensor order of operations, as kernels/cpu/cpu_optim.c) ---- */
