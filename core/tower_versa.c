@@ -61,6 +61,25 @@ static void inter_inputs(iisan_model *m, int k, int r0, int R, int project, cons
     *vk = x[MOD_IMAGE];
 }
 
+/* block k's gate operands in tower t, rows r0.. (the inter tower's inputs projected first when
+ * project): the inter tower's in = u_{k-1} + g v_k + (1 - g) t_k, an intra tower's
+ * in = g X[s_k] + (1 - g) h_{k-1}; before the first block u_0 = 0, h_0 = X[0] (remove-first)
+ * or 0 */
+static tower_gate_in versa_gate_operands(iisan_model *m, int t, int k, int r0, int R, int project) {
+    const iisan_config *c = &m->c;
+    const size_t o = (size_t)r0 * config_tower_width(c, t);
+    const int mod = t == TOWER_TEXT ? MOD_TEXT : MOD_IMAGE;
+    const float *gate = m->pw.tower[t].gate + k, *prev = NULL;
+    if (k > 0)
+        prev = m->tw[t].h[k - 1] + o;
+    else if (t != TOWER_INTER && c->mods[mod].remove_first)
+        prev = m->x0[mod] + o;
+    if (t != TOWER_INTER) return (tower_gate_in){NULL, m->xs[mod][k] + o, prev, gate};
+    const float *tk, *vk;
+    inter_inputs(m, k, r0, R, project, &tk, &vk);
+    return (tower_gate_in){prev, vk, tk, gate};
+}
+
 /* tower t on rows r0 .. r0+R-1, its z into columns off .. off+d-1 of zcat */
 static void versa_rows_forward(iisan_model *m, int t, int r0, int R, int off) {
     const iisan_config *c = &m->c;
@@ -70,20 +89,9 @@ static void versa_rows_forward(iisan_model *m, int t, int r0, int R, int off) {
     const size_t o = (size_t)r0 * D;
     const tower_v *w = &m->pw.tower[t];
     tower_ws *ws = &m->tw[t];
-    const float *prev = NULL; /* u_0 = 0 */
-    const int mod = t == TOWER_TEXT ? MOD_TEXT : MOD_IMAGE;
-    if (t != TOWER_INTER && c->mods[mod].remove_first) prev = m->x0[mod] + o;
     for (int k = 0; k < K; k++) {
-        if (t == TOWER_INTER) { /* in = u_{k-1} + g v_k + (1 - g) t_k */
-            const float *tk, *vk;
-            inter_inputs(m, k, r0, R, 1, &tk, &vk);
-            tower_gate_in g = {prev, vk, tk, w->gate + k};
-            tower_block_forward(m, &w->blk[k], ws, k, r0, R, D, &g);
-        } else { /* in = g X[s_k] + (1 - g) h_{k-1} */
-            tower_gate_in g = {NULL, m->xs[mod][k] + o, prev, w->gate + k};
-            tower_block_forward(m, &w->blk[k], ws, k, r0, R, D, &g);
-        }
-        prev = ws->h[k] + o;
+        tower_gate_in g = versa_gate_operands(m, t, k, r0, R, 1);
+        tower_block_forward(m, &w->blk[k], ws, k, r0, R, D, &g);
     }
     /* z = P(F h_K) = h_K M^T + c */
     float *z = m->zcat + (size_t)r0 * ntd + off;
@@ -137,20 +145,8 @@ static void versa_rows_backward(iisan_model *m, int t, int r0, int R, int off) {
     be->bias_grad(be, ws->dc, dz, ntd, R, d);
     float *cur = m->dh[0], *other = m->dh[1];
     be->gemm_mixed(be, 0, 0, R, D, d, 1, dz, ntd, ws->M, D, 0, cur, D);
-    const int mod = t == TOWER_TEXT ? MOD_TEXT : MOD_IMAGE;
     for (int k = K - 1; k >= 0; k--) {
-        /* the gate's operands as the forward had them (u_0 = 0; remove-first: h_0 = X[0]) */
-        const float *prev =
-            k > 0 ? ws->h[k - 1] + o
-                  : (t != TOWER_INTER && c->mods[mod].remove_first ? m->x0[mod] + o : NULL);
-        tower_gate_in gi;
-        if (t == TOWER_INTER) {
-            const float *tk, *vk;
-            inter_inputs(m, k, r0, R, 0, &tk, &vk);
-            gi = (tower_gate_in){prev, vk, tk, w->gate + k};
-        } else {
-            gi = (tower_gate_in){NULL, m->xs[mod][k] + o, prev, w->gate + k};
-        }
+        tower_gate_in gi = versa_gate_operands(m, t, k, r0, R, 0);
         if (t == TOWER_INTER) { /* d u_{k-1} = d in (cur, kept); d p_k into m->dq */
             const int wide = config_versa_wide(c);
             float *dv = wide == MOD_IMAGE ? m->dq : NULL, *dt = wide == MOD_TEXT ? m->dq : NULL;

@@ -468,19 +468,14 @@ static void test_gate(void) {
                           n);
         gpu->gate_bwd_mix(gpu, FG(mix), FG(da), FG(db), FG(mdp), FG(dout), cg, ag, bg, FG(p), temp,
                           n);
-        char what[64];
-        snprintf(what, sizeof what, "gate_bwd_mix out (c=%d a=%d b=%d)", m & 1, !!(m & 2),
-                 !!(m & 4));
-        cmp_f(what, mix, EW_ATOL, EW_RTOL);
-        snprintf(what, sizeof what, "gate_bwd_mix dp (c=%d a=%d b=%d)", m & 1, !!(m & 2),
-                 !!(m & 4));
-        cmp_f(what, mdp, SUM_ATOL, SUM_RTOL);
-        snprintf(what, sizeof what, "gate_bwd_mix da (c=%d a=%d b=%d)", m & 1, !!(m & 2),
-                 !!(m & 4));
-        cmp_f(what, da, EW_ATOL, EW_RTOL);
-        snprintf(what, sizeof what, "gate_bwd_mix db (c=%d a=%d b=%d)", m & 1, !!(m & 2),
-                 !!(m & 4));
-        cmp_f(what, db, EW_ATOL, EW_RTOL);
+        const char *name[] = {"out", "dp", "da", "db"};
+        dbuf *got[] = {&mix, &mdp, &da, &db};
+        for (int o = 0; o < 4; o++) {
+            char what[64];
+            snprintf(what, sizeof what, "gate_bwd_mix %s (c=%d a=%d b=%d)", name[o], m & 1,
+                     !!(m & 2), !!(m & 4));
+            cmp_f(what, *got[o], o == 1 ? SUM_ATOL : EW_ATOL, o == 1 ? SUM_RTOL : EW_RTOL);
+        }
         dfree(&mdp);
     }
     dfree(&mix);

@@ -253,9 +253,9 @@ static void gate_bwd_range(void *va, size_t lo, size_t hi) {
     }
 }
 
-static void gate_bwd_blocks(iisan_backend *be, float *out, float *da, float *db, float *dp,
-                            const float *dout, const float *c, const float *a, const float *b,
-                            const float *p, float temp, size_t n) {
+void cpu_gate_bwd_mix(iisan_backend *be, float *out, float *da, float *db, float *dp,
+                      const float *dout, const float *c, const float *a, const float *b,
+                      const float *p, float temp, size_t n) {
     float s = iisan_sigmoid(*p / temp);
     double part[MAX_BLOCKS], sum = 0.0;
     for (size_t at = 0; at < n; at += (size_t)MAX_BLOCKS * GATE_BLOCK) {
@@ -279,13 +279,8 @@ static void gate_bwd_blocks(iisan_backend *be, float *out, float *da, float *db,
     *dp += (float)(sum * (double)s * (1.0 - (double)s) / (double)temp);
 }
 
+/* gate_bwd_mix without the mix */
 void cpu_gate_bwd(iisan_backend *be, float *da, float *db, float *dp, const float *dout,
                   const float *a, const float *b, const float *p, float temp, size_t n) {
-    gate_bwd_blocks(be, NULL, da, db, dp, dout, NULL, a, b, p, temp, n);
-}
-
-void cpu_gate_bwd_mix(iisan_backend *be, float *out, float *da, float *db, float *dp,
-                      const float *dout, const float *c, const float *a, const float *b,
-                      const float *p, float temp, size_t n) {
-    gate_bwd_blocks(be, out, da, db, dp, dout, c, a, b, p, temp, n);
+    cpu_gate_bwd_mix(be, NULL, da, db, dp, dout, NULL, a, b, p, temp, n);
 }

@@ -263,9 +263,9 @@ static __global__ void k_gate_dp(float *dp, const double *part, int nb, const fl
     }
 }
 
-static void gate_bwd_launch(iisan_backend *be, float *out, float *da, float *db, float *dp,
-                            const float *dout, const float *c, const float *a, const float *b,
-                            const float *p, float temp, size_t n) {
+void cuda_gate_bwd_mix(iisan_backend *be, float *out, float *da, float *db, float *dp,
+                       const float *dout, const float *c, const float *a, const float *b,
+                       const float *p, float temp, size_t n) {
     if (!n) return;
     CUDA_OP(be);
     cuda_ctx *cx = cuda_enter(be);
@@ -277,15 +277,10 @@ static void gate_bwd_launch(iisan_backend *be, float *out, float *da, float *db,
     LAUNCH(cx, k_gate_dp, 1, 256, 0, dp, part, (int)nb, p, temp);
 }
 
+/* gate_bwd_mix without the mix */
 void cuda_gate_bwd(iisan_backend *be, float *da, float *db, float *dp, const float *dout,
                    const float *a, const float *b, const float *p, float temp, size_t n) {
-    gate_bwd_launch(be, NULL, da, db, dp, dout, NULL, a, b, p, temp, n);
-}
-
-void cuda_gate_bwd_mix(iisan_backend *be, float *out, float *da, float *db, float *dp,
-                       const float *dout, const float *c, const float *a, const float *b,
-                       const float *p, float temp, size_t n) {
-    gate_bwd_launch(be, out, da, db, dp, dout, c, a, b, p, temp, n);
+    cuda_gate_bwd_mix(be, NULL, da, db, dp, dout, NULL, a, b, p, temp, n);
 }
 
 /* ---- Adam (PyTorch's single-tensor order of operations, as kernels/cpu/cpu_optim.c) ---- */
