@@ -165,23 +165,48 @@ static void test_bf16_bound(void) {
     CHECKF(worst_rel > 1e-4, "largest relative error %.3g: not bf16-like", worst_rel);
 }
 
-/* one thread and several give the same bits: each element is summed by one thread, in one order */
+/* one thread and several give the same bits: each element is summed by one thread, in one
+ * order, whether C is cut by rows (tall C) or by columns (short C: fewer than 8 tiles of 12
+ * rows, more panels of 32 columns), and whatever thread packed an operand */
 static void test_bf16_threads(void) {
-    iisan_backend *one = iisan_backend_cpu(1);
+    static const struct {
+        int ta, tb, M, N, K;
+    } shapes[] = {
+        {0, 1, 100, 70, 300}, /* by rows */
+        {1, 0, 130, 45, 77},  /* by rows, op(A) tile by tile */
+        {0, 0, 40, 200, 301}, /* by columns, op(B) in pairs of rows */
+        {1, 1, 64, 768, 99},  /* by columns, op(B) = B^T, op(A) tile by tile */
+        {0, 1, 1, 96, 64},    /* one row: by columns */
+    };
+    iisan_backend *one = iisan_backend_cpu(1), *three = iisan_backend_cpu(3);
     char err[256];
     CHECK(one && one->set_precision(one, IISAN_PREC_BF16, err, sizeof err) == 0);
-    const int M = 100, N = 70, K = 300;
-    float *A = falloc((size_t)M * K), *B = falloc((size_t)N * K), *C1 = falloc((size_t)M * N),
-          *C2 = falloc((size_t)M * N);
-    for (int i = 0; i < M * K; i++)
-        A[i] = iisan_rng_normal(5, i);
-    for (int i = 0; i < N * K; i++)
-        B[i] = iisan_rng_normal(6, i);
-    be->gemm_mixed(be, 0, 1, M, N, K, 1, A, K, B, K, 0, C1, N);
-    one->gemm_mixed(one, 0, 1, M, N, K, 1, A, K, B, K, 0, C2, N);
-    CHECK(memcmp(C1, C2, (size_t)M * N * sizeof(float)) == 0);
-    be->free(be, A), be->free(be, B), be->free(be, C1), be->free(be, C2);
+    CHECK(three && three->set_precision(three, IISAN_PREC_BF16, err, sizeof err) == 0);
+    for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++) {
+        const int ta = shapes[c].ta, tb = shapes[c].tb, M = shapes[c].M, N = shapes[c].N,
+                  K = shapes[c].K;
+        float *A = falloc((size_t)M * K), *B = falloc((size_t)N * K), *C[3];
+        for (int i = 0; i < M * K; i++)
+            A[i] = iisan_rng_normal(5, i);
+        for (int i = 0; i < N * K; i++)
+            B[i] = iisan_rng_normal(6, i);
+        iisan_backend *bs[3] = {be, one, three};
+        for (int b = 0; b < 3; b++) {
+            C[b] = falloc((size_t)M * N);
+            for (int i = 0; i < M * N; i++) /* beta = 0.5 reads C */
+                C[b][i] = (float)(i % 7) - 3;
+            bs[b]->gemm_mixed(bs[b], ta, tb, M, N, K, 1.5f, A, ta ? M : K, B, tb ? K : N, 0.5f,
+                              C[b], N);
+        }
+        CHECKF(!memcmp(C[0], C[1], (size_t)M * N * sizeof(float)) &&
+                   !memcmp(C[0], C[2], (size_t)M * N * sizeof(float)),
+               "ta=%d tb=%d %dx%dx%d: 1, 2 and 3 threads differ", ta, tb, M, N, K);
+        be->free(be, A), be->free(be, B);
+        for (int b = 0; b < 3; b++)
+            be->free(be, C[b]);
+    }
     one->destroy(one);
+    three->destroy(three);
 }
 
 /* ---------------------------------------------------------------- the model in bf16 */

@@ -1,17 +1,19 @@
 /* bf16 GEMM with fp32 accumulation on AVX512-BF16 (kernels/cpu/cpu_bf16.h).
  *
- * Both operands are packed once per call, rounded to bf16 as they are packed, as pairs of
- * consecutive k in one 32-bit word (what vdpbf16ps multiplies and adds into one fp32 lane):
- * - op(B) [K, N] pair-major, Bp[p * Np + j] = (B(2p, j), B(2p+1, j)), Np = N rounded up to NR;
- * - op(A) [M, K] row-major when ta == 0 (Ap[i * P + p], a plain conversion of each row), and
- *   when ta == 1 tile by tile (Ap[(t * P + p) * MR + i] for row t MR + i), so that a tile's
- *   words are contiguous; P = ceil(K / 2), an odd K padded with a zero.
+ * The operands are packed as they are read, rounded to bf16, as pairs of consecutive k in one
+ * 32-bit word (what vdpbf16ps multiplies and adds into one fp32 lane):
+ * - op(B) [K, N] pair-major, word (p, j) = (B(2p, j), B(2p+1, j)), rows of Np words (N
+ *   rounded up to NR, zeros past N), or of NR words for one panel of NR columns;
+ * - op(A) [M, K] row-major when ta == 0 (a plain conversion of each row: word (i, p) at
+ *   i * P + p), and when ta == 1 tile by tile (word (i, p) of a tile at p * MR + i), so that a
+ *   tile's words are contiguous; P = ceil(K / 2), an odd K padded with a zero.
  * The microkernel keeps an MR x NR tile of C in 24 registers, per pair p broadcasting one word
  * of op(A) per row against two vectors of op(B). K is cut into blocks of KC pairs so that a
- * panel of op(B) stays in L1; the tiles' rows are split between the threads (disjoint rows of
- * C), and so is the packing (the backend's worker pool, kernels/cpu/cpu_pool.c). */
+ * panel of op(B) stays in L1. How C is shared between threads and who packs what: the driver,
+ * below. */
 #include <immintrin.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,7 +24,8 @@
 #define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 #define MR 12
 #define NR 32
-#define KC 128 /* pairs of k per block: an NR panel of op(B) is 16 KiB */
+#define AHEAD 4 /* rows of A (pairs of rows of B) prefetched ahead of the packing */
+#define KC 128  /* pairs of k per block: an NR panel of op(B) is 16 KiB */
 
 int bf16_supported(void) {
     const char *off = getenv("IISAN_CPU_NO_BF16");
@@ -41,6 +44,14 @@ BF16_TARGET static inline __m512i pack32(const float *x, int n) {
     return (__m512i)_mm512_cvtne2ps_pbh(b, a);
 }
 
+/* The packing reads operands that the step last touched long before (the weights, states
+ * several blocks back): each loop asks for what it reads AHEAD steps later. Prefetching past
+ * the end of an operand is harmless (no fault, the line is not used). */
+static inline void prefetch2(const float *x, long second) {
+    _mm_prefetch((const char *)x, _MM_HINT_T0);
+    _mm_prefetch((const char *)(x + second), _MM_HINT_T0);
+}
+
 /* rows i0..i1-1 of X [*, K] (ld) into pair rows of P words: dst[i * P + p] */
 BF16_TARGET static void pack_rows(uint32_t *dst, const float *X, int ld, int K, int P, int i0,
                                   int i1) {
@@ -48,8 +59,10 @@ BF16_TARGET static void pack_rows(uint32_t *dst, const float *X, int ld, int K, 
         const float *x = X + (size_t)i * ld;
         uint32_t *d = dst + (size_t)i * P;
         int k = 0;
-        for (; k + 32 <= K; k += 32)
+        for (; k + 32 <= K; k += 32) {
+            prefetch2(x + AHEAD * ld + k, 16);
             _mm512_storeu_si512(d + k / 2, pack32(x + k, 32));
+        }
         if (k < K) {
             int words = (K - k + 1) / 2;
             _mm512_mask_storeu_epi32(d + k / 2, (__mmask16)((1u << words) - 1),
@@ -64,37 +77,36 @@ BF16_TARGET static inline __m512i half16(const float *x, int n) {
     return _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x)));
 }
 
-/* pairs p0..p1-1 of X [K, N] (ld): dst[p * Np + j] = (X(2p, j), X(2p+1, j)), zeros past N */
-BF16_TARGET static void pack_pairs(uint32_t *dst, const float *X, int ld, int K, int N, int Np,
-                                   int p0, int p1) {
+/* pairs p0..p1-1 of X [K, n] (ld) into rows of w words (a multiple of 16, w >= n):
+ * dst[p * ldd + j] = (X(2p, j), X(2p+1, j)), zeros past n */
+BF16_TARGET static void pack_pairs(uint32_t *dst, long ldd, const float *X, int ld, int K, int n,
+                                   int w, int p0, int p1) {
     for (int p = p0; p < p1; p++) {
         const float *x0 = X + (size_t)2 * p * ld, *x1 = x0 + ld;
         int two = 2 * p + 1 < K;
-        uint32_t *d = dst + (size_t)p * Np;
-        for (int j = 0; j < Np; j += 16) {
-            int n = N - j < 0 ? 0 : N - j;
-            __m512i lo = half16(x0 + j, n);
-            __m512i hi = two ? _mm512_slli_epi32(half16(x1 + j, n), 16) : _mm512_setzero_si512();
-            int w = Np - j < 16 ? Np - j : 16; /* Np: a multiple of NR (B) or of MR (A) */
-            _mm512_mask_storeu_epi32(d + j, (__mmask16)((1u << w) - 1), _mm512_or_si512(lo, hi));
+        uint32_t *d = dst + (size_t)p * ldd;
+        for (int j = 0; j < w; j += 16) {
+            int v = n - j < 0 ? 0 : n - j;
+            if (j < n) prefetch2(x0 + 2 * AHEAD * ld + j, ld);
+            __m512i lo = half16(x0 + j, v);
+            __m512i hi = two ? _mm512_slli_epi32(half16(x1 + j, v), 16) : _mm512_setzero_si512();
+            _mm512_storeu_si512(d + j, _mm512_or_si512(lo, hi));
         }
     }
 }
 
-/* tiles t0..t1-1 of op(X) = X^T for X [K, M] (ld), MR columns of X each (zeros past M), tile
- * by tile: dst[(t * P + p) * MR + i] = (X(2p, t MR + i), X(2p+1, t MR + i)) */
-BF16_TARGET static void pack_tiles(uint32_t *dst, const float *X, int ld, int K, int M, int P,
-                                   int t0, int t1) {
-    for (int t = t0; t < t1; t++) {
-        int n = M - t * MR < MR ? M - t * MR : MR;
-        uint32_t *d = dst + (size_t)t * P * MR;
-        for (int p = 0; p < P; p++, d += MR) {
-            const float *x0 = X + (size_t)2 * p * ld + (size_t)t * MR;
-            __m512i lo = half16(x0, n);
-            __m512i hi =
-                2 * p + 1 < K ? _mm512_slli_epi32(half16(x0 + ld, n), 16) : _mm512_setzero_si512();
-            _mm512_mask_storeu_epi32(d, (__mmask16)((1u << MR) - 1), _mm512_or_si512(lo, hi));
-        }
+/* tile t of op(X) = X^T for X [K, M] (ld): MR columns of X (zeros past M), pair by pair:
+ * dst[p * MR + i] = (X(2p, t MR + i), X(2p+1, t MR + i)) */
+BF16_TARGET static void pack_tile(uint32_t *dst, const float *X, int ld, int K, int M, int P,
+                                  int t) {
+    int n = M - t * MR < MR ? M - t * MR : MR;
+    for (int p = 0; p < P; p++, dst += MR) {
+        const float *x0 = X + (size_t)2 * p * ld + (size_t)t * MR;
+        if (2 * (p + AHEAD) + 1 < K) prefetch2(x0 + 2 * AHEAD * ld, ld);
+        __m512i lo = half16(x0, n);
+        __m512i hi =
+            2 * p + 1 < K ? _mm512_slli_epi32(half16(x0 + ld, n), 16) : _mm512_setzero_si512();
+        _mm512_mask_storeu_epi32(dst, (__mmask16)((1u << MR) - 1), _mm512_or_si512(lo, hi));
     }
 }
 
@@ -123,22 +135,24 @@ BF16_TARGET static inline void transpose16(__m512i r[16]) {
     }
 }
 
-/* rows j0..j1-1 of X [N, K] (ld), that is columns of op(X) = X^T [K, N], into the pair-major
- * layout dst[p * Np + j]: 16 rows by 16 pairs at a time, converted as rows and transposed in
- * registers, so that every store is 16 consecutive words */
-BF16_TARGET static void pack_cols(uint32_t *dst, const float *X, int ld, int K, int P, int Np,
-                                  int j0, int j1) {
+/* rows 0..n-1 of X [n, K] (ld), that is columns of op(X) = X^T [K, n], into rows of w words
+ * (a multiple of 16, w >= n; zeros past n): dst[p * ldd + j] = (X(j, 2p), X(j, 2p+1)).
+ * 16 rows by 16 pairs at a time, converted as rows and transposed in registers, so that every
+ * store is 16 consecutive words */
+BF16_TARGET static void pack_cols(uint32_t *dst, long ldd, const float *X, int ld, int K, int P,
+                                  int n, int w) {
     __m512i r[16];
-    for (int j = j0; j < j1; j += 16) {
-        int rows = j1 - j < 16 ? j1 - j : 16;
-        __mmask16 m = (__mmask16)((1u << rows) - 1);
+    for (int j = 0; j < w; j += 16) {
+        int rows = n - j < 0 ? 0 : n - j < 16 ? n - j : 16;
         for (int p = 0; p < P; p += 16) {
             int k = 2 * p, nk = K - k < 32 ? K - k : 32, pairs = P - p < 16 ? P - p : 16;
+            for (int i = 0; i < 16 && j + 16 + i < n; i++) /* the next 16 rows' block */
+                prefetch2(X + (size_t)(j + 16 + i) * ld + k, nk > 16 ? 16 : 0);
             for (int i = 0; i < 16; i++)
                 r[i] = i < rows ? pack32(X + (size_t)(j + i) * ld + k, nk) : _mm512_setzero_si512();
             transpose16(r);
             for (int q = 0; q < pairs; q++)
-                _mm512_mask_storeu_epi32(dst + (size_t)(p + q) * Np + j, m, r[q]);
+                _mm512_storeu_si512(dst + (size_t)(p + q) * ldd + j, r[q]);
         }
     }
 }
@@ -150,6 +164,8 @@ typedef struct {
     long si, sp;
     const uint32_t *b; /* op(B) word (p, j) at b[p * ldb + j] */
     long ldb;
+    const float *pf; /* the next tile's C, prefetched (NULL: none) */
+    int pfr;         /* its rows */
 } tile_in;
 
 /* C[0..mr-1, 0..nr-1] = alpha * sum over kp pairs + (first ? beta C : C) */
@@ -160,6 +176,16 @@ BF16_TARGET static void micro(const tile_in *t, int kp, float *C, int ldc, int m
         c0[i] = c1[i] = _mm512_setzero_ps();
     const uint32_t *a = t->a, *b = t->b;
     const long si = t->si, sp = t->sp, ldb = t->ldb;
+    /* C's tile, and the next one's, on their way (for writing) while the products run */
+    for (int i = 0; i < mr; i++) {
+        __builtin_prefetch(C + (size_t)i * ldc, 1, 3);
+        if (nr > 16) __builtin_prefetch(C + (size_t)i * ldc + 16, 1, 3);
+    }
+    if (t->pf)
+        for (int i = 0; i < t->pfr; i++) {
+            __builtin_prefetch(t->pf + (size_t)i * ldc, 1, 3);
+            __builtin_prefetch(t->pf + (size_t)i * ldc + 16, 1, 3);
+        }
     for (int p = 0; p < kp; p++, a += sp, b += ldb) {
         __m512bh b0 = (__m512bh)_mm512_loadu_si512(b), b1 = (__m512bh)_mm512_loadu_si512(b + 16);
 #pragma GCC unroll 12
@@ -186,60 +212,127 @@ BF16_TARGET static void micro(const tile_in *t, int kp, float *C, int ldc, int m
 
 /* ---------------------------------------------------------------- the driver */
 
+/* One parallel loop per call, over blocks of C, each thread packing what it reads into its
+ * own slot of one buffer (the calling thread's, kept between calls), so that nothing packed
+ * crosses between cores and no thread waits for another's packing:
+ * - C tall (rows): the loop runs over tiles of MR rows. A thread packs all of op(B) once per
+ *   call (the weights, or a small operand), then per tile that tile's rows of op(A);
+ * - C short (fewer than BY_COLS tiles of rows: a weight gradient, a head's product): over
+ *   panels of NR columns. A thread packs all of op(A) once, then per panel that panel's
+ *   columns of op(B).
+ * Every element of C is summed by one thread over the K blocks in order, whichever way C is
+ * cut, so the result is the same for any number of threads. */
+#define BY_COLS 8
+
 typedef struct {
-    int ta, tb, M, N, K, P, Mp, Np, lda, ldb, ldc;
+    int ta, tb, M, N, K, P, Mp, Np, lda, ldb, ldc, by_cols;
     float alpha, beta;
     const float *A, *B;
     float *C;
-    uint32_t *Ap, *Bp;
+    uint32_t *buf;         /* T slots of `slot` words */
+    size_t slot, part;     /* words per slot; of them, the operand packed once (the rest: a tile
+                            * of op(A) or a panel of op(B)) */
+    unsigned long long id; /* this call's number */
+    _Atomic int slots;     /* slots taken */
+    int T;
 } job;
 
-static void share(int n, int tid, int nth, int *lo, int *hi) {
-    *lo = (int)((long)n * tid / nth);
-    *hi = (int)((long)n * (tid + 1) / nth);
+static _Atomic unsigned long long calls; /* numbers the calls, for the slots */
+
+/* the slot of the calling thread for call g->id: the first time, a new one, with the operand
+ * that every block of this thread reads packed into it. Only the pool's T threads run a call's
+ * blocks, so at most T slots are taken; a call made from inside another's block (not done
+ * today) puts the outer call's slot back when it returns. */
+typedef struct {
+    unsigned long long id;
+    int slot;
+} slot_of;
+static _Thread_local slot_of mine;
+
+BF16_TARGET static uint32_t *my_slot(job *g) {
+    if (mine.id != g->id) {
+        int s = atomic_fetch_add(&g->slots, 1);
+        if (s >= g->T) abort(); /* more threads than the pool has: cannot happen */
+        mine.id = g->id, mine.slot = s;
+        uint32_t *d = g->buf + (size_t)s * g->slot;
+        if (g->by_cols) { /* all of op(A), as rows (ta == 0) or tile by tile */
+            if (g->ta)
+                for (int t = 0; t < g->Mp / MR; t++)
+                    pack_tile(d + (size_t)t * g->P * MR, g->A, g->lda, g->K, g->M, g->P, t);
+            else {
+                pack_rows(d, g->A, g->lda, g->K, g->P, 0, g->M);
+                memset(d + (size_t)g->M * g->P, 0, (size_t)(g->Mp - g->M) * g->P * 4);
+            }
+        } else if (g->tb) /* all of op(B) */
+            pack_cols(d, g->Np, g->B, g->ldb, g->K, g->P, g->N, g->Np);
+        else
+            pack_pairs(d, g->Np, g->B, g->ldb, g->K, g->N, g->Np, 0, g->P);
+    }
+    return g->buf + (size_t)mine.slot * g->slot;
 }
 
-/* packing pieces [lo, hi) of NPACK: piece i packs its share of op(A) and of op(B) */
-#define NPACK 16
-BF16_TARGET static void job_pack(void *q, size_t lo_, size_t hi_) {
+/* the tile ti (rows ti MR ..) of C against the pairs pc .. pc+kp-1 of panel j's op(B) words b */
+BF16_TARGET static inline void tile(const job *g, tile_in *t, int ti, int j, int pc, int kp,
+                                    int nti, int nj) {
+    if (nti * MR < g->M && nj < g->N) {
+        t->pf = g->C + (size_t)nti * MR * g->ldc + nj;
+        t->pfr = g->M - nti * MR < MR ? g->M - nti * MR : MR;
+    }
+    int i = ti * MR, mr = g->M - i < MR ? g->M - i : MR, nr = g->N - j < NR ? g->N - j : NR;
+    micro(t, kp, g->C + (size_t)i * g->ldc + j, g->ldc, mr, nr, g->alpha, g->beta, pc == 0);
+}
+
+/* tiles [t0, t1) of MR rows of C */
+
+BF16_TARGET static void job_rows(void *q, size_t t0, size_t t1) {
     job *g = q;
-    for (int tid = (int)lo_; tid < (int)hi_; tid++) {
-        int lo, hi;
-        if (g->ta) { /* A [K, M]: op(A) tile by tile */
-            share(g->Mp / MR, tid, NPACK, &lo, &hi);
-            pack_tiles(g->Ap, g->A, g->lda, g->K, g->M, g->P, lo, hi);
-        } else { /* A [M, K]; rows M..Mp-1 stay zero */
-            share(g->M, tid, NPACK, &lo, &hi);
-            pack_rows(g->Ap, g->A, g->lda, g->K, g->P, lo, hi);
-        }
-        if (g->tb) { /* B [N, K]: op(B)'s columns are B's rows, in groups of 16 */
-            share((g->N + 15) / 16, tid, NPACK, &lo, &hi);
-            pack_cols(g->Bp, g->B, g->ldb, g->K, g->P, g->Np, 16 * lo,
-                      16 * hi < g->N ? 16 * hi : g->N);
+    uint32_t *bp = my_slot(g), *ap = bp + g->part;
+    for (int ti = (int)t0; ti < (int)t1; ti++) {
+        int i = ti * MR, mr = g->M - i < MR ? g->M - i : MR;
+        long si, sp;
+        if (g->ta) {
+            pack_tile(ap, g->A, g->lda, g->K, g->M, g->P, ti);
+            si = 1, sp = MR;
         } else {
-            share(g->P, tid, NPACK, &lo, &hi);
-            pack_pairs(g->Bp, g->B, g->ldb, g->K, g->N, g->Np, lo, hi);
+            pack_rows(ap, g->A + (size_t)i * g->lda, g->lda, g->K, g->P, 0, mr);
+            if (mr < MR) memset(ap + (size_t)mr * g->P, 0, (size_t)(MR - mr) * g->P * 4);
+            si = g->P, sp = 1;
+        }
+        for (int pc = 0; pc < g->P; pc += KC) {
+            int kp = g->P - pc < KC ? g->P - pc : KC;
+            for (int j = 0; j < g->N; j += NR) {
+                tile_in t = {.a = ap + pc * sp,
+                             .si = si,
+                             .sp = sp,
+                             .b = bp + (size_t)pc * g->Np + j,
+                             .ldb = g->Np};
+                tile(g, &t, ti, j, pc, kp, j + NR < g->N ? ti : ti + 1, j + NR < g->N ? j + NR : 0);
+            }
         }
     }
 }
 
-/* the tiles [t0, t1) of MR rows of C */
-BF16_TARGET static void job_compute(void *q, size_t t0, size_t t1) {
+/* panels [j0, j1) of NR columns of C */
+BF16_TARGET static void job_cols(void *q, size_t j0, size_t j1) {
     job *g = q;
-    for (int pc = 0; pc < g->P; pc += KC) {
-        int kp = g->P - pc < KC ? g->P - pc : KC;
-        for (int j = 0; j < g->N; j += NR) {
-            tile_in t = {.b = g->Bp + (size_t)pc * g->Np + j, .ldb = g->Np};
-            for (int ti = (int)t0; ti < (int)t1; ti++) {
-                int i = ti * MR;
+    uint32_t *ap = my_slot(g), *bp = ap + g->part;
+    const int tiles = g->Mp / MR;
+    for (int jn = (int)j0; jn < (int)j1; jn++) {
+        int j = jn * NR, n = g->N - j < NR ? g->N - j : NR;
+        if (g->tb)
+            pack_cols(bp, NR, g->B + (size_t)j * g->ldb, g->ldb, g->K, g->P, n, NR);
+        else
+            pack_pairs(bp, NR, g->B + j, g->ldb, g->K, n, NR, 0, g->P);
+        for (int pc = 0; pc < g->P; pc += KC) {
+            int kp = g->P - pc < KC ? g->P - pc : KC;
+            for (int ti = 0; ti < tiles; ti++) {
+                tile_in t = {.b = bp + (size_t)pc * NR, .ldb = NR};
                 if (g->ta)
-                    t.a = g->Ap + ((size_t)ti * g->P + pc) * MR, t.si = 1, t.sp = MR;
+                    t.a = ap + ((size_t)ti * g->P + pc) * MR, t.si = 1, t.sp = MR;
                 else
-                    t.a = g->Ap + (size_t)i * g->P + pc, t.si = g->P, t.sp = 1;
-                int mr = g->M - i < MR ? g->M - i : MR, nr = g->N - j < NR ? g->N - j : NR;
-                if (mr > 0)
-                    micro(&t, kp, g->C + (size_t)i * g->ldc + j, g->ldc, mr, nr, g->alpha, g->beta,
-                          pc == 0);
+                    t.a = ap + (size_t)ti * MR * g->P + pc, t.si = g->P, t.sp = 1;
+                tile(g, &t, ti, j, pc, kp, ti + 1 < tiles ? ti + 1 : 0,
+                     ti + 1 < tiles ? j : j + NR);
             }
         }
     }
@@ -295,17 +388,25 @@ int cpu_gemm_bf16(cpu_pool *pool, int ta, int tb, int M, int N, int K, float alp
              .beta = beta,
              .A = A,
              .B = B,
-             .C = C};
+             .C = C,
+             .T = cpu_pool_threads(pool)};
     g.Mp = (M + MR - 1) / MR * MR;
     g.Np = (N + NR - 1) / NR * NR;
-    size_t na = (size_t)g.Mp * g.P, nb = (size_t)g.P * g.Np;
-    uint32_t *buf = scratch_get((na + nb) * sizeof(uint32_t));
-    if (!buf) return -1;
-    g.Ap = buf, g.Bp = buf + na;
-    if (!ta) /* rows M..Mp-1 of the row-major op(A) are zeros; pack_pairs zero-fills its own */
-        memset(g.Ap + (size_t)M * g.P, 0, (size_t)(g.Mp - M) * g.P * sizeof(uint32_t));
-    cpu_pool_for(pool, NPACK, 1, job_pack, &g);
-    cpu_pool_for(pool, (size_t)g.Mp / MR, 1, job_compute, &g);
+    g.by_cols = g.Mp / MR < BY_COLS && g.Np / NR > g.Mp / MR;
+    const size_t P = (size_t)g.P;
+    /* a slot: all of op(A) and one panel of op(B), or all of op(B) and one tile of op(A), in
+     * 64-byte lines of their own */
+    g.part = ((g.by_cols ? (size_t)g.Mp : (size_t)g.Np) * P + 15) / 16 * 16;
+    g.slot = (g.part + (g.by_cols ? (size_t)NR : (size_t)MR) * P + 15) / 16 * 16;
+    if (!(g.buf = scratch_get((size_t)g.T * g.slot * sizeof(uint32_t)))) return -1;
+    g.id = atomic_fetch_add(&calls, 1) + 1;
+    atomic_init(&g.slots, 0);
+    slot_of outer = mine;
+    if (g.by_cols)
+        cpu_pool_for(pool, (size_t)g.Np / NR, 1, job_cols, &g);
+    else
+        cpu_pool_for(pool, (size_t)g.Mp / MR, 1, job_rows, &g);
+    mine = outer;
     return 0;
 }
 
