@@ -152,7 +152,8 @@ iisan_model *model_create(const iisan_config *c, iisan_backend *be, int cap_user
     m->arena_bytes = cv.off;
     m->arena = be->alloc(be, m->arena_bytes);
     m->rows = calloc(2 * (size_t)m->cap_items, sizeof *m->rows);
-    if (!m->arena || !m->rows) {
+    m->adam_done = calloc((size_t)m->pt.n + 1, 1);
+    if (!m->arena || !m->rows || !m->adam_done) {
         snprintf(err, errlen, "out of memory allocating %.1f MiB of model workspace",
                  m->arena_bytes / 1048576.0);
         model_destroy(m);
@@ -179,6 +180,7 @@ void model_destroy(iisan_model *m) {
     if (!m) return;
     if (m->arena) m->be->free(m->be, m->arena);
     free(m->rows);
+    free(m->adam_done);
     params_free(&m->pt);
     free(m);
 }

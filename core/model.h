@@ -57,6 +57,14 @@ typedef struct iisan_model {
     float *w, *g, *m, *v; /* params, grads, Adam moments (pt.total floats) */
     model_views pw, pg;   /* views into w and g */
     int step;             /* Adam steps taken */
+    /* model_train_step's Adam, run on each tensor as soon as the backward has its gradient
+     * (model_adam_now), while the tensor and its gradient are still in cache; the flags mark
+     * the tensors done in this step, which model_adam then leaves */
+    struct {
+        int on;
+        float lr[LR_NGROUPS], b1, b2, eps;
+    } opt;
+    unsigned char *adam_done; /* pt.n */
 
     /* item encoder workspace, capacity cap_items rows, processed in row chunks
      * of chunk_rows so that a chunk's activations stay in cache across the
@@ -145,6 +153,9 @@ void tower_block_backward(iisan_model *m, const san_block_v *w, const san_block_
  * parameter gradients from dM and dc (backward) */
 void tower_heads_forward(iisan_model *m);
 void tower_heads_backward(iisan_model *m);
+/* block w's gradients are final (its last chunk's backward is done): its Adam step now, in a
+ * training step (model_adam_now); D its tower's width */
+void tower_block_done(iisan_model *m, const san_block_v *w, int D);
 /* e = W_fuse zcat + b_fuse into m->emb; its backward from m->demb into the fusion's
  * gradients and m->dzcat, clearing every tower's dM and dc */
 void tower_fuse_forward(iisan_model *m, int U);
@@ -176,5 +187,14 @@ float model_loss_grad(iisan_model *m, const int32_t *seqs, int B, const float *l
 /* one Adam step on m->g, each parameter at its group's learning rate (lr[LRG_*],
  * train_lr_table) */
 void model_adam(iisan_model *m, const float lr[LR_NGROUPS], float b1, float b2, float eps);
+/* model_loss_grad(train = 1) then model_adam, with the same result to the bit: each of most
+ * tensors (the SAN blocks, the heads) takes its Adam step as soon as the backward has made its
+ * gradient, the rest at the end. Returns the loss, or < 0 (no step taken) as model_loss_grad. */
+float model_train_step(iisan_model *m, const int32_t *seqs, int B, const float *logpop,
+                       const uint32_t *item_cat, const iisan_states *st, uint64_t seed,
+                       const float lr[LR_NGROUPS], float b1, float b2, float eps);
+/* inside model_train_step's backward: Adam now on the whole tensors in [w0, w1) of m->w, whose
+ * gradients are final; nothing outside a training step */
+void model_adam_now(iisan_model *m, const float *w0, const float *w1);
 
 #endif

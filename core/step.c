@@ -153,17 +153,57 @@ float model_loss_grad(iisan_model *m, const int32_t *seqs, int B, const float *l
     return loss;
 }
 
-void model_adam(iisan_model *m, const float lr[LR_NGROUPS], float b1, float b2, float eps) {
-    iisan_backend *be = m->be;
-    m->step++;
-    /* one call per stretch of consecutive tensors that share a learning rate */
+/* be->adam over tensors [i, j) of the table at step t, one call per stretch of consecutive
+ * tensors that share a learning rate and are not done yet; marks them done when mark */
+static void adam_tensors(iisan_model *m, int i, int j, const float lr[LR_NGROUPS], float b1,
+                         float b2, float eps, int t, int mark) {
     const param_table *pt = &m->pt;
-    for (int i = 0; i < pt->n;) {
+    while (i < j) {
+        if (m->adam_done[i]) {
+            i++;
+            continue;
+        }
         float rate = lr[pt->t[i].group];
         size_t off = pt->t[i].offset, len = 0;
-        for (; i < pt->n && lr[pt->t[i].group] == rate; i++)
+        for (; i < j && !m->adam_done[i] && lr[pt->t[i].group] == rate; i++) {
             len += pt->t[i].size;
-        be->adam(be, m->w + off, m->g + off, m->m + off, m->v + off, len, rate, b1, b2, eps,
-                 m->step);
+            if (mark) m->adam_done[i] = 1;
+        }
+        m->be->adam(m->be, m->w + off, m->g + off, m->m + off, m->v + off, len, rate, b1, b2, eps,
+                    t);
     }
+}
+
+void model_adam(iisan_model *m, const float lr[LR_NGROUPS], float b1, float b2, float eps) {
+    m->step++;
+    adam_tensors(m, 0, m->pt.n, lr, b1, b2, eps, m->step, 0);
+    memset(m->adam_done, 0, (size_t)m->pt.n);
+}
+
+void model_adam_now(iisan_model *m, const float *w0, const float *w1) {
+    if (!m->opt.on) return;
+    const param_table *pt = &m->pt;
+    const size_t o0 = (size_t)(w0 - m->w), o1 = (size_t)(w1 - m->w);
+    int i = 0, j;
+    while (i < pt->n && pt->t[i].offset < o0) /* the first tensor at or after w0 */
+        i++;
+    for (j = i; j < pt->n && pt->t[j].offset + pt->t[j].size <= o1; j++)
+        ;
+    adam_tensors(m, i, j, m->opt.lr, m->opt.b1, m->opt.b2, m->opt.eps, m->step + 1, 1);
+}
+
+float model_train_step(iisan_model *m, const int32_t *seqs, int B, const float *logpop,
+                       const uint32_t *item_cat, const iisan_states *st, uint64_t seed,
+                       const float lr[LR_NGROUPS], float b1, float b2, float eps) {
+    m->opt.on = 1;
+    memcpy(m->opt.lr, lr, sizeof m->opt.lr);
+    m->opt.b1 = b1, m->opt.b2 = b2, m->opt.eps = eps;
+    float loss = model_loss_grad(m, seqs, B, logpop, item_cat, st, 1, seed);
+    m->opt.on = 0;
+    if (loss < 0) { /* the batch was refused before any backward: nothing was updated */
+        memset(m->adam_done, 0, (size_t)m->pt.n);
+        return loss;
+    }
+    model_adam(m, lr, b1, b2, eps);
+    return loss;
 }

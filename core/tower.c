@@ -162,9 +162,13 @@ void tower_block_backward(iisan_model *m, const san_block_v *bw, const san_block
     be->gemm_mixed(be, 1, 0, r, D, R, 1, m->dpre, r, m->gin, D, 1, bg->down_w, D);
 }
 
+void tower_block_done(iisan_model *m, const san_block_v *w, int D) {
+    model_adam_now(m, w->down_w, w->up_b + D);
+}
+
 /* tower t's backward on rows r0 .. r0+R-1 from dz (columns off.. of dzcat):
- * accumulates dM, dc and every SAN block and gate gradient */
-static void rows_backward(iisan_model *m, int t, int r0, int R, int off) {
+ * accumulates dM, dc and every SAN block and gate gradient (final on the last chunk) */
+static void rows_backward(iisan_model *m, int t, int r0, int R, int off, int last) {
     const iisan_config *c = &m->c;
     iisan_backend *be = m->be;
     const int D = c->D, d = c->d, ntd = config_ntowers(c) * d;
@@ -185,6 +189,7 @@ static void rows_backward(iisan_model *m, int t, int r0, int R, int off) {
         float *dprev = t != TOWER_INTER && k > 0 ? other : NULL;
         tower_block_backward(m, &w->blk[k], &g->blk[k], ws, k, r0, R, D, &gi, g->gate + k, NULL,
                              dprev, cur);
+        if (last) tower_block_done(m, &w->blk[k], D);
         if (t != TOWER_INTER) {
             float *tmp = cur;
             cur = other;
@@ -226,7 +231,7 @@ void tower_backward(iisan_model *m, int U) {
         int R = U - r0 < m->chunk_rows ? U - r0 : m->chunk_rows, off = 0;
         for (int t = 0; t < N_TOWERS; t++) {
             if (!((c->towers >> t) & 1)) continue;
-            rows_backward(m, t, r0, R, off);
+            rows_backward(m, t, r0, R, off, r0 + R == U);
             off += d;
         }
     }
@@ -251,5 +256,10 @@ void tower_heads_backward(iisan_model *m) {
         be->gemm_mixed(be, 1, 0, fo, di, d, 1, w->proj_w, fo, ws->dM, di, 1, g->fc_w, di);
         be->gemm(be, 1, 0, fo, 1, d, 1, w->proj_w, fo, ws->dc, 1, 1, g->fc_b, 1);
         be->axpby(be, d, 1, ws->dc, 1, g->proj_b);
+        /* this tower's F and P are final (and not read again in this step) */
+        model_adam_now(m, w->fc_w, w->fc_w + (size_t)fo * di);
+        model_adam_now(m, w->fc_b, w->fc_b + fo);
+        model_adam_now(m, w->proj_w, w->proj_w + (size_t)d * fo);
+        model_adam_now(m, w->proj_b, w->proj_b + d);
     }
 }

@@ -131,7 +131,7 @@ static void inter_proj_backward(iisan_model *m, int k, int r0, int R) {
 }
 
 /* tower t's backward on rows r0 .. r0+R-1 from dz (columns off.. of dzcat) */
-static void versa_rows_backward(iisan_model *m, int t, int r0, int R, int off) {
+static void versa_rows_backward(iisan_model *m, int t, int r0, int R, int off, int last) {
     const iisan_config *c = &m->c;
     iisan_backend *be = m->be;
     const int D = config_tower_width(c, t), K = config_tower_depth(c, t), d = c->d;
@@ -152,11 +152,13 @@ static void versa_rows_backward(iisan_model *m, int t, int r0, int R, int off) {
             float *dv = wide == MOD_IMAGE ? m->dq : NULL, *dt = wide == MOD_TEXT ? m->dq : NULL;
             tower_block_backward(m, &w->blk[k], &g->blk[k], ws, k, r0, R, D, &gi, g->gate + k, dv,
                                  dt, cur);
+            if (last) tower_block_done(m, &w->blk[k], D);
             inter_proj_backward(m, k, r0, R);
             continue;
         }
         tower_block_backward(m, &w->blk[k], &g->blk[k], ws, k, r0, R, D, &gi, g->gate + k, NULL,
                              k > 0 ? other : NULL, cur);
+        if (last) tower_block_done(m, &w->blk[k], D);
         float *tmp = cur;
         cur = other;
         other = tmp;
@@ -170,7 +172,7 @@ void versa_backward(iisan_model *m, int U) {
         int R = U - r0 < m->chunk_rows ? U - r0 : m->chunk_rows, off = 0;
         for (int t = 0; t < N_TOWERS; t++) {
             if (!((c->towers >> t) & 1)) continue;
-            versa_rows_backward(m, t, r0, R, off);
+            versa_rows_backward(m, t, r0, R, off, r0 + R == U);
             off += c->d;
         }
     }

@@ -68,12 +68,12 @@ int train_run(iisan_model *m, const iisan_dataset *ds, const iisan_states *st,
             int nb = ds->n_users - u0 < B ? ds->n_users - u0 : B;
             for (int b = 0; b < nb; b++)
                 dataset_sequence(ds, order[u0 + b], SPLIT_TRAIN, seqs + (size_t)b * L, NULL);
-            float loss = model_loss_grad(m, seqs, nb, ds->logpop, ds->item_cat, st, 1,
-                                         iisan_rng_u64(tc->seed, (uint64_t)step));
-            /* a step that failed has no gradient (an Adam step would apply the previous one's
-             * again), and a failed backend's parameters are garbage from then on */
+            /* the forward, the backward and Adam; a step that failed took no Adam step (a
+             * refused batch) or left the parameters garbage (a failed backend) */
+            float loss = model_train_step(m, seqs, nb, ds->logpop, ds->item_cat, st,
+                                          iisan_rng_u64(tc->seed, (uint64_t)step), lr, tc->beta1,
+                                          tc->beta2, tc->eps);
             if ((err = train_error(loss < 0, be, st))) goto out;
-            model_adam(m, lr, tc->beta1, tc->beta2, tc->eps);
             if (step == 0) sum->first_loss = loss;
             sum->last_loss = loss;
             loss_sum += loss;

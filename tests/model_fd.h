@@ -98,4 +98,58 @@ static int fd_check_tensor(iisan_model *m, const iisan_states *st, int train, co
     return bad;
 }
 
+/* model_train_step against model_loss_grad + model_adam from the same parameters, 4 steps with
+ * dropout, every learning-rate group at its own rate: the losses, parameters and both Adam
+ * moments equal to the bit; the early updates really ran (every SAN block and head tensor
+ * done before the end of the step). chunk > 0: both models on row chunks of that many. */
+static void check_train_step(const iisan_config *c, const iisan_states *st, int chunk,
+                             const char *what) {
+    iisan_backend *be = iisan_backend_cpu(2);
+    char err[256];
+    iisan_model *a = model_create(c, be, 3, 7, err, sizeof err),
+                *b = model_create(c, be, 3, 7, err, sizeof err);
+    CHECKF(a && b, "%s: %s", what, err);
+    if (!a || !b) return;
+    randomise(a, 21);
+    randomise(b, 21);
+    if (chunk > 0) a->chunk_rows = b->chunk_rows = chunk;
+    float lr[LR_NGROUPS];
+    for (int i = 0; i < LR_NGROUPS; i++)
+        lr[i] = 1e-3f * (float)(i + 1);
+    const size_t bytes = a->pt.total * sizeof(float);
+    int same = 1, early = 1, all_done = 1;
+    for (int s = 0; s < 4; s++) {
+        float la = model_loss_grad(a, seqs, 3, logpop, item_cat, st, 1, 500 + s);
+        model_adam(a, lr, 0.9f, 0.999f, 1e-8f);
+        /* model_train_step's steps, the first one's end looked at before model_adam */
+        float lb;
+        if (s == 0) {
+            b->opt.on = 1;
+            memcpy(b->opt.lr, lr, sizeof lr);
+            b->opt.b1 = 0.9f, b->opt.b2 = 0.999f, b->opt.eps = 1e-8f;
+            lb = model_loss_grad(b, seqs, 3, logpop, item_cat, st, 1, 500 + s);
+            b->opt.on = 0;
+            for (int i = 0; i < b->pt.n; i++) {
+                const char *nm = b->pt.t[i].name;
+                int want = strstr(nm, ".block.") || strstr(nm, ".fc.") || strstr(nm, ".proj.");
+                if (want && !b->adam_done[i]) early = 0;
+                if (!want && b->adam_done[i]) all_done = 0; /* nothing else early */
+            }
+            model_adam(b, lr, 0.9f, 0.999f, 1e-8f);
+        } else
+            lb = model_train_step(b, seqs, 3, logpop, item_cat, st, 500 + s, lr, 0.9f, 0.999f,
+                                  1e-8f);
+        same &= la == lb;
+    }
+    CHECKF(same, "%s: losses differ", what);
+    CHECKF(early, "%s: a SAN block or head tensor was not updated during the backward", what);
+    CHECKF(all_done, "%s: a tensor outside the SAN blocks and heads was updated early", what);
+    CHECKF(a->step == b->step && !memcmp(a->w, b->w, bytes) && !memcmp(a->m, b->m, bytes) &&
+               !memcmp(a->v, b->v, bytes),
+           "%s: parameters or moments differ from loss_grad + adam", what);
+    model_destroy(a);
+    model_destroy(b);
+    be->destroy(be);
+}
+
 #endif

@@ -223,6 +223,21 @@ static void test_determinism_and_descent(void) {
     free(ms.data);
 }
 
+/* model_train_step's early Adam steps: the same bits as the step's two halves */
+static void test_train_step(void) {
+    iisan_config c;
+    small_config(&c);
+    mem_states ms;
+    mem_init(&ms, c.nstates, c.D, 99);
+    iisan_states st = {mem_get, &ms, NULL, NULL};
+    check_train_step(&c, &st, 0, "default");
+    check_train_step(&c, &st, 3, "chunks of 3");
+    c.remove_first = 1;
+    c.act = IISAN_ACT_GELU;
+    check_train_step(&c, &st, 0, "remove-first gelu");
+    free(ms.data);
+}
+
 /* ---- block-level checks: the item encoder alone and the sequence encoder
  * alone, objective L = sum(out * R) for a fixed random R ---- */
 static float R_[64 * 8];
@@ -383,6 +398,7 @@ int main(int argc, char **argv) {
     RUN(test_sasrec_id);
     RUN(test_determinism_and_descent);
     RUN(test_row_chunks);
+    RUN(test_train_step);
     RUN(test_blocks);
     TEST_MAIN_END();
 }

@@ -173,6 +173,19 @@ static void test_row_chunks(void) {
     vs_free(&vs);
 }
 
+/* model_train_step's early Adam steps: the same bits as the step's two halves, on whole
+ * batches and on chunks of 3 rows */
+static void test_train_step(void) {
+    iisan_config c;
+    versa_config(&c, 24, 7, "every2", 16, 5, "every2");
+    versa_states vs;
+    vs_init(&vs, &c, 99);
+    iisan_states st = {vs_get, &vs, NULL, NULL};
+    check_train_step(&c, &st, 0, "versa wider text");
+    check_train_step(&c, &st, 3, "versa wider text, chunks of 3");
+    vs_free(&vs);
+}
+
 /* parameter counts and the learning-rate groups (spec v2's table): Q_k with the rest, F_t
  * its own, the SAN blocks and each tower's gates theirs */
 static void test_params(void) {
@@ -232,5 +245,6 @@ int main(int argc, char **argv) {
     RUN(test_wider_image);
     RUN(test_equal_width_unequal_depth);
     RUN(test_row_chunks);
+    RUN(test_train_step);
     TEST_MAIN_END();
 }
