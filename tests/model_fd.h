@@ -102,8 +102,8 @@ static int fd_check_tensor(iisan_model *m, const iisan_states *st, int train, co
  * dropout, every learning-rate group at its own rate: the losses, parameters and both Adam
  * moments equal to the bit; the early updates really ran (every SAN block and head tensor
  * done before the end of the step). chunk > 0: both models on row chunks of that many. */
-static void check_train_step(const iisan_config *c, const iisan_states *st, int chunk,
-                             const char *what) {
+static inline void check_train_step(const iisan_config *c, const iisan_states *st, int chunk,
+                                    const char *what) {
     iisan_backend *be = iisan_backend_cpu(2);
     char err[256];
     iisan_model *a = model_create(c, be, 3, 7, err, sizeof err),
