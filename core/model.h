@@ -61,10 +61,11 @@ typedef struct iisan_model {
      * (model_adam_now), while the tensor and its gradient are still in cache; the flags mark
      * the tensors done in this step, which model_adam then leaves */
     struct {
-        int on;
+        int on, zero_g;
         float lr[LR_NGROUPS], b1, b2, eps;
     } opt;
     unsigned char *adam_done; /* pt.n */
+    int g_clean;              /* m->g is all zeros (model_train_step's Adam zeroed it) */
 
     /* item encoder workspace, capacity cap_items rows, processed in row chunks
      * of chunk_rows so that a chunk's activations stay in cache across the
@@ -187,9 +188,11 @@ float model_loss_grad(iisan_model *m, const int32_t *seqs, int B, const float *l
 /* one Adam step on m->g, each parameter at its group's learning rate (lr[LRG_*],
  * train_lr_table) */
 void model_adam(iisan_model *m, const float lr[LR_NGROUPS], float b1, float b2, float eps);
-/* model_loss_grad(train = 1) then model_adam, with the same result to the bit: each of most
- * tensors (the SAN blocks, the heads) takes its Adam step as soon as the backward has made its
- * gradient, the rest at the end. Returns the loss, or < 0 (no step taken) as model_loss_grad. */
+/* model_loss_grad(train = 1) then model_adam, with the same parameters and moments to the bit:
+ * each of most tensors (the SAN blocks, the heads) takes its Adam step as soon as the backward
+ * has made its gradient, the rest at the end, and each zeroes its gradient as it goes (m->g is
+ * zeros afterwards, and the next step skips its zero-fill). Returns the loss, or < 0 (no step
+ * taken) as model_loss_grad. */
 float model_train_step(iisan_model *m, const int32_t *seqs, int B, const float *logpop,
                        const uint32_t *item_cat, const iisan_states *st, uint64_t seed,
                        const float lr[LR_NGROUPS], float b1, float b2, float eps);

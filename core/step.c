@@ -137,7 +137,8 @@ float model_loss_grad(iisan_model *m, const int32_t *seqs, int B, const float *l
                    m->qtarget, Q, C);
 
     /* backward */
-    be->zero(be, m->g, m->pt.total * sizeof(float));
+    if (!m->g_clean) be->zero(be, m->g, m->pt.total * sizeof(float));
+    m->g_clean = 0;
     be->gemm(be, 0, 0, Q, d, C, 1, m->logits, C, m->Ec, d, 0, m->dOq, d);
     be->gemm(be, 1, 0, C, d, Q, 1, m->logits, C, m->Oq, d, 0, m->dEc, d);
     be->zero(be, m->demb, (size_t)U * d * sizeof(float));
@@ -156,7 +157,7 @@ float model_loss_grad(iisan_model *m, const int32_t *seqs, int B, const float *l
 /* be->adam over tensors [i, j) of the table at step t, one call per stretch of consecutive
  * tensors that share a learning rate and are not done yet; marks them done when mark */
 static void adam_tensors(iisan_model *m, int i, int j, const float lr[LR_NGROUPS], float b1,
-                         float b2, float eps, int t, int mark) {
+                         float b2, float eps, int t, int mark, int zero_g) {
     const param_table *pt = &m->pt;
     while (i < j) {
         if (m->adam_done[i]) {
@@ -170,13 +171,13 @@ static void adam_tensors(iisan_model *m, int i, int j, const float lr[LR_NGROUPS
             if (mark) m->adam_done[i] = 1;
         }
         m->be->adam(m->be, m->w + off, m->g + off, m->m + off, m->v + off, len, rate, b1, b2, eps,
-                    t);
+                    t, zero_g);
     }
 }
 
 void model_adam(iisan_model *m, const float lr[LR_NGROUPS], float b1, float b2, float eps) {
     m->step++;
-    adam_tensors(m, 0, m->pt.n, lr, b1, b2, eps, m->step, 0);
+    adam_tensors(m, 0, m->pt.n, lr, b1, b2, eps, m->step, 0, m->opt.zero_g);
     memset(m->adam_done, 0, (size_t)m->pt.n);
 }
 
@@ -189,7 +190,7 @@ void model_adam_now(iisan_model *m, const float *w0, const float *w1) {
         i++;
     for (j = i; j < pt->n && pt->t[j].offset + pt->t[j].size <= o1; j++)
         ;
-    adam_tensors(m, i, j, m->opt.lr, m->opt.b1, m->opt.b2, m->opt.eps, m->step + 1, 1);
+    adam_tensors(m, i, j, m->opt.lr, m->opt.b1, m->opt.b2, m->opt.eps, m->step + 1, 1, 1);
 }
 
 float model_train_step(iisan_model *m, const int32_t *seqs, int B, const float *logpop,
@@ -204,6 +205,9 @@ float model_train_step(iisan_model *m, const int32_t *seqs, int B, const float *
         memset(m->adam_done, 0, (size_t)m->pt.n);
         return loss;
     }
+    m->opt.zero_g = 1; /* every tensor's gradient zeroed by its Adam step */
     model_adam(m, lr, b1, b2, eps);
+    m->opt.zero_g = 0;
+    m->g_clean = 1;
     return loss;
 }

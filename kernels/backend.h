@@ -185,9 +185,11 @@ struct iisan_backend {
                        const int *qtarget, int Q, int C);
 
     /* ---- optimiser ----
-     * PyTorch Adam without weight decay, bias-corrected at step t (1-based). */
-    void (*adam)(iisan_backend *be, float *w, const float *g, float *m, float *v, size_t n,
-                 float lr, float b1, float b2, float eps, int t);
+     * PyTorch Adam without weight decay, bias-corrected at step t (1-based). zero_g: each
+     * g[i] is set to 0 once read, so that the next step's gradient starts from zeros
+     * without a pass of its own. */
+    void (*adam)(iisan_backend *be, float *w, float *g, float *m, float *v, size_t n, float lr,
+                 float b1, float b2, float eps, int t, int zero_g);
 
     /* ---- data movement ---- */
     /* dst[i, :] = rows[i] converted from fp16 (cols halves) or zeros when rows[i]

@@ -144,6 +144,10 @@ static inline void check_train_step(const iisan_config *c, const iisan_states *s
     CHECKF(same, "%s: losses differ", what);
     CHECKF(early, "%s: a SAN block or head tensor was not updated during the backward", what);
     CHECKF(all_done, "%s: a tensor outside the SAN blocks and heads was updated early", what);
+    size_t left = 0; /* model_train_step left m->g zeroed for the next step */
+    for (size_t i = 0; i < b->pt.total; i++)
+        left += b->g[i] != 0.0f;
+    CHECKF(b->g_clean && left == 0, "%s: %zu gradient elements left after the step", what, left);
     CHECKF(a->step == b->step && !memcmp(a->w, b->w, bytes) && !memcmp(a->m, b->m, bytes) &&
                !memcmp(a->v, b->v, bytes),
            "%s: parameters or moments differ from loss_grad + adam", what);

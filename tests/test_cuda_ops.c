@@ -669,10 +669,17 @@ static void test_adam(void) {
     const size_t n = 100003;
     dbuf w = drandn(n, 700, 1.0f), m = dput(NULL, n * sizeof(float)),
          v = dput(NULL, n * sizeof(float));
-    for (int t = 1; t <= 3; t++) {
+    for (int t = 1; t <= 3; t++) { /* the last step also zeroes the gradient */
         dbuf g = drandn(n, 700 + t, 0.1f);
-        cpu->adam(cpu, FC(w), FC(g), FC(m), FC(v), n, 1e-3f, 0.9f, 0.999f, 1e-8f, t);
-        gpu->adam(gpu, FG(w), FG(g), FG(m), FG(v), n, 1e-3f, 0.9f, 0.999f, 1e-8f, t);
+        cpu->adam(cpu, FC(w), FC(g), FC(m), FC(v), n, 1e-3f, 0.9f, 0.999f, 1e-8f, t, t == 3);
+        gpu->adam(gpu, FG(w), FG(g), FG(m), FG(v), n, 1e-3f, 0.9f, 0.999f, 1e-8f, t, t == 3);
+        if (t == 3) {
+            size_t nz = 0;
+            for (size_t i = 0; i < n; i++)
+                nz += FC(g)[i] != 0.0f;
+            CHECKF(nz == 0, "adam zero_g: %zu gradient elements left on the CPU", nz);
+            cmp_f("adam zero_g g", g, 0, 0);
+        }
         dfree(&g);
     }
     cmp_f("adam w", w, EW_ATOL, EW_RTOL);

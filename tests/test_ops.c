@@ -1058,7 +1058,7 @@ static void test_adam(void) {
                 g2[3] = {-0.25f, 0.5f, 0.0f};
     memcpy(w, w0, sizeof w0);
     memcpy(g, g1, sizeof g1);
-    be->adam(be, w, g, m, v, 3, 0.01f, 0.9f, 0.999f, 1e-8f, 1);
+    be->adam(be, w, g, m, v, 3, 0.01f, 0.9f, 0.999f, 1e-8f, 1, 0);
     CHECK_CLOSE(w[0], 0.990000000200, 2e-7, 0);
     CHECK_CLOSE(w[1], -0.490000000100, 2e-7, 0);
     CHECK(w[2] == 2.0f);
@@ -1068,7 +1068,7 @@ static void test_adam(void) {
     CHECK_CLOSE(m[0], 0.05, 1e-9, 1e-6);
     CHECK_CLOSE(v[1], 0.001, 1e-10, 2e-5);
     memcpy(g, g2, sizeof g2);
-    be->adam(be, w, g, m, v, 3, 0.01f, 0.9f, 0.999f, 1e-8f, 2);
+    be->adam(be, w, g, m, v, 3, 0.01f, 0.9f, 0.999f, 1e-8f, 2, 0);
     CHECK_CLOSE(w[0], 0.987336629871, 2e-7, 0);
     CHECK_CLOSE(w[1], -0.487336629737, 2e-7, 0);
     CHECK(w[2] == 2.0f && m[2] == 0.0f && v[2] == 0.0f);
@@ -1090,7 +1090,7 @@ static void test_adam(void) {
             vd[i] = 0.999 * vd[i] + 0.001 * G[i] * G[i];
             wd[i] -= 2e-4 / bc1 * md[i] / (sqrt(vd[i]) / sqrt(bc2) + 1e-8);
         }
-        be->adam(be, W, G, Mm, V, N, 2e-4f, 0.9f, 0.999f, 1e-8f, t);
+        be->adam(be, W, G, Mm, V, N, 2e-4f, 0.9f, 0.999f, 1e-8f, t, 0);
     }
     check_array("adam x3", W, wd, N, 1e-6, 0);
     bfree(w), bfree(g), bfree(m), bfree(v), bfree(W), bfree(G), bfree(Mm), bfree(V);
@@ -1105,15 +1105,27 @@ static void test_adam(void) {
         fill(bw[k], NB, 171, -1, 1);
     }
     for (int t = 1; t <= 2; t++) {
-        be->adam(be, bw[0], bg, bm[0], bv[0], NB, 1e-3f, 0.9f, 0.999f, 1e-8f, t);
+        be->adam(be, bw[0], bg, bm[0], bv[0], NB, 1e-3f, 0.9f, 0.999f, 1e-8f, t, 0);
         for (size_t at = 0; at < NB; at += SL) {
             size_t len = NB - at < SL ? NB - at : SL;
             be->adam(be, bw[1] + at, bg + at, bm[1] + at, bv[1] + at, len, 1e-3f, 0.9f, 0.999f,
-                     1e-8f, t);
+                     1e-8f, t, 0);
         }
     }
     CHECK(!memcmp(bw[0], bw[1], NB * sizeof(float)) && !memcmp(bm[0], bm[1], NB * sizeof(float)) &&
           !memcmp(bv[0], bv[1], NB * sizeof(float)));
+    /* zero_g: the same update, and every gradient element 0 after it */
+    float *bz = falloc(NB);
+    memcpy(bz, bg, NB * sizeof(float));
+    be->adam(be, bw[0], bg, bm[0], bv[0], NB, 1e-3f, 0.9f, 0.999f, 1e-8f, 3, 0);
+    be->adam(be, bw[1], bz, bm[1], bv[1], NB, 1e-3f, 0.9f, 0.999f, 1e-8f, 3, 1);
+    size_t left = 0;
+    for (size_t i = 0; i < NB; i++)
+        left += bz[i] != 0.0f;
+    CHECK(!memcmp(bw[0], bw[1], NB * sizeof(float)) && !memcmp(bm[0], bm[1], NB * sizeof(float)) &&
+          !memcmp(bv[0], bv[1], NB * sizeof(float)));
+    CHECKF(left == 0, "adam zero_g left %zu gradient elements", left);
+    bfree(bz);
     for (int k = 0; k < 2; k++)
         bfree(bw[k]), bfree(bm[k]), bfree(bv[k]);
     bfree(bg);

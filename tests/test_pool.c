@@ -164,7 +164,7 @@ static void run_elementwise(iisan_backend *be, outputs *o) {
     keep(o, out, NE);
     keep(o, c, NE);
     keep(o, &dp, 1);
-    be->adam(be, x, y, c, out, NE, 1e-3f, 0.9f, 0.999f, 1e-8f, 3);
+    be->adam(be, x, y, c, out, NE, 1e-3f, 0.9f, 0.999f, 1e-8f, 3, 0);
     keep(o, x, NE);
     keep(o, c, NE);
     keep(o, out, NE);

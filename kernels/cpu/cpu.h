@@ -150,8 +150,8 @@ void cpu_inbatch_ce(iisan_backend *be, float *logits, float *loss, const float *
                     const int *qtarget, int Q, int C);
 
 /* ---- cpu_optim.c ---- */
-void cpu_adam(iisan_backend *be, float *w, const float *g, float *m, float *v, size_t n, float lr,
-              float b1, float b2, float eps, int t);
+void cpu_adam(iisan_backend *be, float *w, float *g, float *m, float *v, size_t n, float lr,
+              float b1, float b2, float eps, int t, int zero_g);
 
 /* ---- cpu_data.c ---- */
 void cpu_gather_half(iisan_backend *be, float *dst, const uint16_t *const *rows, int n, int cols);

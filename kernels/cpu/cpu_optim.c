@@ -12,15 +12,15 @@
 #include "kernels/cpu/cpu.h"
 
 typedef struct {
-    float *w, *m, *v;
-    const float *g;
+    float *w, *m, *v, *g;
     float step, bc2_sqrt, b1, b2, eps;
+    int zero_g;
 } adam_range_args;
 
 static CPU_VEC void adam_range(void *va, size_t lo, size_t hi) {
     const adam_range_args *a = va;
     float *restrict ww = a->w, *restrict mm = a->m, *restrict vv = a->v;
-    const float *restrict gg = a->g;
+    float *restrict gg = a->g;
     const float step = a->step, bc2_sqrt = a->bc2_sqrt, b2 = a->b2, eps = a->eps;
     const float c1 = 1.0f - a->b1, c2 = 1.0f - b2;
     for (size_t i = lo; i < hi; i++) {
@@ -31,12 +31,15 @@ static CPU_VEC void adam_range(void *va, size_t lo, size_t hi) {
         vv[i] = vi;
         ww[i] -= step * (mi / (sqrtf(vi) / bc2_sqrt + eps));
     }
+    if (a->zero_g) /* the range's gradient lines are still in cache */
+        for (size_t i = lo; i < hi; i++)
+            gg[i] = 0.0f;
 }
 
-void cpu_adam(iisan_backend *be, float *w, const float *g, float *m, float *v, size_t n, float lr,
-              float b1, float b2, float eps, int t) {
+void cpu_adam(iisan_backend *be, float *w, float *g, float *m, float *v, size_t n, float lr,
+              float b1, float b2, float eps, int t, int zero_g) {
     const float step = (float)((double)lr / (1.0 - pow((double)b1, t)));
     const float bc2_sqrt = (float)sqrt(1.0 - pow((double)b2, t));
-    adam_range_args a = {w, m, v, g, step, bc2_sqrt, b1, b2, eps};
+    adam_range_args a = {w, m, v, g, step, bc2_sqrt, b1, b2, eps, zero_g};
     cpu_par(be, n, 1 << 14, adam_range, &a);
 }

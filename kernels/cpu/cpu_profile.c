@@ -107,9 +107,9 @@ TIMED(inbatch_ce, CPU_OP_INBATCH_CE,
        const unsigned char *umask, const int *quser, const int *qtarget, int Q, int C),
       (be, logits, loss, logpop, cand_item, umask, quser, qtarget, Q, C))
 TIMED(adam, CPU_OP_ADAM,
-      (iisan_backend * be, float *w, const float *g, float *m, float *v, size_t n, float lr,
-       float b1, float b2, float eps, int t),
-      (be, w, g, m, v, n, lr, b1, b2, eps, t))
+      (iisan_backend * be, float *w, float *g, float *m, float *v, size_t n, float lr, float b1,
+       float b2, float eps, int t, int zero_g),
+      (be, w, g, m, v, n, lr, b1, b2, eps, t, zero_g))
 TIMED(gather_half, CPU_OP_GATHER_HALF,
       (iisan_backend * be, float *dst, const uint16_t *const *rows, int n, int cols),
       (be, dst, rows, n, cols))

@@ -183,8 +183,8 @@ void cuda_gate_bwd(iisan_backend *be, float *da, float *db, float *dp, const flo
 void cuda_gate_bwd_mix(iisan_backend *be, float *out, float *da, float *db, float *dp,
                        const float *dout, const float *c, const float *a, const float *b,
                        const float *p, float temp, size_t n);
-void cuda_adam(iisan_backend *be, float *w, const float *g, float *m, float *v, size_t n, float lr,
-               float b1, float b2, float eps, int t);
+void cuda_adam(iisan_backend *be, float *w, float *g, float *m, float *v, size_t n, float lr,
+               float b1, float b2, float eps, int t, int zero_g);
 void cuda_gather_half(iisan_backend *be, float *dst, const uint16_t *const *rows, int n, int cols);
 void cuda_gather_rows(iisan_backend *be, float *dst, const float *src, const int *idx, int n,
                       int cols);

@@ -285,10 +285,11 @@ void cuda_gate_bwd(iisan_backend *be, float *da, float *db, float *dp, const flo
 
 /* ---- Adam (PyTorch's single-tensor order of operations, as kernels/cpu/cpu_optim.c) ---- */
 
-static __global__ void k_adam(float *w, const float *g, float *m, float *v, size_t n, float step,
-                              float bc2_sqrt, float b2, float c1, float c2, float eps) {
+static __global__ void k_adam(float *w, float *g, float *m, float *v, size_t n, float step,
+                              float bc2_sqrt, float b2, float c1, float c2, float eps, int zero_g) {
     FOR_EACH(i, n) {
         float gi = g[i];
+        if (zero_g) g[i] = 0.0f;
         float mi = m[i] + c1 * (gi - m[i]);
         float vi = b2 * v[i] + c2 * gi * gi;
         m[i] = mi;
@@ -297,15 +298,16 @@ static __global__ void k_adam(float *w, const float *g, float *m, float *v, size
     }
 }
 
-void cuda_adam(iisan_backend *be, float *w, const float *g, float *m, float *v, size_t n, float lr,
-               float b1, float b2, float eps, int t) {
+void cuda_adam(iisan_backend *be, float *w, float *g, float *m, float *v, size_t n, float lr,
+               float b1, float b2, float eps, int t, int zero_g) {
     if (!n) return;
     CUDA_OP(be);
     cuda_ctx *cx = cuda_enter(be);
     const float step = (float)((double)lr / (1.0 - pow((double)b1, t)));
     const float bc2_sqrt = (float)sqrt(1.0 - pow((double)b2, t));
     const float c1 = 1.0f - b1, c2 = 1.0f - b2;
-    LAUNCH(cx, k_adam, ew_grid(n), EW_THREADS, 0, w, g, m, v, n, step, bc2_sqrt, b2, c1, c2, eps);
+    LAUNCH(cx, k_adam, ew_grid(n), EW_THREADS, 0, w, g, m, v, n, step, bc2_sqrt, b2, c1, c2, eps,
+           zero_g);
 }
 
 /* ---- data movement ---- */
