@@ -61,7 +61,7 @@ typedef struct iisan_model {
      * (model_adam_now), while the tensor and its gradient are still in cache; the flags mark
      * the tensors done in this step, which model_adam then leaves */
     struct {
-        int on, zero_g;
+        int on;
         float lr[LR_NGROUPS], b1, b2, eps;
     } opt;
     unsigned char *adam_done; /* pt.n */

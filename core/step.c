@@ -175,10 +175,16 @@ static void adam_tensors(iisan_model *m, int i, int j, const float lr[LR_NGROUPS
     }
 }
 
-void model_adam(iisan_model *m, const float lr[LR_NGROUPS], float b1, float b2, float eps) {
+/* the step's Adam on every tensor not done yet, then a new step begins */
+static void adam_rest(iisan_model *m, const float lr[LR_NGROUPS], float b1, float b2, float eps,
+                      int zero_g) {
     m->step++;
-    adam_tensors(m, 0, m->pt.n, lr, b1, b2, eps, m->step, 0, m->opt.zero_g);
+    adam_tensors(m, 0, m->pt.n, lr, b1, b2, eps, m->step, 0, zero_g);
     memset(m->adam_done, 0, (size_t)m->pt.n);
+}
+
+void model_adam(iisan_model *m, const float lr[LR_NGROUPS], float b1, float b2, float eps) {
+    adam_rest(m, lr, b1, b2, eps, 0);
 }
 
 void model_adam_now(iisan_model *m, const float *w0, const float *w1) {
@@ -201,13 +207,8 @@ float model_train_step(iisan_model *m, const int32_t *seqs, int B, const float *
     m->opt.b1 = b1, m->opt.b2 = b2, m->opt.eps = eps;
     float loss = model_loss_grad(m, seqs, B, logpop, item_cat, st, 1, seed);
     m->opt.on = 0;
-    if (loss < 0) { /* the batch was refused before any backward: nothing was updated */
-        memset(m->adam_done, 0, (size_t)m->pt.n);
-        return loss;
-    }
-    m->opt.zero_g = 1; /* every tensor's gradient zeroed by its Adam step */
-    model_adam(m, lr, b1, b2, eps);
-    m->opt.zero_g = 0;
+    if (loss < 0) return loss; /* the batch was refused before any backward: nothing updated */
+    adam_rest(m, lr, b1, b2, eps, 1); /* every tensor's gradient zeroed by its Adam step */
     m->g_clean = 1;
     return loss;
 }

@@ -147,18 +147,19 @@ static void versa_rows_backward(iisan_model *m, int t, int r0, int R, int off, i
     be->gemm_mixed(be, 0, 0, R, D, d, 1, dz, ntd, ws->M, D, 0, cur, D);
     for (int k = K - 1; k >= 0; k--) {
         tower_gate_in gi = versa_gate_operands(m, t, k, r0, R, 0);
-        if (t == TOWER_INTER) { /* d u_{k-1} = d in (cur, kept); d p_k into m->dq */
+        /* inter: d u_{k-1} = d in (cur, kept), d p_k into m->dq; intra: d h_{k-1} into other */
+        float *da = NULL, *db = t != TOWER_INTER && k > 0 ? other : NULL;
+        if (t == TOWER_INTER) {
             const int wide = config_versa_wide(c);
-            float *dv = wide == MOD_IMAGE ? m->dq : NULL, *dt = wide == MOD_TEXT ? m->dq : NULL;
-            tower_block_backward(m, &w->blk[k], &g->blk[k], ws, k, r0, R, D, &gi, g->gate + k, dv,
-                                 dt, cur);
-            if (last) tower_block_done(m, &w->blk[k], D);
+            da = wide == MOD_IMAGE ? m->dq : NULL, db = wide == MOD_TEXT ? m->dq : NULL;
+        }
+        tower_block_backward(m, &w->blk[k], &g->blk[k], ws, k, r0, R, D, &gi, g->gate + k, da, db,
+                             cur);
+        if (last) tower_block_done(m, &w->blk[k], D);
+        if (t == TOWER_INTER) {
             inter_proj_backward(m, k, r0, R);
             continue;
         }
-        tower_block_backward(m, &w->blk[k], &g->blk[k], ws, k, r0, R, D, &gi, g->gate + k, NULL,
-                             k > 0 ? other : NULL, cur);
-        if (last) tower_block_done(m, &w->blk[k], D);
         float *tmp = cur;
         cur = other;
         other = tmp;

@@ -52,10 +52,12 @@ static inline void prefetch2(const float *x, long second) {
     _mm_prefetch((const char *)(x + second), _MM_HINT_T0);
 }
 
-/* rows i0..i1-1 of X [*, K] (ld) into pair rows of P words: dst[i * P + p] */
-BF16_TARGET static void pack_rows(uint32_t *dst, const float *X, int ld, int K, int P, int i0,
-                                  int i1) {
-    for (int i = i0; i < i1; i++) {
+/* rows 0..n-1 of X [n, K] (ld) into pair rows of P words, dst[i * P + p], then rows n..rows-1
+ * of zeros (the padding of the last tile) */
+BF16_TARGET static void pack_rows(uint32_t *dst, const float *X, int ld, int K, int P, int n,
+                                  int rows) {
+    memset(dst + (size_t)n * P, 0, (size_t)(rows - n) * P * sizeof *dst);
+    for (int i = 0; i < n; i++) {
         const float *x = X + (size_t)i * ld;
         uint32_t *d = dst + (size_t)i * P;
         int k = 0;
@@ -77,11 +79,11 @@ BF16_TARGET static inline __m512i half16(const float *x, int n) {
     return _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x)));
 }
 
-/* pairs p0..p1-1 of X [K, n] (ld) into rows of w words (a multiple of 16, w >= n):
+/* the P = ceil(K / 2) pairs of X [K, n] (ld) into rows of w words (a multiple of 16, w >= n):
  * dst[p * ldd + j] = (X(2p, j), X(2p+1, j)), zeros past n */
 BF16_TARGET static void pack_pairs(uint32_t *dst, long ldd, const float *X, int ld, int K, int n,
-                                   int w, int p0, int p1) {
-    for (int p = p0; p < p1; p++) {
+                                   int w) {
+    for (int p = 0; 2 * p < K; p++) {
         const float *x0 = X + (size_t)2 * p * ld, *x1 = x0 + ld;
         int two = 2 * p + 1 < K;
         uint32_t *d = dst + (size_t)p * ldd;
@@ -260,13 +262,12 @@ BF16_TARGET static uint32_t *my_slot(job *g) {
                 for (int t = 0; t < g->Mp / MR; t++)
                     pack_tile(d + (size_t)t * g->P * MR, g->A, g->lda, g->K, g->M, g->P, t);
             else {
-                pack_rows(d, g->A, g->lda, g->K, g->P, 0, g->M);
-                memset(d + (size_t)g->M * g->P, 0, (size_t)(g->Mp - g->M) * g->P * 4);
+                pack_rows(d, g->A, g->lda, g->K, g->P, g->M, g->Mp);
             }
         } else if (g->tb) /* all of op(B) */
             pack_cols(d, g->Np, g->B, g->ldb, g->K, g->P, g->N, g->Np);
         else
-            pack_pairs(d, g->Np, g->B, g->ldb, g->K, g->N, g->Np, 0, g->P);
+            pack_pairs(d, g->Np, g->B, g->ldb, g->K, g->N, g->Np);
     }
     return g->buf + (size_t)mine.slot * g->slot;
 }
@@ -294,8 +295,7 @@ BF16_TARGET static void job_rows(void *q, size_t t0, size_t t1) {
             pack_tile(ap, g->A, g->lda, g->K, g->M, g->P, ti);
             si = 1, sp = MR;
         } else {
-            pack_rows(ap, g->A + (size_t)i * g->lda, g->lda, g->K, g->P, 0, mr);
-            if (mr < MR) memset(ap + (size_t)mr * g->P, 0, (size_t)(MR - mr) * g->P * 4);
+            pack_rows(ap, g->A + (size_t)i * g->lda, g->lda, g->K, g->P, mr, MR);
             si = g->P, sp = 1;
         }
         for (int pc = 0; pc < g->P; pc += KC) {
@@ -322,7 +322,7 @@ BF16_TARGET static void job_cols(void *q, size_t j0, size_t j1) {
         if (g->tb)
             pack_cols(bp, NR, g->B + (size_t)j * g->ldb, g->ldb, g->K, g->P, n, NR);
         else
-            pack_pairs(bp, NR, g->B + j, g->ldb, g->K, n, NR, 0, g->P);
+            pack_pairs(bp, NR, g->B + j, g->ldb, g->K, n, NR);
         for (int pc = 0; pc < g->P; pc += KC) {
             int kp = g->P - pc < KC ? g->P - pc : KC;
             for (int ti = 0; ti < tiles; ti++) {
