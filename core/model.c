@@ -37,11 +37,16 @@ static void layout(iisan_model *m, carver *cv) {
             const size_t D = config_width(c, mod);
             const int K = versa ? c->mods[mod].K : c->K;
             const int rf = versa ? c->mods[mod].remove_first : c->remove_first;
-            for (int k = 0; k < K; k++)
-                m->xs[mod][k] = F(U * D);
-            m->x0[mod] = rf ? F(U * D) : NULL;
+            if (versa) {
+                for (int k = 0; k < K; k++)
+                    m->xs[mod][k] = F(U * D);
+                m->x0[mod] = rf ? F(U * D) : NULL;
+            }
             Dmax = D > Dmax ? D : Dmax;
         }
+        /* IISAN: every modality's K (+ 1) gathered states in one block, which gather_states
+         * carves per batch so that one gather_half fills them all */
+        if (!versa) m->xs_block = F((size_t)N_MODS * (c->K + c->remove_first) * U * c->D);
         for (int t = 0; t < N_TOWERS; t++) {
             tower_ws *ws = &m->tw[t];
             memset(ws, 0, sizeof *ws);
@@ -151,7 +156,7 @@ iisan_model *model_create(const iisan_config *c, iisan_backend *be, int cap_user
     layout(m, &cv);
     m->arena_bytes = cv.off;
     m->arena = be->alloc(be, m->arena_bytes);
-    m->rows = calloc(2 * (size_t)m->cap_items, sizeof *m->rows);
+    m->rows = calloc((size_t)m->cap_items * (1 + N_MODS * (IISAN_MAX_SCHED + 1)), sizeof *m->rows);
     m->adam_done = calloc((size_t)m->pt.n + 1, 1);
     if (!m->arena || !m->rows || !m->adam_done) {
         snprintf(err, errlen, "out of memory allocating %.1f MiB of model workspace",

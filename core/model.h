@@ -74,6 +74,7 @@ typedef struct iisan_model {
     int chunk_rows;
     float *xs[2][IISAN_MAX_SCHED]; /* (U, D) gathered states [modality][k] */
     float *x0[2];                  /* (U, D) state 0 (remove-first) */
+    float *xs_block;               /* IISAN: where xs and x0 are carved, per batch */
     tower_ws tw[N_TOWERS];
     float *zcat;                /* (U, nt*d) */
     float *emb;                 /* (U, d) item embeddings of the batch's distinct items */
@@ -86,7 +87,8 @@ typedef struct iisan_model {
     float *dzcat;               /* (U, nt*d) */
     float *demb;                /* (U, d) */
     int *items_dev;             /* (U) model item indexes (SASRec-ID gather) */
-    const uint16_t **rows;      /* host (U) row pointers for gather_half */
+    const uint16_t **rows; /* host row pointers for gather_half: (U) item blocks, then
+                            * (U) rows per gathered state */
 
     /* sequence encoder workspace, capacity cap_users sequences of n */
     int cap_users;

@@ -14,23 +14,31 @@ static int need_mod(const iisan_config *c, int mod) {
     return (c->towers >> (mod == MOD_TEXT ? TOWER_TEXT : TOWER_IMAGE)) & 1;
 }
 
+/* every state the towers read, each modality's x0 (remove-first) and xs[k] carved in turn
+ * from m->xs_block at this batch's U rows apiece, in one gather_half (one hand-off to the
+ * pool, or one launch) */
 static void gather_states(iisan_model *m, const uint32_t *cat, int U, const iisan_states *st) {
     const iisan_config *c = &m->c;
     iisan_backend *be = m->be;
+    const size_t D = (size_t)c->D;
+    const uint16_t **base = m->rows, **rows = m->rows + U;
+    int n = 0;
     for (int mod = 0; mod < 2; mod++) {
         if (!need_mod(c, mod)) continue;
         for (int u = 0; u < U; u++)
-            m->rows[u] = st->get(st->ctx, mod, cat[u]);
-        /* rows[] now holds each item's base; step it to each scheduled state */
+            base[u] = st->get(st->ctx, mod, cat[u]);
+        /* base[] now holds each item's block; step it to each scheduled state */
         for (int k = -1; k < c->K; k++) {
             if (k < 0 && !c->remove_first) continue;
-            int s = k < 0 ? 0 : c->sched[k];
-            const uint16_t **rows = m->rows + U;
+            float *dst = m->xs_block + (size_t)n * D;
+            *(k < 0 ? &m->x0[mod] : &m->xs[mod][k]) = dst;
+            const size_t s = k < 0 ? 0 : (size_t)c->sched[k] * D;
             for (int u = 0; u < U; u++)
-                rows[u] = m->rows[u] ? m->rows[u] + (size_t)s * c->D : NULL;
-            be->gather_half(be, k < 0 ? m->x0[mod] : m->xs[mod][k], rows, U, c->D);
+                rows[n + u] = base[u] ? base[u] + s : NULL;
+            n += U;
         }
     }
+    be->gather_half(be, m->xs_block, rows, n, c->D);
     if (st->release) { /* the blocks are copied: a store reader may end its transaction */
         be->sync(be);
         states_release(st);
