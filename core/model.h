@@ -87,8 +87,8 @@ typedef struct iisan_model {
     float *dzcat;               /* (U, nt*d) */
     float *demb;                /* (U, d) */
     int *items_dev;             /* (U) model item indexes (SASRec-ID gather) */
-    const uint16_t **rows; /* host row pointers for gather_half: (U) item blocks, then
-                            * (U) rows per gathered state */
+    const uint16_t **rows;      /* host row pointers for gather_half: (U) item blocks, then
+                                 * (U) rows per gathered state */
 
     /* sequence encoder workspace, capacity cap_users sequences of n */
     int cap_users;
