@@ -17,6 +17,67 @@ typedef struct {
     double *qloss; /* each query's loss, added in query order by the caller */
 } ce_args;
 
+/* the row's masked logits in place, and their maximum: the maximum of each of 16 lanes, then
+ * of the lanes (a maximum is the same in any order, so this is the one a single running
+ * maximum finds, without its chain of dependent comparisons) */
+static CPU_VEC float mask_max(float *row, const float *logpop, const int *cand_item,
+                              const unsigned char *um, int t, int C) {
+    enum { LANES = 16 };
+    float mx[LANES];
+    for (int l = 0; l < LANES; l++)
+        mx[l] = -INFINITY;
+    int c = 0;
+    for (; c + LANES <= C; c += LANES)
+        for (int l = 0; l < LANES; l++) {
+            int masked = cand_item[c + l] == 0 || (um[c + l] != 0 && c + l != t);
+            float x = masked ? MASKED_LOGIT : row[c + l] - logpop[c + l];
+            row[c + l] = x;
+            mx[l] = x > mx[l] ? x : mx[l];
+        }
+    for (int l = 0; c < C; c++, l++) {
+        int masked = cand_item[c] == 0 || (um[c] != 0 && c != t);
+        float x = masked ? MASKED_LOGIT : row[c] - logpop[c];
+        row[c] = x;
+        mx[l] = x > mx[l] ? x : mx[l];
+    }
+    float m = -INFINITY;
+    for (int l = 0; l < LANES; l++)
+        if (mx[l] > m) m = mx[l];
+    return m;
+}
+
+/* row[c] = exp(row[c] - mx), then their sum in 8 double lanes added pairwise (a fixed order:
+ * one running sum made every addition wait on the one before). Below -104 expf is +0 in fp32
+ * (e^-104 < 2^-150); taking its underflow path for every masked candidate cost more than the
+ * rest of the loss. */
+static CPU_VEC double exp_sum(float *restrict row, float mx, int C) {
+    enum { LANES = 8 };
+    double acc[LANES] = {0};
+    for (int c = 0; c < C; c++) {
+        float x = row[c] - mx;
+        row[c] = x < -104.0f ? 0.0f : expf(x);
+    }
+    int c = 0;
+    for (; c + LANES <= C; c += LANES)
+        for (int l = 0; l < LANES; l++)
+            acc[l] += row[c + l];
+    for (int l = 0; c < C; c++, l++)
+        acc[l] += row[c];
+    for (int w = LANES / 2; w > 0; w /= 2)
+        for (int l = 0; l < w; l++)
+            acc[l] += acc[l + w];
+    return acc[0];
+}
+
+/* the gradient of the row's loss: softmax / Q at the unmasked candidates, 0 at the masked */
+static CPU_VEC void scale_unmasked(float *restrict row, const int *restrict cand_item,
+                                   const unsigned char *restrict um, int t, float scale, int C) {
+    for (int c = 0; c < C; c++) {
+        int masked = cand_item[c] == 0 || (um[c] != 0 && c != t);
+        row[c] = masked ? 0.0f : row[c] * scale;
+    }
+}
+
 static void ce_range(void *va, size_t lo, size_t hi) {
     const ce_args *a = va;
     const int C = a->C;
@@ -26,28 +87,11 @@ static void ce_range(void *va, size_t lo, size_t hi) {
         float *row = a->logits + q * C;
         const unsigned char *um = a->umask + (size_t)a->quser[q] * C;
         const int t = a->qtarget[q];
-        /* masked logits and their maximum */
-        float mx = -INFINITY;
-        for (int c = 0; c < C; c++) {
-            int masked = cand_item[c] == 0 || (um[c] != 0 && c != t);
-            row[c] = masked ? MASKED_LOGIT : row[c] - logpop[c];
-            if (row[c] > mx) mx = row[c];
-        }
-        const float zt = row[t];
-        double sum = 0.0;
-        for (int c = 0; c < C; c++) {
-            /* below -104 expf is +0 in fp32 (e^-104 < 2^-150); taking its underflow path for
-             * every masked candidate cost more than the rest of the loss */
-            float x = row[c] - mx;
-            row[c] = x < -104.0f ? 0.0f : expf(x);
-            sum += row[c];
-        }
+        const float mx = mask_max(row, logpop, cand_item, um, t, C), zt = row[t];
+        const double sum = exp_sum(row, mx, C);
         a->qloss[q] = (double)mx + log(sum) - (double)zt; /* log-sum-exp minus the target logit */
         const float scale = (float)(1.0 / sum) * invq;
-        for (int c = 0; c < C; c++) {
-            int masked = cand_item[c] == 0 || (um[c] != 0 && c != t);
-            row[c] = masked ? 0.0f : row[c] * scale;
-        }
+        scale_unmasked(row, cand_item, um, t, scale, C);
         if (cand_item[t] != 0) row[t] -= invq; /* a padding target stays constant */
     }
 }
