@@ -353,6 +353,9 @@ static void test_gemm_split(void) {
             for (int tb = 0; tb < 2; tb++) {
                 gemm_case(ta, tb, 203, 70, 100, 1, 0.5f, 0.25f, 60 + ta * 2 + tb);
                 gemm_case(ta, tb, 40, 301, 100, 2, 1.0f, 0.0f, 70 + ta * 2 + tb);
+                /* K cut into parts (C narrow, K longer than C is tall) */
+                gemm_case(ta, tb, 203, 64, 777, 1, 0.5f, 0.25f, 80 + ta * 2 + tb);
+                gemm_case(ta, tb, 150, 100, 600, 0, 1.0f, 0.0f, 90 + ta * 2 + tb);
             }
     }
     be = keep;

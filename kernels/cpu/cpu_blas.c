@@ -2,6 +2,8 @@
  * CBLAS), the small vector/bias ops as plain vectorisable loops. */
 #include <cblas.h>
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "kernels/cpu/cpu.h"
 
@@ -21,9 +23,11 @@ static CPU_VEC void scale_rows(float *C, int ldc, int M, int N, float beta) {
  * the backend is created) and each of the pool's threads takes a block of C's rows, or of its
  * columns when C is short and wide (a weight gradient). This replaces OpenBLAS's own threads,
  * whose idle workers spin on sched_yield after every call and so compete with the pool's
- * elementwise passes for the same cores (docs/benchmarks.md). Each element of C is still one
- * sgemm's dot product over all of K; the kernel's blocking of a part may differ from the
- * whole's, so results agree with an uncut call to rounding, not to the bit.
+ * elementwise passes for the same cores (docs/benchmarks.md). Cut by rows or columns, each
+ * element of C is still one sgemm's dot product over all of K; when C is narrow and K long,
+ * K is cut instead (gemm_ksplit, below) and the parts' products are added in part order. The
+ * kernel's blocking of a part may differ from the whole's, so results agree with an uncut call
+ * to rounding, not to the bit (and depend on the number of threads).
  * IISAN_BLAS_OWN_THREADS=1 (read at the backend's creation) keeps OpenBLAS's threads instead,
  * for comparison. */
 typedef struct {
@@ -46,6 +50,53 @@ static void gemm_block(void *arg, size_t lo, size_t hi) {
         cblas_sgemm(CblasRowMajor, g->ta, g->tb, g->M, n, g->K, g->alpha, g->A, g->lda,
                     g->B + (g->tb == CblasTrans ? lo * (size_t)g->ldb : lo), g->ldb, g->beta,
                     g->C + lo, g->ldc);
+}
+
+/* K cut in parts instead (C tall but narrow, K longer than C is tall: a SAN block's
+ * `in W_down^T`, 277 x 64 x 768): cutting C's rows would make every thread pack all of op(B)
+ * (here 768 x 64), cutting K makes each pack its part of both operands; part 0 goes into C
+ * with beta, part p > 0 into its own M x N of scratch, added into C after */
+typedef struct {
+    const gemm_job *g;
+    int parts;
+    float *scratch; /* (parts - 1) M x N */
+} ksplit_job;
+
+static void gemm_kpart(void *arg, size_t lo, size_t hi) {
+    const ksplit_job *j = arg;
+    const gemm_job *g = j->g;
+    for (size_t p = lo; p < hi; p++) {
+        /* whole 16-wide pieces of K, the last part takes what is left */
+        int per = (g->K / j->parts + 15) / 16 * 16, k0 = (int)p * per;
+        int k1 = p + 1 == (size_t)j->parts || k0 + per > g->K ? g->K : k0 + per;
+        if (k0 >= k1) { /* nothing left for this part: its scratch must still be zeros */
+            if (p) memset(j->scratch + (p - 1) * (size_t)g->M * g->N, 0,
+                          (size_t)g->M * g->N * sizeof(float));
+            continue;
+        }
+        const float *A = g->A + (g->ta == CblasTrans ? (size_t)k0 * g->lda : (size_t)k0);
+        const float *B = g->B + (g->tb == CblasTrans ? (size_t)k0 : (size_t)k0 * g->ldb);
+        float *C = p ? j->scratch + (p - 1) * (size_t)g->M * g->N : g->C;
+        cblas_sgemm(CblasRowMajor, g->ta, g->tb, g->M, g->N, k1 - k0, g->alpha, A, g->lda, B,
+                    g->ldb, p ? 0.0f : g->beta, C, p ? g->N : g->ldc);
+    }
+}
+
+static CPU_VEC void add_into(float *restrict C, int ldc, const float *restrict T, int M, int N) {
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++)
+            C[(size_t)i * ldc + j] += T[(size_t)i * N + j];
+}
+
+/* 1 when the K cut ran (0: no room for its scratch) */
+static int gemm_ksplit(iisan_backend *be, const gemm_job *g, int T) {
+    ksplit_job j = {g, T, malloc((size_t)(T - 1) * g->M * g->N * sizeof(float))};
+    if (!j.scratch) return 0;
+    cpu_par(be, (size_t)T, 1, gemm_kpart, &j);
+    for (int p = 1; p < T; p++) /* in part order: the same sum for any thread's timing */
+        add_into(g->C, g->ldc, j.scratch + (size_t)(p - 1) * g->M * g->N, g->M, g->N);
+    free(j.scratch);
+    return 1;
 }
 
 /* gemm_batched's products [lo, hi), each whole */
@@ -106,6 +157,8 @@ void cpu_gemm(iisan_backend *be, int ta, int tb, int M, int N, int K, float alph
         cblas_sgemm(CblasRowMajor, g.ta, g.tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
+    /* C narrow (at most 128 columns) and K longer than C is tall: cut K */
+    if (g.by_rows && N <= 128 && K > M && K >= 32 * T && gemm_ksplit(be, &g, T)) return;
     size_t n = (size_t)(g.by_rows ? M : N), per = (n + (size_t)T - 1) / (size_t)T;
     per = (per + 15) / 16 * 16; /* whole 16-wide blocks for the kernel */
     cpu_par(be, n, per, gemm_block, &g);
