@@ -70,8 +70,9 @@ static void gemm_kpart(void *arg, size_t lo, size_t hi) {
         int per = (g->K / j->parts + 15) / 16 * 16, k0 = (int)p * per;
         int k1 = p + 1 == (size_t)j->parts || k0 + per > g->K ? g->K : k0 + per;
         if (k0 >= k1) { /* nothing left for this part: its scratch must still be zeros */
-            if (p) memset(j->scratch + (p - 1) * (size_t)g->M * g->N, 0,
-                          (size_t)g->M * g->N * sizeof(float));
+            if (p)
+                memset(j->scratch + (p - 1) * (size_t)g->M * g->N, 0,
+                       (size_t)g->M * g->N * sizeof(float));
             continue;
         }
         const float *A = g->A + (g->ta == CblasTrans ? (size_t)k0 * g->lda : (size_t)k0);
