@@ -3,7 +3,6 @@
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "kernels/cpu/cpu.h"
 
@@ -58,7 +57,7 @@ static void gemm_block(void *arg, size_t lo, size_t hi) {
  * with beta, part p > 0 into its own M x N of scratch, added into C after */
 typedef struct {
     const gemm_job *g;
-    int parts;
+    int per;        /* K's part: whole 16-wide pieces, the last part what is left */
     float *scratch; /* (parts - 1) M x N */
 } ksplit_job;
 
@@ -66,15 +65,7 @@ static void gemm_kpart(void *arg, size_t lo, size_t hi) {
     const ksplit_job *j = arg;
     const gemm_job *g = j->g;
     for (size_t p = lo; p < hi; p++) {
-        /* whole 16-wide pieces of K, the last part takes what is left */
-        int per = (g->K / j->parts + 15) / 16 * 16, k0 = (int)p * per;
-        int k1 = p + 1 == (size_t)j->parts || k0 + per > g->K ? g->K : k0 + per;
-        if (k0 >= k1) { /* nothing left for this part: its scratch must still be zeros */
-            if (p)
-                memset(j->scratch + (p - 1) * (size_t)g->M * g->N, 0,
-                       (size_t)g->M * g->N * sizeof(float));
-            continue;
-        }
+        int k0 = (int)p * j->per, k1 = k0 + j->per < g->K ? k0 + j->per : g->K;
         const float *A = g->A + (g->ta == CblasTrans ? (size_t)k0 * g->lda : (size_t)k0);
         const float *B = g->B + (g->tb == CblasTrans ? (size_t)k0 : (size_t)k0 * g->ldb);
         float *C = p ? j->scratch + (p - 1) * (size_t)g->M * g->N : g->C;
@@ -91,10 +82,11 @@ static CPU_VEC void add_into(float *restrict C, int ldc, const float *restrict T
 
 /* 1 when the K cut ran (0: no room for its scratch) */
 static int gemm_ksplit(iisan_backend *be, const gemm_job *g, int T) {
-    ksplit_job j = {g, T, malloc((size_t)(T - 1) * g->M * g->N * sizeof(float))};
+    const int per = (g->K / T + 15) / 16 * 16, parts = (g->K + per - 1) / per; /* none empty */
+    ksplit_job j = {g, per, malloc((size_t)(parts - 1) * g->M * g->N * sizeof(float))};
     if (!j.scratch) return 0;
-    cpu_par(be, (size_t)T, 1, gemm_kpart, &j);
-    for (int p = 1; p < T; p++) /* in part order: the same sum for any thread's timing */
+    cpu_par(be, (size_t)parts, 1, gemm_kpart, &j);
+    for (int p = 1; p < parts; p++) /* in part order: the same sum for any thread's timing */
         add_into(g->C, g->ldc, j.scratch + (size_t)(p - 1) * g->M * g->N, g->M, g->N);
     free(j.scratch);
     return 1;

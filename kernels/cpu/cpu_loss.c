@@ -17,6 +17,11 @@ typedef struct {
     double *qloss; /* each query's loss, added in query order by the caller */
 } ce_args;
 
+/* candidate c is masked for query target t: padding, or an item of the user's (not the target) */
+static inline int masked(const int *cand_item, const unsigned char *um, int c, int t) {
+    return cand_item[c] == 0 || (um[c] != 0 && c != t);
+}
+
 /* the row's masked logits in place, and their maximum: the maximum of each of 16 lanes, then
  * of the lanes (a maximum is the same in any order, so this is the one a single running
  * maximum finds, without its chain of dependent comparisons) */
@@ -29,14 +34,12 @@ static CPU_VEC float mask_max(float *row, const float *logpop, const int *cand_i
     int c = 0;
     for (; c + LANES <= C; c += LANES)
         for (int l = 0; l < LANES; l++) {
-            int masked = cand_item[c + l] == 0 || (um[c + l] != 0 && c + l != t);
-            float x = masked ? MASKED_LOGIT : row[c + l] - logpop[c + l];
+            float x = masked(cand_item, um, c + l, t) ? MASKED_LOGIT : row[c + l] - logpop[c + l];
             row[c + l] = x;
             mx[l] = x > mx[l] ? x : mx[l];
         }
     for (int l = 0; c < C; c++, l++) {
-        int masked = cand_item[c] == 0 || (um[c] != 0 && c != t);
-        float x = masked ? MASKED_LOGIT : row[c] - logpop[c];
+        float x = masked(cand_item, um, c, t) ? MASKED_LOGIT : row[c] - logpop[c];
         row[c] = x;
         mx[l] = x > mx[l] ? x : mx[l];
     }
@@ -72,10 +75,8 @@ static CPU_VEC double exp_sum(float *restrict row, float mx, int C) {
 /* the gradient of the row's loss: softmax / Q at the unmasked candidates, 0 at the masked */
 static CPU_VEC void scale_unmasked(float *restrict row, const int *restrict cand_item,
                                    const unsigned char *restrict um, int t, float scale, int C) {
-    for (int c = 0; c < C; c++) {
-        int masked = cand_item[c] == 0 || (um[c] != 0 && c != t);
-        row[c] = masked ? 0.0f : row[c] * scale;
-    }
+    for (int c = 0; c < C; c++)
+        row[c] = masked(cand_item, um, c, t) ? 0.0f : row[c] * scale;
 }
 
 static void ce_range(void *va, size_t lo, size_t hi) {
