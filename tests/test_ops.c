@@ -1128,6 +1128,23 @@ static void test_adam(void) {
     CHECK(!memcmp(bw[0], bw[1], NB * sizeof(float)) && !memcmp(bm[0], bm[1], NB * sizeof(float)) &&
           !memcmp(bv[0], bv[1], NB * sizeof(float)));
     CHECKF(left == 0, "adam zero_g left %zu gradient elements", left);
+    /* m and v at offsets of different alignment (no element where both are on a 64-byte
+     * line's start: the whole range one element at a time) give the same bits too */
+    enum { NM = 4099 };
+    float *sw[2], *sm[2], *sv[2];
+    for (int k = 0; k < 2; k++) {
+        sw[k] = falloc(NM + 1), sm[k] = falloc(NM + 1), sv[k] = falloc(NM + 1);
+        memcpy(sw[k], bw[0], NM * sizeof(float));
+    }
+    for (int t = 1; t <= 2; t++) {
+        be->adam(be, sw[0], bg, sm[0], sv[0], NM, 1e-3f, 0.9f, 0.999f, 1e-8f, t, 0);
+        be->adam(be, sw[1], bg, sm[1] + 1, sv[1], NM, 1e-3f, 0.9f, 0.999f, 1e-8f, t, 0);
+    }
+    CHECK(!memcmp(sw[0], sw[1], NM * sizeof(float)) &&
+          !memcmp(sm[0], sm[1] + 1, NM * sizeof(float)) &&
+          !memcmp(sv[0], sv[1], NM * sizeof(float)));
+    for (int k = 0; k < 2; k++)
+        bfree(sw[k]), bfree(sm[k]), bfree(sv[k]);
     bfree(bz);
     for (int k = 0; k < 2; k++)
         bfree(bw[k]), bfree(bm[k]), bfree(bv[k]);
