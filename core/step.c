@@ -79,19 +79,32 @@ static int batch_build(batch_host *b, const iisan_model *m, const int32_t *seqs,
                 Q++;
             }
         }
-        /* umask[u, c]: candidate c's item occurs in user u's sequence */
-        unsigned char *um = b->umask + (size_t)u * C;
-        for (int c = 0; c < C; c++) {
-            int32_t it = seqs[c];
-            if (!it) continue;
-            for (int j = 0; j < L; j++)
-                if (s[j] == it) {
-                    um[c] = 1;
-                    break;
-                }
-        }
     }
     b->Q = Q;
+    /* umask[u, c]: candidate c's item occurs in user u's sequence. The slots of each distinct
+     * item, grouped by a counting sort of cand_idx (slots[first[q] .. first[q+1]) hold item
+     * q's), then per user the slots of each of its items: O(C) where a scan of every slot
+     * against every position was O(B C L) */
+    int *first = calloc((size_t)2 * nu + 1 + C, sizeof *first);
+    if (!first) return -1;
+    int *fill = first + nu + 1, *slots = fill + nu;
+    for (int c = 0; c < C; c++)
+        first[b->cand_idx[c] + 1]++;
+    for (int q = 0; q < nu; q++)
+        fill[q] = first[q + 1] += first[q];
+    for (int c = C - 1; c >= 0; c--) /* fill[q] counts down from the end of q's group */
+        slots[--fill[b->cand_idx[c]]] = c;
+    for (int u = 0; u < B; u++) {
+        const int32_t *s = seqs + (size_t)u * L;
+        unsigned char *um = b->umask + (size_t)u * C;
+        for (int j = 0; j < L; j++) {
+            if (!s[j]) continue; /* padding is never masked */
+            const int q = b->cand_idx[u * L + j];
+            for (int k = first[q]; k < first[q + 1]; k++)
+                um[slots[k]] = 1;
+        }
+    }
+    free(first);
     return 0;
 }
 
