@@ -456,6 +456,22 @@ static void test_vector_ops(void) {
     }
     be->bias_grad(be, db, X, ld, rows, cols);
     check_array("bias_grad (accumulates)", db, wdb, cols, 1e-6, 1e-6);
+    { /* tall and wide enough for the pool: blocks of 64 columns, the last one short */
+        const int wr = 300, wc = 160, wld = 166;
+        float *WX = falloc((size_t)wr * wld), *wdbf = falloc(wc);
+        double *want = dalloc(wc);
+        fill(WX, (size_t)wr * wld, 78, -1, 1);
+        fill(wdbf, wc, 79, -1, 1);
+        for (int c = 0; c < wc; c++) {
+            want[c] = wdbf[c];
+            for (int r = 0; r < wr; r++)
+                want[c] += WX[r * wld + c];
+        }
+        be->bias_grad(be, wdbf, WX, wld, wr, wc);
+        check_array("bias_grad 300 x 160", wdbf, want, wc, 1e-4, 1e-5);
+        bfree(WX), bfree(wdbf);
+        free(want);
+    }
     be->add_bias(be, X, ld, bias, rows, cols);
     check_array("add_bias", X, wx, (size_t)rows * ld, 1e-6, 1e-6);
 
