@@ -48,7 +48,7 @@ endif
 include kernels/cuda/cuda.mk
 endif
 
-.PHONY: all test test-coretype bench-train bench-gemm bench-encode bench-gpu bench-serve bench-tpme fuzz run clean format
+.PHONY: all test test-coretype bench-train bench-gemm bench-ops bench-encode bench-gpu bench-serve bench-tpme fuzz run clean format
 .SECONDARY:
 all: $(BUILD)/iisan
 
@@ -106,6 +106,10 @@ bench-train: $(BUILD)/bench_train
 # the training step's SAN and head GEMMs one shape at a time, fp32 and bf16 (developers)
 bench-gemm: $(BUILD)/bench_gemm
 	$(BUILD)/bench_gemm
+
+# the step's largest non-GEMM ops one at a time, operands in cache and out of it (developers)
+bench-ops: $(BUILD)/bench_ops
+	$(BUILD)/bench_ops
 
 # all-MiniLM-L6-v2: iisan encode vs Hugging Face on Scientific titles (developers: needs torch)
 bench-encode: $(BUILD)/iisan

@@ -103,6 +103,7 @@ static void att_fwd_range(void *va, size_t b0, size_t b1) {
                 float *o = out + ((size_t)b * n + i) * d + (size_t)h * dh;
                 memset(o, 0, (size_t)dh * sizeof *o);
                 for (int j = 0; j < n; j++) {
+                    if (P[j] == 0.0f) continue; /* masked: no draw, no product */
                     float w = P[j] * keep_scale(key, prow + j, p, inv_keep);
                     if (w == 0.0f) continue;
                     axpy(o, w, base + (size_t)j * ld + 2 * d + (size_t)h * dh, dh);
@@ -150,6 +151,10 @@ static void att_bwd_range(void *va, size_t b0, size_t b1) {
                 const float *go = dout + ((size_t)b * n + i) * d + (size_t)h * dh;
                 double pdp = 0.0;
                 for (int j = 0; j < n; j++) {
+                    if (P[j] == 0.0f) { /* masked (or exp underflowed): adds nothing below */
+                        dP[j] = 0.0f;
+                        continue;
+                    }
                     float ks = keep_scale(key, prow + j, p, inv_keep);
                     const float *v = base + (size_t)j * ld + 2 * d + (size_t)h * dh;
                     float *dv = dbase + (size_t)j * ld + 2 * d + (size_t)h * dh;
