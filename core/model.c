@@ -46,7 +46,11 @@ static void layout(iisan_model *m, carver *cv) {
         }
         /* IISAN: every modality's K (+ 1) gathered states in one block, which gather_states
          * carves per batch so that one gather_half fills them all */
-        if (!versa) m->xs_block = F((size_t)N_MODS * (c->K + c->remove_first) * U * c->D);
+        if (!versa && m->half_states) {
+            m->xs_block = F((size_t)N_MODS * c->remove_first * U * c->D);
+            m->xs16_block = carve(cv, (size_t)N_MODS * c->K * U * c->D * sizeof(uint16_t));
+        } else if (!versa)
+            m->xs_block = F((size_t)N_MODS * (c->K + c->remove_first) * U * c->D);
         for (int t = 0; t < N_TOWERS; t++) {
             tower_ws *ws = &m->tw[t];
             memset(ws, 0, sizeof *ws);
@@ -147,6 +151,10 @@ iisan_model *model_create(const iisan_config *c, iisan_backend *be, int cap_user
     /* the towers run on chunks of rows (the backward's scratch is sized by one): a training
      * batch's distinct items (at most 64 x 11) fit in one, so every GEMM sees all of them */
     m->chunk_rows = m->cap_items < 1024 ? m->cap_items : 1024;
+    /* the K states of a batch kept as fp16 where the backend's gates read them so (half the
+     * bytes to gather, and to read again in the forward and the backward) */
+    m->half_states = c->kind == MODEL_IISAN && c->arch != ARCH_VERSA && be->gate_bias_fwd_h &&
+                     be->gate_bwd_mix_h && be->gather_half16 && !getenv("IISAN_FP32_STATES");
     if (params_build(&m->pt, c)) {
         snprintf(err, errlen, "cannot build the parameter table");
         free(m);

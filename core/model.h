@@ -75,6 +75,12 @@ typedef struct iisan_model {
     float *xs[2][IISAN_MAX_SCHED]; /* (U, D) gathered states [modality][k] */
     float *x0[2];                  /* (U, D) state 0 (remove-first) */
     float *xs_block;               /* IISAN: where xs and x0 are carved, per batch */
+    /* IISAN on a backend with the fp16 gates (gate_bias_fwd_h, ...): the K states of each
+     * modality stay fp16, (U, D) halves each, carved from xs16_block per batch (x0, the
+     * running state's start, is still fp32 in xs_block); xs is then unused */
+    int half_states;
+    uint16_t *xs16[2][IISAN_MAX_SCHED];
+    uint16_t *xs16_block;
     tower_ws tw[N_TOWERS];
     float *zcat;                /* (U, nt*d) */
     float *emb;                 /* (U, d) item embeddings of the batch's distinct items */
@@ -141,6 +147,7 @@ void tower_backward(iisan_model *m, int U);
 /* a SAN block's gate operands (gate_fwd's c, a, b and its scalar p): in = c + s a + (1-s) b */
 typedef struct {
     const float *c, *a, *b, *gate;
+    const uint16_t *ha, *hb; /* fp16 states in place of a (and of b), when ha is set */
 } tower_gate_in;
 /* one SAN block on rows r0 .. r0+R-1: in = the gate's mix of g (into m->gin), then
  * h = in + W_up act(W_down in + b_down) + b_up into ws->h[k] */

@@ -16,13 +16,18 @@ static int need_mod(const iisan_config *c, int mod) {
 
 /* every state the towers read, each modality's x0 (remove-first) and xs[k] carved in turn
  * from m->xs_block at this batch's U rows apiece, in one gather_half (one hand-off to the
- * pool, or one launch) */
+ * pool, or one launch); with half_states the xs[k] are fp16, carved from m->xs16_block and
+ * filled by one gather_half16, and x0 alone is converted */
 static void gather_states(iisan_model *m, const uint32_t *cat, int U, const iisan_states *st) {
     const iisan_config *c = &m->c;
     iisan_backend *be = m->be;
     const size_t D = (size_t)c->D;
+    const int half = m->half_states;
     const uint16_t **base = m->rows, **rows = m->rows + U;
-    int n = 0;
+    /* rows converted (n of them, from rows[0]) and copied as fp16 (n16, from rows[first16],
+     * past the at most N_MODS x0's U rows) */
+    int n = 0, n16 = 0;
+    const int first16 = N_MODS * U;
     for (int mod = 0; mod < 2; mod++) {
         if (!need_mod(c, mod)) continue;
         for (int u = 0; u < U; u++)
@@ -30,15 +35,24 @@ static void gather_states(iisan_model *m, const uint32_t *cat, int U, const iisa
         /* base[] now holds each item's block; step it to each scheduled state */
         for (int k = -1; k < c->K; k++) {
             if (k < 0 && !c->remove_first) continue;
-            float *dst = m->xs_block + (size_t)n * D;
-            *(k < 0 ? &m->x0[mod] : &m->xs[mod][k]) = dst;
             const size_t s = k < 0 ? 0 : (size_t)c->sched[k] * D;
+            const uint16_t **r;
+            if (k >= 0 && half) {
+                m->xs16[mod][k] = m->xs16_block + (size_t)n16 * D;
+                r = rows + first16 + n16;
+                n16 += U;
+            } else {
+                float *dst = m->xs_block + (size_t)n * D;
+                *(k < 0 ? &m->x0[mod] : &m->xs[mod][k]) = dst;
+                r = rows + n;
+                n += U;
+            }
             for (int u = 0; u < U; u++)
-                rows[n + u] = base[u] ? base[u] + s : NULL;
-            n += U;
+                r[u] = base[u] ? base[u] + s : NULL;
         }
     }
-    be->gather_half(be, m->xs_block, rows, n, c->D);
+    if (n) be->gather_half(be, m->xs_block, rows, n, c->D);
+    if (n16) be->gather_half16(be, m->xs16_block, rows + first16, n16, c->D);
     if (st->release) { /* the blocks are copied: a store reader may end its transaction */
         be->sync(be);
         states_release(st);
@@ -51,8 +65,12 @@ void tower_block_forward(iisan_model *m, const san_block_v *w, tower_ws *ws, int
     const int r = m->c.r;
     const size_t o = (size_t)r0 * D, orr = (size_t)r0 * r;
     /* in, and h = in + b_up, in one pass */
-    be->gate_bias_fwd(be, m->gin, ws->h[k] + o, g->c, g->a, g->b, g->gate, m->c.gate_temp, w->up_b,
-                      R, D);
+    if (g->ha)
+        be->gate_bias_fwd_h(be, m->gin, ws->h[k] + o, g->c, g->ha, g->hb, g->b, g->gate,
+                            m->c.gate_temp, w->up_b, R, D);
+    else
+        be->gate_bias_fwd(be, m->gin, ws->h[k] + o, g->c, g->a, g->b, g->gate, m->c.gate_temp,
+                          w->up_b, R, D);
     be->gemm_mixed(be, 0, 1, R, r, D, 1, m->gin, D, w->down_w, D, 0, ws->a[k] + orr, r);
     be->add_bias(be, ws->a[k] + orr, r, w->down_b, R, r);
     be->act_fwd(be, m->c.act, ws->act[k] + orr, ws->a[k] + orr, (size_t)R * r);
@@ -73,9 +91,18 @@ static tower_gate_in tower_gate_operands(const iisan_model *m, int t, int k, siz
         prev = ws->h0 + o;
     else if (t != TOWER_INTER && c->remove_first)
         prev = m->x0[tower_mod(t)] + o;
+    if (m->half_states) {
+        if (t == TOWER_INTER)
+            return (tower_gate_in){.c = prev,
+                                   .gate = gate,
+                                   .ha = m->xs16[MOD_IMAGE][k] + o,
+                                   .hb = m->xs16[MOD_TEXT][k] + o};
+        return (tower_gate_in){.b = prev, .gate = gate, .ha = m->xs16[tower_mod(t)][k] + o};
+    }
     if (t == TOWER_INTER)
-        return (tower_gate_in){prev, m->xs[MOD_IMAGE][k] + o, m->xs[MOD_TEXT][k] + o, gate};
-    return (tower_gate_in){NULL, m->xs[tower_mod(t)][k] + o, prev, gate};
+        return (tower_gate_in){
+            .c = prev, .a = m->xs[MOD_IMAGE][k] + o, .b = m->xs[MOD_TEXT][k] + o, .gate = gate};
+    return (tower_gate_in){.a = m->xs[tower_mod(t)][k] + o, .b = prev, .gate = gate};
 }
 
 /* tower t on rows r0 .. r0+R-1, its z into columns off .. off+d-1 of zcat */
@@ -165,8 +192,12 @@ void tower_block_backward(iisan_model *m, const san_block_v *bw, const san_block
     be->gemm_mixed(be, 0, 0, R, D, r, 1, m->dpre, r, bw->down_w, D, 1, cur, D); /* d in */
     /* the gate's gradients from d in and, in the same pass, the block's input again as the
      * forward mixed it (not kept), for dW_down */
-    be->gate_bwd_mix(be, m->gin, da, db, dgate, cur, gi->c, gi->a, gi->b, gi->gate, m->c.gate_temp,
-                     (size_t)R * D);
+    if (gi->ha) /* the states take no gradient: no da (nor db of fp16 states) */
+        be->gate_bwd_mix_h(be, m->gin, gi->hb ? NULL : db, dgate, cur, gi->c, gi->ha, gi->hb, gi->b,
+                           gi->gate, m->c.gate_temp, (size_t)R * D);
+    else
+        be->gate_bwd_mix(be, m->gin, da, db, dgate, cur, gi->c, gi->a, gi->b, gi->gate,
+                         m->c.gate_temp, (size_t)R * D);
     be->gemm_mixed(be, 1, 0, r, D, R, 1, m->dpre, r, m->gin, D, 1, bg->down_w, D);
 }
 

@@ -74,10 +74,10 @@ static tower_gate_in versa_gate_operands(iisan_model *m, int t, int k, int r0, i
         prev = m->tw[t].h[k - 1] + o;
     else if (t != TOWER_INTER && c->mods[mod].remove_first)
         prev = m->x0[mod] + o;
-    if (t != TOWER_INTER) return (tower_gate_in){NULL, m->xs[mod][k] + o, prev, gate};
+    if (t != TOWER_INTER) return (tower_gate_in){.a = m->xs[mod][k] + o, .b = prev, .gate = gate};
     const float *tk, *vk;
     inter_inputs(m, k, r0, R, project, &tk, &vk);
-    return (tower_gate_in){prev, vk, tk, gate};
+    return (tower_gate_in){.c = prev, .a = vk, .b = tk, .gate = gate};
 }
 
 /* tower t on rows r0 .. r0+R-1, its z into columns off .. off+d-1 of zcat */

@@ -144,6 +144,18 @@ struct iisan_backend {
     void (*gate_bwd_mix)(iisan_backend *be, float *out, float *da, float *db, float *dp,
                          const float *dout, const float *c, const float *a, const float *b,
                          const float *p, float temp, size_t n);
+    /* Optional (NULL where a backend has none; core/tower.c then gathers the states to fp32):
+     * gate_bias_fwd and gate_bwd_mix with the hidden states read as fp16, so that a batch's
+     * gathered states take half the bytes. a is fp16 (ha, required); b is fp16 when hb is set,
+     * else the fp32 b (NULL: zeros). A half converts to a float exactly, so these give the
+     * fp32 ops' bits on the converted values. gate_bwd_mix_h writes no da (states take no
+     * gradient), and db = (1-s)*dout only for an fp32 b (skipped when NULL). */
+    void (*gate_bias_fwd_h)(iisan_backend *be, float *out, float *h, const float *c,
+                            const uint16_t *ha, const uint16_t *hb, const float *b, const float *p,
+                            float temp, const float *bias, int rows, int cols);
+    void (*gate_bwd_mix_h)(iisan_backend *be, float *out, float *db, float *dp, const float *dout,
+                           const float *c, const uint16_t *ha, const uint16_t *hb, const float *b,
+                           const float *p, float temp, size_t n);
 
     /* ---- normalisation ---- */
     /* y = (x - mean) * rstd * g + b per row of [rows, cols]; saves mean, rstd [rows] */
@@ -197,6 +209,9 @@ struct iisan_backend {
      * read (host memory for cpu; device-resident catalogue for cuda). */
     void (*gather_half)(iisan_backend *be, float *dst, const uint16_t *const *rows, int n,
                         int cols);
+    /* Optional (with the _h gates): gather_half's rows copied as fp16, unconverted */
+    void (*gather_half16)(iisan_backend *be, uint16_t *dst, const uint16_t *const *rows, int n,
+                          int cols);
     /* dst[i, :] = src[idx[i], :]  (cols wide, both contiguous) */
     void (*gather_rows)(iisan_backend *be, float *dst, const float *src, const int *idx, int n,
                         int cols);

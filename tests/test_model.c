@@ -238,6 +238,70 @@ static void test_train_step(void) {
     free(ms.data);
 }
 
+static int32_t blk_items_all[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+
+/* the batch's states kept fp16 (the CPU backend's gate_bias_fwd_h / gate_bwd_mix_h) against
+ * them converted to fp32 (IISAN_FP32_STATES, read by model_create): the same losses,
+ * parameters and moments to the bit over 4 training steps and an item-embedding pass, in the
+ * configurations whose gates read states differently (the inter tower's two, remove-first's
+ * x0 as the intra towers' first running state and, under version 1, the inter tower's u_0) */
+static void half_states_case(const iisan_config *c, const iisan_states *st, const char *what) {
+    iisan_backend *be = iisan_backend_cpu(2);
+    char err[256];
+    iisan_model *h = model_create(c, be, 3, 7, err, sizeof err);
+    setenv("IISAN_FP32_STATES", "1", 1);
+    iisan_model *f = model_create(c, be, 3, 7, err, sizeof err);
+    unsetenv("IISAN_FP32_STATES");
+    CHECKF(h && f, "%s: %s", what, err);
+    if (!h || !f) return;
+    CHECKF(h->half_states && !f->half_states, "%s: half_states %d / %d", what, h->half_states,
+           f->half_states);
+    randomise(h, 31);
+    randomise(f, 31);
+    float lr[LR_NGROUPS];
+    for (int i = 0; i < LR_NGROUPS; i++)
+        lr[i] = 1e-3f;
+    int same = 1;
+    for (int s = 0; s < 4; s++) {
+        float lh =
+            model_train_step(h, seqs, 3, logpop, item_cat, st, 600 + s, lr, 0.9f, 0.999f, 1e-8f);
+        float lf =
+            model_train_step(f, seqs, 3, logpop, item_cat, st, 600 + s, lr, 0.9f, 0.999f, 1e-8f);
+        same &= lh == lf;
+    }
+    const size_t bytes = h->pt.total * sizeof(float);
+    CHECKF(same, "%s: losses differ", what);
+    CHECKF(!memcmp(h->w, f->w, bytes) && !memcmp(h->m, f->m, bytes) && !memcmp(h->v, f->v, bytes),
+           "%s: parameters or moments differ", what);
+    tower_forward(h, blk_items_all, item_cat, 8, st);
+    tower_forward(f, blk_items_all, item_cat, 8, st);
+    CHECKF(!memcmp(h->emb, f->emb, (size_t)8 * c->d * sizeof(float)), "%s: item embeddings differ",
+           what);
+    model_destroy(h);
+    model_destroy(f);
+    be->destroy(be);
+}
+
+static void test_half_states(void) {
+    iisan_config c;
+    small_config(&c);
+    mem_states ms;
+    mem_init(&ms, c.nstates, c.D, 99);
+    iisan_states st = {mem_get, &ms, NULL, NULL};
+    half_states_case(&c, &st, "default");
+    c.remove_first = 1;
+    c.act = IISAN_ACT_GELU;
+    for (int rules = IISAN_RULES_V1; rules <= IISAN_RULES_V2; rules++) {
+        c.inter_start = rules;
+        half_states_case(&c, &st,
+                         rules == IISAN_RULES_V1 ? "remove-first, u_0 v1" : "remove-first, v2");
+    }
+    small_config(&c);
+    c.towers = 1 << TOWER_TEXT;
+    half_states_case(&c, &st, "text only");
+    free(ms.data);
+}
+
 /* ---- block-level checks: the item encoder alone and the sequence encoder
  * alone, objective L = sum(out * R) for a fixed random R ---- */
 static float R_[64 * 8];
@@ -399,6 +463,7 @@ int main(int argc, char **argv) {
     RUN(test_determinism_and_descent);
     RUN(test_row_chunks);
     RUN(test_train_step);
+    RUN(test_half_states);
     RUN(test_blocks);
     TEST_MAIN_END();
 }

@@ -770,6 +770,69 @@ static void test_gate_bwd_mix(void) {
         bfree(db), bfree(wda), bfree(wdb), bfree(dp), bfree(wdp), bfree(a2);
 }
 
+/* the gates with fp16 states (gate_bias_fwd_h, gate_bwd_mix_h) and gather_half16 against
+ * the fp32 ops on the converted values: the same bits, b as fp16, fp32 or absent, c present
+ * or not; rows wider than the ops' 512-element stretches, several 2048-element blocks */
+static void test_gate_half(void) {
+    enum { ROWS = 9, COLS = 1100, N = ROWS * COLS };
+    uint16_t *ha = be->alloc(be, N * sizeof *ha), *hb = be->alloc(be, N * sizeof *hb);
+    float *c = falloc(N), *a = falloc(N), *b = falloc(N), *fb = falloc(N), *p = falloc(1);
+    float *bias = falloc(COLS), *dout = falloc(N), *out = falloc(N), *h = falloc(N);
+    float *wout = falloc(N), *wh = falloc(N), *db = falloc(N), *wdb = falloc(N), *dp = falloc(1),
+          *wdp = falloc(1);
+    fill(a, N, 130, -3, 3);
+    fill(b, N, 131, -3, 3);
+    iisan_cpu_float_to_half(ha, a, N);
+    iisan_cpu_float_to_half(hb, b, N);
+    iisan_cpu_half_to_float(a, ha, N); /* a and b: exactly the halves' values */
+    iisan_cpu_half_to_float(b, hb, N);
+    fill(fb, N, 132, -1, 1);
+    fill(c, N, 133, -1, 1);
+    fill(bias, COLS, 134, -1, 1);
+    fill(dout, N, 135, -1, 1);
+    p[0] = 0.3f;
+    for (int mode = 0; mode < 6; mode++) { /* c: mode & 1; b: fp16, fp32, none */
+        const float *cc = mode & 1 ? c : NULL;
+        const int bm = mode / 2;
+        const uint16_t *hbb = bm == 0 ? hb : NULL;
+        const float *fbb = bm == 1 ? fb : NULL, *wb = bm == 0 ? b : fbb;
+        char what[64];
+        be->gate_bias_fwd(be, wout, wh, cc, a, wb, p, 0.7f, bias, ROWS, COLS);
+        fill(out, N, 136, -9, 9);
+        fill(h, N, 137, -9, 9);
+        be->gate_bias_fwd_h(be, out, h, cc, ha, hbb, fbb, p, 0.7f, bias, ROWS, COLS);
+        snprintf(what, sizeof what, "gate_bias_fwd_h out, mode %d", mode);
+        check_same(what, out, wout, N);
+        snprintf(what, sizeof what, "gate_bias_fwd_h h, mode %d", mode);
+        check_same(what, h, wh, N);
+        wdp[0] = dp[0] = 0.125f;
+        be->gate_bwd_mix(be, wout, NULL, fbb ? wdb : NULL, wdp, dout, cc, a, wb, p, 0.7f, N);
+        fill(out, N, 138, -9, 9);
+        fill(db, N, 139, -9, 9);
+        be->gate_bwd_mix_h(be, out, fbb ? db : NULL, dp, dout, cc, ha, hbb, fbb, p, 0.7f, N);
+        snprintf(what, sizeof what, "gate_bwd_mix_h out, mode %d", mode);
+        check_same(what, out, wout, N);
+        snprintf(what, sizeof what, "gate_bwd_mix_h dp, mode %d", mode);
+        check_same(what, dp, wdp, 1);
+        if (fbb) check_same("gate_bwd_mix_h db (fp32 b)", db, wdb, N);
+    }
+    /* gather_half16: rows copied as they are, a NULL row as zeros */
+    const uint16_t *rows[ROWS];
+    for (int i = 0; i < ROWS; i++)
+        rows[i] = i == 4 ? NULL : ha + (size_t)((i * 5) % ROWS) * COLS;
+    uint16_t *g16 = be->alloc(be, N * sizeof *g16);
+    memset(g16, 0xff, N * sizeof *g16);
+    be->gather_half16(be, g16, rows, ROWS, COLS);
+    int bad = 0;
+    for (int i = 0; i < ROWS; i++)
+        for (int j = 0; j < COLS; j++)
+            bad += g16[i * COLS + j] != (rows[i] ? rows[i][j] : 0);
+    CHECKF(bad == 0, "gather_half16: %d halves differ", bad);
+    be->free(be, ha), be->free(be, hb), be->free(be, g16);
+    bfree(c), bfree(a), bfree(b), bfree(fb), bfree(p), bfree(bias), bfree(dout), bfree(out),
+        bfree(h), bfree(wout), bfree(wh), bfree(db), bfree(wdb), bfree(dp), bfree(wdp);
+}
+
 /* ----------------------------------------------------------- normalisation */
 
 typedef struct {
@@ -1351,6 +1414,7 @@ int main(int argc, char **argv) {
     RUN(test_gate);
     RUN(test_gate_bias);
     RUN(test_gate_bwd_mix);
+    RUN(test_gate_half);
     RUN(test_layernorm);
     RUN(test_softmax_rows);
     RUN(test_attention);

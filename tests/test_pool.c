@@ -164,6 +164,22 @@ static void run_elementwise(iisan_backend *be, outputs *o) {
     keep(o, out, NE);
     keep(o, c, NE);
     keep(o, &dp, 1);
+    /* the fp16-state gates: a and b as halves of x and y */
+    uint16_t *hx = be->alloc(be, NE * sizeof *hx), *hy = be->alloc(be, NE * sizeof *hy);
+    iisan_cpu_float_to_half(hx, x, NE);
+    iisan_cpu_float_to_half(hy, y, NE);
+    float *hh = rnd(be, NE, 24), *hbias = rnd(be, 100, 25);
+    be->gate_bias_fwd_h(be, out, hh, c, hx, hy, NULL, p, 0.7f, hbias, NE / 100, 100);
+    keep(o, out, NE);
+    keep(o, hh, NE);
+    be->gate_bias_fwd_h(be, out, hh, NULL, hx, NULL, y, p, 0.7f, hbias, NE / 100, 100);
+    keep(o, hh, NE);
+    float hdp = 0;
+    be->gate_bwd_mix_h(be, out, c, &hdp, y, NULL, hx, NULL, x, p, 0.7f, NE);
+    keep(o, out, NE);
+    keep(o, c, NE);
+    keep(o, &hdp, 1);
+    be->free(be, hx), be->free(be, hy), be->free(be, hh), be->free(be, hbias);
     be->adam(be, x, y, c, out, NE, 1e-3f, 0.9f, 0.999f, 1e-8f, 3, 0);
     keep(o, x, NE);
     keep(o, c, NE);

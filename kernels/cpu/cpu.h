@@ -68,6 +68,9 @@ enum {
     CPU_OP_ZERO,
     CPU_OP_UPLOAD,
     CPU_OP_DOWNLOAD,
+    CPU_OP_GATE_BIAS_FWD_H,
+    CPU_OP_GATE_BWD_MIX_H,
+    CPU_OP_GATHER_HALF16,
     CPU_N_OPS
 };
 typedef struct {
@@ -128,6 +131,12 @@ void cpu_gate_bwd(iisan_backend *be, float *da, float *db, float *dp, const floa
 void cpu_gate_bwd_mix(iisan_backend *be, float *out, float *da, float *db, float *dp,
                       const float *dout, const float *c, const float *a, const float *b,
                       const float *p, float temp, size_t n);
+void cpu_gate_bias_fwd_h(iisan_backend *be, float *out, float *h, const float *c,
+                         const uint16_t *ha, const uint16_t *hb, const float *b, const float *p,
+                         float temp, const float *bias, int rows, int cols);
+void cpu_gate_bwd_mix_h(iisan_backend *be, float *out, float *db, float *dp, const float *dout,
+                        const float *c, const uint16_t *ha, const uint16_t *hb, const float *b,
+                        const float *p, float temp, size_t n);
 
 /* ---- cpu_norm.c ---- */
 void cpu_layernorm_fwd(iisan_backend *be, float *y, float *mean, float *rstd, const float *x,
@@ -155,6 +164,8 @@ void cpu_adam(iisan_backend *be, float *w, float *g, float *m, float *v, size_t 
 
 /* ---- cpu_data.c ---- */
 void cpu_gather_half(iisan_backend *be, float *dst, const uint16_t *const *rows, int n, int cols);
+void cpu_gather_half16(iisan_backend *be, uint16_t *dst, const uint16_t *const *rows, int n,
+                       int cols);
 void cpu_gather_rows(iisan_backend *be, float *dst, const float *src, const int *idx, int n,
                      int cols);
 void cpu_scatter_add_rows(iisan_backend *be, float *dst, const float *src, const int *idx, int n,

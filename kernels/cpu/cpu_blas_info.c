@@ -197,8 +197,8 @@ int blas_refuse_generic(const blas_info *bi, const char *who) {
             "with %s; every GEMM would run at a fraction of this machine's rate. Unset "
             "OPENBLAS_CORETYPE if it is set (iisan then picks the core type from the CPU's "
             "features), or set it to %s, the core type for this CPU.\n",
-            who, bi->library, bi->core, blas_tier_name(bi->core_tier),
-            blas_tier_name(bi->cpu_tier), want ? want : "one this CPU can run");
+            who, bi->library, bi->core, blas_tier_name(bi->core_tier), blas_tier_name(bi->cpu_tier),
+            want ? want : "one this CPU can run");
     return 1;
 }
 

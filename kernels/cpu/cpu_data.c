@@ -50,6 +50,34 @@ void cpu_gather_half(iisan_backend *be, float *dst, const uint16_t *const *rows,
     if (n > 0 && cols > 0) cpu_par(be, (size_t)n, 8, gather_half_range, &a);
 }
 
+typedef struct {
+    uint16_t *dst;
+    const uint16_t *const *rows;
+    int cols;
+} half16_args;
+
+static void gather_half16_range(void *va, size_t lo, size_t hi) {
+    const half16_args *a = va;
+    const size_t bytes = (size_t)a->cols * sizeof *a->dst;
+    for (size_t i = lo; i < hi && i < lo + GATHER_AHEAD; i++)
+        if (a->rows[i]) prefetch_row(a->rows[i], a->cols);
+    for (size_t i = lo; i < hi; i++) {
+        if (i + GATHER_AHEAD < hi && a->rows[i + GATHER_AHEAD])
+            prefetch_row(a->rows[i + GATHER_AHEAD], a->cols);
+        uint16_t *d = a->dst + i * a->cols;
+        if (a->rows[i])
+            memcpy(d, a->rows[i], bytes);
+        else
+            memset(d, 0, bytes);
+    }
+}
+
+void cpu_gather_half16(iisan_backend *be, uint16_t *dst, const uint16_t *const *rows, int n,
+                       int cols) {
+    half16_args a = {dst, rows, cols};
+    if (n > 0 && cols > 0) cpu_par(be, (size_t)n, 8, gather_half16_range, &a);
+}
+
 static void gather_rows_range(void *va, size_t lo, size_t hi) {
     const rows_args *a = va;
     size_t bytes = (size_t)a->cols * sizeof *a->dst;

@@ -284,3 +284,100 @@ void cpu_gate_bwd(iisan_backend *be, float *da, float *db, float *dp, const floa
                   const float *a, const float *b, const float *p, float temp, size_t n) {
     cpu_gate_bwd_mix(be, NULL, da, db, dp, dout, NULL, a, b, p, temp, n);
 }
+
+/* ---- the gates with fp16 states (gate_bias_fwd_h, gate_bwd_mix_h) ----
+ * Each stretch of a (and of an fp16 b) is converted into a buffer on the stack, then the fp32
+ * gates' own row and block functions run on it: a half's float is exact, so the bits are
+ * theirs, stretch by stretch as element by element. */
+enum { HALF_SEG = 512 };
+
+typedef struct {
+    float *out, *h, *db;
+    const float *c, *b, *bias, *dout;
+    const uint16_t *ha, *hb;
+    float s;
+    size_t cols, n;
+    double *part;
+} gate_half_args;
+
+static void gate_bias_half_range(void *va, size_t lo, size_t hi) {
+    const gate_half_args *g = va;
+    const size_t cols = g->cols;
+    float abuf[HALF_SEG], bbuf[HALF_SEG];
+    for (size_t r = lo; r < hi; r++)
+        for (size_t j = 0; j < cols; j += HALF_SEG) {
+            const size_t len = cols - j < HALF_SEG ? cols - j : HALF_SEG, o = r * cols + j;
+            iisan_cpu_half_to_float(abuf, g->ha + o, len);
+            const float *b = g->b ? g->b + o : NULL, *c = g->c ? g->c + o : NULL;
+            if (g->hb) {
+                iisan_cpu_half_to_float(bbuf, g->hb + o, len);
+                b = bbuf;
+            }
+            if (b) { /* gate_bias_range's two paths on the same values */
+                mix_bias_row(g->out + o, g->h + o, c, abuf, g->s, b, 1.0f - g->s, g->bias + j,
+                             (int)len);
+            } else {
+                lin3(g->out + o, c, abuf, g->s, NULL, 1.0f - g->s, len);
+                add_row(g->h + o, g->out + o, g->bias + j, (int)len);
+            }
+        }
+}
+
+void cpu_gate_bias_fwd_h(iisan_backend *be, float *out, float *h, const float *c,
+                         const uint16_t *ha, const uint16_t *hb, const float *b, const float *p,
+                         float temp, const float *bias, int rows, int cols) {
+    gate_half_args g = {.out = out,
+                        .h = h,
+                        .c = c,
+                        .b = b,
+                        .bias = bias,
+                        .ha = ha,
+                        .hb = hb,
+                        .s = iisan_sigmoid(*p / temp),
+                        .cols = (size_t)cols};
+    if (rows > 0 && cols > 0) cpu_par(be, (size_t)rows, 8, gate_bias_half_range, &g);
+}
+
+/* gate_bwd_range's blocks, on a's (and an fp16 b's) converted values */
+static void gate_bwd_half_range(void *va, size_t lo, size_t hi) {
+    const gate_half_args *g = va;
+    float abuf[GATE_BLOCK], bbuf[GATE_BLOCK];
+    for (size_t blk = lo; blk < hi; blk++) {
+        const size_t i = blk * GATE_BLOCK, len = g->n - i < GATE_BLOCK ? g->n - i : GATE_BLOCK;
+        iisan_cpu_half_to_float(abuf, g->ha + i, len);
+        const float *b = at_or_null(g->b, i);
+        if (g->hb) {
+            iisan_cpu_half_to_float(bbuf, g->hb + i, len);
+            b = bbuf;
+        }
+        g->part[blk] = dot_diff(g->dout + i, abuf, b, len);
+        if (g->out) lin3(g->out + i, at_or_null(g->c, i), abuf, g->s, b, 1.0f - g->s, len);
+        if (g->db) scale_into(g->db + i, g->dout + i, 1.0f - g->s, len);
+    }
+}
+
+void cpu_gate_bwd_mix_h(iisan_backend *be, float *out, float *db, float *dp, const float *dout,
+                        const float *c, const uint16_t *ha, const uint16_t *hb, const float *b,
+                        const float *p, float temp, size_t n) {
+    float s = iisan_sigmoid(*p / temp);
+    double part[MAX_BLOCKS], sum = 0.0;
+    for (size_t at = 0; at < n; at += (size_t)MAX_BLOCKS * GATE_BLOCK) {
+        size_t len =
+            n - at < (size_t)MAX_BLOCKS * GATE_BLOCK ? n - at : (size_t)MAX_BLOCKS * GATE_BLOCK;
+        size_t nblk = (len + GATE_BLOCK - 1) / GATE_BLOCK;
+        gate_half_args g = {.out = out ? out + at : NULL,
+                            .db = db ? db + at : NULL,
+                            .c = at_or_null(c, at),
+                            .b = at_or_null(b, at),
+                            .dout = dout + at,
+                            .ha = ha + at,
+                            .hb = hb ? hb + at : NULL,
+                            .s = s,
+                            .n = len,
+                            .part = part};
+        cpu_par(be, nblk, 4, gate_bwd_half_range, &g);
+        for (size_t k = 0; k < nblk; k++)
+            sum += part[k];
+    }
+    *dp += (float)(sum * (double)s * (1.0 - (double)s) / (double)temp);
+}

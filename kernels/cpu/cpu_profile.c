@@ -6,14 +6,40 @@
 #include "kernels/clock.h"
 #include "kernels/cpu/cpu.h"
 
-static const char *const op_name[] = {
-    "gemm",          "gemm_batched",  "gemm_mixed",    "ger",          "axpby",
-    "add_bias",      "bias_grad",     "act_fwd",       "act_bwd",      "dropout_fwd",
-    "dropout_bwd",   "gate_fwd",      "gate_bias_fwd", "gate_bwd",     "gate_bwd_mix",
-    "layernorm_fwd", "layernorm_bwd", "attention_fwd", "softmax_rows", "attention_bwd",
-    "inbatch_ce",    "adam",          "gather_half",   "gather_rows",  "scatter_add_rows",
-    "rank_targets",  "topk",          "copy",          "zero",         "upload",
-    "download"};
+static const char *const op_name[] = {"gemm",
+                                      "gemm_batched",
+                                      "gemm_mixed",
+                                      "ger",
+                                      "axpby",
+                                      "add_bias",
+                                      "bias_grad",
+                                      "act_fwd",
+                                      "act_bwd",
+                                      "dropout_fwd",
+                                      "dropout_bwd",
+                                      "gate_fwd",
+                                      "gate_bias_fwd",
+                                      "gate_bwd",
+                                      "gate_bwd_mix",
+                                      "layernorm_fwd",
+                                      "layernorm_bwd",
+                                      "attention_fwd",
+                                      "softmax_rows",
+                                      "attention_bwd",
+                                      "inbatch_ce",
+                                      "adam",
+                                      "gather_half",
+                                      "gather_rows",
+                                      "scatter_add_rows",
+                                      "rank_targets",
+                                      "topk",
+                                      "copy",
+                                      "zero",
+                                      "upload",
+                                      "download",
+                                      "gate_bias_fwd_h",
+                                      "gate_bwd_mix_h",
+                                      "gather_half16"};
 
 _Static_assert(sizeof op_name / sizeof *op_name == CPU_N_OPS, "one name per timed op");
 
@@ -83,6 +109,16 @@ TIMED(gate_bwd_mix, CPU_OP_GATE_BWD_MIX,
       (iisan_backend * be, float *out, float *da, float *db, float *dp, const float *dout,
        const float *c, const float *a, const float *b, const float *p, float temp, size_t n),
       (be, out, da, db, dp, dout, c, a, b, p, temp, n))
+TIMED(gate_bias_fwd_h, CPU_OP_GATE_BIAS_FWD_H,
+      (iisan_backend * be, float *out, float *h, const float *c, const uint16_t *ha,
+       const uint16_t *hb, const float *b, const float *p, float temp, const float *bias, int rows,
+       int cols),
+      (be, out, h, c, ha, hb, b, p, temp, bias, rows, cols))
+TIMED(gate_bwd_mix_h, CPU_OP_GATE_BWD_MIX_H,
+      (iisan_backend * be, float *out, float *db, float *dp, const float *dout, const float *c,
+       const uint16_t *ha, const uint16_t *hb, const float *b, const float *p, float temp,
+       size_t n),
+      (be, out, db, dp, dout, c, ha, hb, b, p, temp, n))
 TIMED(layernorm_fwd, CPU_OP_LAYERNORM_FWD,
       (iisan_backend * be, float *y, float *mean, float *rstd, const float *x, const float *g,
        const float *b, int rows, int cols, float eps),
@@ -112,6 +148,9 @@ TIMED(adam, CPU_OP_ADAM,
       (be, w, g, m, v, n, lr, b1, b2, eps, t, zero_g))
 TIMED(gather_half, CPU_OP_GATHER_HALF,
       (iisan_backend * be, float *dst, const uint16_t *const *rows, int n, int cols),
+      (be, dst, rows, n, cols))
+TIMED(gather_half16, CPU_OP_GATHER_HALF16,
+      (iisan_backend * be, uint16_t *dst, const uint16_t *const *rows, int n, int cols),
       (be, dst, rows, n, cols))
 TIMED(gather_rows, CPU_OP_GATHER_ROWS,
       (iisan_backend * be, float *dst, const float *src, const int *idx, int n, int cols),
@@ -161,6 +200,8 @@ void cpu_profile_install(iisan_backend *be) {
     be->gate_bias_fwd = t_gate_bias_fwd;
     be->gate_bwd = t_gate_bwd;
     be->gate_bwd_mix = t_gate_bwd_mix;
+    be->gate_bias_fwd_h = t_gate_bias_fwd_h;
+    be->gate_bwd_mix_h = t_gate_bwd_mix_h;
     be->layernorm_fwd = t_layernorm_fwd;
     be->layernorm_bwd = t_layernorm_bwd;
     be->attention_fwd = t_attention_fwd;
@@ -169,6 +210,7 @@ void cpu_profile_install(iisan_backend *be) {
     be->inbatch_ce = t_inbatch_ce;
     be->adam = t_adam;
     be->gather_half = t_gather_half;
+    be->gather_half16 = t_gather_half16;
     be->gather_rows = t_gather_rows;
     be->scatter_add_rows = t_scatter_add_rows;
     be->rank_targets = t_rank_targets;
