@@ -79,7 +79,8 @@ SAN_BIN := $(BUILD)/asan/iisan
 $(SAN_BIN): $(LIB_SRC) $(CLI_SRC) $(wildcard */*.h kernels/*/*.h)
 	$(MAKE) BUILD=$(BUILD)/asan CFLAGS='-O1 -g $(SAN)' $@
 
-test: $(TESTS) $(BUILD)/iisan $(BUILD)/bench_train $(SAN_BIN)
+# every benchmark is compiled too (bench_train runs in the tests), so none rots unbuilt
+test: $(TESTS) $(BUILD)/iisan $(BENCHES) $(SAN_BIN)
 	@IISAN_BIN=$(SAN_BIN) tests/run_tests.sh $(TESTS) $(SCRIPTS)
 
 # the C test programs once more with OpenBLAS forced to another core type (other GEMM
