@@ -12,7 +12,6 @@
 typedef struct {
     float *dst;
     const float *src;
-    const uint16_t *const *rows;
     const int *idx;
     int cols;
     int n; /* rows, for scatter_add_rows */
@@ -30,52 +29,49 @@ static void prefetch_row(const uint16_t *row, int cols) {
         __builtin_prefetch(p + off, 0, 0);
 }
 
+/* rows[lo..hi) of a gather: converted into dst (float), or copied into dst16 as fp16 when
+ * that is set; zeros for a NULL row */
+typedef struct {
+    float *dst;
+    uint16_t *dst16;
+    const uint16_t *const *rows;
+    int cols;
+} half_rows_args;
+
 static void gather_half_range(void *va, size_t lo, size_t hi) {
-    const rows_args *a = va;
+    const half_rows_args *a = va;
+    const size_t cols = (size_t)a->cols;
     for (size_t i = lo; i < hi && i < lo + GATHER_AHEAD; i++)
         if (a->rows[i]) prefetch_row(a->rows[i], a->cols);
     for (size_t i = lo; i < hi; i++) {
         if (i + GATHER_AHEAD < hi && a->rows[i + GATHER_AHEAD])
             prefetch_row(a->rows[i + GATHER_AHEAD], a->cols);
-        float *d = a->dst + i * a->cols;
-        if (a->rows[i])
-            iisan_cpu_half_to_float(d, a->rows[i], (size_t)a->cols);
-        else
-            memset(d, 0, (size_t)a->cols * sizeof *d);
+        const uint16_t *row = a->rows[i];
+        if (a->dst16) {
+            uint16_t *d = a->dst16 + i * cols;
+            if (row)
+                memcpy(d, row, cols * sizeof *d);
+            else
+                memset(d, 0, cols * sizeof *d);
+        } else {
+            float *d = a->dst + i * cols;
+            if (row)
+                iisan_cpu_half_to_float(d, row, cols);
+            else
+                memset(d, 0, cols * sizeof *d);
+        }
     }
 }
 
 void cpu_gather_half(iisan_backend *be, float *dst, const uint16_t *const *rows, int n, int cols) {
-    rows_args a = {.dst = dst, .rows = rows, .cols = cols};
+    half_rows_args a = {.dst = dst, .rows = rows, .cols = cols};
     if (n > 0 && cols > 0) cpu_par(be, (size_t)n, 8, gather_half_range, &a);
-}
-
-typedef struct {
-    uint16_t *dst;
-    const uint16_t *const *rows;
-    int cols;
-} half16_args;
-
-static void gather_half16_range(void *va, size_t lo, size_t hi) {
-    const half16_args *a = va;
-    const size_t bytes = (size_t)a->cols * sizeof *a->dst;
-    for (size_t i = lo; i < hi && i < lo + GATHER_AHEAD; i++)
-        if (a->rows[i]) prefetch_row(a->rows[i], a->cols);
-    for (size_t i = lo; i < hi; i++) {
-        if (i + GATHER_AHEAD < hi && a->rows[i + GATHER_AHEAD])
-            prefetch_row(a->rows[i + GATHER_AHEAD], a->cols);
-        uint16_t *d = a->dst + i * a->cols;
-        if (a->rows[i])
-            memcpy(d, a->rows[i], bytes);
-        else
-            memset(d, 0, bytes);
-    }
 }
 
 void cpu_gather_half16(iisan_backend *be, uint16_t *dst, const uint16_t *const *rows, int n,
                        int cols) {
-    half16_args a = {dst, rows, cols};
-    if (n > 0 && cols > 0) cpu_par(be, (size_t)n, 8, gather_half16_range, &a);
+    half_rows_args a = {.dst16 = dst, .rows = rows, .cols = cols};
+    if (n > 0 && cols > 0) cpu_par(be, (size_t)n, 8, gather_half_range, &a);
 }
 
 static void gather_rows_range(void *va, size_t lo, size_t hi) {

@@ -232,12 +232,39 @@ enum { GATE_BLOCK = 2048, MAX_BLOCKS = 1024 };
 typedef struct {
     float *da, *db, *out;
     const float *dout, *a, *b, *c;
+    const uint16_t *ha, *hb; /* gate_bwd_mix_h: a (and b) as fp16 */
     float s;
     size_t n;     /* elements */
     double *part; /* one sum per block */
 } gate_bwd_args;
 
 static const float *at_or_null(const float *x, size_t i) { return x ? x + i : NULL; }
+static float *at_or_null_w(float *x, size_t i) { return x ? x + i : NULL; }
+static const uint16_t *half_at(const uint16_t *x, size_t i) { return x ? x + i : NULL; }
+
+/* the op in rounds of up to MAX_BLOCKS blocks: g0's operands (the whole op's) offset to each
+ * round and its blocks run by fn across the pool; then *dp += the blocks' sums, added in
+ * block order, times the sigmoid's derivative */
+static void gate_bwd_rounds(iisan_backend *be, cpu_range_fn fn, const gate_bwd_args *g0, float *dp,
+                            float temp) {
+    double part[MAX_BLOCKS], sum = 0.0;
+    const size_t n = g0->n, round = (size_t)MAX_BLOCKS * GATE_BLOCK;
+    for (size_t at = 0; at < n; at += round) {
+        const size_t len = n - at < round ? n - at : round;
+        const size_t nblk = (len + GATE_BLOCK - 1) / GATE_BLOCK;
+        gate_bwd_args g = *g0;
+        g.da = at_or_null_w(g0->da, at), g.db = at_or_null_w(g0->db, at);
+        g.out = at_or_null_w(g0->out, at), g.dout = g0->dout + at;
+        g.a = at_or_null(g0->a, at), g.b = at_or_null(g0->b, at), g.c = at_or_null(g0->c, at);
+        g.ha = half_at(g0->ha, at), g.hb = half_at(g0->hb, at);
+        g.n = len, g.part = part;
+        cpu_par(be, nblk, 4, fn, &g);
+        for (size_t k = 0; k < nblk; k++)
+            sum += part[k];
+    }
+    const double s = g0->s;
+    *dp += (float)(sum * s * (1.0 - s) / (double)temp);
+}
 
 static void gate_bwd_range(void *va, size_t lo, size_t hi) {
     const gate_bwd_args *g = va;
@@ -256,27 +283,9 @@ static void gate_bwd_range(void *va, size_t lo, size_t hi) {
 void cpu_gate_bwd_mix(iisan_backend *be, float *out, float *da, float *db, float *dp,
                       const float *dout, const float *c, const float *a, const float *b,
                       const float *p, float temp, size_t n) {
-    float s = iisan_sigmoid(*p / temp);
-    double part[MAX_BLOCKS], sum = 0.0;
-    for (size_t at = 0; at < n; at += (size_t)MAX_BLOCKS * GATE_BLOCK) {
-        size_t len =
-            n - at < (size_t)MAX_BLOCKS * GATE_BLOCK ? n - at : (size_t)MAX_BLOCKS * GATE_BLOCK;
-        size_t nblk = (len + GATE_BLOCK - 1) / GATE_BLOCK;
-        gate_bwd_args g = {da ? da + at : NULL,
-                           db ? db + at : NULL,
-                           out ? out + at : NULL,
-                           dout + at,
-                           at_or_null(a, at),
-                           at_or_null(b, at),
-                           at_or_null(c, at),
-                           s,
-                           len,
-                           part};
-        cpu_par(be, nblk, 4, gate_bwd_range, &g);
-        for (size_t k = 0; k < nblk; k++)
-            sum += part[k];
-    }
-    *dp += (float)(sum * (double)s * (1.0 - (double)s) / (double)temp);
+    gate_bwd_args g = {.da = da, .db = db, .out = out, .dout = dout, .a = a, .b = b, .c = c};
+    g.s = iisan_sigmoid(*p / temp), g.n = n;
+    gate_bwd_rounds(be, gate_bwd_range, &g, dp, temp);
 }
 
 /* gate_bwd_mix without the mix */
@@ -292,12 +301,11 @@ void cpu_gate_bwd(iisan_backend *be, float *da, float *db, float *dp, const floa
 enum { HALF_SEG = 512 };
 
 typedef struct {
-    float *out, *h, *db;
-    const float *c, *b, *bias, *dout;
+    float *out, *h;
+    const float *c, *b, *bias;
     const uint16_t *ha, *hb;
     float s;
-    size_t cols, n;
-    double *part;
+    size_t cols;
 } gate_half_args;
 
 static void gate_bias_half_range(void *va, size_t lo, size_t hi) {
@@ -340,7 +348,7 @@ void cpu_gate_bias_fwd_h(iisan_backend *be, float *out, float *h, const float *c
 
 /* gate_bwd_range's blocks, on a's (and an fp16 b's) converted values */
 static void gate_bwd_half_range(void *va, size_t lo, size_t hi) {
-    const gate_half_args *g = va;
+    const gate_bwd_args *g = va;
     float abuf[GATE_BLOCK], bbuf[GATE_BLOCK];
     for (size_t blk = lo; blk < hi; blk++) {
         const size_t i = blk * GATE_BLOCK, len = g->n - i < GATE_BLOCK ? g->n - i : GATE_BLOCK;
@@ -359,25 +367,7 @@ static void gate_bwd_half_range(void *va, size_t lo, size_t hi) {
 void cpu_gate_bwd_mix_h(iisan_backend *be, float *out, float *db, float *dp, const float *dout,
                         const float *c, const uint16_t *ha, const uint16_t *hb, const float *b,
                         const float *p, float temp, size_t n) {
-    float s = iisan_sigmoid(*p / temp);
-    double part[MAX_BLOCKS], sum = 0.0;
-    for (size_t at = 0; at < n; at += (size_t)MAX_BLOCKS * GATE_BLOCK) {
-        size_t len =
-            n - at < (size_t)MAX_BLOCKS * GATE_BLOCK ? n - at : (size_t)MAX_BLOCKS * GATE_BLOCK;
-        size_t nblk = (len + GATE_BLOCK - 1) / GATE_BLOCK;
-        gate_half_args g = {.out = out ? out + at : NULL,
-                            .db = db ? db + at : NULL,
-                            .c = at_or_null(c, at),
-                            .b = at_or_null(b, at),
-                            .dout = dout + at,
-                            .ha = ha + at,
-                            .hb = hb ? hb + at : NULL,
-                            .s = s,
-                            .n = len,
-                            .part = part};
-        cpu_par(be, nblk, 4, gate_bwd_half_range, &g);
-        for (size_t k = 0; k < nblk; k++)
-            sum += part[k];
-    }
-    *dp += (float)(sum * (double)s * (1.0 - (double)s) / (double)temp);
+    gate_bwd_args g = {.db = db, .out = out, .dout = dout, .b = b, .c = c, .ha = ha, .hb = hb};
+    g.s = iisan_sigmoid(*p / temp), g.n = n;
+    gate_bwd_rounds(be, gate_bwd_half_range, &g, dp, temp);
 }
