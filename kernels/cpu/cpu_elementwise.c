@@ -130,6 +130,7 @@ void cpu_gate_fwd(iisan_backend *be, float *out, const float *c, const float *a,
 typedef struct {
     float *out, *h;
     const float *c, *a, *b, *bias;
+    const uint16_t *ha, *hb; /* gate_bias_fwd_h: a (and b) as fp16, in place of a (b) */
     float s;
     int cols;
 } gate_bias_args;
@@ -160,28 +161,39 @@ static CPU_VEC void mix_bias_row(float *out, float *restrict h, const float *c,
         }
 }
 
-/* row by row: the usual operands in one loop; any other combination as lin3 (as gate_fwd)
- * then, while the row is in cache, h */
+/* Stretches of fp16 states converted at a time (gate_bias_fwd_h) into buffers on the stack:
+ * a half's float is exact, so the fp32 functions below give the same bits on them. */
+enum { HALF_SEG = 512 };
+
+/* row by row, in stretches of HALF_SEG: the usual operands in one loop; any other combination
+ * as lin3 (as gate_fwd) then, while the stretch is in cache, h */
 static void gate_bias_range(void *va, size_t lo, size_t hi) {
     const gate_bias_args *g = va;
     const size_t cols = (size_t)g->cols;
-    for (size_t r = lo; r < hi; r++) {
-        size_t o = r * cols;
-        if (g->a && g->b) {
-            mix_bias_row(g->out + o, g->h + o, g->c ? g->c + o : NULL, g->a + o, g->s, g->b + o,
-                         1.0f - g->s, g->bias, g->cols);
-            continue;
+    float abuf[HALF_SEG], bbuf[HALF_SEG];
+    for (size_t r = lo; r < hi; r++)
+        for (size_t j = 0; j < cols; j += HALF_SEG) {
+            const size_t len = cols - j < HALF_SEG ? cols - j : HALF_SEG, o = r * cols + j;
+            const float *a = g->a ? g->a + o : NULL, *b = g->b ? g->b + o : NULL;
+            const float *c = g->c ? g->c + o : NULL;
+            if (g->ha) iisan_cpu_half_to_float(abuf, g->ha + o, len), a = abuf;
+            if (g->hb) iisan_cpu_half_to_float(bbuf, g->hb + o, len), b = bbuf;
+            if (a && b) {
+                mix_bias_row(g->out + o, g->h + o, c, a, g->s, b, 1.0f - g->s, g->bias + j,
+                             (int)len);
+                continue;
+            }
+            lin3(g->out + o, c, a, g->s, b, 1.0f - g->s, len);
+            add_row(g->h + o, g->out + o, g->bias + j, (int)len);
         }
-        lin3(g->out + o, g->c ? g->c + o : NULL, g->a ? g->a + o : NULL, g->s,
-             g->b ? g->b + o : NULL, 1.0f - g->s, cols);
-        add_row(g->h + o, g->out + o, g->bias, g->cols);
-    }
 }
 
 void cpu_gate_bias_fwd(iisan_backend *be, float *out, float *h, const float *c, const float *a,
                        const float *b, const float *p, float temp, const float *bias, int rows,
                        int cols) {
-    gate_bias_args g = {out, h, c, a, b, bias, iisan_sigmoid(*p / temp), cols};
+    gate_bias_args g = {
+        .out = out, .h = h, .c = c, .a = a, .b = b, .bias = bias, .s = iisan_sigmoid(*p / temp)};
+    g.cols = cols;
     if (rows > 0 && cols > 0) cpu_par(be, (size_t)rows, 8, gate_bias_range, &g);
 }
 
@@ -242,11 +254,27 @@ static const float *at_or_null(const float *x, size_t i) { return x ? x + i : NU
 static float *at_or_null_w(float *x, size_t i) { return x ? x + i : NULL; }
 static const uint16_t *half_at(const uint16_t *x, size_t i) { return x ? x + i : NULL; }
 
+static void gate_bwd_range(void *va, size_t lo, size_t hi) {
+    const gate_bwd_args *g = va;
+    float abuf[GATE_BLOCK], bbuf[GATE_BLOCK]; /* fp16 a / b converted (gate_bwd_mix_h) */
+    for (size_t blk = lo; blk < hi; blk++) {
+        size_t i = blk * GATE_BLOCK, len = g->n - i < GATE_BLOCK ? g->n - i : GATE_BLOCK;
+        const float *a = at_or_null(g->a, i), *b = at_or_null(g->b, i);
+        if (g->ha) iisan_cpu_half_to_float(abuf, g->ha + i, len), a = abuf;
+        if (g->hb) iisan_cpu_half_to_float(bbuf, g->hb + i, len), b = bbuf;
+        g->part[blk] = dot_diff(g->dout + i, a, b, len);
+        /* the forward's mix, by the function gate_fwd uses (so its bits), while a and b are in
+         * cache and before da / db (which may alias them) are written */
+        if (g->out) lin3(g->out + i, at_or_null(g->c, i), a, g->s, b, 1.0f - g->s, len);
+        if (g->da) scale_into(g->da + i, g->dout + i, g->s, len);
+        if (g->db) scale_into(g->db + i, g->dout + i, 1.0f - g->s, len);
+    }
+}
+
 /* the op in rounds of up to MAX_BLOCKS blocks: g0's operands (the whole op's) offset to each
- * round and its blocks run by fn across the pool; then *dp += the blocks' sums, added in
- * block order, times the sigmoid's derivative */
-static void gate_bwd_rounds(iisan_backend *be, cpu_range_fn fn, const gate_bwd_args *g0, float *dp,
-                            float temp) {
+ * round and its blocks run across the pool; then *dp += the blocks' sums, added in block
+ * order, times the sigmoid's derivative */
+static void gate_bwd_rounds(iisan_backend *be, const gate_bwd_args *g0, float *dp, float temp) {
     double part[MAX_BLOCKS], sum = 0.0;
     const size_t n = g0->n, round = (size_t)MAX_BLOCKS * GATE_BLOCK;
     for (size_t at = 0; at < n; at += round) {
@@ -258,7 +286,7 @@ static void gate_bwd_rounds(iisan_backend *be, cpu_range_fn fn, const gate_bwd_a
         g.a = at_or_null(g0->a, at), g.b = at_or_null(g0->b, at), g.c = at_or_null(g0->c, at);
         g.ha = half_at(g0->ha, at), g.hb = half_at(g0->hb, at);
         g.n = len, g.part = part;
-        cpu_par(be, nblk, 4, fn, &g);
+        cpu_par(be, nblk, 4, gate_bwd_range, &g);
         for (size_t k = 0; k < nblk; k++)
             sum += part[k];
     }
@@ -266,26 +294,12 @@ static void gate_bwd_rounds(iisan_backend *be, cpu_range_fn fn, const gate_bwd_a
     *dp += (float)(sum * s * (1.0 - s) / (double)temp);
 }
 
-static void gate_bwd_range(void *va, size_t lo, size_t hi) {
-    const gate_bwd_args *g = va;
-    for (size_t blk = lo; blk < hi; blk++) {
-        size_t i = blk * GATE_BLOCK, len = g->n - i < GATE_BLOCK ? g->n - i : GATE_BLOCK;
-        const float *a = at_or_null(g->a, i), *b = at_or_null(g->b, i);
-        g->part[blk] = dot_diff(g->dout + i, a, b, len);
-        /* the forward's mix, by the function gate_fwd uses (so its bits), while a and b are in
-         * cache and before da / db (which may alias them) are written */
-        if (g->out) lin3(g->out + i, at_or_null(g->c, i), a, g->s, b, 1.0f - g->s, len);
-        if (g->da) scale_into(g->da + i, g->dout + i, g->s, len);
-        if (g->db) scale_into(g->db + i, g->dout + i, 1.0f - g->s, len);
-    }
-}
-
 void cpu_gate_bwd_mix(iisan_backend *be, float *out, float *da, float *db, float *dp,
                       const float *dout, const float *c, const float *a, const float *b,
                       const float *p, float temp, size_t n) {
     gate_bwd_args g = {.da = da, .db = db, .out = out, .dout = dout, .a = a, .b = b, .c = c};
     g.s = iisan_sigmoid(*p / temp), g.n = n;
-    gate_bwd_rounds(be, gate_bwd_range, &g, dp, temp);
+    gate_bwd_rounds(be, &g, dp, temp);
 }
 
 /* gate_bwd_mix without the mix */
@@ -294,74 +308,13 @@ void cpu_gate_bwd(iisan_backend *be, float *da, float *db, float *dp, const floa
     cpu_gate_bwd_mix(be, NULL, da, db, dp, dout, NULL, a, b, p, temp, n);
 }
 
-/* ---- the gates with fp16 states (gate_bias_fwd_h, gate_bwd_mix_h) ----
- * Each stretch of a (and of an fp16 b) is converted into a buffer on the stack, then the fp32
- * gates' own row and block functions run on it: a half's float is exact, so the bits are
- * theirs, stretch by stretch as element by element. */
-enum { HALF_SEG = 512 };
-
-typedef struct {
-    float *out, *h;
-    const float *c, *b, *bias;
-    const uint16_t *ha, *hb;
-    float s;
-    size_t cols;
-} gate_half_args;
-
-static void gate_bias_half_range(void *va, size_t lo, size_t hi) {
-    const gate_half_args *g = va;
-    const size_t cols = g->cols;
-    float abuf[HALF_SEG], bbuf[HALF_SEG];
-    for (size_t r = lo; r < hi; r++)
-        for (size_t j = 0; j < cols; j += HALF_SEG) {
-            const size_t len = cols - j < HALF_SEG ? cols - j : HALF_SEG, o = r * cols + j;
-            iisan_cpu_half_to_float(abuf, g->ha + o, len);
-            const float *b = g->b ? g->b + o : NULL, *c = g->c ? g->c + o : NULL;
-            if (g->hb) {
-                iisan_cpu_half_to_float(bbuf, g->hb + o, len);
-                b = bbuf;
-            }
-            if (b) { /* gate_bias_range's two paths on the same values */
-                mix_bias_row(g->out + o, g->h + o, c, abuf, g->s, b, 1.0f - g->s, g->bias + j,
-                             (int)len);
-            } else {
-                lin3(g->out + o, c, abuf, g->s, NULL, 1.0f - g->s, len);
-                add_row(g->h + o, g->out + o, g->bias + j, (int)len);
-            }
-        }
-}
-
+/* ---- the gates with fp16 states: gate_bias_range and gate_bwd_range on ha / hb ---- */
 void cpu_gate_bias_fwd_h(iisan_backend *be, float *out, float *h, const float *c,
                          const uint16_t *ha, const uint16_t *hb, const float *b, const float *p,
                          float temp, const float *bias, int rows, int cols) {
-    gate_half_args g = {.out = out,
-                        .h = h,
-                        .c = c,
-                        .b = b,
-                        .bias = bias,
-                        .ha = ha,
-                        .hb = hb,
-                        .s = iisan_sigmoid(*p / temp),
-                        .cols = (size_t)cols};
-    if (rows > 0 && cols > 0) cpu_par(be, (size_t)rows, 8, gate_bias_half_range, &g);
-}
-
-/* gate_bwd_range's blocks, on a's (and an fp16 b's) converted values */
-static void gate_bwd_half_range(void *va, size_t lo, size_t hi) {
-    const gate_bwd_args *g = va;
-    float abuf[GATE_BLOCK], bbuf[GATE_BLOCK];
-    for (size_t blk = lo; blk < hi; blk++) {
-        const size_t i = blk * GATE_BLOCK, len = g->n - i < GATE_BLOCK ? g->n - i : GATE_BLOCK;
-        iisan_cpu_half_to_float(abuf, g->ha + i, len);
-        const float *b = at_or_null(g->b, i);
-        if (g->hb) {
-            iisan_cpu_half_to_float(bbuf, g->hb + i, len);
-            b = bbuf;
-        }
-        g->part[blk] = dot_diff(g->dout + i, abuf, b, len);
-        if (g->out) lin3(g->out + i, at_or_null(g->c, i), abuf, g->s, b, 1.0f - g->s, len);
-        if (g->db) scale_into(g->db + i, g->dout + i, 1.0f - g->s, len);
-    }
+    gate_bias_args g = {.out = out, .h = h, .c = c, .b = b, .bias = bias, .ha = ha, .hb = hb};
+    g.s = iisan_sigmoid(*p / temp), g.cols = cols;
+    if (rows > 0 && cols > 0) cpu_par(be, (size_t)rows, 8, gate_bias_range, &g);
 }
 
 void cpu_gate_bwd_mix_h(iisan_backend *be, float *out, float *db, float *dp, const float *dout,
@@ -369,5 +322,5 @@ void cpu_gate_bwd_mix_h(iisan_backend *be, float *out, float *db, float *dp, con
                         const float *p, float temp, size_t n) {
     gate_bwd_args g = {.db = db, .out = out, .dout = dout, .b = b, .c = c, .ha = ha, .hb = hb};
     g.s = iisan_sigmoid(*p / temp), g.n = n;
-    gate_bwd_rounds(be, gate_bwd_half_range, &g, dp, temp);
+    gate_bwd_rounds(be, &g, dp, temp);
 }
