@@ -15,6 +15,7 @@
 #include "kernels/backend.h"
 #include "kernels/blas_info.h"
 #include "kernels/clock.h"
+#include "tests/bench_time.h"
 
 typedef struct {
     const char *what;
@@ -23,28 +24,30 @@ typedef struct {
     int per_batch; /* calls per batch */
 } shape;
 
+typedef struct {
+    iisan_backend *be;
+    const shape *s;
+    int mixed;
+    float *A, *B, *C;
+} shape_call;
+
+static void call_shape(void *ctx, int i) {
+    const shape_call *c = ctx;
+    const shape *s = c->s;
+    const int lda = s->ta ? s->M : s->K, ldb = s->tb ? s->K : s->N, ldc = s->N;
+    iisan_backend *be = c->be;
+    (void)i;
+    if (c->mixed)
+        be->gemm_mixed(be, s->ta, s->tb, s->M, s->N, s->K, 1, c->A, lda, c->B, ldb, s->beta, c->C,
+                       ldc);
+    else
+        be->gemm(be, s->ta, s->tb, s->M, s->N, s->K, 1, c->A, lda, c->B, ldb, s->beta, c->C, ldc);
+}
+
 static double time_shape(iisan_backend *be, const shape *s, int mixed, float *A, float *B,
                          float *C) {
-    const int lda = s->ta ? s->M : s->K, ldb = s->tb ? s->K : s->N, ldc = s->N;
-    double best = 1e30;
-    int calls = 1;
-    for (int round = 0; round < 8; round++) {
-        double t = iisan_now();
-        for (int i = 0; i < calls; i++) {
-            if (mixed)
-                be->gemm_mixed(be, s->ta, s->tb, s->M, s->N, s->K, 1, A, lda, B, ldb, s->beta, C,
-                               ldc);
-            else
-                be->gemm(be, s->ta, s->tb, s->M, s->N, s->K, 1, A, lda, B, ldb, s->beta, C, ldc);
-        }
-        t = (iisan_now() - t) / calls;
-        if (round == 0) { /* warm-up: sets the calls per round */
-            calls = (int)(0.02 / t) + 1;
-            continue;
-        }
-        if (t < best) best = t;
-    }
-    return best;
+    shape_call c = {be, s, mixed, A, B, C};
+    return bench_best(call_shape, &c, 1);
 }
 
 int main(int argc, char **argv) {

@@ -17,8 +17,9 @@
 #include "kernels/blas_info.h"
 #include "kernels/clock.h"
 #include "kernels/rng.h"
+#include "tests/bench_time.h"
 
-enum { BATCHES = 189, SETS_COLD = 48, ROUNDS = 8 };
+enum { BATCHES = 189, SETS_COLD = 48 };
 
 typedef struct {
     iisan_backend *be;
@@ -75,22 +76,20 @@ static void op_att_bwd(ops *o, int s, int t) {
     o->be->attention_bwd(o->be, o->dqkv, o->dout, o->qkv, o->probs, B, N, H, DH, 0.1f, t);
 }
 
+typedef struct {
+    ops *o;
+    void (*fn)(ops *, int, int);
+} op_call;
+
+static void call_op(void *ctx, int i) {
+    const op_call *c = ctx;
+    c->fn(c->o, i % c->o->sets, i);
+}
+
 /* the best time a call, over rounds of calls cycling through o->sets operand sets */
 static double time_op(ops *o, void (*fn)(ops *, int, int)) {
-    double best = 1e30;
-    int calls = o->sets;
-    for (int round = 0; round < ROUNDS; round++) {
-        double t = iisan_now();
-        for (int i = 0; i < calls; i++)
-            fn(o, i % o->sets, i);
-        t = (iisan_now() - t) / calls;
-        if (round == 0) { /* warm-up: sets the calls per round, whole cycles of the sets */
-            calls = ((int)(0.02 / t) / o->sets + 1) * o->sets;
-            continue;
-        }
-        if (t < best) best = t;
-    }
-    return best;
+    op_call c = {o, fn};
+    return bench_best(call_op, &c, o->sets);
 }
 
 int main(int argc, char **argv) {
