@@ -155,10 +155,13 @@ void tower_block_forward(iisan_model *m, const san_block_v *w, tower_ws *ws, int
                          int D, const tower_gate_in *g);
 /* its backward from cur (d h, which becomes d in), the gate's included: gi holds the gate
  * operands the forward had (rows r0.. as there); *dgate += the gate's gradient, da / db (when
- * not NULL) = the gradients of gi->a and gi->b (gate_bwd's); gi->c's is cur itself */
+ * not NULL) = the gradients of gi->a and gi->b (gate_bwd's); gi->c's is cur itself. last: the
+ * batch's last chunk. An input that is the gate's s X alone, with no da or db asked, takes no
+ * d in (cur is then left d h): part of the gate's gradient comes from g->down_w on the last
+ * chunk, which must then hold this batch's gradient alone (the backward starts from zeros) */
 void tower_block_backward(iisan_model *m, const san_block_v *w, const san_block_v *g,
                           const tower_ws *ws, int k, int r0, int R, int D, const tower_gate_in *gi,
-                          float *dgate, float *da, float *db, float *cur);
+                          float *dgate, float *da, float *db, float *cur, int last);
 /* the batch's heads: M = P_w F_w and c = P_w F_b + P_b per tower (forward); the heads'
  * parameter gradients from dM and dc (backward) */
 void tower_heads_forward(iisan_model *m);

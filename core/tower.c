@@ -179,17 +179,24 @@ void tower_fuse_forward(iisan_model *m, int U) {
 
 void tower_block_backward(iisan_model *m, const san_block_v *bw, const san_block_v *bg,
                           const tower_ws *ws, int k, int r0, int R, int D, const tower_gate_in *gi,
-                          float *dgate, float *da, float *db, float *cur) {
+                          float *dgate, float *da, float *db, float *cur, int last) {
     iisan_backend *be = m->be;
     const int r = m->c.r;
     const size_t orr = (size_t)r0 * r;
+    /* an input s X alone (an intra tower's first block, h_0 = 0) takes no gradient: d in
+     * serves the gate's alone, sum(d in X) s (1 - s) / temp with d in = d h + dpre W_down. Its
+     * down-projection part sum((dpre W_down) X) = <W_down, dpre^T X>, and dpre^T (s X) is this
+     * block's dW_down: so that part is (1 - s) / temp <W_down, dW_down> (gate_dp_dot), taken
+     * once dW_down is whole, and the R x D x r GEMM for d in is not run. */
+    const int x_only = be->gate_dp_dot && !gi->b && !gi->hb && !gi->c && !da && !db;
     /* h = in + up(act(down(in))) */
     be->bias_grad(be, bg->up_b, cur, D, R, D);
     be->gemm_mixed(be, 1, 0, D, r, R, 1, cur, D, ws->act[k] + orr, r, 1, bg->up_w, r);
     be->gemm_mixed(be, 0, 0, R, r, D, 1, cur, D, bw->up_w, r, 0, m->dact, r);
     be->act_bwd(be, m->c.act, m->dpre, m->dact, ws->a[k] + orr, (size_t)R * r);
     be->bias_grad(be, bg->down_b, m->dpre, r, R, r);
-    be->gemm_mixed(be, 0, 0, R, D, r, 1, m->dpre, r, bw->down_w, D, 1, cur, D); /* d in */
+    if (!x_only) /* d in */
+        be->gemm_mixed(be, 0, 0, R, D, r, 1, m->dpre, r, bw->down_w, D, 1, cur, D);
     /* the gate's gradients from d in and, in the same pass, the block's input again as the
      * forward mixed it (not kept), for dW_down */
     if (gi->ha) /* the states take no gradient: no da (nor db of fp16 states) */
@@ -199,6 +206,8 @@ void tower_block_backward(iisan_model *m, const san_block_v *bw, const san_block
         be->gate_bwd_mix(be, m->gin, da, db, dgate, cur, gi->c, gi->a, gi->b, gi->gate,
                          m->c.gate_temp, (size_t)R * D);
     be->gemm_mixed(be, 1, 0, r, D, R, 1, m->dpre, r, m->gin, D, 1, bg->down_w, D);
+    if (x_only && last)
+        be->gate_dp_dot(be, dgate, bw->down_w, bg->down_w, gi->gate, m->c.gate_temp, (size_t)r * D);
 }
 
 void tower_block_done(iisan_model *m, const san_block_v *w, int D) {
@@ -227,7 +236,7 @@ static void rows_backward(iisan_model *m, int t, int r0, int R, int off, int las
          * intra: in = s X + (1-s) h_{k-1}, so d h_{k-1} = (1-s) d in, into the other buffer */
         float *dprev = t != TOWER_INTER && k > 0 ? other : NULL;
         tower_block_backward(m, &w->blk[k], &g->blk[k], ws, k, r0, R, D, &gi, g->gate + k, NULL,
-                             dprev, cur);
+                             dprev, cur, last);
         if (last) tower_block_done(m, &w->blk[k], D);
         if (t != TOWER_INTER) {
             float *tmp = cur;

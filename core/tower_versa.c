@@ -154,7 +154,7 @@ static void versa_rows_backward(iisan_model *m, int t, int r0, int R, int off, i
             da = wide == MOD_IMAGE ? m->dq : NULL, db = wide == MOD_TEXT ? m->dq : NULL;
         }
         tower_block_backward(m, &w->blk[k], &g->blk[k], ws, k, r0, R, D, &gi, g->gate + k, da, db,
-                             cur);
+                             cur, last);
         if (last) tower_block_done(m, &w->blk[k], D);
         if (t == TOWER_INTER) {
             inter_proj_backward(m, k, r0, R);

@@ -156,6 +156,13 @@ struct iisan_backend {
     void (*gate_bwd_mix_h)(iisan_backend *be, float *out, float *db, float *dp, const float *dout,
                            const float *c, const uint16_t *ha, const uint16_t *hb, const float *b,
                            const float *p, float temp, size_t n);
+    /* Optional (NULL where a backend has none; core/tower.c then takes d in by its GEMM):
+     * *dp += (1 - s) / temp * sum(x * y) over n, s = sigmoid(*p / temp), summed in gate_bwd's
+     * blocks and order. For a SAN block whose input is s X alone (an intra tower's first
+     * block, h_0 = 0), the gate's gradient through the down projection,
+     * sum((dpre W_down) * X) s (1 - s) / temp, is this with x = W_down, y = dW_down. */
+    void (*gate_dp_dot)(iisan_backend *be, float *dp, const float *x, const float *y,
+                        const float *p, float temp, size_t n);
 
     /* ---- normalisation ---- */
     /* y = (x - mean) * rstd * g + b per row of [rows, cols]; saves mean, rstd [rows] */

@@ -135,20 +135,23 @@ static long distinct_items(const iisan_dataset *ds, long *slots) {
 }
 
 /* the epoch's multiply-adds: per distinct item, every tower's K blocks x (2 forward + 4
- * backward GEMMs) x 2*D*r, Versa's projections (forward and dQ: 2 x 2*Dw*Dx per step);
+ * backward GEMMs) x 2*D*r, less the d in GEMM an intra tower's first block does without
+ * from h_0 = 0 (core/tower.c), Versa's projections (forward and dQ: 2 x 2*Dw*Dx per step);
  * per batch, the heads' M = P.F and its two gradients (3 x 2*d*fo*di per tower) */
 static double epoch_flop(const iisan_config *c, long distinct, int batches) {
     double san = 0, head = 0, proj = 0;
     for (int t = 0; t < N_TOWERS; t++) {
+        if (!((c->towers >> t) & 1)) continue;
         int fo, di;
         params_head_dims(c, t, &fo, &di);
-        san += (double)config_tower_depth(c, t) * config_tower_width(c, t);
+        const int skip = t != TOWER_INTER && !c->remove_first;
+        san += (6.0 * config_tower_depth(c, t) - skip) * config_tower_width(c, t);
         head += 3 * 2.0 * c->d * fo * di;
     }
     if (c->arch == ARCH_VERSA && config_versa_wide(c) >= 0)
         proj = 2 * 2.0 * config_tower_depth(c, TOWER_INTER) * c->mods[config_versa_wide(c)].D *
                config_tower_width(c, TOWER_INTER);
-    return (double)distinct * (san * 6 * 2.0 * c->r + proj) + batches * head;
+    return (double)distinct * (san * 2.0 * c->r + proj) + batches * head;
 }
 
 /* the model measured: symmetric IISAN at the published shapes, or the Versa case above */

@@ -302,6 +302,78 @@ static void test_half_states(void) {
     free(ms.data);
 }
 
+/* gemm_mixed's calls counted by be (the CPU backend's op times) */
+static unsigned long long gemm_mixed_calls(iisan_backend *be) {
+    iisan_op_time t[64];
+    int n = be->op_times(be, t, 64);
+    for (int i = 0; i < n; i++)
+        if (!strcmp(t[i].op, "gemm_mixed")) return t[i].calls;
+    return 0;
+}
+
+/* an intra tower's first block from h_0 = 0 (input s X alone) takes no d in: its gate's
+ * gradient through the down projection comes from <W_down, dW_down> (gate_dp_dot) and the
+ * GEMM for d in is not run. Against a backend without gate_dp_dot (d in by the GEMM): one
+ * gemm_mixed fewer per intra tower and chunk, the same loss and every gradient (the gates'
+ * above all) to fp32 rounding; in row chunks, with the text tower alone, and not where
+ * the first block's input has a running state (remove-first) */
+static void first_block_case(const iisan_config *c, const iisan_states *st, int chunk, int skipped,
+                             const char *what) {
+    iisan_backend *ba = iisan_backend_cpu(1), *bb = iisan_backend_cpu(1);
+    bb->gate_dp_dot = NULL;
+    char err[256];
+    iisan_model *a = model_create(c, ba, 3, 7, err, sizeof err);
+    iisan_model *b = model_create(c, bb, 3, 7, err, sizeof err);
+    CHECKF(a && b, "%s: %s", what, err);
+    if (!a || !b) return;
+    if (chunk) a->chunk_rows = b->chunk_rows = chunk;
+    randomise(a, 17);
+    randomise(b, 17);
+    const unsigned long long ca0 = gemm_mixed_calls(ba), cb0 = gemm_mixed_calls(bb);
+    float la = loss_at(a, st, 1), lb = loss_at(b, st, 1);
+    const unsigned long long ca = gemm_mixed_calls(ba) - ca0, cb = gemm_mixed_calls(bb) - cb0;
+    CHECKF(cb - ca == (unsigned long long)skipped, "%s: %llu gemm_mixed calls against %llu", what,
+           ca, cb);
+    CHECK_CLOSE(la, lb, 1e-6, 1e-6);
+    double num = 0, den = 0;
+    for (size_t i = 0; i < a->pt.total; i++) {
+        num = fmax(num, fabs(a->g[i] - b->g[i]));
+        den = fmax(den, fabs(b->g[i]));
+    }
+    CHECKF(num / den < 1e-5, "%s: gradients differ by %.3g of the largest", what, num / den);
+    for (int t = 0; t < N_TOWERS; t++) {
+        if (!((c->towers >> t) & 1)) continue;
+        const float ga = a->pg.tower[t].gate[0], gb = b->pg.tower[t].gate[0];
+        CHECKF(fabs(ga - gb) <= 1e-6 + 1e-5 * fabs(gb), "%s: tower %d's first gate %.9g / %.9g",
+               what, t, ga, gb);
+        CHECKF(ga != 0.0f, "%s: tower %d's first gate has no gradient", what, t);
+    }
+    model_destroy(a);
+    model_destroy(b);
+    ba->destroy(ba);
+    bb->destroy(bb);
+}
+
+static void test_first_block(void) {
+    iisan_config c;
+    small_config(&c);
+    mem_states ms;
+    mem_init(&ms, c.nstates, c.D, 99);
+    iisan_states st = {mem_get, &ms, NULL, NULL};
+    first_block_case(&c, &st, 0, 2, "three towers");
+    first_block_case(&c, &st, 4, 4, "three towers, chunks of 4"); /* 8 distinct items */
+    c.act = IISAN_ACT_GELU;
+    c.towers = 1 << TOWER_TEXT;
+    first_block_case(&c, &st, 0, 1, "text only");
+    small_config(&c);
+    c.remove_first = 1;
+    c.K = 2;
+    c.sched[0] = 2;
+    c.sched[1] = 4;
+    first_block_case(&c, &st, 0, 0, "remove-first");
+    free(ms.data);
+}
+
 /* ---- block-level checks: the item encoder alone and the sequence encoder
  * alone, objective L = sum(out * R) for a fixed random R ---- */
 static float R_[64 * 8];
@@ -462,6 +534,7 @@ int main(int argc, char **argv) {
     RUN(test_sasrec_id);
     RUN(test_determinism_and_descent);
     RUN(test_row_chunks);
+    RUN(test_first_block);
     RUN(test_train_step);
     RUN(test_half_states);
     RUN(test_blocks);

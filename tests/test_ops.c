@@ -770,6 +770,35 @@ static void test_gate_bwd_mix(void) {
         bfree(db), bfree(wda), bfree(wdb), bfree(dp), bfree(wdp), bfree(a2);
 }
 
+/* gate_dp_dot: *dp += (1 - s) / temp * sum(x y) against a double sum, on a vector of several
+ * 2048-element blocks and on one shorter than a block; and as gate_bwd's dp (whose factor is
+ * s (1 - s) / temp) with x for dout and y for a, divided by s: the same sum */
+static void test_gate_dp_dot(void) {
+    enum { N = 64 * 768 + 5 };
+    float *x = falloc(N), *y = falloc(N), *p = falloc(1), *dp = falloc(1), *gdp = falloc(1);
+    fill(x, N, 140, -1, 1);
+    fill(y, N, 141, -0.01f, 0.01f);
+    const float temp = 0.1f;
+    p[0] = -0.07f;
+    const double s = 1.0 / (1.0 + exp(0.07 / 0.1));
+    const size_t sizes[2] = {N, 1000};
+    for (int c = 0; c < 2; c++) {
+        const size_t n = sizes[c];
+        double sum = 0.0;
+        for (size_t i = 0; i < n; i++)
+            sum += (double)x[i] * y[i];
+        dp[0] = 0.5f;
+        be->gate_dp_dot(be, dp, x, y, p, temp, n);
+        CHECK_CLOSE(dp[0], 0.5 + (1.0 - s) / temp * sum, 1e-6, 1e-5);
+        gdp[0] = 0.0f;
+        be->gate_bwd(be, NULL, NULL, gdp, x, y, NULL, p, temp, n);
+        dp[0] = 0.0f;
+        be->gate_dp_dot(be, dp, x, y, p, temp, n);
+        CHECK_CLOSE(dp[0], gdp[0] / s, 1e-7, 1e-6);
+    }
+    bfree(x), bfree(y), bfree(p), bfree(dp), bfree(gdp);
+}
+
 /* the gates with fp16 states (gate_bias_fwd_h, gate_bwd_mix_h) and gather_half16 against
  * the fp32 ops on the converted values: the same bits, b as fp16, fp32 or absent, c present
  * or not; rows wider than the ops' 512-element stretches, several 2048-element blocks */
@@ -1414,6 +1443,7 @@ int main(int argc, char **argv) {
     RUN(test_gate);
     RUN(test_gate_bias);
     RUN(test_gate_bwd_mix);
+    RUN(test_gate_dp_dot);
     RUN(test_gate_half);
     RUN(test_layernorm);
     RUN(test_softmax_rows);

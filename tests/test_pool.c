@@ -179,6 +179,9 @@ static void run_elementwise(iisan_backend *be, outputs *o) {
     keep(o, out, NE);
     keep(o, c, NE);
     keep(o, &hdp, 1);
+    float ddp = 0.25f;
+    be->gate_dp_dot(be, &ddp, x, y, p, 0.7f, NE);
+    keep(o, &ddp, 1);
     be->free(be, hx), be->free(be, hy), be->free(be, hh), be->free(be, hbias);
     be->adam(be, x, y, c, out, NE, 1e-3f, 0.9f, 0.999f, 1e-8f, 3, 0);
     keep(o, x, NE);

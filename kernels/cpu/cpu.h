@@ -71,6 +71,7 @@ enum {
     CPU_OP_GATE_BIAS_FWD_H,
     CPU_OP_GATE_BWD_MIX_H,
     CPU_OP_GATHER_HALF16,
+    CPU_OP_GATE_DP_DOT,
     CPU_N_OPS
 };
 typedef struct {
@@ -137,6 +138,8 @@ void cpu_gate_bias_fwd_h(iisan_backend *be, float *out, float *h, const float *c
 void cpu_gate_bwd_mix_h(iisan_backend *be, float *out, float *db, float *dp, const float *dout,
                         const float *c, const uint16_t *ha, const uint16_t *hb, const float *b,
                         const float *p, float temp, size_t n);
+void cpu_gate_dp_dot(iisan_backend *be, float *dp, const float *x, const float *y, const float *p,
+                     float temp, size_t n);
 
 /* ---- cpu_norm.c ---- */
 void cpu_layernorm_fwd(iisan_backend *be, float *y, float *mean, float *rstd, const float *x,

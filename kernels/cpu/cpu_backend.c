@@ -136,6 +136,7 @@ const iisan_backend cpu_plain = {
     .gate_bwd_mix = cpu_gate_bwd_mix,
     .gate_bias_fwd_h = cpu_gate_bias_fwd_h,
     .gate_bwd_mix_h = cpu_gate_bwd_mix_h,
+    .gate_dp_dot = cpu_gate_dp_dot,
     .layernorm_fwd = cpu_layernorm_fwd,
     .layernorm_bwd = cpu_layernorm_bwd,
     .attention_fwd = cpu_attention_fwd,

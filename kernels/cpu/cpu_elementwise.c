@@ -273,8 +273,9 @@ static void gate_bwd_range(void *va, size_t lo, size_t hi) {
 
 /* the op in rounds of up to MAX_BLOCKS blocks: g0's operands (the whole op's) offset to each
  * round and its blocks run across the pool; then *dp += the blocks' sums, added in block
- * order, times the sigmoid's derivative */
-static void gate_bwd_rounds(iisan_backend *be, const gate_bwd_args *g0, float *dp, float temp) {
+ * order, times the sigmoid's derivative s (1 - s) / temp (over_s: (1 - s) / temp, gate_dp_dot) */
+static void gate_bwd_rounds(iisan_backend *be, const gate_bwd_args *g0, float *dp, float temp,
+                            int over_s) {
     double part[MAX_BLOCKS], sum = 0.0;
     const size_t n = g0->n, round = (size_t)MAX_BLOCKS * GATE_BLOCK;
     for (size_t at = 0; at < n; at += round) {
@@ -291,7 +292,7 @@ static void gate_bwd_rounds(iisan_backend *be, const gate_bwd_args *g0, float *d
             sum += part[k];
     }
     const double s = g0->s;
-    *dp += (float)(sum * s * (1.0 - s) / (double)temp);
+    *dp += (float)(sum * (over_s ? 1.0 : s) * (1.0 - s) / (double)temp);
 }
 
 void cpu_gate_bwd_mix(iisan_backend *be, float *out, float *da, float *db, float *dp,
@@ -299,7 +300,7 @@ void cpu_gate_bwd_mix(iisan_backend *be, float *out, float *da, float *db, float
                       const float *p, float temp, size_t n) {
     gate_bwd_args g = {.da = da, .db = db, .out = out, .dout = dout, .a = a, .b = b, .c = c};
     g.s = iisan_sigmoid(*p / temp), g.n = n;
-    gate_bwd_rounds(be, &g, dp, temp);
+    gate_bwd_rounds(be, &g, dp, temp, 0);
 }
 
 /* gate_bwd_mix without the mix */
@@ -322,5 +323,13 @@ void cpu_gate_bwd_mix_h(iisan_backend *be, float *out, float *db, float *dp, con
                         const float *p, float temp, size_t n) {
     gate_bwd_args g = {.db = db, .out = out, .dout = dout, .b = b, .c = c, .ha = ha, .hb = hb};
     g.s = iisan_sigmoid(*p / temp), g.n = n;
-    gate_bwd_rounds(be, &g, dp, temp);
+    gate_bwd_rounds(be, &g, dp, temp, 0);
+}
+
+/* the blocks' sums of x y as gate_bwd's of dout (a - 0), times (1 - s) / temp */
+void cpu_gate_dp_dot(iisan_backend *be, float *dp, const float *x, const float *y, const float *p,
+                     float temp, size_t n) {
+    gate_bwd_args g = {.dout = x, .a = y};
+    g.s = iisan_sigmoid(*p / temp), g.n = n;
+    gate_bwd_rounds(be, &g, dp, temp, 1);
 }

@@ -39,7 +39,8 @@ static const char *const op_name[] = {"gemm",
                                       "download",
                                       "gate_bias_fwd_h",
                                       "gate_bwd_mix_h",
-                                      "gather_half16"};
+                                      "gather_half16",
+                                      "gate_dp_dot"};
 
 _Static_assert(sizeof op_name / sizeof *op_name == CPU_N_OPS, "one name per timed op");
 
@@ -119,6 +120,10 @@ TIMED(gate_bwd_mix_h, CPU_OP_GATE_BWD_MIX_H,
        const uint16_t *ha, const uint16_t *hb, const float *b, const float *p, float temp,
        size_t n),
       (be, out, db, dp, dout, c, ha, hb, b, p, temp, n))
+TIMED(gate_dp_dot, CPU_OP_GATE_DP_DOT,
+      (iisan_backend * be, float *dp, const float *x, const float *y, const float *p, float temp,
+       size_t n),
+      (be, dp, x, y, p, temp, n))
 TIMED(layernorm_fwd, CPU_OP_LAYERNORM_FWD,
       (iisan_backend * be, float *y, float *mean, float *rstd, const float *x, const float *g,
        const float *b, int rows, int cols, float eps),
@@ -202,6 +207,7 @@ void cpu_profile_install(iisan_backend *be) {
     be->gate_bwd_mix = t_gate_bwd_mix;
     be->gate_bias_fwd_h = t_gate_bias_fwd_h;
     be->gate_bwd_mix_h = t_gate_bwd_mix_h;
+    be->gate_dp_dot = t_gate_dp_dot;
     be->layernorm_fwd = t_layernorm_fwd;
     be->layernorm_bwd = t_layernorm_bwd;
     be->attention_fwd = t_attention_fwd;
