@@ -60,13 +60,13 @@ typedef struct {
 
 typedef struct {
     uint32_t version;
-    int kind;       /* MODEL_IISAN / MODEL_SASREC_ID */
-    int n_items;    /* N of the checkpoint */
-    int n_extra;    /* catalogue items with states it did not know, embedded at load (IISAN) */
-    int n;          /* sequence length */
-    int d;          /* embedding size */
+    int kind;    /* MODEL_IISAN / MODEL_SASREC_ID */
+    int n_items; /* N of the checkpoint */
+    int n_extra; /* catalogue items with states it did not know, embedded at load (IISAN) */
+    int n;       /* sequence length */
+    int d;       /* embedding size */
     int nstates[2], D[2]; /* hidden states per item and their width, per modality (IISAN) */
-    size_t params;  /* parameters of the checkpoint */
+    size_t params;        /* parameters of the checkpoint */
     int contexts;
     int max_k, max_exclude; /* capacities of each request */
     int max_batch;          /* requests per batch */
