@@ -211,7 +211,8 @@ void serve_blas_probe(void) {
               bi.guarded ? bi.fallback : "-");
     const char *warn = blas_generic_warning(&bi);
     if (warn)
-        log_event("warn", blas_info_generic(&bi) ? "blas_generic_kernels" : "blas_kernels_below_cpu",
+        log_event("warn",
+                  blas_info_generic(&bi) ? "blas_generic_kernels" : "blas_kernels_below_cpu",
                   "message=%s", log_q(warn, w, sizeof w));
 }
 

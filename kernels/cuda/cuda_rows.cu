@@ -399,5 +399,6 @@ void cuda_softmax_rows(iisan_backend *be, float *s, int R, int len, const int *k
     if (R <= 0 || len <= 0) return;
     CUDA_OP(be);
     cuda_ctx *cx = cuda_enter(be);
-    LAUNCH(cx, k_softmax_rows, R, SM_THREADS, 0, s, len, keymask, rows_per_mask > 0 ? rows_per_mask : 1);
+    LAUNCH(cx, k_softmax_rows, R, SM_THREADS, 0, s, len, keymask,
+           rows_per_mask > 0 ? rows_per_mask : 1);
 }
