@@ -302,6 +302,16 @@ static void test_half_states(void) {
     free(ms.data);
 }
 
+/* the largest difference between two models' gradients, over ref's largest gradient */
+static double grad_gap(const iisan_model *ref, const iisan_model *x) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < ref->pt.total; i++) {
+        num = fmax(num, fabs(ref->g[i] - x->g[i]));
+        den = fmax(den, fabs(ref->g[i]));
+    }
+    return num / den;
+}
+
 /* gemm_mixed's calls counted by be (the CPU backend's op times) */
 static unsigned long long gemm_mixed_calls(iisan_backend *be) {
     iisan_op_time t[64];
@@ -335,12 +345,8 @@ static void first_block_case(const iisan_config *c, const iisan_states *st, int 
     CHECKF(cb - ca == (unsigned long long)skipped, "%s: %llu gemm_mixed calls against %llu", what,
            ca, cb);
     CHECK_CLOSE(la, lb, 1e-6, 1e-6);
-    double num = 0, den = 0;
-    for (size_t i = 0; i < a->pt.total; i++) {
-        num = fmax(num, fabs(a->g[i] - b->g[i]));
-        den = fmax(den, fabs(b->g[i]));
-    }
-    CHECKF(num / den < 1e-5, "%s: gradients differ by %.3g of the largest", what, num / den);
+    const double gap = grad_gap(b, a);
+    CHECKF(gap < 1e-5, "%s: gradients differ by %.3g of the largest", what, gap);
     for (int t = 0; t < N_TOWERS; t++) {
         if (!((c->towers >> t) & 1)) continue;
         const float ga = a->pg.tower[t].gate[0], gb = b->pg.tower[t].gate[0];
@@ -512,12 +518,8 @@ static void test_row_chunks(void) {
     b->chunk_rows = 4; /* 15 slots, 8 distinct items: chunks of 4, 4 */
     float la = loss_at(a, &st, 1), lb = loss_at(b, &st, 1);
     CHECK_CLOSE(lb, la, 1e-6, 1e-5);
-    double num = 0, den = 0;
-    for (size_t i = 0; i < a->pt.total; i++) {
-        num = fmax(num, fabs(a->g[i] - b->g[i]));
-        den = fmax(den, fabs(a->g[i]));
-    }
-    CHECKF(num / den < 1e-5, "chunked gradients differ: %.3g", num / den);
+    const double gap = grad_gap(a, b);
+    CHECKF(gap < 1e-5, "chunked gradients differ: %.3g", gap);
     model_destroy(a);
     model_destroy(b);
     be->destroy(be);
